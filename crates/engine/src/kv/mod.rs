@@ -1,0 +1,1 @@
+//! (kv) placeholder: filled in by its owner.

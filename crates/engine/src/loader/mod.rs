@@ -1,0 +1,1 @@
+//! (loader) placeholder: filled in by its owner.

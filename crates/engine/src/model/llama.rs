@@ -1,0 +1,1 @@
+//! (llama) placeholder: filled in by the kernels/model owner.

@@ -1,0 +1,1 @@
+//! (sampler) placeholder: filled in by its owner.

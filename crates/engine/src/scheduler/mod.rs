@@ -1,0 +1,1 @@
+//! (scheduler) placeholder: filled in by its owner.

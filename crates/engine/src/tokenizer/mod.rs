@@ -1,0 +1,3 @@
+//! Tokenizer placeholder.
+pub mod source;
+pub use source::{GgufTokenizerData, TokenizerSource};
