@@ -1,1 +1,13 @@
-//! (engine) placeholder: filled in by its owner.
+//! The engine: `LLMEngine` (a thread-safe handle) owns an engine thread that runs `EngineCore::step` in a loop.
+//! One command channel goes in; each request gets its own output channel (TGI's actor design). The engine
+//! thread never waits on JavaScript and JavaScript never waits on a step.
+
+pub mod handle;
+pub mod output;
+pub mod request_input;
+pub mod stats;
+
+pub use handle::{LLMEngine, RequestStream};
+pub use output::{CompletionDelta, PositionLogprobs, RequestMetrics, RequestOutput, TopLogprob};
+pub use request_input::{Prompt, RequestInput};
+pub use stats::{EngineStats, ModelInfo};

@@ -1,0 +1,56 @@
+//! `EngineStats`: a snapshot of the engine's counters, read without stopping the engine loop. Feeds the
+//! binding's `stats()` and the server's Prometheus metrics (vLLM names on the TS side).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineStats {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    /// KV blocks the pool hands out (the null block excluded).
+    pub kv_blocks_total: usize,
+    /// Blocks held by requests.
+    pub kv_blocks_in_use: usize,
+    /// Free blocks that still hold a prefix-cache entry (evictable).
+    pub kv_blocks_cached: usize,
+    /// `kv_blocks_in_use / kv_blocks_total` (cached-but-free blocks count as free, as in vLLM).
+    pub kv_cache_usage: f64,
+    /// Prefix-cache lookups and hits, in tokens (vLLM's `prefix_cache_queries` / `prefix_cache_hits`).
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    pub prompt_tokens_total: u64,
+    pub generation_tokens_total: u64,
+    pub num_preemptions: u64,
+    pub requests_finished_total: u64,
+    /// Engine steps run so far.
+    pub steps: u64,
+    /// Most sequences in any one step so far (shows concurrent requests were batched).
+    pub max_batch_seqs: usize,
+    /// Most tokens in any one step so far.
+    pub max_batch_tokens: usize,
+}
+
+/// Static facts about the loaded model and the engine's capacity (logged at start, shown by `/v1/models`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    /// A short name for the model (e.g. "SmolLM2-135M-Instruct").
+    pub name: String,
+    pub path: String,
+    pub format: String,
+    pub architecture: String,
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    pub block_size: usize,
+    pub num_kv_blocks: usize,
+    /// How many max-length requests fit in the KV cache at once.
+    pub max_concurrency: f64,
+    pub has_tokenizer: bool,
+    pub has_chat_template: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub num_threads: usize,
+    /// `"cpu"` (other backends later).
+    pub device: String,
+}
