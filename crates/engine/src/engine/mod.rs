@@ -2,7 +2,10 @@
 //! One command channel goes in; each request gets its own output channel (TGI's actor design). The engine
 //! thread never waits on JavaScript and JavaScript never waits on a step.
 
+mod builder;
+mod core;
 pub mod handle;
+mod request_group;
 pub mod output;
 pub mod request_input;
 pub mod stats;

@@ -1,0 +1,138 @@
+//! Assembles an engine from a model spec and an `EngineConfig`: load the model, build the tokenizer and chat
+//! template, size the KV cache from the byte budget, and create the scheduler, the model runner and the
+//! compute thread pool. Everything that can fail at start-up fails here, with the cause named.
+
+use std::sync::Arc;
+
+use pagedllm_kernels::cpu::KvCache;
+
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::loader::{load_model, GenerationDefaults};
+use crate::model::llama::LlamaModel;
+use crate::runner::ModelRunner;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+
+use super::core::EngineCore;
+use super::stats::ModelInfo;
+
+pub(crate) struct EngineParts {
+    pub core: EngineCore,
+    pub info: ModelInfo,
+    pub tokenizer: Option<Arc<Tokenizer>>,
+    pub chat_template: Option<ChatTemplate>,
+    pub eos_token_ids: Vec<u32>,
+    pub generation_defaults: GenerationDefaults,
+    pub pool: rayon::ThreadPool,
+}
+
+/// KV blocks for the config: an explicit count, else the byte budget over the bytes one block takes.
+pub fn num_kv_blocks(config: &EngineConfig, model: &crate::model::ModelConfig) -> Result<usize> {
+    if config.block_size == 0 || config.block_size > 256 {
+        return Err(EngineError::invalid("block_size", format!("must be in 1..=256, got {}", config.block_size)));
+    }
+    let n = match config.num_gpu_blocks_override {
+        Some(n) => n,
+        None => {
+            let per_block = KvCache::bytes_per_block(
+                model.num_hidden_layers,
+                config.block_size,
+                model.num_key_value_heads,
+                model.head_dim,
+            );
+            config.kv_cache_bytes / per_block
+        }
+    };
+    if n < 2 {
+        return Err(EngineError::invalid(
+            "kv_cache_bytes",
+            format!("the KV cache budget leaves {n} blocks; at least 2 are needed (one is the reserved null block)"),
+        ));
+    }
+    Ok(n)
+}
+
+pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EngineParts> {
+    if config.max_num_seqs == 0 {
+        return Err(EngineError::invalid("max_num_seqs", "must be at least 1"));
+    }
+    if config.max_num_batched_tokens == 0 {
+        return Err(EngineError::invalid("max_num_batched_tokens", "must be at least 1"));
+    }
+    let loaded = load_model(spec)?;
+    let mc = loaded.config.clone();
+    let tokenizer = match &loaded.tokenizer {
+        Some(src) => Some(Arc::new(Tokenizer::from_source(src)?)),
+        None => None,
+    };
+    let chat_template = match tokenizer.as_ref().and_then(|t| t.chat_template().map(|s| (t, s.to_string()))) {
+        Some((t, src)) => Some(ChatTemplate::new(&src, t.bos_token(), t.eos_token())?),
+        None => None,
+    };
+    let mut eos: Vec<u32> = loaded.generation_defaults.eos_token_ids.clone();
+    eos.extend(&mc.eos_token_ids);
+    if let Some(e) = tokenizer.as_ref().and_then(|t| t.eos_token_id()) {
+        eos.push(e);
+    }
+    eos.sort_unstable();
+    eos.dedup();
+
+    let max_model_len = match config.max_model_len {
+        Some(m) if m == 0 || m > mc.max_position_embeddings => {
+            return Err(EngineError::invalid(
+                "max_model_len",
+                format!("must be in 1..={} (the model's context), got {m}", mc.max_position_embeddings),
+            ))
+        }
+        Some(m) => m,
+        None => mc.max_position_embeddings,
+    };
+    let num_blocks = num_kv_blocks(config, &mc)?;
+    let threads = config.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("pagedllm-cpu-{i}"))
+        .build()
+        .map_err(|e| EngineError::Internal(format!("building the compute thread pool: {e}")))?;
+
+    let model = LlamaModel::new(&mc, &loaded.weights)?;
+    let runner = ModelRunner::new(model, num_blocks, config.block_size);
+    let scheduler = Scheduler::new(SchedulerConfig {
+        max_num_seqs: config.max_num_seqs,
+        max_num_batched_tokens: config.max_num_batched_tokens,
+        max_model_len,
+        block_size: config.block_size,
+        num_blocks,
+        enable_prefix_caching: config.enable_prefix_caching,
+        policy: config.scheduling_policy,
+    });
+    let usable_blocks = num_blocks - 1;
+    let info = ModelInfo {
+        name: loaded.source.name.clone(),
+        path: loaded.source.path.display().to_string(),
+        format: format!("{:?}", loaded.source.format),
+        architecture: mc.architecture.clone(),
+        max_model_len,
+        vocab_size: mc.vocab_size,
+        block_size: config.block_size,
+        num_kv_blocks: usable_blocks,
+        max_concurrency: (usable_blocks * config.block_size) as f64 / max_model_len as f64,
+        has_tokenizer: tokenizer.is_some(),
+        has_chat_template: chat_template.is_some(),
+        bos_token_id: tokenizer.as_ref().and_then(|t| t.bos_token_id()).or(mc.bos_token_id),
+        eos_token_ids: eos.clone(),
+        num_threads: threads,
+        device: "cpu".into(),
+    };
+    let core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed);
+    Ok(EngineParts {
+        core,
+        info,
+        tokenizer,
+        chat_template,
+        eos_token_ids: eos,
+        generation_defaults: loaded.generation_defaults,
+        pool,
+    })
+}

@@ -1,0 +1,311 @@
+//! `EngineCore`: one engine step = schedule -> execute (one flattened batch) -> sample -> update the
+//! scheduler -> detokenize -> send deltas. Runs on the engine thread only; owns the scheduler, the model
+//! runner and every live request's output state. Pure orchestration: each stage lives in its own module.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::{RngCore, SeedableRng};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::Result;
+use crate::request::{FinishReason, Request, RequestId, StopReason};
+use crate::runner::{ModelRunner, ScheduledSeq};
+use crate::sampler::{prompt_logprobs, sample_batch, SampleRow, SequenceRng};
+use crate::sampling_params::SamplingParams;
+use crate::scheduler::Scheduler;
+use crate::tokenizer::Tokenizer;
+
+use super::output::RequestOutput;
+use super::request_group::{now_secs, position_logprobs, RequestGroup};
+use super::stats::EngineStats;
+
+/// A validated, tokenized request on its way into the engine thread.
+pub(crate) struct PreparedRequest {
+    pub external_id: String,
+    pub prompt_ids: Vec<u32>,
+    pub params: Arc<SamplingParams>,
+    pub max_tokens: usize,
+    pub priority: i32,
+    pub cache_salt: Option<String>,
+    pub tx: UnboundedSender<Result<RequestOutput>>,
+    pub arrival_time: f64,
+}
+
+pub(crate) struct EngineCore {
+    scheduler: Scheduler,
+    runner: ModelRunner,
+    tokenizer: Option<Arc<Tokenizer>>,
+    eos_token_ids: Arc<Vec<u32>>,
+    groups: HashMap<String, RequestGroup>,
+    /// Sequence id -> (external request id, sample index).
+    seq_owner: HashMap<RequestId, (String, usize)>,
+    /// Seeds requests that set none (from the engine's `--seed` when given).
+    seed_rng: rand_chacha::ChaCha8Rng,
+    arrivals: u64,
+    stats: EngineStats,
+}
+
+impl EngineCore {
+    pub fn new(
+        scheduler: Scheduler,
+        runner: ModelRunner,
+        tokenizer: Option<Arc<Tokenizer>>,
+        eos_token_ids: Arc<Vec<u32>>,
+        seed: Option<u64>,
+    ) -> Self {
+        let seed_rng = match seed {
+            Some(s) => rand_chacha::ChaCha8Rng::seed_from_u64(s),
+            None => rand_chacha::ChaCha8Rng::from_os_rng(),
+        };
+        Self {
+            scheduler,
+            runner,
+            tokenizer,
+            eos_token_ids,
+            groups: HashMap::new(),
+            seq_owner: HashMap::new(),
+            seed_rng,
+            arrivals: 0,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_unfinished_requests()
+    }
+
+    /// Ids of requests that ended since the last call (the handle forgets them).
+    pub fn add(&mut self, p: PreparedRequest) {
+        let id = self.scheduler.alloc_request_id();
+        self.arrivals += 1;
+        let mut req = Request::new(
+            id,
+            p.prompt_ids,
+            p.params.clone(),
+            p.max_tokens,
+            self.eos_token_ids.clone(),
+            self.arrivals,
+        );
+        req.priority = p.priority;
+        req.cache_salt = p.cache_salt;
+        let mut group = RequestGroup::new(p.external_id.clone(), p.tx, p.params, req.prompt_token_ids.clone(), p.arrival_time);
+        let rng = self.sample_rng(&group.params, 0);
+        group.add_sample(0, id, rng, self.tokenizer.as_ref());
+        self.stats.prompt_tokens_total += req.num_prompt_tokens() as u64;
+        self.seq_owner.insert(id, (p.external_id.clone(), 0));
+        self.groups.insert(p.external_id, group);
+        self.scheduler.add_request(req);
+    }
+
+    fn sample_rng(&mut self, params: &SamplingParams, index: usize) -> SequenceRng {
+        match params.seed {
+            // Sample i of a seeded request gets its own stream, the same whatever else runs.
+            Some(s) => SequenceRng::new(s.wrapping_add(index as u64)),
+            None => SequenceRng::new(self.seed_rng.next_u64()),
+        }
+    }
+
+    /// Aborts a request in any state; its blocks are freed at once. Returns whether it was live.
+    pub fn abort(&mut self, external_id: &str) -> bool {
+        let Some(group) = self.groups.get_mut(external_id) else { return false };
+        for seq in group.live_seq_ids() {
+            self.scheduler.finish_request(seq, FinishReason::Abort, None);
+        }
+        group.finish_all(FinishReason::Abort);
+        self.retire(external_id);
+        true
+    }
+
+    /// Ends every live request with an error (a failed step); the engine stays up for new requests.
+    pub fn fail_all(&mut self, message: &str) {
+        let ids: Vec<String> = self.groups.keys().cloned().collect();
+        for id in ids {
+            if let Some(g) = self.groups.get(&id) {
+                let _ = g.tx.send(Err(crate::error::EngineError::Internal(message.to_string())));
+            }
+            self.abort(&id);
+        }
+    }
+
+    /// Sends the group's last delta and forgets it.
+    fn retire(&mut self, external_id: &str) {
+        if let Some(mut g) = self.groups.remove(external_id) {
+            g.flush();
+            self.stats.requests_finished_total += 1;
+            for s in g.samples.iter().flatten() {
+                self.seq_owner.remove(&s.seq_id);
+            }
+        }
+    }
+
+    /// One engine step. Returns the external ids of requests that finished in it.
+    pub fn step(&mut self) -> Result<Vec<String>> {
+        let out = self.scheduler.schedule();
+        self.stats.steps += 1;
+        let now = now_secs();
+        for &(parent, child) in &out.forked {
+            let Some((ext, _)) = self.seq_owner.get(&parent).cloned() else { continue };
+            let index = self.scheduler.request(child).map(|r| r.sample_index).unwrap_or(0);
+            let params = self.groups[&ext].params.clone();
+            let rng = self.sample_rng(&params, index);
+            let tok = self.tokenizer.clone();
+            if let Some(g) = self.groups.get_mut(&ext) {
+                g.add_sample(index, child, rng, tok.as_ref());
+            }
+            self.seq_owner.insert(child, (ext, index));
+        }
+        if out.scheduled.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.stats.max_batch_seqs = self.stats.max_batch_seqs.max(out.scheduled.len());
+        self.stats.max_batch_tokens = self.stats.max_batch_tokens.max(out.num_batched_tokens);
+
+        // 1. The flattened batch.
+        let mut seqs = Vec::with_capacity(out.scheduled.len());
+        for s in &out.scheduled {
+            let req = self.scheduler.request(s.request_id).expect("scheduled request exists");
+            let (ext, _) = &self.seq_owner[&s.request_id];
+            let group = self.groups.get_mut(ext).expect("group of a scheduled request");
+            group.metrics.first_scheduled_time.get_or_insert(now);
+            let end = s.start_pos + s.num_new_tokens;
+            let prompt_logprob_positions = match group.next_prompt_logprob_pos() {
+                // Position p's logits predict prompt token p + 1.
+                Some(next) => {
+                    let lo = s.start_pos.max(next.saturating_sub(1));
+                    let hi = end.min(req.num_prompt_tokens() - 1);
+                    lo..hi.max(lo)
+                }
+                None => 0..0,
+            };
+            seqs.push(ScheduledSeq {
+                request_id: s.request_id,
+                token_ids: req.tokens(s.start_pos, end),
+                start_pos: s.start_pos,
+                block_table: self.scheduler.block_table(s.request_id),
+                sample: !s.sample_ids.is_empty(),
+                prompt_logprob_positions,
+            });
+        }
+        let logits = self.runner.execute(&seqs, &out.blocks_to_copy)?;
+        drop(seqs);
+
+        // 2. Prompt log-probs (computed once per request, in order).
+        for &(rid, pos0, row0, count) in &logits.layout.prompt_logprob_rows {
+            let (ext, _) = self.seq_owner[&rid].clone();
+            let group = self.groups.get_mut(&ext).expect("group");
+            let k = group.params.prompt_logprobs.unwrap_or(0);
+            let next: Vec<u32> = group.prompt_ids[pos0 + 1..pos0 + 1 + count].to_vec();
+            for lp in prompt_logprobs(logits.rows(row0, count), logits.vocab_size, &next, k) {
+                let pl = position_logprobs(self.tokenizer.as_ref(), lp.token, lp.logprob, lp.rank, &lp.top);
+                group.push_prompt_logprob(pl);
+            }
+        }
+
+        // 3. Sampling: every sampling id reads its scheduled request's last row (forked children share it).
+        let mut jobs: Vec<(RequestId, usize)> = Vec::new();
+        let rows_of: HashMap<RequestId, usize> = logits.layout.sample_rows.iter().copied().collect();
+        for s in &out.scheduled {
+            if let Some(&row) = rows_of.get(&s.request_id) {
+                jobs.extend(s.sample_ids.iter().map(|&sid| (sid, row)));
+            }
+        }
+        let mut rngs: Vec<SequenceRng> = jobs
+            .iter()
+            .map(|(sid, _)| {
+                let (ext, idx) = &self.seq_owner[sid];
+                let s = self.groups.get_mut(ext).and_then(|g| g.samples[*idx].as_mut()).expect("sample state");
+                std::mem::replace(&mut s.rng, SequenceRng::new(0))
+            })
+            .collect();
+        let sampled = {
+            let mut rows: Vec<SampleRow<'_>> = Vec::with_capacity(jobs.len());
+            for ((sid, row), rng) in jobs.iter().zip(rngs.iter_mut()) {
+                let req = self.scheduler.request(*sid).expect("sampling request exists");
+                rows.push(SampleRow {
+                    logits: logits.row(*row),
+                    params: &req.params,
+                    prompt_token_ids: &req.prompt_token_ids,
+                    output_token_ids: &req.output_token_ids,
+                    eos_token_ids: &req.eos_token_ids,
+                    rng,
+                });
+            }
+            sample_batch(&mut rows)
+        };
+        for ((sid, _), rng) in jobs.iter().zip(rngs) {
+            let (ext, idx) = &self.seq_owner[sid];
+            if let Some(s) = self.groups.get_mut(ext).and_then(|g| g.samples[*idx].as_mut()) {
+                s.rng = rng;
+            }
+        }
+
+        // 4. Append tokens, token-level stops, free finished requests' blocks.
+        let pairs: Vec<(RequestId, u32)> = jobs.iter().zip(&sampled).map(|((sid, _), t)| (*sid, t.token)).collect();
+        let update = self.scheduler.update_from_output(&out, &pairs);
+        self.stats.generation_tokens_total += update.new_tokens.len() as u64;
+
+        // 5. Detokenize, find stop strings, send deltas.
+        let by_seq: HashMap<RequestId, usize> = jobs.iter().enumerate().map(|(i, (sid, _))| (*sid, i)).collect();
+        let mut touched: Vec<String> = Vec::new();
+        for &(sid, token) in &update.new_tokens {
+            let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else { continue };
+            let st = &sampled[by_seq[&sid]];
+            let group = self.groups.get_mut(&ext).expect("group");
+            let lps = group
+                .params
+                .logprobs
+                .map(|_| position_logprobs(self.tokenizer.as_ref(), token, st.logprob, st.rank, &st.top_logprobs));
+            if let Some(stop) = group.push_token(idx, token, lps, st.logprob)? {
+                self.scheduler.finish_request(sid, FinishReason::Stop, Some(StopReason::String(stop.clone())));
+                group.finish_sample(idx, FinishReason::Stop, Some(StopReason::String(stop)));
+            }
+            touched.push(ext);
+        }
+        for &(sid, reason) in &update.finished {
+            let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else { continue };
+            let stop_reason = self.scheduler.request(sid).and_then(|r| r.stop_reason.clone());
+            let stop_reason = stop_reason.or_else(|| update_stop_reason(&update, sid));
+            if let Some(g) = self.groups.get_mut(&ext) {
+                g.finish_sample(idx, reason, stop_reason);
+            }
+            touched.push(ext);
+        }
+        touched.sort();
+        touched.dedup();
+        let mut finished = Vec::new();
+        for ext in touched {
+            let Some(g) = self.groups.get_mut(&ext) else { continue };
+            if g.is_finished() {
+                self.retire(&ext);
+                finished.push(ext);
+            } else if !g.flush() {
+                // The caller went away without aborting: free its work now.
+                self.abort(&ext);
+                finished.push(ext);
+            }
+        }
+        Ok(finished)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let s = self.scheduler.stats();
+        let mut st = self.stats.clone();
+        st.num_running = s.num_running;
+        st.num_waiting = s.num_waiting;
+        st.kv_blocks_total = s.num_blocks_total;
+        st.kv_blocks_in_use = s.num_blocks_in_use;
+        st.kv_blocks_cached = s.num_blocks_cached_free;
+        st.kv_cache_usage =
+            if s.num_blocks_total == 0 { 0.0 } else { s.num_blocks_in_use as f64 / s.num_blocks_total as f64 };
+        st.prefix_cache_queries = s.prefix_cache_queries as u64;
+        st.prefix_cache_hits = s.prefix_cache_hits as u64;
+        st.num_preemptions = s.num_preemptions as u64;
+        st
+    }
+}
+
+/// Finished requests leave the scheduler's maps; their stop reason rides in the update when it has one.
+fn update_stop_reason(update: &crate::scheduler::UpdateResult, sid: RequestId) -> Option<StopReason> {
+    update.stop_reasons.iter().find(|(id, _)| *id == sid).map(|(_, r)| r.clone())
+}

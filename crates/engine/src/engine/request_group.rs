@@ -1,0 +1,237 @@
+//! Output processing for one user request: its `n` samples (the submitted sequence plus forked children),
+//! their incremental detokenizers and RNGs, and the deltas sent to the caller. A step's new tokens are folded
+//! in here; one `RequestOutput` per request per step goes out on the request's channel.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::Result;
+use crate::request::{FinishReason, RequestId, StopReason};
+use crate::sampler::SequenceRng;
+use crate::sampling_params::SamplingParams;
+use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
+
+use super::output::{CompletionDelta, PositionLogprobs, RequestMetrics, RequestOutput, TopLogprob};
+
+pub(crate) struct SampleState {
+    pub seq_id: RequestId,
+    pub rng: SequenceRng,
+    detok: Option<IncrementalDetokenizer>,
+    pending: CompletionDelta,
+    pub finished: bool,
+    /// The detokenizer already cut the text at a stop string: don't release held-back text.
+    stopped_by_string: bool,
+}
+
+pub(crate) struct RequestGroup {
+    pub external_id: String,
+    pub tx: UnboundedSender<Result<RequestOutput>>,
+    pub params: Arc<SamplingParams>,
+    pub prompt_ids: Arc<Vec<u32>>,
+    pub samples: Vec<Option<SampleState>>,
+    pub metrics: RequestMetrics,
+    /// Prompt log-probs gathered so far (entry 0 is always `None`); sent with the first delta.
+    pub prompt_logprobs: Option<Vec<Option<PositionLogprobs>>>,
+    sent_first: bool,
+    touched: bool,
+}
+
+pub(crate) fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl RequestGroup {
+    pub fn new(
+        external_id: String,
+        tx: UnboundedSender<Result<RequestOutput>>,
+        params: Arc<SamplingParams>,
+        prompt_ids: Arc<Vec<u32>>,
+        arrival_time: f64,
+    ) -> Self {
+        let n = params.n;
+        let prompt_logprobs = params.prompt_logprobs.map(|_| vec![None]);
+        Self {
+            external_id,
+            tx,
+            metrics: RequestMetrics { arrival_time, num_prompt_tokens: prompt_ids.len(), ..Default::default() },
+            params,
+            prompt_ids,
+            samples: (0..n).map(|_| None).collect(),
+            prompt_logprobs,
+            sent_first: false,
+            touched: false,
+        }
+    }
+
+    pub fn add_sample(&mut self, index: usize, seq_id: RequestId, rng: SequenceRng, tokenizer: Option<&Arc<Tokenizer>>) {
+        let detok = tokenizer.map(|t| {
+            IncrementalDetokenizer::new(
+                t.clone(),
+                &self.prompt_ids,
+                self.params.skip_special_tokens,
+                self.params.stop.clone(),
+                self.params.include_stop_str_in_output,
+            )
+        });
+        let pending = CompletionDelta {
+            index,
+            logprobs: self.params.logprobs.map(|_| Vec::new()),
+            ..Default::default()
+        };
+        self.samples[index] =
+            Some(SampleState { seq_id, rng, detok, pending, finished: false, stopped_by_string: false });
+    }
+
+    /// Next prompt position still lacking a log-prob (prompt log-probs are computed once, even after preemption).
+    pub fn next_prompt_logprob_pos(&self) -> Option<usize> {
+        let have = self.prompt_logprobs.as_ref()?.len();
+        (have < self.prompt_ids.len()).then_some(have)
+    }
+
+    pub fn push_prompt_logprob(&mut self, lp: PositionLogprobs) {
+        if let Some(v) = &mut self.prompt_logprobs {
+            v.push(Some(lp));
+        }
+    }
+
+    /// Folds one generated token into sample `index`. Returns the stop string if the detokenizer found one.
+    pub fn push_token(
+        &mut self,
+        index: usize,
+        token: u32,
+        logprobs: Option<PositionLogprobs>,
+        logprob: f32,
+    ) -> Result<Option<String>> {
+        self.touched = true;
+        let now = now_secs();
+        self.metrics.first_token_time.get_or_insert(now);
+        self.metrics.num_generation_tokens += 1;
+        let s = self.samples[index].as_mut().expect("token for a sample that was never forked");
+        s.pending.token_ids.push(token);
+        s.pending.cumulative_logprob += logprob;
+        if let (Some(v), Some(lp)) = (&mut s.pending.logprobs, logprobs) {
+            v.push(lp);
+        }
+        if let Some(d) = &mut s.detok {
+            let step = d.push(token)?;
+            s.pending.text.push_str(&step.text);
+            if let Some(stop) = step.stop_matched {
+                s.stopped_by_string = true;
+                return Ok(Some(stop));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn finish_sample(&mut self, index: usize, reason: FinishReason, stop_reason: Option<StopReason>) {
+        self.touched = true;
+        let Some(s) = self.samples[index].as_mut() else { return };
+        if s.finished {
+            return;
+        }
+        s.finished = true;
+        if !s.stopped_by_string {
+            if let Some(d) = &mut s.detok {
+                s.pending.text.push_str(&d.finish());
+            }
+        }
+        s.pending.finish_reason = Some(reason.as_str().to_string());
+        s.pending.stop_reason = match stop_reason {
+            Some(StopReason::TokenId(t)) => Some(serde_json::json!(t)),
+            Some(StopReason::String(st)) => Some(serde_json::json!(st)),
+            Some(StopReason::Eos) | None => None,
+        };
+    }
+
+    /// Marks every sample that is not finished yet (abort, engine failure).
+    pub fn finish_all(&mut self, reason: FinishReason) {
+        for i in 0..self.samples.len() {
+            if self.samples[i].as_ref().is_some_and(|s| !s.finished) {
+                self.finish_sample(i, reason, None);
+            }
+        }
+        // Samples never forked (aborted before the prompt finished) also end.
+        for i in 0..self.samples.len() {
+            if self.samples[i].is_none() {
+                self.samples[i] = Some(SampleState {
+                    seq_id: RequestId::MAX,
+                    rng: SequenceRng::new(0),
+                    detok: None,
+                    pending: CompletionDelta {
+                        index: i,
+                        finish_reason: Some(reason.as_str().to_string()),
+                        logprobs: self.params.logprobs.map(|_| Vec::new()),
+                        ..Default::default()
+                    },
+                    finished: true,
+                    stopped_by_string: false,
+                });
+            }
+        }
+        self.touched = true;
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.samples.iter().all(|s| s.as_ref().is_some_and(|s| s.finished))
+    }
+
+    pub fn live_seq_ids(&self) -> Vec<RequestId> {
+        self.samples.iter().flatten().filter(|s| !s.finished).map(|s| s.seq_id).collect()
+    }
+
+    /// Sends what accumulated this step (if anything). Returns false if the receiver is gone.
+    pub fn flush(&mut self) -> bool {
+        if !self.touched {
+            return true;
+        }
+        self.touched = false;
+        let finished = self.is_finished();
+        let mut outputs = Vec::new();
+        for s in self.samples.iter_mut().flatten() {
+            let has_news = !s.pending.token_ids.is_empty() || !s.pending.text.is_empty() || s.pending.finish_reason.is_some();
+            if has_news {
+                let cumulative = s.pending.cumulative_logprob;
+                let fresh = CompletionDelta {
+                    index: s.pending.index,
+                    cumulative_logprob: cumulative,
+                    logprobs: s.pending.logprobs.as_ref().map(|_| Vec::new()),
+                    ..Default::default()
+                };
+                outputs.push(std::mem::replace(&mut s.pending, fresh));
+            }
+        }
+        if finished {
+            self.metrics.finished_time = Some(now_secs());
+        }
+        let first = !self.sent_first;
+        self.sent_first = true;
+        let out = RequestOutput {
+            request_id: self.external_id.clone(),
+            prompt_token_ids: first.then(|| self.prompt_ids.as_ref().clone()),
+            prompt_logprobs: if first { self.prompt_logprobs.clone() } else { None },
+            outputs,
+            finished,
+            metrics: finished.then(|| self.metrics.clone()),
+        };
+        self.tx.send(Ok(out)).is_ok()
+    }
+}
+
+/// Log-probs at one position with token strings filled in.
+pub(crate) fn position_logprobs(
+    tokenizer: Option<&Arc<Tokenizer>>,
+    token: u32,
+    logprob: f32,
+    rank: usize,
+    top: &[(u32, f32)],
+) -> PositionLogprobs {
+    let text = |t: u32| tokenizer.and_then(|tk| tk.decode(&[t], false).ok()).unwrap_or_default();
+    PositionLogprobs {
+        token_id: token,
+        token: text(token),
+        logprob,
+        rank,
+        top: top.iter().map(|&(id, lp)| TopLogprob { token_id: id, token: text(id), logprob: lp }).collect(),
+    }
+}
