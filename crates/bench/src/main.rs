@@ -1,0 +1,188 @@
+//! `pagedllm-bench throughput`: offline throughput of the engine on token-id prompts (vLLM's
+//! `benchmark_throughput` random workload). For each batch size B it submits B requests of `--input-len`
+//! random token ids, each generating exactly `--output-len` tokens (greedy, EOS ignored), all at once, and
+//! reports wall time, output tokens/s, decode tokens/s (after every request has its first token) and TTFT.
+//! Prints one JSON document (machine, command, config, results) to stdout or `--out`.
+
+use std::time::Instant;
+
+use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput};
+use pagedllm_engine::{EngineConfig, SamplingParams};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+struct Args {
+    model: String,
+    batches: Vec<usize>,
+    input_len: usize,
+    output_len: usize,
+    threads: Option<usize>,
+    kv_cache_bytes: Option<usize>,
+    max_num_batched_tokens: usize,
+    out: Option<String>,
+    warmup: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        model: String::new(),
+        batches: vec![1, 16, 64],
+        input_len: 128,
+        output_len: 128,
+        threads: None,
+        kv_cache_bytes: None,
+        max_num_batched_tokens: 2048,
+        out: None,
+        warmup: true,
+    };
+    let mut it = std::env::args().skip(1);
+    match it.next().as_deref() {
+        Some("throughput") => {}
+        other => return Err(format!("usage: pagedllm-bench throughput [flags] (got {other:?})")),
+    }
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let num = |s: String| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
+        match flag.as_str() {
+            "--model" => a.model = val()?,
+            "--batch" => a.batches = val()?.split(',').map(|s| num(s.to_string())).collect::<Result<_, _>>()?,
+            "--input-len" => a.input_len = num(val()?)?,
+            "--output-len" => a.output_len = num(val()?)?,
+            "--threads" => a.threads = Some(num(val()?)?),
+            "--kv-cache-bytes" => a.kv_cache_bytes = Some(num(val()?)?),
+            "--max-num-batched-tokens" => a.max_num_batched_tokens = num(val()?)?,
+            "--out" => a.out = Some(val()?),
+            "--no-warmup" => a.warmup = false,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usize, seed: u64) -> serde_json::Value {
+    let vocab = engine.model_info().vocab_size as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let start = Instant::now();
+    let mut streams: Vec<_> = (0..batch)
+        .map(|_| {
+            // Random ids from the ordinary part of the vocabulary (ids < 100 are special in most vocabularies).
+            let prompt: Vec<u32> = (0..input_len).map(|_| rng.random_range(100..vocab)).collect();
+            let params = SamplingParams {
+                temperature: 0.0,
+                max_tokens: Some(output_len),
+                ignore_eos: true,
+                ..Default::default()
+            };
+            engine
+                .add_request(RequestInput {
+                    request_id: None,
+                    prompt: Prompt::TokenIds(prompt),
+                    params,
+                    priority: 0,
+                    cache_salt: None,
+                    add_special_tokens: false,
+                })
+                .expect("request accepted")
+        })
+        .collect();
+    let mut ttft = Vec::with_capacity(batch);
+    let mut generated = 0usize;
+    for s in &mut streams {
+        let mut first = None;
+        while let Some(out) = s.blocking_next() {
+            let out = out.expect("request succeeds");
+            for o in &out.outputs {
+                if !o.token_ids.is_empty() && first.is_none() {
+                    first = out.metrics.as_ref().and_then(|m| m.first_token_time);
+                    first.get_or_insert(0.0);
+                }
+                generated += o.token_ids.len();
+            }
+            if let Some(m) = &out.metrics {
+                let t = m.first_token_time.unwrap_or(m.arrival_time) - m.arrival_time;
+                ttft.push(t);
+            }
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    ttft.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let last_first_token = ttft.last().copied().unwrap_or(0.0);
+    // Decode phase: from the moment every request has its first token to the end.
+    let decode_tokens = generated.saturating_sub(batch);
+    let decode_time = (wall - last_first_token).max(1e-9);
+    json!({
+        "batch": batch,
+        "input_len": input_len,
+        "output_len": output_len,
+        "generated_tokens": generated,
+        "wall_s": wall,
+        "output_tokens_per_s": generated as f64 / wall,
+        "total_tokens_per_s": (generated + batch * input_len) as f64 / wall,
+        "decode_tokens_per_s": decode_tokens as f64 / decode_time,
+        "ttft_p50_s": ttft.get(ttft.len() / 2).copied(),
+        "ttft_max_s": last_first_token,
+    })
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut config = EngineConfig {
+        num_threads: args.threads,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        max_num_seqs: *args.batches.iter().max().unwrap_or(&1),
+        ..Default::default()
+    };
+    if let Some(b) = args.kv_cache_bytes {
+        config.kv_cache_bytes = b;
+    }
+    let t0 = Instant::now();
+    let engine = LLMEngine::start(&args.model, config.clone()).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    });
+    let load_s = t0.elapsed().as_secs_f64();
+    eprintln!("loaded {} in {load_s:.2}s ({} threads)", engine.model_info().name, engine.model_info().num_threads);
+    if args.warmup {
+        run_batch(&engine, 1, 16, 8, 0);
+    }
+    let mut results = Vec::new();
+    for (i, &b) in args.batches.iter().enumerate() {
+        let r = run_batch(&engine, b, args.input_len, args.output_len, 1 + i as u64);
+        eprintln!("{r}");
+        results.push(r);
+    }
+    let doc = json!({
+        "benchmark": "throughput",
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine(),
+        "model": engine.model_info(),
+        "load_s": load_s,
+        "engine_config": config,
+        "results": results,
+    });
+    let text = serde_json::to_string_pretty(&doc).unwrap();
+    match &args.out {
+        Some(p) => std::fs::write(p, text + "\n").expect("write --out"),
+        None => println!("{text}"),
+    }
+    engine.shutdown();
+}
