@@ -23,6 +23,9 @@ pub struct GgufTokenizerData {
     pub padding_token_id: Option<u32>,
     pub add_bos_token: bool,
     pub add_eos_token: bool,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece "llama" model): prefix the first word with a space.
+    /// `None` when the key is absent; llama.cpp then defaults to true for SentencePiece vocabularies.
+    pub add_space_prefix: Option<bool>,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
 }
