@@ -130,16 +130,23 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| EngineError::Io { context: format!("opening {}", path.display()), source: e })?;
+        let file = std::fs::File::open(path).map_err(|e| EngineError::Io {
+            context: format!("opening {}", path.display()),
+            source: e,
+        })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < 24 {
-            return Err(EngineError::load(path.display(), format!("file is truncated: {len} bytes, shorter than a GGUF header")));
+            return Err(EngineError::load(
+                path.display(),
+                format!("file is truncated: {len} bytes, shorter than a GGUF header"),
+            ));
         }
         // SAFETY: the map is read-only; like every mmap-based loader (llama.cpp, candle) we assume the model
         // file is not truncated by another process while we run.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| EngineError::Io { context: format!("memory-mapping {}", path.display()), source: e })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::Io {
+            context: format!("memory-mapping {}", path.display()),
+            source: e,
+        })?;
         Self::parse(path, Arc::new(map))
     }
 
@@ -148,7 +155,9 @@ impl GgufFile {
         let mut r = Reader { buf: &map[..], pos: 0 };
         let magic = r.bytes(4, "magic").map_err(err)?;
         if magic != GGUF_MAGIC {
-            return Err(err(format!("not a GGUF file (magic bytes {magic:02x?}, expected \"GGUF\")")));
+            return Err(err(format!(
+                "not a GGUF file (magic bytes {magic:02x?}, expected \"GGUF\")"
+            )));
         }
         let version = r.u32("version").map_err(err)?;
         if version != 2 && version != 3 {
@@ -157,7 +166,8 @@ impl GgufFile {
         let tensor_count = r.u64("tensor count").map_err(err)?;
         let kv_count = r.u64("metadata count").map_err(err)?;
         // A key-value pair takes at least 12 bytes (key length + type), a tensor info at least 24.
-        if kv_count.saturating_mul(12) > r.remaining() as u64 || tensor_count.saturating_mul(24) > r.remaining() as u64 {
+        if kv_count.saturating_mul(12) > r.remaining() as u64 || tensor_count.saturating_mul(24) > r.remaining() as u64
+        {
             return Err(err(format!(
                 "header claims {kv_count} metadata entries and {tensor_count} tensors, more than the file can hold (truncated or corrupt)"
             )));
@@ -184,7 +194,9 @@ impl GgufFile {
             let name = r.string(&format!("name of tensor #{i}")).map_err(err)?;
             let n_dims = r.u32(&format!("n_dims of tensor `{name}`")).map_err(err)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(err(format!("tensor `{name}` has {n_dims} dimensions (1..={MAX_DIMS} allowed)")));
+                return Err(err(format!(
+                    "tensor `{name}` has {n_dims} dimensions (1..={MAX_DIMS} allowed)"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -224,7 +236,13 @@ impl GgufFile {
             }
         }
 
-        Ok(Self { path: path.to_path_buf(), version, metadata, tensors, map })
+        Ok(Self {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            map,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
@@ -242,7 +260,11 @@ impl GgufFile {
 
     /// A zero-copy window into the map.
     pub fn tensor_storage(&self, info: &GgufTensorInfo) -> Storage {
-        Storage::Mapped { map: self.map.clone(), offset: info.file_offset, len: info.byte_len }
+        Storage::Mapped {
+            map: self.map.clone(),
+            offset: info.file_offset,
+            len: info.byte_len,
+        }
     }
 
     /// The tensor as a `[rows, cols]` matrix over the mapped bytes.
@@ -359,5 +381,192 @@ impl<'a> Reader<'a> {
             12 => GgufValue::F64(f64::from_le_bytes(self.array(key)?)),
             other => return Err(format!("metadata `{key}` has unknown value type {other}")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::gguf_writer::{s, strs, write_file, GgufWriter};
+    use proptest::prelude::*;
+
+    fn sample() -> GgufWriter {
+        let mut w = GgufWriter::new();
+        w.kv("general.architecture", s("llama"))
+            .kv("u8", GgufValue::U8(200))
+            .kv("i8", GgufValue::I8(-5))
+            .kv("u16", GgufValue::U16(65000))
+            .kv("i16", GgufValue::I16(-30000))
+            .kv("u32", GgufValue::U32(4_000_000_000))
+            .kv("i32", GgufValue::I32(-7))
+            .kv("f32", GgufValue::F32(1.5))
+            .kv("bool", GgufValue::Bool(true))
+            .kv("u64", GgufValue::U64(1 << 40))
+            .kv("i64", GgufValue::I64(-(1 << 40)))
+            .kv("f64", GgufValue::F64(-2.25))
+            .kv("strings", strs(&["a", "bc", ""]))
+            .kv(
+                "nested",
+                GgufValue::Array(vec![
+                    GgufValue::Array(vec![GgufValue::I32(1)]),
+                    GgufValue::Array(vec![GgufValue::I32(2)]),
+                ]),
+            )
+            .tensor_f32("a", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+            .tensor(
+                "h",
+                &[4],
+                1,
+                [1.0f32, -2.0, 0.5, 0.0]
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            )
+            .tensor("q", &[32, 2], 8, (0..68).map(|i| i as u8).collect());
+        w
+    }
+
+    #[test]
+    fn reads_back_every_value_type_and_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        for version in [2, 3] {
+            let mut w = sample();
+            w.version = version;
+            let f = GgufFile::open(&write_file(tmp.path(), "m.gguf", &w.to_bytes())).unwrap();
+            assert_eq!(f.version, version);
+            for (k, v) in &w.metadata {
+                assert_eq!(f.get(k), Some(v), "{k}");
+            }
+            let a = f.tensor_info("a").unwrap();
+            assert_eq!(
+                (a.dims.clone(), a.dtype, a.matrix_shape()),
+                (vec![3, 2], GgmlType::F32, (2, 3))
+            );
+            assert_eq!(a.file_offset % 32, 0);
+            let m = f.tensor_matrix(a).unwrap();
+            assert!(matches!(m.storage, Storage::Mapped { .. }));
+            assert_eq!(
+                m.row(1),
+                &[4.0f32, 5.0, 6.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<_>>()[..]
+            );
+            let q = f.tensor_info("q").unwrap();
+            assert_eq!((q.dtype, q.byte_len), (GgmlType::Q8_0, 68));
+            assert_eq!(f.tensor_bytes(q), &w.tensors[2].data[..]);
+            assert_eq!(f.tensor_bytes(f.tensor_info("h").unwrap()), &w.tensors[1].data[..]);
+        }
+    }
+
+    #[test]
+    fn honours_general_alignment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = sample();
+        w.kv("general.alignment", GgufValue::U32(256));
+        let f = GgufFile::open(&write_file(tmp.path(), "m.gguf", &w.to_bytes())).unwrap();
+        for (t, want) in f.tensors.iter().zip(&w.tensors) {
+            assert_eq!(t.file_offset % 256, 0);
+            assert_eq!(f.tensor_bytes(t), &want.data[..]);
+        }
+        w.metadata.last_mut().unwrap().1 = GgufValue::U32(48);
+        let e = GgufFile::open(&write_file(tmp.path(), "bad.gguf", &w.to_bytes()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("power of two"), "{e}");
+    }
+
+    fn assert_load_error(bytes: &[u8], dir: &Path, expect: &str) {
+        let path = write_file(dir, "broken.gguf", bytes);
+        match GgufFile::open(&path) {
+            Err(EngineError::ModelLoad { path: p, message }) => {
+                assert_eq!(p, path.display().to_string());
+                assert!(message.contains(expect), "`{message}` should mention `{expect}`");
+            }
+            Err(e) => panic!("expected ModelLoad, got {e}"),
+            Ok(_) => panic!("a broken file ({} bytes) parsed", bytes.len()),
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_a_load_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = sample().to_bytes();
+        for cut in 0..bytes.len() {
+            assert_load_error(&bytes[..cut], tmp.path(), "truncated");
+        }
+    }
+
+    #[test]
+    fn bad_magic_version_and_type() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bytes = sample().to_bytes();
+        bytes[..4].copy_from_slice(b"GGML");
+        assert_load_error(&bytes, tmp.path(), "not a GGUF file");
+        let mut w = sample();
+        w.version = 1;
+        assert_load_error(&w.to_bytes(), tmp.path(), "version 1");
+        let mut w = sample();
+        w.tensors[1].type_id = 6; // Q5_0
+        let path = write_file(tmp.path(), "q5.gguf", &w.to_bytes());
+        let e = GgufFile::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("`h`") && e.contains("type id 6") && e.contains(GgmlType::SUPPORTED),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn absurd_lengths_are_errors_not_allocations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = GgufWriter::new();
+        w.kv("k", s("v"));
+        let good = w.to_bytes();
+        // kv count claims u64::MAX entries.
+        let mut bytes = good.clone();
+        bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_load_error(&bytes, tmp.path(), "more than the file can hold");
+        // Key length (right after the 24-byte header) claims 2^60 bytes.
+        let mut bytes = good.clone();
+        bytes[24..32].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        assert_load_error(&bytes, tmp.path(), "exceeds");
+        // An array claiming 2^62 items.
+        let mut w = GgufWriter::new();
+        w.kv("arr", GgufValue::Array(vec![GgufValue::U8(1)]));
+        let mut bytes = w.to_bytes();
+        let count_at = 24 + 8 + 3 + 4 + 4;
+        bytes[count_at..count_at + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        assert_load_error(&bytes, tmp.path(), "cannot fit");
+        // A tensor whose dims overflow u64 when multiplied.
+        let mut w = GgufWriter::new();
+        w.tensor("t", &[u64::MAX / 2, 4], 0, vec![0; 8]);
+        assert_load_error(&w.to_bytes(), tmp.path(), "absurd dimensions");
+        // Offset past the end.
+        let mut w = GgufWriter::new();
+        w.tensor_f32("t", &[2], &[1.0, 2.0]);
+        let mut bytes = w.to_bytes();
+        let off_at = 24 + 8 + 1 + 4 + 8 + 4;
+        bytes[off_at..off_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert_load_error(&bytes, tmp.path(), "past the end");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random byte corruption either parses or is a ModelLoad error: never a panic.
+        #[test]
+        fn corrupted_bytes_never_panic(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut bytes = sample().to_bytes();
+            for (at, v) in edits {
+                let n = bytes.len();
+                bytes[at % n] = v;
+            }
+            let path = write_file(tmp.path(), "fuzz.gguf", &bytes);
+            match GgufFile::open(&path) {
+                Ok(f) => for t in &f.tensors { let _ = f.tensor_bytes(t); },
+                Err(e) => prop_assert!(matches!(e, EngineError::ModelLoad { .. }), "{e}"),
+            }
+        }
     }
 }

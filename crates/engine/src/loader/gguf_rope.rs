@@ -30,7 +30,11 @@ pub fn rope_scaling(file: &GgufFile, arch: &str, head_dim: usize, theta: f32) ->
         "none" => {}
         "linear" => {
             let factor = num("factor").ok_or_else(|| err(format!("`{}` is linear but has no factor", key("type"))))?;
-            return Ok(if factor == 1.0 { RopeScaling::None } else { RopeScaling::Linear { factor: factor as f32 } });
+            return Ok(if factor == 1.0 {
+                RopeScaling::None
+            } else {
+                RopeScaling::Linear { factor: factor as f32 }
+            });
         }
         "llama3" => {
             return Ok(RopeScaling::Llama3 {
@@ -42,10 +46,14 @@ pub fn rope_scaling(file: &GgufFile, arch: &str, head_dim: usize, theta: f32) ->
             })
         }
         other => {
-            return Err(err(format!("RoPE scaling type `{other}` is not supported (supported: none, linear, llama3)")))
+            return Err(err(format!(
+                "RoPE scaling type `{other}` is not supported (supported: none, linear, llama3)"
+            )))
         }
     }
-    let Some(info) = file.tensor_info("rope_freqs.weight") else { return Ok(RopeScaling::None) };
+    let Some(info) = file.tensor_info("rope_freqs.weight") else {
+        return Ok(RopeScaling::None);
+    };
     if info.dtype != GgmlType::F32 || info.dims.iter().product::<u64>() as usize != head_dim / 2 {
         return Err(err(format!(
             "rope_freqs.weight should be F32 with {} values, found {:?} {:?}",
@@ -54,7 +62,11 @@ pub fn rope_scaling(file: &GgufFile, arch: &str, head_dim: usize, theta: f32) ->
             info.dims
         )));
     }
-    let ff: Vec<f32> = file.tensor_bytes(info).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let ff: Vec<f32> = file
+        .tensor_bytes(info)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     infer_llama3(&ff, head_dim, theta, orig_ctx.unwrap_or(DEFAULT_ORIGINAL_CONTEXT)).map_err(err)
 }
 
@@ -95,7 +107,12 @@ fn infer_llama3(ff: &[f32], head_dim: usize, theta: f32, orig: usize) -> Result<
         .iter()
         .enumerate()
         .filter(|(_, &v)| v > 1.0 + 1e-4 && v < factor * (1.0 - 1e-4))
-        .map(|(i, &v)| (1.0 / wavelen(i, head_dim, theta), (1.0 / v as f64 - inv_factor) / (1.0 - inv_factor)))
+        .map(|(i, &v)| {
+            (
+                1.0 / wavelen(i, head_dim, theta),
+                (1.0 / v as f64 - inv_factor) / (1.0 - inv_factor),
+            )
+        })
         .collect();
     let (low, high) = if points.len() >= 2 {
         // Least-squares line s = a * x + b.
@@ -113,7 +130,11 @@ fn infer_llama3(ff: &[f32], head_dim: usize, theta: f32, orig: usize) -> Result<
         (DEFAULT_LOW_FREQ_FACTOR, DEFAULT_HIGH_FREQ_FACTOR)
     };
     let recomputed = llama3_freq_factors(head_dim, theta, factor, low, high, orig);
-    let worst = ff.iter().zip(&recomputed).map(|(a, b)| ((a - b) / a).abs()).fold(0.0f32, f32::max);
+    let worst = ff
+        .iter()
+        .zip(&recomputed)
+        .map(|(a, b)| ((a - b) / a).abs())
+        .fold(0.0f32, f32::max);
     if !(low > 0.0 && high > low) || worst > 1e-3 {
         return Err(format!(
             "rope_freqs.weight does not follow Llama 3 RoPE scaling (best fit factor {factor}, low {low}, high {high}, \
@@ -138,7 +159,12 @@ mod tests {
         for (factor, theta) in [(8.0f32, 500_000.0f32), (32.0, 500_000.0)] {
             let ff = llama3_freq_factors(128, theta, factor, 1.0, 4.0, 8192);
             match infer_llama3(&ff, 128, theta, 8192).unwrap() {
-                RopeScaling::Llama3 { factor: f, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                RopeScaling::Llama3 {
+                    factor: f,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings,
+                } => {
                     assert_eq!(f, factor);
                     assert!((low_freq_factor - 1.0).abs() < 1e-3, "{low_freq_factor}");
                     assert!((high_freq_factor - 4.0).abs() < 1e-3, "{high_freq_factor}");

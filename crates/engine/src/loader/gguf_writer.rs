@@ -21,7 +21,10 @@ pub struct GgufWriter {
 
 impl GgufWriter {
     pub fn new() -> Self {
-        Self { version: 3, ..Default::default() }
+        Self {
+            version: 3,
+            ..Default::default()
+        }
     }
 
     pub fn kv(&mut self, key: &str, value: GgufValue) -> &mut Self {
@@ -30,7 +33,12 @@ impl GgufWriter {
     }
 
     pub fn tensor(&mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> &mut Self {
-        self.tensors.push(TestTensor { name: name.to_string(), dims: dims.to_vec(), type_id, data });
+        self.tensors.push(TestTensor {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            type_id,
+            data,
+        });
         self
     }
 
@@ -139,4 +147,11 @@ pub fn s(v: &str) -> GgufValue {
 
 pub fn strs(v: &[&str]) -> GgufValue {
     GgufValue::Array(v.iter().map(|x| s(x)).collect())
+}
+
+/// Writes bytes to `dir/name` and returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
 }

@@ -11,8 +11,11 @@ use crate::model::{ModelConfig, RopeScaling};
 use super::{push_unique, GenerationDefaults};
 
 /// `LlamaForCausalLM` etc. -> our architecture name.
-const ARCHITECTURE_CLASSES: &[(&str, &str)] =
-    &[("LlamaForCausalLM", "llama"), ("MistralForCausalLM", "mistral"), ("Qwen2ForCausalLM", "qwen2")];
+const ARCHITECTURE_CLASSES: &[(&str, &str)] = &[
+    ("LlamaForCausalLM", "llama"),
+    ("MistralForCausalLM", "mistral"),
+    ("Qwen2ForCausalLM", "qwen2"),
+];
 
 /// A token id or a list of them (transformers accepts both for `eos_token_id`).
 #[derive(Deserialize, Debug, Clone)]
@@ -102,31 +105,51 @@ fn architecture(raw: &RawConfig) -> Result<String, String> {
             return Ok(mt.to_string());
         }
     }
-    let found = if raw.architectures.is_empty() { format!("{:?}", raw.model_type) } else { raw.architectures.join(", ") };
+    let found = if raw.architectures.is_empty() {
+        format!("{:?}", raw.model_type)
+    } else {
+        raw.architectures.join(", ")
+    };
     Err(format!(
         "architecture {found} is not supported (supported: {}; i.e. {})",
         ModelConfig::SUPPORTED_ARCHITECTURES.join(", "),
-        ARCHITECTURE_CLASSES.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+        ARCHITECTURE_CLASSES
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
 }
 
 /// `rope_scaling` ({"rope_type" | "type": "llama3" | "linear" | "default", "factor", ...}).
 fn rope_scaling(v: Option<&Value>) -> Result<RopeScaling, String> {
-    let Some(obj) = v.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
-    let obj = obj.as_object().ok_or_else(|| format!("rope_scaling should be an object, found {obj}"))?;
-    let kind = obj.get("rope_type").or_else(|| obj.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let Some(obj) = v.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let obj = obj
+        .as_object()
+        .ok_or_else(|| format!("rope_scaling should be an object, found {obj}"))?;
+    let kind = obj
+        .get("rope_type")
+        .or_else(|| obj.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let num = |k: &str| obj.get(k).and_then(Value::as_f64);
     let need = |k: &str| num(k).ok_or_else(|| format!("rope_scaling of type `{kind}` has no numeric `{k}`"));
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: need("factor")? as f32 }),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: need("factor")? as f32,
+        }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor: need("factor")? as f32,
             low_freq_factor: need("low_freq_factor")? as f32,
             high_freq_factor: need("high_freq_factor")? as f32,
             original_max_position_embeddings: need("original_max_position_embeddings")? as usize,
         }),
-        other => Err(format!("rope_scaling type `{other}` is not supported (supported: default, linear, llama3)")),
+        other => Err(format!(
+            "rope_scaling type `{other}` is not supported (supported: default, linear, llama3)"
+        )),
     }
 }
 
@@ -175,7 +198,10 @@ mod tests {
     fn llama31_config() {
         let c = parse_config("x", LLAMA31).unwrap();
         assert_eq!(c.architecture, "llama");
-        assert_eq!((c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim), (2048, 32, 8, 64));
+        assert_eq!(
+            (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+            (2048, 32, 8, 64)
+        );
         assert_eq!(
             c.rope_scaling,
             RopeScaling::Llama3 {
@@ -219,16 +245,24 @@ mod tests {
 
     #[test]
     fn unsupported_architecture_and_rope_type_are_named() {
-        let e = parse_config("cfg.json", r#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("GPT2LMHeadModel") && e.contains("llama, mistral, qwen2") && e.contains("cfg.json"), "{e}");
+        let e = parse_config(
+            "cfg.json",
+            r#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("GPT2LMHeadModel") && e.contains("llama, mistral, qwen2") && e.contains("cfg.json"),
+            "{e}"
+        );
         let text = LLAMA31.replace("\"llama3\"", "\"yarn\"");
         let e = parse_config("x", &text).unwrap_err().to_string();
         assert!(e.contains("yarn") && e.contains("llama3"), "{e}");
         let e = parse_config("x", "{not json").unwrap_err().to_string();
         assert!(e.contains("invalid config.json"), "{e}");
-        let e = parse_config("x", &LLAMA31.replace("\"hidden_size\"", "\"hidden\"")).unwrap_err().to_string();
+        let e = parse_config("x", &LLAMA31.replace("\"hidden_size\"", "\"hidden\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hidden_size"), "{e}");
     }
 
@@ -251,7 +285,12 @@ mod tests {
                 eos_token_ids: vec![2, 7],
             }
         );
-        assert_eq!(parse_generation_config("g", r#"{"eos_token_id": 5}"#).unwrap().eos_token_ids, vec![5]);
+        assert_eq!(
+            parse_generation_config("g", r#"{"eos_token_id": 5}"#)
+                .unwrap()
+                .eos_token_ids,
+            vec![5]
+        );
         assert!(parse_generation_config("g", "[]").is_err());
     }
 }

@@ -25,8 +25,10 @@ fn env_path(key: &str) -> Option<PathBuf> {
     std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-fn home_dir() -> PathBuf {
-    env_path("HOME").or_else(|| env_path("USERPROFILE")).unwrap_or_else(|| PathBuf::from("."))
+pub(crate) fn home_dir() -> PathBuf {
+    env_path("HOME")
+        .or_else(|| env_path("USERPROFILE"))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// pagedllm's cache: `$PAGEDLLM_CACHE_DIR`, else `$XDG_CACHE_HOME/pagedllm`, else `~/.cache/pagedllm`.
@@ -107,7 +109,8 @@ fn looks_like_repo_id(spec: &str) -> bool {
     let ok = |s: &str| {
         !s.is_empty()
             && !s.starts_with('.')
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     matches!(spec.split_once('/'), Some((org, name)) if ok(org) && ok(name))
 }
@@ -143,34 +146,58 @@ pub fn resolve_path(path: &Path) -> Result<ResolvedSource> {
     if path.is_dir() {
         return resolve_dir(path);
     }
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if file_name.ends_with(".safetensors") || file_name == "config.json" {
         if let Some(parent) = path.parent().filter(|p| p.join("config.json").is_file()) {
             return resolve_dir(parent);
         }
     }
     // Anything else that is a file is read as GGUF; the parser reports a non-GGUF file by its magic bytes.
-    Ok(ResolvedSource { path: path.to_path_buf(), format: ModelFormat::Gguf, name: gguf_display_name(&file_name) })
+    Ok(ResolvedSource {
+        path: path.to_path_buf(),
+        format: ModelFormat::Gguf,
+        name: gguf_display_name(&file_name),
+    })
 }
 
 fn resolve_dir(dir: &Path) -> Result<ResolvedSource> {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if dir.join("config.json").is_file() {
-        return Ok(ResolvedSource { path: dir.to_path_buf(), format: ModelFormat::HfSafetensors, name });
+        return Ok(ResolvedSource {
+            path: dir.to_path_buf(),
+            format: ModelFormat::HfSafetensors,
+            name,
+        });
     }
     let ggufs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| EngineError::Io { context: format!("listing {}", dir.display()), source: e })?
+        .map_err(|e| EngineError::Io {
+            context: format!("listing {}", dir.display()),
+            source: e,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .collect();
     match ggufs.as_slice() {
         [one] => resolve_path(one),
-        [] => Err(EngineError::load(dir.display(), "directory has neither config.json nor a .gguf file")),
+        [] => Err(EngineError::load(
+            dir.display(),
+            "directory has neither config.json nor a .gguf file",
+        )),
         many => Err(EngineError::load(
             dir.display(),
             format!(
                 "directory holds several .gguf files ({}); pass the one to load",
-                many.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -214,7 +241,10 @@ mod tests {
         // A stale ref falls back to the newest snapshot.
         std::fs::write(repo.join("refs/main"), "gone").unwrap();
         let newer = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
-        std::fs::File::open(repo.join("snapshots/bbb")).unwrap().set_modified(newer).unwrap();
+        std::fs::File::open(repo.join("snapshots/bbb"))
+            .unwrap()
+            .set_modified(newer)
+            .unwrap();
         assert_eq!(resolve_repo_in_cache(tmp.path(), id), Some(repo.join("snapshots/bbb")));
 
         assert_eq!(resolve_repo_in_cache(tmp.path(), "other/model"), None);
@@ -230,7 +260,9 @@ mod tests {
         assert_eq!(r.format, ModelFormat::Gguf);
         assert_eq!(r.path, tmp.path().join("snap/Model-Q8_0.gguf"));
         touch(&tmp.path().join("snap/Model-Q4_K_M.gguf"));
-        let e = resolve_snapshot(&tmp.path().join("snap"), "org/Model-GGUF").unwrap_err().to_string();
+        let e = resolve_snapshot(&tmp.path().join("snap"), "org/Model-GGUF")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("several .gguf") && e.contains("Model-Q4_K_M.gguf"), "{e}");
     }
 
@@ -256,9 +288,18 @@ mod tests {
 
     #[test]
     fn display_names() {
-        assert_eq!(gguf_display_name("SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2-135M-Instruct");
-        assert_eq!(gguf_display_name("Llama-3.2-1B-Instruct-Q4_K_M.gguf"), "Llama-3.2-1B-Instruct");
-        assert_eq!(gguf_display_name("qwen2-0_5b-instruct-fp16.gguf"), "qwen2-0_5b-instruct");
+        assert_eq!(
+            gguf_display_name("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct"
+        );
+        assert_eq!(
+            gguf_display_name("Llama-3.2-1B-Instruct-Q4_K_M.gguf"),
+            "Llama-3.2-1B-Instruct"
+        );
+        assert_eq!(
+            gguf_display_name("qwen2-0_5b-instruct-fp16.gguf"),
+            "qwen2-0_5b-instruct"
+        );
         assert_eq!(gguf_display_name("tiny.gguf"), "tiny");
         assert_eq!(gguf_display_name("model-135M.gguf"), "model-135M");
     }

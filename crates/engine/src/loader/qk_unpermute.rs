@@ -24,7 +24,9 @@ pub fn unpermute_qk(w: &WeightMatrix, n_head: usize) -> Result<WeightMatrix, Str
         (w.rows, w.row_bytes())
     };
     if n_head == 0 || units % (2 * n_head) != 0 {
-        return Err(format!("{units} rows cannot be split into {n_head} heads of an even size"));
+        return Err(format!(
+            "{units} rows cannot be split into {n_head} heads of an even size"
+        ));
     }
     let src = w.storage.bytes();
     let head_dim = units / n_head;
@@ -35,7 +37,8 @@ pub fn unpermute_qk(w: &WeightMatrix, n_head: usize) -> Result<WeightMatrix, Str
             for j in 0..2 {
                 let from = h * head_dim + 2 * i + j;
                 let to = h * head_dim + j * half + i;
-                out[to * unit_bytes..(to + 1) * unit_bytes].copy_from_slice(&src[from * unit_bytes..(from + 1) * unit_bytes]);
+                out[to * unit_bytes..(to + 1) * unit_bytes]
+                    .copy_from_slice(&src[from * unit_bytes..(from + 1) * unit_bytes]);
             }
         }
     }
@@ -47,28 +50,28 @@ pub fn arch_is_permuted(arch: &str) -> bool {
     matches!(arch, "llama" | "mistral")
 }
 
+/// Test helper: the converter's numpy permute, written out on row indices.
+#[cfg(test)]
+pub(crate) fn python_permute(rows: &[Vec<u8>], n_head: usize) -> Vec<Vec<u8>> {
+    let head_dim = rows.len() / n_head;
+    let half = head_dim / 2;
+    // reshaped[h][a][b] = rows[h*head_dim + a*half + b]; swapped[h][b][a] = reshaped[h][a][b]
+    let mut out = Vec::with_capacity(rows.len());
+    for h in 0..n_head {
+        for b in 0..half {
+            for a in 0..2 {
+                out.push(rows[h * head_dim + a * half + b].clone());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pagedllm_kernels::GgmlType;
     use rand::{Rng, SeedableRng};
-
-    /// The converter's numpy permute, written out on row indices: `reshape(n_head, 2, hd/2, cols)
-    /// .swapaxes(1, 2).reshape(rows, cols)`.
-    fn python_permute(rows: &[Vec<u8>], n_head: usize) -> Vec<Vec<u8>> {
-        let head_dim = rows.len() / n_head;
-        let half = head_dim / 2;
-        // reshaped[h][a][b] = rows[h*head_dim + a*half + b]; swapped[h][b][a] = reshaped[h][a][b]
-        let mut out = Vec::with_capacity(rows.len());
-        for h in 0..n_head {
-            for b in 0..half {
-                for a in 0..2 {
-                    out.push(rows[h * head_dim + a * half + b].clone());
-                }
-            }
-        }
-        out
-    }
 
     fn matrix_from_rows(dtype: GgmlType, cols: usize, rows: &[Vec<u8>]) -> WeightMatrix {
         let bytes: Vec<u8> = rows.concat();
@@ -78,12 +81,15 @@ mod tests {
     #[test]
     fn unpermute_inverts_the_converter_permute_on_quantized_rows() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for &(n_head, head_dim, dtype, cols) in
-            &[(3usize, 8usize, GgmlType::Q8_0, 64usize), (2, 4, GgmlType::F32, 5), (4, 64, GgmlType::Q4_1, 32)]
-        {
+        for &(n_head, head_dim, dtype, cols) in &[
+            (3usize, 8usize, GgmlType::Q8_0, 64usize),
+            (2, 4, GgmlType::F32, 5),
+            (4, 64, GgmlType::Q4_1, 32),
+        ] {
             let row_bytes = dtype.row_bytes(cols);
-            let original: Vec<Vec<u8>> =
-                (0..n_head * head_dim).map(|_| (0..row_bytes).map(|_| rng.random()).collect()).collect();
+            let original: Vec<Vec<u8>> = (0..n_head * head_dim)
+                .map(|_| (0..row_bytes).map(|_| rng.random()).collect())
+                .collect();
             let permuted = python_permute(&original, n_head);
             assert_ne!(permuted, original);
             let w = matrix_from_rows(dtype, cols, &permuted);
@@ -106,8 +112,12 @@ mod tests {
             .collect();
         let w = WeightMatrix::from_f32(1, 16, &permuted);
         let back = unpermute_qk(&w, n_head).unwrap();
-        let got: Vec<f32> =
-            back.storage.bytes().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let got: Vec<f32> = back
+            .storage
+            .bytes()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(got, original);
     }
 
