@@ -1,0 +1,327 @@
+//! Causal attention of a flattened varlen batch over the paged KV cache (vLLM's PagedAttention, on the CPU).
+//!
+//! Token `i` of sequence `b` (which owns `q_len` new tokens at the end of its `seq_lens[b]`-token context)
+//! sits at position `pos = seq_lens[b] - q_len + i` and attends to positions `0..=pos`, whose K/V live in
+//! slot `block_table[p / block_size] * block_size + p % block_size`. GQA: query head `h` reads KV head
+//! `h / (num_heads / num_kv_heads)`.
+//!
+//! Work is split over (token, KV head) pairs so each K/V row is read once for its whole group of query heads.
+//! Each pair scores its context into thread-local scratch, takes a max-subtracted softmax in f32 and sums V.
+//! When a batch has too few pairs to fill the threads (a decode step of a few sequences) and contexts are long,
+//! each pair's context is also split into partitions whose partial softmax states are merged afterwards (the
+//! "flash-decoding" split), so long-context decode still uses every core.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::kv_cache::KvCache;
+use super::vec::{axpy, dot, has_avx2_fma, scale as scale_vec};
+use crate::batch::InputBatch;
+
+/// Context positions per partition of the split path.
+const PARTITION: usize = 512;
+
+/// Largest supported number of query heads per KV head.
+const MAX_GROUP: usize = 64;
+
+/// `out = softmax(q Kᵀ * scale) V` per token and head; `q`, `out`: `[T, num_heads, head_dim]`.
+///
+/// Panics if the arrays disagree with the batch and cache geometry (the model checks the batch first).
+pub fn paged_attention(
+    q: &[f32],
+    kv: &KvCache,
+    layer: usize,
+    batch: &InputBatch,
+    num_heads: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    // Split contexts only when the (token, KV head) pairs alone cannot keep the threads busy.
+    let pairs = batch.num_tokens() * kv.num_kv_heads;
+    let partition = if pairs < 2 * rayon::current_num_threads() { PARTITION } else { usize::MAX };
+    attention_impl(q, kv, layer, batch, num_heads, scale, out, partition)
+}
+
+/// The cache geometry one (token, KV head) pair needs.
+#[derive(Clone, Copy)]
+struct Geo {
+    block_size: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Softmax state of one head over part of the context: running max, sum of exponentials, unnormalized output.
+struct Partial {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+thread_local! {
+    /// Scores `[group, positions]` of the pair being computed, reused across calls.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_impl(
+    q: &[f32],
+    kv: &KvCache,
+    layer: usize,
+    batch: &InputBatch,
+    num_heads: usize,
+    scale: f32,
+    out: &mut [f32],
+    // Context positions per partition; contexts of fewer than two partitions are not split.
+    partition: usize,
+) {
+    let geo = Geo { block_size: kv.block_size, num_kv_heads: kv.num_kv_heads, head_dim: kv.head_dim };
+    let (hd, nkv) = (geo.head_dim, geo.num_kv_heads);
+    let t = batch.num_tokens();
+    assert!(nkv > 0 && num_heads % nkv == 0, "attention: {num_heads} heads do not divide into {nkv} KV heads");
+    let group = num_heads / nkv;
+    assert!(group <= MAX_GROUP, "attention: {group} query heads per KV head is more than {MAX_GROUP}");
+    assert_eq!(q.len(), t * num_heads * hd, "attention: q is not [{t}, {num_heads}, {hd}]");
+    assert_eq!(out.len(), q.len(), "attention: out and q differ in length");
+    assert_eq!(batch.block_size, kv.block_size, "attention: batch and cache block sizes differ");
+    assert!(layer < kv.num_layers, "attention: layer {layer} out of range");
+    if t == 0 {
+        return;
+    }
+    let (kc, vc) = (&kv.k[layer][..], &kv.v[layer][..]);
+    let avx2 = has_avx2_fma();
+
+    out.par_chunks_mut(group * hd).enumerate().for_each(|(job, out_g)| {
+        let (tok, kh) = (job / nkv, job % nkv);
+        let b = batch.query_start_loc.partition_point(|&s| s as usize <= tok) - 1;
+        let q_start = batch.query_start_loc[b] as usize;
+        let q_len = batch.query_start_loc[b + 1] as usize - q_start;
+        let ctx = batch.seq_lens[b] as usize - q_len + (tok - q_start) + 1;
+        let table = batch.block_table(b);
+        let q_g = &q[tok * num_heads * hd + kh * group * hd..][..group * hd];
+        let run = |range: std::ops::Range<usize>, acc: &mut [f32], m: &mut [f32], l: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU supports the features (checked above).
+                return unsafe { attend_part_avx2(q_g, kc, vc, table, geo, kh, range, scale, acc, m, l) };
+            }
+            let _ = avx2;
+            attend_part(q_g, kc, vc, table, geo, kh, range, scale, acc, m, l)
+        };
+
+        if ctx.div_ceil(partition) < 2 {
+            let (mut m, mut l) = ([0.0f32; MAX_GROUP], [0.0f32; MAX_GROUP]);
+            run(0..ctx, out_g, &mut m[..group], &mut l[..group]);
+            for (o, &l) in out_g.chunks_exact_mut(hd).zip(&l[..group]) {
+                scale_vec(o, 1.0 / l);
+            }
+            return;
+        }
+        let parts: Vec<Partial> = (0..ctx.div_ceil(partition))
+            .into_par_iter()
+            .map(|i| {
+                let mut p = Partial { m: vec![0.0; group], l: vec![0.0; group], acc: vec![0.0; group * hd] };
+                run(i * partition..((i + 1) * partition).min(ctx), &mut p.acc, &mut p.m, &mut p.l);
+                p
+            })
+            .collect();
+        // Merge: rescale every partial to the global max of its head.
+        for (h, o) in out_g.chunks_exact_mut(hd).enumerate() {
+            let m = parts.iter().fold(f32::NEG_INFINITY, |a, p| a.max(p.m[h]));
+            o.fill(0.0);
+            let mut l = 0.0f32;
+            for p in &parts {
+                let w = (p.m[h] - m).exp();
+                l += p.l[h] * w;
+                axpy(o, w, &p.acc[h * hd..(h + 1) * hd]);
+            }
+            scale_vec(o, 1.0 / l);
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_part_avx2(
+    q_g: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    table: &[u32],
+    geo: Geo,
+    kh: usize,
+    range: std::ops::Range<usize>,
+    scale: f32,
+    acc: &mut [f32],
+    m: &mut [f32],
+    l: &mut [f32],
+) {
+    attend_part(q_g, kc, vc, table, geo, kh, range, scale, acc, m, l)
+}
+
+/// The group's query heads `q_g` over context positions `range` of KV head `kh`: writes the max score `m`,
+/// the sum of `exp(score - m)` as `l` and the unnormalized `Σ exp(score - m) v` as `acc`, per head.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_part(
+    q_g: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    table: &[u32],
+    geo: Geo,
+    kh: usize,
+    range: std::ops::Range<usize>,
+    scale: f32,
+    acc: &mut [f32],
+    m: &mut [f32],
+    l: &mut [f32],
+) {
+    let hd = geo.head_dim;
+    let group = m.len();
+    let n = range.len();
+    let row_of = |p: usize| {
+        let slot = table[p / geo.block_size] as usize * geo.block_size + p % geo.block_size;
+        (slot * geo.num_kv_heads + kh) * hd
+    };
+    SCORES.with(|s| {
+        let mut s = s.borrow_mut();
+        s.resize(group * n, 0.0);
+        for (i, p) in range.clone().enumerate() {
+            let k = &kc[row_of(p)..][..hd];
+            for h in 0..group {
+                s[h * n + i] = dot(&q_g[h * hd..(h + 1) * hd], k) * scale;
+            }
+        }
+        for h in 0..group {
+            let row = &mut s[h * n..(h + 1) * n];
+            let mx = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let mut sum = 0.0f32;
+            for v in row.iter_mut() {
+                *v = (*v - mx).exp();
+                sum += *v;
+            }
+            m[h] = mx;
+            l[h] = sum;
+        }
+        acc.fill(0.0);
+        for (i, p) in range.enumerate() {
+            let v = &vc[row_of(p)..][..hd];
+            for h in 0..group {
+                axpy(&mut acc[h * hd..(h + 1) * hd], s[h * n + i], v);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// (cached prefix length, new tokens) per sequence.
+    fn build(
+        seqs: &[(usize, usize)],
+        block_size: usize,
+        nkv: usize,
+        hd: usize,
+        rng: &mut impl Rng,
+    ) -> (InputBatch, KvCache) {
+        let blocks_per: Vec<usize> = seqs.iter().map(|(c, n)| (c + n).div_ceil(block_size)).collect();
+        let total: usize = blocks_per.iter().sum();
+        // Block 0 is the null block; the rest are handed out in shuffled order.
+        let mut ids: Vec<u32> = (1..=total as u32).collect();
+        ids.shuffle(rng);
+        let max_blocks = *blocks_per.iter().max().unwrap() + 1;
+        let mut batch = InputBatch { block_size, max_blocks_per_seq: max_blocks, ..Default::default() };
+        batch.query_start_loc.push(0);
+        let mut next = ids.into_iter();
+        for (b, &(cached, new)) in seqs.iter().enumerate() {
+            let mut table: Vec<u32> = (0..blocks_per[b]).map(|_| next.next().unwrap()).collect();
+            table.resize(max_blocks, 0);
+            for i in 0..new {
+                let p = cached + i;
+                batch.token_ids.push(0);
+                batch.positions.push(p as u32);
+                batch.slot_mapping.push((table[p / block_size] as usize * block_size + p % block_size) as i64);
+            }
+            batch.block_tables.extend(table);
+            batch.seq_lens.push((cached + new) as u32);
+            batch.query_start_loc.push(batch.token_ids.len() as u32);
+        }
+        batch.check();
+        let mut kv = KvCache::new(2, total + 1, block_size, nkv, hd);
+        for layer in 0..2 {
+            kv.k[layer].iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0));
+            kv.v[layer].iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0));
+        }
+        (batch, kv)
+    }
+
+    fn reference(q: &[f32], kv: &KvCache, layer: usize, batch: &InputBatch, nh: usize, scale: f32) -> Vec<f64> {
+        let (hd, nkv, bs) = (kv.head_dim, kv.num_kv_heads, kv.block_size);
+        let mut out = vec![0.0f64; q.len()];
+        for b in 0..batch.num_seqs() {
+            let (s0, s1) = (batch.query_start_loc[b] as usize, batch.query_start_loc[b + 1] as usize);
+            let table = batch.block_table(b);
+            // Gather this sequence's K/V densely.
+            let ctx = batch.seq_lens[b] as usize;
+            let at = |c: &Vec<f32>, p: usize, kh: usize, d: usize| {
+                c[((table[p / bs] as usize * bs + p % bs) * nkv + kh) * hd + d] as f64
+            };
+            for t in s0..s1 {
+                let pos = ctx - (s1 - s0) + (t - s0);
+                for h in 0..nh {
+                    let kh = h / (nh / nkv);
+                    let qh = &q[(t * nh + h) * hd..][..hd];
+                    let scores: Vec<f64> = (0..=pos)
+                        .map(|p| (0..hd).map(|d| qh[d] as f64 * at(&kv.k[layer], p, kh, d)).sum::<f64>() * scale as f64)
+                        .collect();
+                    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        out[(t * nh + h) * hd + d] =
+                            (0..=pos).map(|p| e[p] * at(&kv.v[layer], p, kh, d)).sum::<f64>() / z;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(seqs: &[(usize, usize)], nh: usize, nkv: usize, hd: usize, partition: usize, seed: u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (batch, kv) = build(seqs, 16, nkv, hd, &mut rng);
+        let q: Vec<f32> = (0..batch.num_tokens() * nh * hd).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![f32::NAN; q.len()];
+        attention_impl(&q, &kv, 1, &batch, nh, scale, &mut out, partition);
+        for (i, (a, b)) in out.iter().zip(reference(&q, &kv, 1, &batch, nh, scale)).enumerate() {
+            assert!((*a as f64 - b).abs() < 1e-5, "seqs {seqs:?} nh {nh} nkv {nkv} hd {hd}: [{i}] {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn mixed_prefill_and_decode_match_dense_reference() {
+        // (usize::MAX: never split; the split path has its own test.)
+        // A prefill chunk after a cached prefix, a fresh prefill, decodes (one at a block boundary), a 1-token
+        // context, and an empty slot in the batch.
+        let seqs = [(21, 12), (0, 20), (69, 1), (31, 1), (0, 1), (40, 0)];
+        for (nh, nkv) in [(4, 4), (6, 2), (8, 2)] {
+            for hd in [64, 128] {
+                check(&seqs, nh, nkv, hd, usize::MAX, (nh * 1000 + hd) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn split_context_decode_matches_dense_reference() {
+        // Few (token, KV head) pairs and contexts spanning many partitions force the split path, including a
+        // ragged last partition.
+        check(&[(300, 1), (97, 1)], 6, 2, 64, 32, 11);
+        check(&[(40, 3)], 4, 4, 64, 16, 13);
+        check(&[(129, 1)], 3, 1, 128, 16, 12);
+    }
+}
