@@ -21,7 +21,7 @@ const OPTIONAL_FILES: &[&str] = &[
 
 fn not_found(repo_id: &str, what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::ModelNotFound(format!(
-        "could not download {what} of `{repo_id}` from the Hugging Face Hub: {e}"
+        "`{repo_id}` is not a local path or in the HF cache, and downloading its {what} from the Hugging Face Hub failed: {e}"
     ))
 }
 
