@@ -130,9 +130,12 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| EngineError::Io {
-            context: format!("opening {}", path.display()),
-            source: e,
+        let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => EngineError::ModelNotFound(format!("{} does not exist", path.display())),
+            _ => EngineError::Io {
+                context: format!("opening {}", path.display()),
+                source: e,
+            },
         })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < 24 {
@@ -486,6 +489,17 @@ mod tests {
             }
             Err(e) => panic!("expected ModelLoad, got {e}"),
             Ok(_) => panic!("a broken file ({} bytes) parsed", bytes.len()),
+        }
+    }
+
+    #[test]
+    fn missing_file_is_model_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("absent.gguf");
+        match GgufFile::open(&path) {
+            Err(EngineError::ModelNotFound(m)) => assert!(m.contains(&path.display().to_string()), "{m}"),
+            Err(e) => panic!("expected ModelNotFound, got {e}"),
+            Ok(_) => panic!("opened a missing file"),
         }
     }
 

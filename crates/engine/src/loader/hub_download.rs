@@ -21,17 +21,21 @@ const OPTIONAL_FILES: &[&str] = &[
 
 fn not_found(repo_id: &str, what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::ModelNotFound(format!(
-        "could not download {what} of `{repo_id}` from the Hugging Face Hub: {e}"
+        "`{repo_id}` is not a local path or in the HF cache, and downloading its {what} from the Hugging Face Hub failed: {e}"
     ))
 }
 
 /// Downloads `repo_id` (revision `main`) and returns its snapshot directory.
 pub fn download_repo(cache_root: &Path, repo_id: &str) -> Result<PathBuf> {
-    let api = ApiBuilder::from_env()
+    let mut builder = ApiBuilder::from_env()
         .with_cache_dir(cache_root.to_path_buf())
         .with_progress(false)
-        .build()
-        .map_err(|e| not_found(repo_id, "the repository", e))?;
+        .with_retries(2);
+    // hf-hub reads only the `$HF_HOME/token` file; huggingface_hub also honours `HF_TOKEN`, which wins.
+    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        builder = builder.with_token(Some(token.trim().to_string()));
+    }
+    let api = builder.build().map_err(|e| not_found(repo_id, "the repository", e))?;
     let repo = api.model(repo_id.to_string());
     // config.json first: a repo without it is not a model we can load, and fetching it proves the repo exists.
     let config = repo

@@ -62,6 +62,7 @@ pub struct GenerationDefaults {
     pub eos_token_ids: Vec<u32>,
 }
 
+#[derive(Clone)]
 pub struct LoadedModel {
     pub config: ModelConfig,
     pub weights: WeightStore,

@@ -58,14 +58,7 @@ fn hub_offline() -> bool {
 pub fn resolve(spec: &str) -> Result<ResolvedSource> {
     let spec = spec.trim();
     if spec.is_empty() {
-        let path = default_model_path();
-        if !path.exists() {
-            return Err(EngineError::ModelNotFound(format!(
-                "the default model {} is not there; run `npm run fetch-model` to download it (or set PAGEDLLM_MODEL_PATH)",
-                path.display()
-            )));
-        }
-        return resolve_path(&path);
+        return resolve_default(&default_model_path());
     }
     let path = match spec.strip_prefix("~/") {
         Some(rest) => home_dir().join(rest),
@@ -90,6 +83,17 @@ pub fn resolve(spec: &str) -> Result<ResolvedSource> {
     Err(EngineError::ModelNotFound(format!("{} does not exist", path.display())))
 }
 
+/// The default model at `path`; its absence tells the user how to fetch it.
+pub fn resolve_default(path: &Path) -> Result<ResolvedSource> {
+    if !path.exists() {
+        return Err(EngineError::ModelNotFound(format!(
+            "the default model {} is not there; run `npm run fetch-model` to download it (or set PAGEDLLM_MODEL_PATH)",
+            path.display()
+        )));
+    }
+    resolve_path(path)
+}
+
 #[cfg(feature = "hub")]
 fn download(cache: &Path, repo_id: &str) -> Result<ResolvedSource> {
     let snapshot = super::hub_download::download_repo(cache, repo_id)?;
@@ -104,8 +108,12 @@ fn download(cache: &Path, repo_id: &str) -> Result<ResolvedSource> {
     )))
 }
 
-/// `org/name`: exactly one slash, both parts non-empty, HF's allowed characters.
+/// `org/name`: exactly one slash, both parts non-empty, HF's allowed characters, and not a model file name (a
+/// mistyped `dir/model.gguf` should be reported as a missing path, not looked up on the Hub).
 fn looks_like_repo_id(spec: &str) -> bool {
+    if [".gguf", ".safetensors", ".json"].iter().any(|ext| spec.ends_with(ext)) {
+        return false;
+    }
     let ok = |s: &str| {
         !s.is_empty()
             && !s.starts_with('.')
@@ -278,10 +286,34 @@ mod tests {
     }
 
     #[test]
+    fn missing_default_model_says_how_to_fetch_it() {
+        let missing = Path::new("/nonexistent/pagedllm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        match resolve_default(missing) {
+            Err(EngineError::ModelNotFound(m)) => {
+                assert!(
+                    m.contains(missing.to_str().unwrap()) && m.contains("npm run fetch-model"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected ModelNotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn repo_id_shape() {
         assert!(looks_like_repo_id("HuggingFaceTB/SmolLM2-135M-Instruct"));
         assert!(looks_like_repo_id("Qwen/Qwen2.5-0.5B-Instruct"));
-        for bad in ["model.gguf", "/abs/path", "a/b/c", "./x", "org/", "org/na me", "../x"] {
+        for bad in [
+            "model.gguf",
+            "models/x.gguf",
+            "dir/model.safetensors",
+            "/abs/path",
+            "a/b/c",
+            "./x",
+            "org/",
+            "org/na me",
+            "../x",
+        ] {
             assert!(!looks_like_repo_id(bad), "{bad}");
         }
     }

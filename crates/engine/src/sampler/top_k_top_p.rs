@@ -13,8 +13,9 @@
 //! instead; the distribution is the same, the per-seed token is not (neither is vLLM's across GPUs).
 //!
 //! Cost for vocab V: min_p/top_k-only rows are O(V) (one `select_nth_unstable` for top_k, no sort). top_p sorts
-//! only the head of the distribution: it selects and sorts growing chunks (64, 256, ...) until the nucleus is
-//! complete, which for peaked LLM distributions is one small chunk.
+//! only the head of the distribution: it first discards tokens too light to reach the nucleus, then selects and
+//! sorts growing chunks (64, 256, ...) until the nucleus is complete, which for peaked LLM distributions is one
+//! small chunk.
 
 use std::cmp::Ordering;
 
@@ -39,16 +40,10 @@ impl KeepRule {
 /// Buffers reused across rows by one thread.
 #[derive(Default)]
 pub struct TruncationScratch {
-    keys: Vec<f32>,
-    candidates: Vec<u32>,
-}
-
-/// Which tokens may be drawn.
-enum Candidates {
-    /// Every token the rule keeps (no top_p): the draw scans the vocabulary.
-    Rule(KeepRule),
-    /// `scratch.candidates`, sorted by ascending id (top_p applied).
-    Listed,
+    /// Copy of the scaled logits for top_k's selection, then the kept tokens' weights.
+    values: Vec<f32>,
+    /// top_p candidates as (scaled logit, id): the key sits beside the id so selection and sorting stay in cache.
+    candidates: Vec<(f32, u32)>,
 }
 
 /// Draws one token from the truncated softmax of `scaled` (logits already divided by the temperature), whose
@@ -61,21 +56,24 @@ pub fn sample_scaled(
     u: f64,
     scratch: &mut TruncationScratch,
 ) -> Option<u32> {
-    let weight = |s: f32| (s - max).exp() as f64;
-    match select_candidates(scaled, max, params, scratch) {
-        Candidates::Rule(rule) => inverse_cdf(
+    let rule = keep_rule(scaled, max, params, &mut scratch.values);
+    if params.top_p >= 1.0 {
+        // Weights computed once (exp is the cost here), then summed and walked.
+        let weights = &mut scratch.values;
+        weights.clear();
+        weights.extend(
             scaled
                 .iter()
-                .enumerate()
-                .filter(|(_, &s)| rule.keeps(s))
-                .map(|(i, &s)| (i as u32, weight(s))),
-            u,
-        ),
-        Candidates::Listed => inverse_cdf(scratch.candidates.iter().map(|&i| (i, weight(scaled[i as usize]))), u),
+                .map(|&s| if rule.keeps(s) { (s - max).exp() } else { 0.0 }),
+        );
+        return inverse_cdf(weights.iter().enumerate().map(|(i, &w)| (i as u32, w as f64)), u);
     }
+    let nucleus = nucleus(scaled, rule, params.top_p, &mut scratch.candidates);
+    inverse_cdf(nucleus.iter().map(|&(s, i)| (i, (s - max).exp() as f64)), u)
 }
 
-fn select_candidates(scaled: &[f32], max: f32, params: &SamplingParams, scratch: &mut TruncationScratch) -> Candidates {
+/// min_p and top_k as one keep rule; `buf` is scratch for top_k's selection.
+fn keep_rule(scaled: &[f32], max: f32, params: &SamplingParams, buf: &mut Vec<f32>) -> KeepRule {
     let log_min_p = if params.min_p > 0.0 {
         params.min_p.ln()
     } else {
@@ -84,32 +82,48 @@ fn select_candidates(scaled: &[f32], max: f32, params: &SamplingParams, scratch:
     let mut min_logit = f32::NEG_INFINITY;
     if params.top_k > 0 && (params.top_k as usize) < scaled.len() {
         let k = params.top_k as usize;
-        scratch.keys.clear();
-        scratch.keys.extend_from_slice(scaled);
-        let (_, kth, _) = scratch.keys.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        buf.clear();
+        buf.extend_from_slice(scaled);
+        let (_, kth, _) = buf.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         min_logit = *kth;
     }
-    let rule = KeepRule {
+    KeepRule {
         max,
         min_logit,
         log_min_p,
-    };
-    if params.top_p >= 1.0 {
-        return Candidates::Rule(rule);
     }
+}
 
-    let cands = &mut scratch.candidates;
+/// The top_p nucleus of the tokens `rule` keeps, sorted by ascending id.
+fn nucleus<'c>(scaled: &[f32], rule: KeepRule, top_p: f32, cands: &'c mut Vec<(f32, u32)>) -> &'c [(f32, u32)] {
+    let max = rule.max;
+    let mut total = 0.0f64;
+    let mut n_kept = 0usize;
+    for &s in scaled {
+        if rule.keeps(s) {
+            total += (s - max).exp() as f64;
+            n_kept += 1;
+        }
+    }
+    let limit = top_p as f64 * total;
+    // Tokens lighter than (1 - top_p) * total / n_kept together weigh less than the mass top_p may drop, and
+    // they are the lightest, so they all fall outside the nucleus: skip them before any sorting. Halved as a
+    // margin against rounding.
+    let floor = (0.5 * (1.0 - top_p as f64) * total / n_kept.max(1) as f64).ln() as f32;
     cands.clear();
-    cands.extend((0..scaled.len() as u32).filter(|&i| rule.keeps(scaled[i as usize])));
-    let weight = |i: u32| (scaled[i as usize] - max).exp() as f64;
-    let total: f64 = cands.iter().map(|&i| weight(i)).sum();
-    let limit = params.top_p as f64 * total;
+    cands.extend(
+        scaled
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| rule.keeps(s) && s - max >= floor)
+            .map(|(i, &s)| (s, i as u32)),
+    );
     // Most likely first, ties by lower id: the order vLLM's nucleus is cut in.
-    let by_prob = |a: &u32, b: &u32| -> Ordering { scaled[*b as usize].total_cmp(&scaled[*a as usize]).then(a.cmp(b)) };
+    let by_prob = |a: &(f32, u32), b: &(f32, u32)| -> Ordering { b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)) };
     let n = cands.len();
     let mut start = 0;
     let mut chunk = 64;
-    let mut mass = 0.0;
+    let mut mass = 0.0f64;
     let kept = 'nucleus: loop {
         let end = (start + chunk).min(n);
         let rest = &mut cands[start..];
@@ -118,11 +132,11 @@ fn select_candidates(scaled: &[f32], max: f32, params: &SamplingParams, scratch:
             rest.select_nth_unstable_by(end - start - 1, by_prob);
         }
         rest[..end - start].sort_unstable_by(by_prob);
-        for (i, &id) in cands[start..end].iter().enumerate() {
+        for (i, &(s, _)) in cands[start..end].iter().enumerate() {
             if mass >= limit {
                 break 'nucleus start + i;
             }
-            mass += weight(id);
+            mass += (s - max).exp() as f64;
         }
         if end == n {
             break n;
@@ -131,8 +145,8 @@ fn select_candidates(scaled: &[f32], max: f32, params: &SamplingParams, scratch:
         chunk *= 4;
     };
     cands.truncate(kept.max(1));
-    cands.sort_unstable();
-    Candidates::Listed
+    cands.sort_unstable_by_key(|&(_, id)| id);
+    cands
 }
 
 /// The first token whose cumulative weight exceeds `u * total`; tokens of zero weight are never chosen. The
@@ -166,12 +180,16 @@ mod tests {
     }
 
     fn kept_ids(scaled: &[f32], params: &SamplingParams) -> Vec<u32> {
-        let mut scratch = TruncationScratch::default();
-        match select_candidates(scaled, max_of(scaled), params, &mut scratch) {
-            Candidates::Rule(r) => (0..scaled.len() as u32)
-                .filter(|&i| r.keeps(scaled[i as usize]))
-                .collect(),
-            Candidates::Listed => scratch.candidates.clone(),
+        let rule = keep_rule(scaled, max_of(scaled), params, &mut Vec::new());
+        if params.top_p >= 1.0 {
+            (0..scaled.len() as u32)
+                .filter(|&i| rule.keeps(scaled[i as usize]))
+                .collect()
+        } else {
+            nucleus(scaled, rule, params.top_p, &mut Vec::new())
+                .iter()
+                .map(|&(_, i)| i)
+                .collect()
         }
     }
 
