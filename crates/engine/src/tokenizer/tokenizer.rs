@@ -53,7 +53,10 @@ impl Tokenizer {
                     data.chat_template.clone(),
                 ))
             }
-            TokenizerSource::HfFiles { tokenizer_json, tokenizer_config_json } => {
+            TokenizerSource::HfFiles {
+                tokenizer_json,
+                tokenizer_config_json,
+            } => {
                 let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
                     .map_err(|e| tok_err(format!("cannot load {}: {e}", tokenizer_json.display())))?;
                 let config = load_hf_tokenizer_config(tokenizer_config_json.as_deref(), tokenizer_json)?;
@@ -61,9 +64,11 @@ impl Tokenizer {
                     token
                         .as_deref()
                         .map(|t| {
-                            inner
-                                .token_to_id(t)
-                                .ok_or_else(|| tok_err(format!("{what} {t:?} from tokenizer_config.json is not in the vocabulary")))
+                            inner.token_to_id(t).ok_or_else(|| {
+                                tok_err(format!(
+                                    "{what} {t:?} from tokenizer_config.json is not in the vocabulary"
+                                ))
+                            })
                         })
                         .transpose()
                 };
@@ -87,8 +92,12 @@ impl Tokenizer {
     ) -> Self {
         // Ids, not distinct spellings, size the embedding: max id + 1 (the crate's count dedups strings).
         let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&max| max as usize + 1);
-        let special_ids =
-            inner.get_added_tokens_decoder().into_iter().filter(|(_, token)| token.special).map(|(id, _)| id).collect();
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
         Self {
             inner,
             vocab_size,
@@ -123,9 +132,14 @@ impl Tokenizer {
     /// Text of `ids`. An id outside the vocabulary is an error (the underlying crate would silently drop it).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(tok_err(format!("token id {bad} is outside the vocabulary of {} tokens", self.vocab_size)));
+            return Err(tok_err(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.vocab_size
+            )));
         }
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| tok_err(format!("cannot decode tokens: {e}")))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| tok_err(format!("cannot decode tokens: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {
