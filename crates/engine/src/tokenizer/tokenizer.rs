@@ -184,3 +184,72 @@ impl std::fmt::Debug for Tokenizer {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::GgufTokenizerData;
+
+    fn small_gguf() -> GgufTokenizerData {
+        GgufTokenizerData {
+            model: "gpt2".into(),
+            pre: Some("gpt2".into()),
+            tokens: ["<s>", "</s>", "h", "i", "hi", "Ġ", "Ġhi"].map(String::from).to_vec(),
+            token_types: vec![3, 3, 1, 1, 1, 1, 1],
+            merges: vec!["h i".into(), "Ġ hi".into()],
+            bos_token_id: Some(0),
+            eos_token_id: Some(1),
+            add_bos_token: true,
+            chat_template: Some("{{ bos_token }}{{ messages[0].content }}".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gguf_add_bos_token_is_honoured() {
+        let tok = Tokenizer::from_source(&TokenizerSource::Gguf(small_gguf())).unwrap();
+        assert_eq!(tok.encode("hi hi</s>", true).unwrap(), vec![0, 4, 6, 1]);
+        assert_eq!(tok.encode("hi hi", false).unwrap(), vec![4, 6]);
+        assert_eq!(tok.decode(&[0, 4, 6, 1], true).unwrap(), "hi hi");
+        assert_eq!((tok.bos_token().as_deref(), tok.vocab_size()), (Some("<s>"), 7));
+        let mut bad = small_gguf();
+        bad.eos_token_id = Some(99);
+        assert!(Tokenizer::from_source(&TokenizerSource::Gguf(bad))
+            .unwrap_err()
+            .to_string()
+            .contains("99"));
+    }
+
+    #[test]
+    fn hf_files_load_with_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer_json = dir.path().join("tokenizer.json");
+        build_gguf_tokenizer(&small_gguf())
+            .unwrap()
+            .save(&tokenizer_json, false)
+            .unwrap();
+        let config = dir.path().join("tokenizer_config.json");
+        std::fs::write(
+            &config,
+            r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": true, "chat_template": "T"}"#,
+        )
+        .unwrap();
+        let source = TokenizerSource::HfFiles {
+            tokenizer_json: tokenizer_json.clone(),
+            tokenizer_config_json: Some(config),
+        };
+        let tok = Tokenizer::from_source(&source).unwrap();
+        assert_eq!(
+            (tok.bos_token_id(), tok.eos_token_id(), tok.chat_template()),
+            (Some(0), Some(1), Some("T"))
+        );
+        // No post-processor in tokenizer.json, so the config's add_bos_token applies.
+        assert_eq!(tok.encode("hi", true).unwrap(), vec![0, 4]);
+        assert!(tok.is_special(0) && !tok.is_special(4));
+        let missing = TokenizerSource::HfFiles {
+            tokenizer_json: dir.path().join("nope.json"),
+            tokenizer_config_json: None,
+        };
+        assert!(matches!(Tokenizer::from_source(&missing), Err(EngineError::Tokenizer(m)) if m.contains("nope.json")));
+    }
+}
