@@ -1,7 +1,7 @@
 //! Chat templates: HF-style Jinja templates rendered with minijinja, configured like transformers'
 //! `apply_chat_template` environment (`trim_blocks=True`, `lstrip_blocks=True`, no trailing newline kept, Python
 //! string/dict methods via `minijinja_contrib::pycompat`, `raise_exception`, Python-compatible `tojson`,
-//! `strftime_now`). The template is compiled once in `new`; `render` is cheap and thread-safe.
+//! `strftime_now`, booleans/none printed as Python does). The template is compiled once in `new`; `render` is cheap and thread-safe.
 //!
 //! Message content given as OpenAI content parts (`[{"type": "text", "text": ...}]`) is flattened to one string
 //! (parts joined with "\n", as vLLM does for "string"-format templates) unless the template itself iterates over a
@@ -40,13 +40,20 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
+        env.set_formatter(python_formatter);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(template_err)?;
-        Ok(Self { env, bos_token, eos_token, iterates_content: iterates_over_content(source) })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(template_err)?;
+        Ok(Self {
+            env,
+            bos_token,
+            eos_token,
+            iterates_content: iterates_over_content(source),
+        })
     }
 
     /// Renders `messages` (an array of `{role, content, ...}`). `extra` (an object) adds template variables such as
@@ -63,7 +70,9 @@ impl ChatTemplate {
             None | Some(Value::Null) => {}
             Some(Value::Object(vars)) => context.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone()))),
             Some(other) => {
-                return Err(EngineError::ChatTemplate(format!("extra template variables must be an object, got {other}")))
+                return Err(EngineError::ChatTemplate(format!(
+                    "extra template variables must be an object, got {other}"
+                )))
             }
         }
         for (key, token) in [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)] {
@@ -74,7 +83,9 @@ impl ChatTemplate {
         context.insert("messages".into(), Value::Array(messages));
         context.insert("add_generation_prompt".into(), Value::Bool(add_generation_prompt));
         let template = self.env.get_template(TEMPLATE_NAME).map_err(template_err)?;
-        template.render(minijinja::Value::from_serialize(&context)).map_err(template_err)
+        template
+            .render(minijinja::Value::from_serialize(&context))
+            .map_err(template_err)
     }
 
     fn prepare_message(&self, message: &Value) -> Result<Value> {
@@ -94,7 +105,27 @@ impl ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("iterates_content", &self.iterates_content).finish_non_exhaustive()
+        f.debug_struct("ChatTemplate")
+            .field("iterates_content", &self.iterates_content)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Prints booleans and none as Python's `str()` does ("True", "None"), as Jinja2 renders them for HF.
+fn python_formatter(
+    out: &mut minijinja::Output,
+    state: &minijinja::State,
+    value: &minijinja::Value,
+) -> std::result::Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    let python = match value.kind() {
+        ValueKind::Bool => Some(if value.is_true() { "True" } else { "False" }),
+        ValueKind::None => Some("None"),
+        _ => None,
+    };
+    match python {
+        Some(text) => out.write_str(text).map_err(minijinja::Error::from),
+        None => minijinja::escape_formatter(out, state, value),
     }
 }
 
@@ -108,9 +139,13 @@ fn flatten_text_parts(parts: &[Value]) -> Result<String> {
                 (Some(kind), _) if kind != "text" => Err(EngineError::ChatTemplate(format!(
                     "content part type {kind:?} is not supported (text-only model)"
                 ))),
-                _ => Err(EngineError::ChatTemplate(format!("text content part has no string \"text\": {part}"))),
+                _ => Err(EngineError::ChatTemplate(format!(
+                    "text content part has no string \"text\": {part}"
+                ))),
             },
-            other => Err(EngineError::ChatTemplate(format!("content part must be an object, got {other}"))),
+            other => Err(EngineError::ChatTemplate(format!(
+                "content part must be an object, got {other}"
+            ))),
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(texts.join("\n"))
@@ -119,12 +154,16 @@ fn flatten_text_parts(parts: &[Value]) -> Result<String> {
 /// Whether any `{% for X in EXPR %}` tag iterates over an expression mentioning `content` (vLLM's heuristic for
 /// templates that want OpenAI-style content-part lists).
 fn iterates_over_content(source: &str) -> bool {
-    source.split("{%").skip(1).filter_map(|rest| rest.split("%}").next()).any(|tag| {
-        let tag = tag.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
-        tag.strip_prefix("for ")
-            .and_then(|rest| rest.split_once(" in "))
-            .is_some_and(|(_, iterable)| iterable.contains("content"))
-    })
+    source
+        .split("{%")
+        .skip(1)
+        .filter_map(|rest| rest.split("%}").next())
+        .any(|tag| {
+            let tag = tag.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+            tag.strip_prefix("for ")
+                .and_then(|rest| rest.split_once(" in "))
+                .is_some_and(|(_, iterable)| iterable.contains("content"))
+        })
 }
 
 #[cfg(test)]
@@ -140,7 +179,10 @@ mod tests {
     fn raise_exception_becomes_a_chat_template_error() {
         let source = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok";
         let err = render(source, json!([{"role": "system", "content": "x"}])).unwrap_err();
-        assert!(matches!(&err, EngineError::ChatTemplate(m) if m.contains("Conversation must start with user")), "{err}");
+        assert!(
+            matches!(&err, EngineError::ChatTemplate(m) if m.contains("Conversation must start with user")),
+            "{err}"
+        );
         assert_eq!(render(source, json!([{"role": "user", "content": "x"}])).unwrap(), "ok");
     }
 
@@ -152,16 +194,23 @@ mod tests {
 
     #[test]
     fn pycompat_methods_work() {
-        let source = "{% for m in messages %}[{{ m['content'].strip() }}|{{ m.role.upper() }}|{{ m.content.startswith(' hi') }}|{{ m['content'].split()|length }}]{% endfor %}\
+        let source = "{% for m in messages %}[{{ m['content'].strip() }}|{{ m.role.upper() }}|{{ m.content.startswith(' hi') }}|{{ m['content'].split()|length }}|{{ m.name }}{{ none }}]{% endfor %}\
             {% for k, v in messages[0].items() %}{{ k }}={{ v.strip() }};{% endfor %}{{ bos_token }}{{ eos_token }}";
         let out = render(source, json!([{"role": "user", "content": " hi there \n"}])).unwrap();
-        assert_eq!(out, "[hi there|USER|true|2]content=hi there;role=user;<s></s>");
+        assert_eq!(out, "[hi there|USER|True|2|None]content=hi there;role=user;<s></s>");
     }
 
     #[test]
     fn trim_and_lstrip_blocks_like_hf() {
         let source = "{% for m in messages %}\n    {% if m.role == 'user' %}\nU:{{ m.content }}\n    {% endif %}\n{% endfor %}\n";
-        assert_eq!(render(source, json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])).unwrap(), "U:a\nU:b\n");
+        assert_eq!(
+            render(
+                source,
+                json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+            )
+            .unwrap(),
+            "U:a\nU:b\n"
+        );
     }
 
     #[test]
@@ -178,18 +227,27 @@ mod tests {
 
     #[test]
     fn content_parts_are_flattened_unless_the_template_iterates_them() {
-        let parts = json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]);
+        let parts =
+            json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]);
         assert_eq!(render("{{ messages[0].content }}", parts.clone()).unwrap(), "a\nb");
         let iterating = "{% for p in messages[0]['content'] %}<{{ p.text }}>{% endfor %}";
         assert_eq!(render(iterating, parts).unwrap(), "<a><b>");
         let image = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]);
-        assert!(render("{{ messages[0].content }}", image).unwrap_err().to_string().contains("image_url"));
+        assert!(render("{{ messages[0].content }}", image)
+            .unwrap_err()
+            .to_string()
+            .contains("image_url"));
     }
 
     #[test]
     fn extra_variables_and_strftime_are_available() {
         let template = ChatTemplate::new("{{ custom }}/{{ strftime_now('%Y') | length }}", None, None).unwrap();
-        assert_eq!(template.render(&json!([]), true, Some(&json!({"custom": "v"}))).unwrap(), "v/4");
+        assert_eq!(
+            template
+                .render(&json!([]), true, Some(&json!({"custom": "v"})))
+                .unwrap(),
+            "v/4"
+        );
         assert!(template.render(&json!({"not": "an array"}), true, None).is_err());
     }
 }

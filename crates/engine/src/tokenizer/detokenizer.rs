@@ -5,9 +5,12 @@
 //! - Never emits a broken character. Text is decoded over a small sliding window of recent tokens (vLLM's
 //!   prefix/read-offset idea, kept char-aligned): the window starts a few tokens back so decoders that depend on
 //!   context (SentencePiece's leading-space strip) see it, and a trailing run of U+FFFD (an incomplete UTF-8
-//!   sequence: one U+FFFD from byte-level BPE's lossy decode, up to three from SentencePiece byte fallback) is held
-//!   back until later tokens complete it. Only the last [`MAX_HELD_REPLACEMENTS`] U+FFFDs are held, so genuinely
-//!   invalid bytes still come out, and `finish` releases whatever is held.
+//!   sequence: one U+FFFD from byte-level BPE's lossy decode; SentencePiece's byte fallback turns the whole run of
+//!   byte tokens into U+FFFDs until it is valid) is held back until later tokens complete it. Valid text completes
+//!   a character at least every [`MAX_STALL`] tokens (a character is at most 4 bytes, a token at least 1), so once
+//!   that many tokens pass without new text the bytes are invalid, not incomplete: all but the last U+FFFD are
+//!   released (for invalid input the replacement characters may then differ from a one-shot decode). `finish`
+//!   releases everything held.
 //! - Per-token cost does not grow with the output: each step decodes at most [`MAX_WINDOW`] + 1 tokens and scans
 //!   only the not-yet-emitted tail for stop strings.
 //! - Stop strings are matched in the output text (never the prompt), across token boundaries. Text that could still
@@ -23,12 +26,15 @@ use crate::error::Result;
 
 /// Tokens of prompt context the first window starts with.
 const PROMPT_CONTEXT: usize = 5;
-/// The window is trimmed to [`KEEP_ON_TRIM`] tokens once it exceeds this many.
+/// Once the window exceeds this many tokens and its text ends cleanly, it is trimmed to [`KEEP_ON_TRIM`] tokens.
 const MAX_WINDOW: usize = 24;
-/// At least as many tokens as the held-back tail can span (3 U+FFFD of up to 3 bytes each), plus context.
+/// Tokens kept on a trim: context for the decoder, and more than a held-back tail can span.
 const KEEP_ON_TRIM: usize = 12;
-/// An incomplete UTF-8 sequence is at most 3 bytes, i.e. at most 3 U+FFFD whichever decoder made them.
-const MAX_HELD_REPLACEMENTS: usize = 3;
+/// Trim even when the text does not end cleanly (a stream of invalid bytes), so the cost stays bounded.
+const HARD_MAX_WINDOW: usize = 96;
+/// Tokens without new text after which trailing U+FFFDs are treated as invalid bytes rather than incomplete.
+const MAX_STALL: usize = 4;
+const REPLACEMENT_LEN: usize = '\u{FFFD}'.len_utf8();
 
 /// What one `push` produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,6 +54,8 @@ pub struct IncrementalDetokenizer {
     window: Vec<u32>,
     /// Bytes of `decode(window)` already appended to `text`.
     window_consumed: usize,
+    /// Tokens pushed since the text last grew while it ends in U+FFFD.
+    stalled: usize,
     /// All output text decoded so far (cut at the stop string once one matched).
     text: String,
     /// Bytes of `text` handed out; `text[emitted..]` is held back.
@@ -72,13 +80,16 @@ impl IncrementalDetokenizer {
             include_stop_str_in_output,
             window,
             window_consumed: 0,
+            stalled: 0,
             text: String::new(),
             emitted: 0,
             stopped: false,
         };
         // Prompt text is context only. An undecodable prompt tail (bad ids) just leaves the window without context.
         match detokenizer.decode_window() {
-            Ok(prompt_text) => detokenizer.window_consumed = safe_end(&prompt_text),
+            Ok(prompt_text) => {
+                detokenizer.window_consumed = prompt_text.len() - trailing_replacements(&prompt_text) * REPLACEMENT_LEN
+            }
             Err(_) => detokenizer.window.clear(),
         }
         detokenizer
@@ -91,13 +102,22 @@ impl IncrementalDetokenizer {
         }
         self.window.push(token);
         let decoded = self.decode_window()?;
-        let end = safe_end(&decoded);
+        let trailing = trailing_replacements(&decoded);
+        let mut end = decoded.len() - trailing * REPLACEMENT_LEN;
+        if trailing > 0 && end <= self.window_consumed {
+            self.stalled += 1;
+            if self.stalled >= MAX_STALL {
+                // Invalid bytes: release the replacement characters, except one that may still be completed.
+                end = decoded.len() - REPLACEMENT_LEN;
+            }
+        }
         if end > self.window_consumed {
             let start = ceil_char_boundary(&decoded, self.window_consumed);
             self.text.push_str(&decoded[start..end]);
             self.window_consumed = end;
+            self.stalled = 0;
         }
-        if self.window.len() > MAX_WINDOW {
+        if self.window.len() > HARD_MAX_WINDOW || (self.window.len() > MAX_WINDOW && trailing == 0) {
             self.trim_window(decoded.len().saturating_sub(self.window_consumed))?;
         }
         Ok(self.emit(true))
@@ -128,10 +148,28 @@ impl IncrementalDetokenizer {
         self.tokenizer.decode(&self.window, self.skip_special_tokens)
     }
 
-    /// Keeps the last tokens of the window, re-deriving how much of the shorter window's text is consumed: the
-    /// `held` trailing bytes are the same bytes in both decodings because the kept tokens cover them.
+    /// Drops the oldest tokens of the window, re-deriving how much of the shorter window's text is consumed: the
+    /// `held` trailing bytes (none unless the stream is invalid) are the same in both decodings because the kept
+    /// tokens cover them. The new window must start at a token that decodes cleanly on its own: starting inside a
+    /// character, or inside a run of SentencePiece byte-fallback tokens, would turn the whole run into U+FFFDs.
     fn trim_window(&mut self, held: usize) -> Result<()> {
-        self.window.drain(..self.window.len() - KEEP_ON_TRIM);
+        let len = self.window.len();
+        let mut start = None;
+        for candidate in (len - MAX_WINDOW..=len - KEEP_ON_TRIM).rev() {
+            let alone = self
+                .tokenizer
+                .decode(&self.window[candidate..=candidate], self.skip_special_tokens)?;
+            if !alone.is_empty() && !alone.contains('\u{FFFD}') {
+                start = Some(candidate);
+                break;
+            }
+        }
+        let start = match start {
+            Some(start) => start,
+            None if len > HARD_MAX_WINDOW => len - KEEP_ON_TRIM,
+            None => return Ok(()),
+        };
+        self.window.drain(..start);
         let decoded = self.decode_window()?;
         self.window_consumed = decoded.len().saturating_sub(held);
         Ok(())
@@ -150,11 +188,21 @@ impl IncrementalDetokenizer {
             let cut = self.emitted + at + if self.include_stop_str_in_output { stop.len() } else { 0 };
             self.text.truncate(cut);
             self.stopped = true;
-            return DetokenizedStep { text: self.take_until(cut), stop_matched: Some(stop) };
+            return DetokenizedStep {
+                text: self.take_until(cut),
+                stop_matched: Some(stop),
+            };
         }
-        let held = if hold_stop_prefixes { longest_stop_prefix_suffix(pending, &self.stop) } else { 0 };
+        let held = if hold_stop_prefixes {
+            longest_stop_prefix_suffix(pending, &self.stop)
+        } else {
+            0
+        };
         let until = self.text.len() - held;
-        DetokenizedStep { text: self.take_until(until), stop_matched: None }
+        DetokenizedStep {
+            text: self.take_until(until),
+            stop_matched: None,
+        }
     }
 
     fn take_until(&mut self, until: usize) -> String {
@@ -164,10 +212,9 @@ impl IncrementalDetokenizer {
     }
 }
 
-/// Length of `text` without its trailing U+FFFD run (at most [`MAX_HELD_REPLACEMENTS`] of them are held).
-fn safe_end(text: &str) -> usize {
-    let held = text.chars().rev().take(MAX_HELD_REPLACEMENTS).take_while(|&c| c == '\u{FFFD}').count();
-    text.len() - held * '\u{FFFD}'.len_utf8()
+/// Number of U+FFFD characters ending `text`.
+fn trailing_replacements(text: &str) -> usize {
+    text.chars().rev().take_while(|&c| c == '\u{FFFD}').count()
 }
 
 /// Smallest char boundary >= `at` (a decoder that rewrote earlier text could leave `at` inside a char).
@@ -208,10 +255,40 @@ mod tests {
     }
 
     #[test]
-    fn safe_end_holds_at_most_three_replacements() {
-        assert_eq!(safe_end("ab"), 2);
-        assert_eq!(safe_end("ab\u{FFFD}"), 2);
-        assert_eq!(safe_end("a\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}"), 4);
-        assert_eq!(safe_end(""), 0);
+    fn window_stays_bounded_and_invalid_bytes_are_released() {
+        let (tok, _) = super::super::reference_tests::spm_synthetic();
+        let ids = tok.encode(&"hello 日本 the test, ".repeat(40), false).unwrap();
+        let mut detok = IncrementalDetokenizer::new(tok.clone(), &[], false, vec![], false);
+        let mut out = String::new();
+        for &id in &ids {
+            out.push_str(&detok.push(id).unwrap().text);
+            assert!(
+                detok.window.len() <= MAX_WINDOW + 1,
+                "window grew to {}",
+                detok.window.len()
+            );
+        }
+        out.push_str(&detok.finish());
+        assert_eq!(out, tok.decode(&ids, false).unwrap());
+        // A stream of lone continuation bytes never becomes valid: U+FFFDs must come out, with bounded cost.
+        let continuation = tok.token_to_id("<0x80>").unwrap();
+        let mut detok = IncrementalDetokenizer::new(tok.clone(), &[], false, vec![], false);
+        let mut out = String::new();
+        for _ in 0..300 {
+            out.push_str(&detok.push(continuation).unwrap().text);
+            assert!(detok.window.len() <= HARD_MAX_WINDOW + 1);
+        }
+        assert!(
+            out.chars().count() >= 290 && out.chars().all(|c| c == '\u{FFFD}'),
+            "{}",
+            out.chars().count()
+        );
+    }
+
+    #[test]
+    fn counts_trailing_replacements() {
+        assert_eq!(trailing_replacements("ab"), 0);
+        assert_eq!(trailing_replacements("a\u{FFFD}b\u{FFFD}\u{FFFD}"), 2);
+        assert_eq!(trailing_replacements(""), 0);
     }
 }

@@ -38,7 +38,8 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// Llama 3's split regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`, HF Llama-3 `tokenizer.json`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's: Llama 3's with single digits (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// How a family of `tokenizer.ggml.pre` names splits text before BPE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,26 +111,43 @@ pub(crate) fn build_gguf_tokenizer(data: &GgufTokenizerData) -> Result<tokenizer
 
 fn vocab_from_tokens(tokens: &[String]) -> Vocab {
     // A later duplicate spelling wins, as in transformers' `{token: index for index, token in enumerate(tokens)}`.
-    tokens.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect()
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), id as u32))
+        .collect()
 }
 
 fn build_bpe(builder: tokenizers::models::bpe::BpeBuilder) -> Result<BPE> {
-    builder.build().map_err(|e| tok_err(format!("cannot build BPE model from GGUF vocabulary: {e}")))
+    builder
+        .build()
+        .map_err(|e| tok_err(format!("cannot build BPE model from GGUF vocabulary: {e}")))
 }
 
 fn build_byte_level_bpe(data: &GgufTokenizerData) -> Result<tokenizers::Tokenizer> {
     let pre_name = data.pre.as_deref().unwrap_or("default");
-    let kind = PRE_TOKENIZERS.iter().find(|(name, _)| *name == pre_name).map(|(_, kind)| *kind).ok_or_else(|| {
-        let names: Vec<&str> = PRE_TOKENIZERS.iter().map(|(name, _)| *name).collect();
-        tok_err(format!("unsupported tokenizer.ggml.pre {pre_name:?}; supported: {}", names.join(", ")))
-    })?;
+    let kind = PRE_TOKENIZERS
+        .iter()
+        .find(|(name, _)| *name == pre_name)
+        .map(|(_, kind)| *kind)
+        .ok_or_else(|| {
+            let names: Vec<&str> = PRE_TOKENIZERS.iter().map(|(name, _)| *name).collect();
+            tok_err(format!(
+                "unsupported tokenizer.ggml.pre {pre_name:?}; supported: {}",
+                names.join(", ")
+            ))
+        })?;
     let merges = data
         .merges
         .iter()
         .map(|line| {
             line.split_once(' ')
                 .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| tok_err(format!("malformed tokenizer.ggml.merges entry {line:?} (expected \"a b\")")))
+                .ok_or_else(|| {
+                    tok_err(format!(
+                        "malformed tokenizer.ggml.merges entry {line:?} (expected \"a b\")"
+                    ))
+                })
         })
         .collect::<Result<Merges>>()?;
     let bpe = build_bpe(
@@ -145,9 +163,16 @@ fn build_byte_level_bpe(data: &GgufTokenizerData) -> Result<tokenizers::Tokenize
 
 fn byte_level_pre_tokenizer(kind: PreTokenizerKind) -> Result<PreTokenizerWrapper> {
     let regex_split = |pattern: &str| -> Result<PreTokenizerSequence> {
-        let split = Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| tok_err(format!("bad split regex: {e}")))?;
-        Ok(PreTokenizerSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]))
+        let split = Split::new(
+            SplitPattern::Regex(pattern.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tok_err(format!("bad split regex: {e}")))?;
+        Ok(PreTokenizerSequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ]))
     };
     Ok(match kind {
         PreTokenizerKind::Gpt2 => ByteLevel::new(false, true, true).into(),
@@ -184,7 +209,11 @@ fn build_sentencepiece_bpe(data: &GgufTokenizerData) -> Result<tokenizers::Token
     }
     let bpe = build_bpe(builder)?;
     let add_prefix = data.add_space_prefix.unwrap_or(true);
-    let prepend = if add_prefix { PrependScheme::First } else { PrependScheme::Never };
+    let prepend = if add_prefix {
+        PrependScheme::First
+    } else {
+        PrependScheme::Never
+    };
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', prepend, false)));
     let replace = Replace::new("▁", " ").map_err(|e| tok_err(format!("decoder: {e}")))?;
@@ -227,7 +256,11 @@ fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Merges {
         }
     }
     // Stable sort, descending: equal keys keep their order like Python's `sorted(..., reverse=True)`.
-    candidates.sort_by(|a, b| (b.2, b.3, b.4).partial_cmp(&(a.2, a.3, a.4)).unwrap_or(std::cmp::Ordering::Equal));
+    candidates.sort_by(|a, b| {
+        (b.2, b.3, b.4)
+            .partial_cmp(&(a.2, a.3, a.4))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     candidates.into_iter().map(|(l, r, ..)| (l, r)).collect()
 }
 
@@ -256,7 +289,10 @@ fn add_control_and_user_tokens(tokenizer: &mut tokenizers::Tokenizer, data: &Ggu
 /// Whether `c` is one of the 256 characters of GPT-2's `bytes_to_unicode` alphabet.
 fn is_byte_level_char(c: char) -> bool {
     let c = c as u32;
-    (0x21..=0x7E).contains(&c) || (0xA1..=0xAC).contains(&c) || (0xAE..=0xFF).contains(&c) || (0x100..=0x143).contains(&c)
+    (0x21..=0x7E).contains(&c)
+        || (0xA1..=0xAC).contains(&c)
+        || (0xAE..=0xFF).contains(&c)
+        || (0x100..=0x143).contains(&c)
 }
 
 #[cfg(test)]
@@ -264,7 +300,9 @@ mod tests {
     use super::*;
 
     fn gpt2_data(pre: Option<&str>) -> GgufTokenizerData {
-        let tokens: Vec<String> = ["a", "b", "ab", "Ġ", "Ġab", "<|end|>", "1", "2", "12"].map(String::from).to_vec();
+        let tokens: Vec<String> = ["a", "b", "ab", "Ġ", "Ġab", "<|end|>", "1", "2", "12"]
+            .map(String::from)
+            .to_vec();
         GgufTokenizerData {
             model: "gpt2".into(),
             pre: pre.map(String::from),
@@ -280,21 +318,30 @@ mod tests {
         let mut data = gpt2_data(Some("smollm"));
         data.model = "bert".into();
         let err = build_gguf_tokenizer(&data).unwrap_err().to_string();
-        assert!(err.contains("\"bert\"") && err.contains("gpt2") && err.contains("llama"), "{err}");
-        let err = build_gguf_tokenizer(&gpt2_data(Some("mystery-pre"))).unwrap_err().to_string();
-        assert!(err.contains("mystery-pre") && err.contains("smollm") && err.contains("qwen2"), "{err}");
+        assert!(
+            err.contains("\"bert\"") && err.contains("gpt2") && err.contains("llama"),
+            "{err}"
+        );
+        let err = build_gguf_tokenizer(&gpt2_data(Some("mystery-pre")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mystery-pre") && err.contains("smollm") && err.contains("qwen2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn digits_split_only_for_digit_pre_tokenizers() {
         let ids = |pre| {
             let tok = build_gguf_tokenizer(&gpt2_data(Some(pre))).unwrap();
-            tok.encode("ab 12<|end|>", false).unwrap().get_ids().to_vec()
+            tok.encode("ab ab 12<|end|>", false).unwrap().get_ids().to_vec()
         };
-        assert_eq!(ids("gpt2"), vec![2, 4, 8, 5]);
-        assert_eq!(ids("smollm"), vec![2, 4, 6, 7, 5]);
-        assert_eq!(ids("qwen2"), vec![2, 4, 6, 7, 5]);
-        assert_eq!(ids("llama-bpe"), vec![2, 4, 8, 5]);
+        // gpt2/llama3 keep " 12" together ("Ġ" + "12"); smollm/qwen2 isolate each digit.
+        assert_eq!(ids("gpt2"), vec![2, 4, 3, 8, 5]);
+        assert_eq!(ids("llama-bpe"), vec![2, 4, 3, 8, 5]);
+        assert_eq!(ids("smollm"), vec![2, 4, 3, 6, 7, 5]);
+        assert_eq!(ids("qwen2"), vec![2, 4, 3, 6, 7, 5]);
     }
 
     #[test]
@@ -306,6 +353,12 @@ mod tests {
 
     #[test]
     fn byte_level_alphabet_has_256_chars() {
-        assert_eq!((0u32..0x200).filter_map(char::from_u32).filter(|&c| is_byte_level_char(c)).count(), 256);
+        assert_eq!(
+            (0u32..0x200)
+                .filter_map(char::from_u32)
+                .filter(|&c| is_byte_level_char(c))
+                .count(),
+            256
+        );
     }
 }

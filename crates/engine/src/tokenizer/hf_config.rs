@@ -19,8 +19,10 @@ pub(crate) struct HfTokenizerConfig {
 }
 
 fn read_to_string(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|source| EngineError::Io { context: format!("reading {}", path.display()), source })
+    std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })
 }
 
 /// Loads `tokenizer_config.json` (if given) and, when it has no template, `chat_template.jinja` beside it or
@@ -32,7 +34,10 @@ pub(crate) fn load_hf_tokenizer_config(config_path: Option<&Path>, tokenizer_jso
         None => HfTokenizerConfig::default(),
     };
     if config.chat_template.is_none() {
-        let dirs = config_path.and_then(Path::parent).into_iter().chain(tokenizer_json.parent());
+        let dirs = config_path
+            .and_then(Path::parent)
+            .into_iter()
+            .chain(tokenizer_json.parent());
         for dir in dirs {
             let candidate = dir.join("chat_template.jinja");
             if candidate.is_file() {
@@ -53,7 +58,8 @@ pub(crate) fn parse_tokenizer_config(text: &str) -> std::result::Result<HfTokeni
         Some(Value::Array(named)) => {
             let find = |wanted: &str| {
                 named.iter().find_map(|entry| {
-                    (entry.get("name")?.as_str()? == wanted).then(|| entry.get("template")?.as_str().map(String::from))?
+                    (entry.get("name")?.as_str()? == wanted)
+                        .then(|| entry.get("template")?.as_str().map(String::from))?
                 })
             };
             Some(find("default").ok_or("chat_template list has no entry named \"default\"")?)
@@ -68,7 +74,9 @@ pub(crate) fn parse_tokenizer_config(text: &str) -> std::result::Result<HfTokeni
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 _ => Err(format!("{key} object has no string \"content\"")),
             },
-            Some(other) => Err(format!("{key} must be a string or an object with \"content\", got {other}")),
+            Some(other) => Err(format!(
+                "{key} must be a string or an object with \"content\", got {other}"
+            )),
         }
     };
     let flag = |key: &str| object.get(key).and_then(Value::as_bool);
@@ -102,11 +110,17 @@ mod tests {
     #[test]
     fn rejects_bad_shapes() {
         assert!(parse_tokenizer_config("[1]").is_err());
-        assert!(parse_tokenizer_config(r#"{"chat_template": 3}"#).unwrap_err().contains("chat_template"));
-        assert!(parse_tokenizer_config(r#"{"chat_template": [{"name": "x", "template": "y"}]}"#)
+        assert!(parse_tokenizer_config(r#"{"chat_template": 3}"#)
             .unwrap_err()
-            .contains("default"));
-        assert!(parse_tokenizer_config(r#"{"eos_token": {"lstrip": true}}"#).unwrap_err().contains("eos_token"));
+            .contains("chat_template"));
+        assert!(
+            parse_tokenizer_config(r#"{"chat_template": [{"name": "x", "template": "y"}]}"#)
+                .unwrap_err()
+                .contains("default")
+        );
+        assert!(parse_tokenizer_config(r#"{"eos_token": {"lstrip": true}}"#)
+            .unwrap_err()
+            .contains("eos_token"));
     }
 
     #[test]
@@ -114,9 +128,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": "<e>"}"#).unwrap();
         std::fs::write(dir.path().join("chat_template.jinja"), "{{ messages }}").unwrap();
-        let config =
-            load_hf_tokenizer_config(Some(&dir.path().join("tokenizer_config.json")), &dir.path().join("tokenizer.json"))
-                .unwrap();
+        let config = load_hf_tokenizer_config(
+            Some(&dir.path().join("tokenizer_config.json")),
+            &dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
         assert_eq!(config.chat_template.as_deref(), Some("{{ messages }}"));
         assert_eq!(config.eos_token.as_deref(), Some("<e>"));
     }

@@ -37,12 +37,19 @@ pub(crate) fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> Res
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonJsonFormatter::new(indent));
     if sort_keys {
         // serde_json's own map type is ordered by key (the workspace does not enable `preserve_order`).
-        serde_json::to_value(&value).map_err(json_err)?.serialize(&mut serializer).map_err(json_err)?;
+        serde_json::to_value(&value)
+            .map_err(json_err)?
+            .serialize(&mut serializer)
+            .map_err(json_err)?;
     } else {
         value.serialize(&mut serializer).map_err(json_err)?;
     }
     let text = String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-    Ok(Value::from_safe_string(if ensure_ascii { escape_non_ascii(&text) } else { text }))
+    Ok(Value::from_safe_string(if ensure_ascii {
+        escape_non_ascii(&text)
+    } else {
+        text
+    }))
 }
 
 fn escape_non_ascii(text: &str) -> String {
@@ -69,7 +76,11 @@ struct PythonJsonFormatter {
 
 impl PythonJsonFormatter {
     fn new(indent: Option<String>) -> Self {
-        Self { indent, level: 0, has_value: false }
+        Self {
+            indent,
+            level: 0,
+            has_value: false,
+        }
     }
     fn separator<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
         match &self.indent {
@@ -129,13 +140,36 @@ impl Formatter for PythonJsonFormatter {
 
 /// `strftime_now(format)` in UTC.
 pub(crate) fn strftime_now(format: String) -> Result<String, Error> {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     Ok(strftime_utc(&format, secs))
 }
 
-const MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// Formats a Unix time (UTC). Unknown specifiers are copied through, as glibc does.
 pub(crate) fn strftime_utc(format: &str, unix_secs: i64) -> String {
@@ -213,7 +247,10 @@ mod tests {
     #[test]
     fn strftime_formats_known_dates() {
         // 2024-02-29 13:05:09 UTC, a Thursday.
-        assert_eq!(strftime_utc("%d %b %Y %H:%M:%S %A %j %p %I %%", 1_709_211_909), "29 Feb 2024 13:05:09 Thursday 060 PM 01 %");
+        assert_eq!(
+            strftime_utc("%d %b %Y %H:%M:%S %A %j %p %I %%", 1_709_211_909),
+            "29 Feb 2024 13:05:09 Thursday 060 PM 01 %"
+        );
         assert_eq!(strftime_utc("%B %e, %y (%a) %Q", 0), "January  1, 70 (Thu) %Q");
     }
 

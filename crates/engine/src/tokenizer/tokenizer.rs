@@ -53,7 +53,10 @@ impl Tokenizer {
                     data.chat_template.clone(),
                 ))
             }
-            TokenizerSource::HfFiles { tokenizer_json, tokenizer_config_json } => {
+            TokenizerSource::HfFiles {
+                tokenizer_json,
+                tokenizer_config_json,
+            } => {
                 let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
                     .map_err(|e| tok_err(format!("cannot load {}: {e}", tokenizer_json.display())))?;
                 let config = load_hf_tokenizer_config(tokenizer_config_json.as_deref(), tokenizer_json)?;
@@ -61,9 +64,11 @@ impl Tokenizer {
                     token
                         .as_deref()
                         .map(|t| {
-                            inner
-                                .token_to_id(t)
-                                .ok_or_else(|| tok_err(format!("{what} {t:?} from tokenizer_config.json is not in the vocabulary")))
+                            inner.token_to_id(t).ok_or_else(|| {
+                                tok_err(format!(
+                                    "{what} {t:?} from tokenizer_config.json is not in the vocabulary"
+                                ))
+                            })
                         })
                         .transpose()
                 };
@@ -87,8 +92,12 @@ impl Tokenizer {
     ) -> Self {
         // Ids, not distinct spellings, size the embedding: max id + 1 (the crate's count dedups strings).
         let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&max| max as usize + 1);
-        let special_ids =
-            inner.get_added_tokens_decoder().into_iter().filter(|(_, token)| token.special).map(|(id, _)| id).collect();
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
         Self {
             inner,
             vocab_size,
@@ -123,9 +132,14 @@ impl Tokenizer {
     /// Text of `ids`. An id outside the vocabulary is an error (the underlying crate would silently drop it).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(tok_err(format!("token id {bad} is outside the vocabulary of {} tokens", self.vocab_size)));
+            return Err(tok_err(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.vocab_size
+            )));
         }
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| tok_err(format!("cannot decode tokens: {e}")))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| tok_err(format!("cannot decode tokens: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -168,5 +182,74 @@ impl std::fmt::Debug for Tokenizer {
             .field("bos_token_id", &self.bos_token_id)
             .field("eos_token_id", &self.eos_token_id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::GgufTokenizerData;
+
+    fn small_gguf() -> GgufTokenizerData {
+        GgufTokenizerData {
+            model: "gpt2".into(),
+            pre: Some("gpt2".into()),
+            tokens: ["<s>", "</s>", "h", "i", "hi", "Ġ", "Ġhi"].map(String::from).to_vec(),
+            token_types: vec![3, 3, 1, 1, 1, 1, 1],
+            merges: vec!["h i".into(), "Ġ hi".into()],
+            bos_token_id: Some(0),
+            eos_token_id: Some(1),
+            add_bos_token: true,
+            chat_template: Some("{{ bos_token }}{{ messages[0].content }}".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gguf_add_bos_token_is_honoured() {
+        let tok = Tokenizer::from_source(&TokenizerSource::Gguf(small_gguf())).unwrap();
+        assert_eq!(tok.encode("hi hi</s>", true).unwrap(), vec![0, 4, 6, 1]);
+        assert_eq!(tok.encode("hi hi", false).unwrap(), vec![4, 6]);
+        assert_eq!(tok.decode(&[0, 4, 6, 1], true).unwrap(), "hi hi");
+        assert_eq!((tok.bos_token().as_deref(), tok.vocab_size()), (Some("<s>"), 7));
+        let mut bad = small_gguf();
+        bad.eos_token_id = Some(99);
+        assert!(Tokenizer::from_source(&TokenizerSource::Gguf(bad))
+            .unwrap_err()
+            .to_string()
+            .contains("99"));
+    }
+
+    #[test]
+    fn hf_files_load_with_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer_json = dir.path().join("tokenizer.json");
+        build_gguf_tokenizer(&small_gguf())
+            .unwrap()
+            .save(&tokenizer_json, false)
+            .unwrap();
+        let config = dir.path().join("tokenizer_config.json");
+        std::fs::write(
+            &config,
+            r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": true, "chat_template": "T"}"#,
+        )
+        .unwrap();
+        let source = TokenizerSource::HfFiles {
+            tokenizer_json: tokenizer_json.clone(),
+            tokenizer_config_json: Some(config),
+        };
+        let tok = Tokenizer::from_source(&source).unwrap();
+        assert_eq!(
+            (tok.bos_token_id(), tok.eos_token_id(), tok.chat_template()),
+            (Some(0), Some(1), Some("T"))
+        );
+        // No post-processor in tokenizer.json, so the config's add_bos_token applies.
+        assert_eq!(tok.encode("hi", true).unwrap(), vec![0, 4]);
+        assert!(tok.is_special(0) && !tok.is_special(4));
+        let missing = TokenizerSource::HfFiles {
+            tokenizer_json: dir.path().join("nope.json"),
+            tokenizer_config_json: None,
+        };
+        assert!(matches!(Tokenizer::from_source(&missing), Err(EngineError::Tokenizer(m)) if m.contains("nope.json")));
     }
 }
