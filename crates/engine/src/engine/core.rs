@@ -196,7 +196,7 @@ impl EngineCore {
             let group = self.groups.get_mut(&ext).expect("group");
             let k = group.params.prompt_logprobs.unwrap_or(0);
             let next: Vec<u32> = group.prompt_ids[pos0 + 1..pos0 + 1 + count].to_vec();
-            for lp in prompt_logprobs(logits.rows(row0, count), logits.vocab_size, &next, k) {
+            for lp in prompt_logprobs(logits.rows(row0, count), logits.vocab_size, &next, k)? {
                 let pl = position_logprobs(self.tokenizer.as_ref(), lp.token, lp.logprob, lp.rank, &lp.top);
                 group.push_prompt_logprob(pl);
             }
@@ -231,7 +231,7 @@ impl EngineCore {
                     rng,
                 });
             }
-            sample_batch(&mut rows)
+            sample_batch(&mut rows)?
         };
         for ((sid, _), rng) in jobs.iter().zip(rngs) {
             let (ext, idx) = &self.seq_owner[sid];

@@ -327,6 +327,7 @@ fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<GgufTokenizerData>> {
         // llama.cpp's defaults when the flags are absent: SentencePiece vocabularies add BOS, BPE ones do not.
         add_bos_token: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
         add_eos_token: flag("tokenizer.ggml.add_eos_token").unwrap_or(false),
+        add_space_prefix: flag("tokenizer.ggml.add_space_prefix"),
         chat_template: file
             .get("tokenizer.chat_template")
             .and_then(GgufValue::as_str)
