@@ -67,8 +67,16 @@ impl GgmlType {
 /// validated every stored tensor, so a mismatch here is a bug in the caller, not bad input.
 pub fn dequantize_row(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let bs = dtype.block_size();
-    assert!(out.len() % bs == 0, "{dtype:?}: row length {} is not a multiple of {bs}", out.len());
-    assert_eq!(bytes.len(), dtype.row_bytes(out.len()), "{dtype:?}: byte length does not match the row length");
+    assert!(
+        out.len() % bs == 0,
+        "{dtype:?}: row length {} is not a multiple of {bs}",
+        out.len()
+    );
+    assert_eq!(
+        bytes.len(),
+        dtype.row_bytes(out.len()),
+        "{dtype:?}: byte length does not match the row length"
+    );
     let decode = block_decoder(dtype);
     for (src, dst) in bytes.chunks_exact(dtype.block_bytes()).zip(out.chunks_exact_mut(bs)) {
         decode(src, dst);
@@ -166,7 +174,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -431,7 +442,11 @@ mod tests {
         for e in 0..256 {
             let s = e / 32;
             let want = d * sc[s] as f32 * q[e] as f32 - dmin * m[s] as f32;
-            assert!((y[e] - want).abs() <= 1e-6 * want.abs().max(1.0), "weight {e}: {} vs {want}", y[e]);
+            assert!(
+                (y[e] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "weight {e}: {} vs {want}",
+                y[e]
+            );
         }
     }
 
@@ -469,7 +484,10 @@ mod tests {
                     _ => 0.5 * range / 15.0,
                 };
                 for (a, b) in xb.iter().zip(yb) {
-                    assert!((a - b).abs() <= bound + 4e-3 * amax, "{dtype:?} block {blk}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= bound + 4e-3 * amax,
+                        "{dtype:?} block {blk}: {a} vs {b}"
+                    );
                 }
             }
         }

@@ -7,14 +7,18 @@ const PER_TASK: usize = 16 * 1024;
 
 /// `out = silu(gate) * up`, element-wise.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == up.len() && gate.len() == out.len(), "silu_mul: lengths differ");
-    out.par_chunks_mut(PER_TASK).zip(gate.par_chunks(PER_TASK)).zip(up.par_chunks(PER_TASK)).for_each(
-        |((o, g), u)| {
+    assert!(
+        gate.len() == up.len() && gate.len() == out.len(),
+        "silu_mul: lengths differ"
+    );
+    out.par_chunks_mut(PER_TASK)
+        .zip(gate.par_chunks(PER_TASK))
+        .zip(up.par_chunks(PER_TASK))
+        .for_each(|((o, g), u)| {
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                 *o = g / (1.0 + (-g).exp()) * u;
             }
-        },
-    );
+        });
 }
 
 #[cfg(test)]
@@ -30,7 +34,11 @@ mod tests {
         for i in 0..6 {
             let g = gate[i] as f64;
             let want = g / (1.0 + (-g).exp()) * up[i] as f64;
-            assert!((out[i] as f64 - want).abs() < 1e-6 * want.abs().max(1.0), "{i}: {} vs {want}", out[i]);
+            assert!(
+                (out[i] as f64 - want).abs() < 1e-6 * want.abs().max(1.0),
+                "{i}: {} vs {want}",
+                out[i]
+            );
             assert!(out[i].is_finite());
         }
     }

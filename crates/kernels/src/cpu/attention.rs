@@ -39,7 +39,11 @@ pub fn paged_attention(
 ) {
     // Split contexts only when the (token, KV head) pairs alone cannot keep the threads busy.
     let pairs = batch.num_tokens() * kv.num_kv_heads;
-    let partition = if pairs < 2 * rayon::current_num_threads() { PARTITION } else { usize::MAX };
+    let partition = if pairs < 2 * rayon::current_num_threads() {
+        PARTITION
+    } else {
+        usize::MAX
+    };
     attention_impl(q, kv, layer, batch, num_heads, scale, out, partition)
 }
 
@@ -75,15 +79,32 @@ fn attention_impl(
     // Context positions per partition; contexts of fewer than two partitions are not split.
     partition: usize,
 ) {
-    let geo = Geo { block_size: kv.block_size, num_kv_heads: kv.num_kv_heads, head_dim: kv.head_dim };
+    let geo = Geo {
+        block_size: kv.block_size,
+        num_kv_heads: kv.num_kv_heads,
+        head_dim: kv.head_dim,
+    };
     let (hd, nkv) = (geo.head_dim, geo.num_kv_heads);
     let t = batch.num_tokens();
-    assert!(nkv > 0 && num_heads % nkv == 0, "attention: {num_heads} heads do not divide into {nkv} KV heads");
+    assert!(
+        nkv > 0 && num_heads % nkv == 0,
+        "attention: {num_heads} heads do not divide into {nkv} KV heads"
+    );
     let group = num_heads / nkv;
-    assert!(group <= MAX_GROUP, "attention: {group} query heads per KV head is more than {MAX_GROUP}");
-    assert_eq!(q.len(), t * num_heads * hd, "attention: q is not [{t}, {num_heads}, {hd}]");
+    assert!(
+        group <= MAX_GROUP,
+        "attention: {group} query heads per KV head is more than {MAX_GROUP}"
+    );
+    assert_eq!(
+        q.len(),
+        t * num_heads * hd,
+        "attention: q is not [{t}, {num_heads}, {hd}]"
+    );
     assert_eq!(out.len(), q.len(), "attention: out and q differ in length");
-    assert_eq!(batch.block_size, kv.block_size, "attention: batch and cache block sizes differ");
+    assert_eq!(
+        batch.block_size, kv.block_size,
+        "attention: batch and cache block sizes differ"
+    );
     assert!(layer < kv.num_layers, "attention: layer {layer} out of range");
     if t == 0 {
         return;
@@ -120,8 +141,17 @@ fn attention_impl(
         let parts: Vec<Partial> = (0..ctx.div_ceil(partition))
             .into_par_iter()
             .map(|i| {
-                let mut p = Partial { m: vec![0.0; group], l: vec![0.0; group], acc: vec![0.0; group * hd] };
-                run(i * partition..((i + 1) * partition).min(ctx), &mut p.acc, &mut p.m, &mut p.l);
+                let mut p = Partial {
+                    m: vec![0.0; group],
+                    l: vec![0.0; group],
+                    acc: vec![0.0; group * hd],
+                };
+                run(
+                    i * partition..((i + 1) * partition).min(ctx),
+                    &mut p.acc,
+                    &mut p.m,
+                    &mut p.l,
+                );
                 p
             })
             .collect();
@@ -234,7 +264,11 @@ mod tests {
         let mut ids: Vec<u32> = (1..=total as u32).collect();
         ids.shuffle(rng);
         let max_blocks = *blocks_per.iter().max().unwrap() + 1;
-        let mut batch = InputBatch { block_size, max_blocks_per_seq: max_blocks, ..Default::default() };
+        let mut batch = InputBatch {
+            block_size,
+            max_blocks_per_seq: max_blocks,
+            ..Default::default()
+        };
         batch.query_start_loc.push(0);
         let mut next = ids.into_iter();
         for (b, &(cached, new)) in seqs.iter().enumerate() {
@@ -244,7 +278,9 @@ mod tests {
                 let p = cached + i;
                 batch.token_ids.push(0);
                 batch.positions.push(p as u32);
-                batch.slot_mapping.push((table[p / block_size] as usize * block_size + p % block_size) as i64);
+                batch
+                    .slot_mapping
+                    .push((table[p / block_size] as usize * block_size + p % block_size) as i64);
             }
             batch.block_tables.extend(table);
             batch.seq_lens.push((cached + new) as u32);
@@ -294,12 +330,17 @@ mod tests {
     fn check(seqs: &[(usize, usize)], nh: usize, nkv: usize, hd: usize, partition: usize, seed: u64) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let (batch, kv) = build(seqs, 16, nkv, hd, &mut rng);
-        let q: Vec<f32> = (0..batch.num_tokens() * nh * hd).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let q: Vec<f32> = (0..batch.num_tokens() * nh * hd)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![f32::NAN; q.len()];
         attention_impl(&q, &kv, 1, &batch, nh, scale, &mut out, partition);
         for (i, (a, b)) in out.iter().zip(reference(&q, &kv, 1, &batch, nh, scale)).enumerate() {
-            assert!((*a as f64 - b).abs() < 1e-5, "seqs {seqs:?} nh {nh} nkv {nkv} hd {hd}: [{i}] {a} vs {b}");
+            assert!(
+                (*a as f64 - b).abs() < 1e-5,
+                "seqs {seqs:?} nh {nh} nkv {nkv} hd {hd}: [{i}] {a} vs {b}"
+            );
         }
     }
 

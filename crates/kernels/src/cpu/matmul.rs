@@ -253,8 +253,9 @@ mod tests {
         let mut out = vec![0.0f64; m * w.rows];
         for i in 0..m {
             for r in 0..w.rows {
-                out[i * w.rows + r] =
-                    (0..w.cols).map(|j| x[i * w.cols + j] as f64 * dense[r * w.cols + j] as f64).sum();
+                out[i * w.rows + r] = (0..w.cols)
+                    .map(|j| x[i * w.cols + j] as f64 * dense[r * w.cols + j] as f64)
+                    .sum();
             }
         }
         out

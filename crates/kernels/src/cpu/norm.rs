@@ -22,12 +22,18 @@ fn norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
     assert_eq!(x.len(), out.len(), "rms_norm: x and out differ in length");
-    assert!(d > 0 && x.len() % d == 0, "rms_norm: length {} is not a multiple of {d}", x.len());
-    out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, xs)| {
-        for (o, xr) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
-            norm_row(xr, weight, eps, o);
-        }
-    });
+    assert!(
+        d > 0 && x.len() % d == 0,
+        "rms_norm: length {} is not a multiple of {d}",
+        x.len()
+    );
+    out.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(x.par_chunks(d * ROWS_PER_TASK))
+        .for_each(|(o, xs)| {
+            for (o, xr) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                norm_row(xr, weight, eps, o);
+            }
+        });
 }
 
 /// `dst += src`.
@@ -41,31 +47,46 @@ pub fn add_assign(dst: &mut [f32], src: &[f32]) {
 /// The residual step between sub-layers in one pass: `residual += delta`, then `out = rms_norm(residual)`.
 pub fn add_rms_norm(residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
-    assert!(residual.len() == delta.len() && residual.len() == out.len(), "add_rms_norm: lengths differ");
-    assert!(d > 0 && residual.len() % d == 0, "add_rms_norm: length {} is not a multiple of {d}", residual.len());
+    assert!(
+        residual.len() == delta.len() && residual.len() == out.len(),
+        "add_rms_norm: lengths differ"
+    );
+    assert!(
+        d > 0 && residual.len() % d == 0,
+        "add_rms_norm: length {} is not a multiple of {d}",
+        residual.len()
+    );
     let n = d * ROWS_PER_TASK;
-    residual.par_chunks_mut(n).zip(delta.par_chunks(n)).zip(out.par_chunks_mut(n)).for_each(|((res, del), o)| {
-        for ((r, dl), o) in res.chunks_exact_mut(d).zip(del.chunks_exact(d)).zip(o.chunks_exact_mut(d)) {
-            let mut lanes = [0.0f32; 8];
-            // Fused: add and accumulate the square sum in the same sweep.
-            for (r8, d8) in r.chunks_exact_mut(8).zip(dl.chunks_exact(8)) {
-                for l in 0..8 {
-                    r8[l] += d8[l];
-                    lanes[l] += r8[l] * r8[l];
+    residual
+        .par_chunks_mut(n)
+        .zip(delta.par_chunks(n))
+        .zip(out.par_chunks_mut(n))
+        .for_each(|((res, del), o)| {
+            for ((r, dl), o) in res
+                .chunks_exact_mut(d)
+                .zip(del.chunks_exact(d))
+                .zip(o.chunks_exact_mut(d))
+            {
+                let mut lanes = [0.0f32; 8];
+                // Fused: add and accumulate the square sum in the same sweep.
+                for (r8, d8) in r.chunks_exact_mut(8).zip(dl.chunks_exact(8)) {
+                    for l in 0..8 {
+                        r8[l] += d8[l];
+                        lanes[l] += r8[l] * r8[l];
+                    }
+                }
+                let tail = d / 8 * 8;
+                let mut ss = sum_lanes(&lanes);
+                for (rv, dv) in r[tail..].iter_mut().zip(&dl[tail..]) {
+                    *rv += dv;
+                    ss += *rv * *rv;
+                }
+                let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+                for ((o, &v), &w) in o.iter_mut().zip(r.iter()).zip(weight) {
+                    *o = w * (v * inv);
                 }
             }
-            let tail = d / 8 * 8;
-            let mut ss = sum_lanes(&lanes);
-            for (rv, dv) in r[tail..].iter_mut().zip(&dl[tail..]) {
-                *rv += dv;
-                ss += *rv * *rv;
-            }
-            let inv = 1.0 / (ss / d as f32 + eps).sqrt();
-            for ((o, &v), &w) in o.iter_mut().zip(r.iter()).zip(weight) {
-                *o = w * (v * inv);
-            }
-        }
-    });
+        });
 }
 
 #[cfg(test)]
@@ -80,7 +101,10 @@ mod tests {
             .flat_map(|r| {
                 let ms = r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / d as f64;
                 let inv = 1.0 / (ms + eps).sqrt();
-                r.iter().zip(w).map(move |(v, w)| *v as f64 * inv * *w as f64).collect::<Vec<_>>()
+                r.iter()
+                    .zip(w)
+                    .map(move |(v, w)| *v as f64 * inv * *w as f64)
+                    .collect::<Vec<_>>()
             })
             .collect()
     }

@@ -14,12 +14,17 @@ const MAX_HALF: usize = 256;
 
 /// HF default: `inv_freq[i] = 1 / theta^(2i / head_dim)`.
 pub fn default_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| (1.0 / (theta as f64).powf((2 * i) as f64 / head_dim as f64)) as f32).collect()
+    (0..head_dim / 2)
+        .map(|i| (1.0 / (theta as f64).powf((2 * i) as f64 / head_dim as f64)) as f32)
+        .collect()
 }
 
 /// Linear scaling (position interpolation): positions divided by `factor`, i.e. `inv_freq / factor`.
 pub fn linear_inv_freq(head_dim: usize, theta: f32, factor: f32) -> Vec<f32> {
-    default_inv_freq(head_dim, theta).into_iter().map(|f| f / factor).collect()
+    default_inv_freq(head_dim, theta)
+        .into_iter()
+        .map(|f| f / factor)
+        .collect()
 }
 
 /// Llama 3.1 scaling (HF `_compute_llama3_parameters`): wavelengths longer than
@@ -69,9 +74,19 @@ impl RopeTable {
         let mut cos = vec![0.0f32; cached_positions * half];
         let mut sin = vec![0.0f32; cached_positions * half];
         for p in 0..cached_positions {
-            angles(&inv_freq, p as u32, &mut cos[p * half..(p + 1) * half], &mut sin[p * half..(p + 1) * half]);
+            angles(
+                &inv_freq,
+                p as u32,
+                &mut cos[p * half..(p + 1) * half],
+                &mut sin[p * half..(p + 1) * half],
+            );
         }
-        Self { inv_freq, cached: cached_positions, cos, sin }
+        Self {
+            inv_freq,
+            cached: cached_positions,
+            cos,
+            sin,
+        }
     }
 
     pub fn head_dim(&self) -> usize {
@@ -95,10 +110,19 @@ impl RopeTable {
     /// Rotates `x` (`[T, n_heads, head_dim]`) in place, token `t` at `positions[t]`.
     pub fn apply(&self, x: &mut [f32], n_heads: usize, positions: &[u32]) {
         let row = n_heads * self.head_dim();
-        assert_eq!(x.len(), positions.len() * row, "RoPE: x is not [{}, {n_heads}, {}]", positions.len(), self.head_dim());
-        x.par_chunks_mut(row).zip(positions.par_iter()).with_min_len(8).for_each(|(xt, &pos)| {
-            self.with_angles(pos, |c, s| rotate_heads(xt, c, s));
-        });
+        assert_eq!(
+            x.len(),
+            positions.len() * row,
+            "RoPE: x is not [{}, {n_heads}, {}]",
+            positions.len(),
+            self.head_dim()
+        );
+        x.par_chunks_mut(row)
+            .zip(positions.par_iter())
+            .with_min_len(8)
+            .for_each(|(xt, &pos)| {
+                self.with_angles(pos, |c, s| rotate_heads(xt, c, s));
+            });
     }
 
     /// Rotates q (`[T, n_heads, head_dim]`) and k (`[T, n_kv_heads, head_dim]`) in place, sharing each
@@ -161,7 +185,11 @@ mod tests {
             let (t, d) = (i / per_tok, i % hd);
             let head = i - d;
             let a = (pos[t] as f32 * inv[d % half]) as f64;
-            let rot = if d < half { -(x[head + d + half] as f64) } else { x[head + d - half] as f64 };
+            let rot = if d < half {
+                -(x[head + d + half] as f64)
+            } else {
+                x[head + d - half] as f64
+            };
             out[i] = *v as f64 * a.cos() + rot * a.sin();
         }
         out
@@ -175,13 +203,20 @@ mod tests {
             let table = RopeTable::new(inv.clone(), 50);
             let pos: Vec<u32> = vec![0, 1, 49, 50, 7, 4000, 123_456];
             let (nh, nkv) = (4, 2);
-            let q: Vec<f32> = (0..pos.len() * nh * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let k: Vec<f32> = (0..pos.len() * nkv * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let q: Vec<f32> = (0..pos.len() * nh * hd)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            let k: Vec<f32> = (0..pos.len() * nkv * hd)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
             let (mut q2, mut k2, mut q3) = (q.clone(), k.clone(), q.clone());
             table.apply_qk(&mut q2, nh, &mut k2, nkv, &pos);
             table.apply(&mut q3, nh, &pos);
             assert_eq!(q2, q3);
-            for (got, want) in [(&q2, reference(&q, hd, &pos, &inv)), (&k2, reference(&k, hd, &pos, &inv))] {
+            for (got, want) in [
+                (&q2, reference(&q, hd, &pos, &inv)),
+                (&k2, reference(&k, hd, &pos, &inv)),
+            ] {
                 for (a, b) in got.iter().zip(want) {
                     assert!((*a as f64 - b).abs() < 1e-6, "hd {hd}: {a} vs {b}");
                 }
@@ -208,7 +243,11 @@ mod tests {
             } else if wl > 8192.0 {
                 assert_eq!(f / 8.0, *s);
             } else {
-                assert!(*s < *f && *s > f / 8.0, "medium band: {s} not between {} and {f}", f / 8.0);
+                assert!(
+                    *s < *f && *s > f / 8.0,
+                    "medium band: {s} not between {} and {f}",
+                    f / 8.0
+                );
             }
         }
         // All three regimes occur for these parameters.
