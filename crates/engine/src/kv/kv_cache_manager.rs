@@ -115,7 +115,9 @@ impl KvCacheManager {
         let table_len = self.tables.get(&id).map_or(0, Vec::len);
         let num_computed = request.num_computed_tokens + new_computed_blocks.len() * bs;
         let total = num_computed + num_new_tokens;
-        let num_fresh = self.blocks_for(total).saturating_sub(table_len + new_computed_blocks.len());
+        let num_fresh = self
+            .blocks_for(total)
+            .saturating_sub(table_len + new_computed_blocks.len());
         // Table entries the write range [num_computed, total) lands in that another table also holds.
         let cow: Vec<usize> = if num_new_tokens == 0 {
             Vec::new()
@@ -126,7 +128,10 @@ impl KvCacheManager {
                 .collect()
         };
         // Hit blocks that sit in the free list stop being evictable once we take them.
-        let revived = new_computed_blocks.iter().filter(|&&b| self.pool.block(b).is_some_and(|b| b.ref_cnt == 0)).count();
+        let revived = new_computed_blocks
+            .iter()
+            .filter(|&&b| self.pool.block(b).is_some_and(|b| b.ref_cnt == 0))
+            .count();
         if num_fresh + cow.len() + revived > self.pool.num_free_blocks() {
             return None;
         }
@@ -166,9 +171,15 @@ impl KvCacheManager {
 
     /// Gives `child` the same blocks as `parent` (n > 1 sampling). Writes diverge later by copy-on-write.
     pub fn fork(&mut self, parent: RequestId, child: RequestId) -> Result<()> {
-        let table = self.tables.get(&parent).cloned().ok_or(EngineError::UnknownRequest(parent.to_string()))?;
+        let table = self
+            .tables
+            .get(&parent)
+            .cloned()
+            .ok_or(EngineError::UnknownRequest(parent.to_string()))?;
         if self.tables.contains_key(&child) {
-            return Err(EngineError::Internal(format!("fork target {child} already holds blocks")));
+            return Err(EngineError::Internal(format!(
+                "fork target {child} already holds blocks"
+            )));
         }
         self.pool.touch(&table);
         self.tables.insert(child, table);
@@ -207,7 +218,9 @@ impl KvCacheManager {
     pub fn check_integrity(&self, requests: &HashMap<RequestId, Request>) -> Result<(), String> {
         self.pool.check_integrity(self.tables.values().map(Vec::as_slice))?;
         for (id, table) in &self.tables {
-            let req = requests.get(id).ok_or(format!("block table for unknown or finished request {id}"))?;
+            let req = requests
+                .get(id)
+                .ok_or(format!("block table for unknown or finished request {id}"))?;
             let mut sorted = table.clone();
             sorted.sort_unstable();
             if sorted.windows(2).any(|w| w[0] == w[1]) {
@@ -232,12 +245,19 @@ impl KvCacheManager {
             for (i, &b) in table.iter().enumerate() {
                 if let Some(h) = self.pool.block(b).and_then(|b| b.hash) {
                     if expected.get(i) != Some(&h) {
-                        return Err(format!("request {id}: block {b} at index {i} is cached under another prefix"));
+                        return Err(format!(
+                            "request {id}: block {b} at index {i} is cached under another prefix"
+                        ));
                     }
                 }
             }
         }
-        if let Some(id) = self.hashes.keys().chain(self.num_registered.keys()).find(|id| !requests.contains_key(id)) {
+        if let Some(id) = self
+            .hashes
+            .keys()
+            .chain(self.num_registered.keys())
+            .find(|id| !requests.contains_key(id))
+        {
             return Err(format!("bookkeeping left behind for finished request {id}"));
         }
         Ok(())
@@ -285,7 +305,10 @@ mod tests {
 
         // Prompt logprobs need every position's logits: no lookup, no query counted.
         let mut d = request(4, (0..12).collect());
-        d.params = Arc::new(SamplingParams { prompt_logprobs: Some(1), ..Default::default() });
+        d.params = Arc::new(SamplingParams {
+            prompt_logprobs: Some(1),
+            ..Default::default()
+        });
         assert_eq!(m.get_computed_blocks(&d).1, 0);
     }
 
