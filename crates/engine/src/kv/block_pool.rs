@@ -169,6 +169,13 @@ impl BlockPool {
         }
     }
 
+    /// Drops a FREE block's cached prefix now instead of at reuse (its KV turned out never to be computed).
+    pub fn uncache_if_free(&mut self, id: u32) {
+        if self.blocks.get(id as usize).is_some_and(|b| b.ref_cnt == 0) {
+            self.evict(id);
+        }
+    }
+
     /// Registers a block that has just become full under `hash`. If another block already holds that prefix the
     /// block stays unregistered (both hold the same KV; the first one keeps serving hits). Returns whether it was
     /// registered.

@@ -193,13 +193,20 @@ impl KvCacheManager {
     }
 
     /// Releases all of a request's blocks, last block first (so it is evicted first), and forgets its hashes.
-    /// Copies into its blocks still pending for this step are dropped: the request will not read them.
-    pub fn free(&mut self, id: RequestId) {
+    /// Blocks past its `num_computed_tokens` were registered for a step whose KV the request no longer vouches
+    /// for (preempted or aborted mid-step), so once free they leave the prefix cache. Copies into its blocks still
+    /// pending for this step are dropped: nobody will read them.
+    pub fn free(&mut self, request: &Request) {
+        let id = request.id;
         self.hashes.remove(&id);
         self.num_registered.remove(&id);
         if let Some(table) = self.tables.remove(&id) {
             self.blocks_to_copy.retain(|(_, dst)| !table.contains(dst));
             self.pool.free_blocks(table.iter().rev().copied());
+            let computed_blocks = (request.num_computed_tokens / self.block_size).min(table.len());
+            for &b in &table[computed_blocks..] {
+                self.pool.uncache_if_free(b);
+            }
         }
     }
 
@@ -318,7 +325,9 @@ mod tests {
         let a = request(1, vec![1, 2, 3, 4, 5]);
         m.allocate_slots(&a, 5, &[]).unwrap();
         let table = m.block_table(1).to_vec();
-        m.free(1);
+        let mut a = a;
+        a.num_computed_tokens = 5;
+        m.free(&a);
         assert_eq!(m.pool().num_cached_free_blocks(), 2);
         let b = request(2, vec![1, 2, 3, 4, 9]);
         let (blocks, n) = m.get_computed_blocks(&b);
@@ -368,10 +377,26 @@ mod tests {
         p.num_computed_tokens = 7;
         c.num_computed_tokens = 7;
         m.check_integrity(&requests(&[&p, &c])).unwrap();
-        m.free(1);
-        m.free(2);
+        m.free(&p);
+        m.free(&c);
         m.check_integrity(&HashMap::new()).unwrap();
         assert_eq!(m.pool().num_blocks_in_use(), 0);
+    }
+
+    #[test]
+    fn blocks_of_a_step_that_never_ran_leave_the_cache() {
+        let mut m = KvCacheManager::new(8, 4, true).unwrap();
+        let mut a = request(1, (0..9).collect());
+        a.num_computed_tokens = 4;
+        m.allocate_slots(&a, 5, &[]).unwrap(); // registers blocks 0 and 1 (block 1 full after this step)
+        assert_eq!(m.get_computed_blocks(&request(2, (0..9).collect())).1, 8);
+        // Preempted or aborted before the step's update: only block 0 holds computed KV.
+        m.free(&a);
+        assert_eq!(m.pool().num_cached_free_blocks(), 1);
+        assert_eq!(m.get_computed_blocks(&request(3, (0..9).collect())).1, 4);
+        m.free(&request(2, vec![]));
+        m.free(&request(3, vec![]));
+        m.check_integrity(&HashMap::new()).unwrap();
     }
 
     #[test]

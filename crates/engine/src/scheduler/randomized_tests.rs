@@ -61,6 +61,8 @@ fn workload(seed: u64) -> Workload {
             tokens(&mut rng, len)
         })
         .collect();
+    // Half the workloads arrive in a burst (maximum contention), half spread out over time.
+    let arrival_window = if rng.random_bool(0.5) { 3 } else { 30 };
     let specs = (0..rng.random_range(4..=14))
         .map(|_| {
             let mut prompt = if rng.random_bool(0.7) {
@@ -88,7 +90,7 @@ fn workload(seed: u64) -> Workload {
                 ..SamplingParams::greedy()
             };
             Spec {
-                arrive_step: rng.random_range(0..30),
+                arrive_step: rng.random_range(0..arrival_window),
                 prompt,
                 params,
                 max_tokens: rng.random_range(2..=16),
@@ -235,7 +237,7 @@ fn check_seed(seed: u64) -> RunReport {
 
 #[test]
 fn randomized_workloads_keep_invariants_and_match_unpressured_runs() {
-    let seeds = 0..160u64;
+    let seeds = 0..400u64;
     let (mut runs_preempting, mut copies, mut runs_hitting) = (0, 0, 0);
     let mut abort_states = HashSet::new();
     for seed in seeds.clone() {

@@ -242,9 +242,9 @@ impl Scheduler {
     }
 
     fn preempt(&mut self, id: RequestId) {
-        self.kv.free(id);
         self.num_preemptions += 1;
         if let Some(r) = self.requests.get_mut(&id) {
+            self.kv.free(r);
             r.status = RequestStatus::Preempted;
             r.num_computed_tokens = 0;
             r.num_preemptions += 1;
@@ -425,7 +425,7 @@ impl Scheduler {
                 self.waiting.remove(&r);
             }
         }
-        self.kv.free(id);
+        self.kv.free(&r);
         self.forked_parents.remove(&id);
         r.status = RequestStatus::Finished(reason);
         r.stop_reason = stop_reason;
