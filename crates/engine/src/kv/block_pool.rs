@@ -40,17 +40,32 @@ impl BlockPool {
     /// `num_blocks` counts every block of the cache INCLUDING the null block 0, so `num_blocks - 1` are usable.
     pub fn new(num_blocks: usize, block_size: usize, enable_caching: bool) -> Result<Self> {
         if num_blocks < 2 || num_blocks >= u32::MAX as usize {
-            return Err(EngineError::invalid("num_blocks", format!("must be in [2, 2^32 - 1), got {num_blocks}")));
+            return Err(EngineError::invalid(
+                "num_blocks",
+                format!("must be in [2, 2^32 - 1), got {num_blocks}"),
+            ));
         }
         if block_size == 0 {
             return Err(EngineError::invalid("block_size", "must be at least 1"));
         }
-        let blocks = (0..num_blocks as u32).map(|id| KvBlock { id, ref_cnt: 0, hash: None }).collect();
+        let blocks = (0..num_blocks as u32)
+            .map(|id| KvBlock {
+                id,
+                ref_cnt: 0,
+                hash: None,
+            })
+            .collect();
         let mut free = FreeBlockQueue::new(num_blocks);
         for id in 1..num_blocks as u32 {
             free.push_back(id);
         }
-        Ok(Self { block_size, enable_caching, blocks, free, cached: HashMap::new() })
+        Ok(Self {
+            block_size,
+            enable_caching,
+            blocks,
+            free,
+            cached: HashMap::new(),
+        })
     }
 
     pub fn block_size(&self) -> usize {
@@ -78,7 +93,10 @@ impl BlockPool {
 
     /// Free blocks that still hold a registered prefix (a hit would revive them).
     pub fn num_cached_free_blocks(&self) -> usize {
-        self.free.iter().filter(|&id| self.blocks[id as usize].hash.is_some()).count()
+        self.free
+            .iter()
+            .filter(|&id| self.blocks[id as usize].hash.is_some())
+            .count()
     }
 
     /// Fraction of usable blocks in use, in [0, 1].
@@ -151,6 +169,13 @@ impl BlockPool {
         }
     }
 
+    /// Drops a FREE block's cached prefix now instead of at reuse (its KV turned out never to be computed).
+    pub fn uncache_if_free(&mut self, id: u32) {
+        if self.blocks.get(id as usize).is_some_and(|b| b.ref_cnt == 0) {
+            self.evict(id);
+        }
+    }
+
     /// Registers a block that has just become full under `hash`. If another block already holds that prefix the
     /// block stays unregistered (both hold the same KV; the first one keeps serving hits). Returns whether it was
     /// registered.
@@ -169,7 +194,11 @@ impl BlockPool {
     /// Forgets every cached prefix held by a free block (vLLM's `reset_prefix_cache` for idle blocks). Returns
     /// how many were dropped; blocks in use keep theirs.
     pub fn reset_prefix_cache(&mut self) -> usize {
-        let ids: Vec<u32> = self.free.iter().filter(|&id| self.blocks[id as usize].hash.is_some()).collect();
+        let ids: Vec<u32> = self
+            .free
+            .iter()
+            .filter(|&id| self.blocks[id as usize].hash.is_some())
+            .collect();
         for &id in &ids {
             self.evict(id);
         }
@@ -187,7 +216,9 @@ impl BlockPool {
                 if id == NULL_BLOCK_ID {
                     return Err("a block table holds the null block".to_string());
                 }
-                let slot = holders.get_mut(id as usize).ok_or(format!("a block table holds unknown block {id}"))?;
+                let slot = holders
+                    .get_mut(id as usize)
+                    .ok_or(format!("a block table holds unknown block {id}"))?;
                 *slot += 1;
             }
         }
@@ -198,23 +229,36 @@ impl BlockPool {
         let mut in_use = 0;
         for b in &self.blocks[1..] {
             if b.ref_cnt != holders[b.id as usize] {
-                return Err(format!("block {} has ref_cnt {} but {} tables hold it", b.id, b.ref_cnt, holders[b.id as usize]));
+                return Err(format!(
+                    "block {} has ref_cnt {} but {} tables hold it",
+                    b.id, b.ref_cnt, holders[b.id as usize]
+                ));
             }
             if (b.ref_cnt == 0) != self.free.contains(b.id) {
                 let where_ = if self.free.contains(b.id) { "in" } else { "not in" };
-                return Err(format!("block {} has ref_cnt {} but is {where_} the free list", b.id, b.ref_cnt));
+                return Err(format!(
+                    "block {} has ref_cnt {} but is {where_} the free list",
+                    b.id, b.ref_cnt
+                ));
             }
             if b.ref_cnt > 0 {
                 in_use += 1;
             }
             if let Some(h) = b.hash {
                 if self.cached.get(&h) != Some(&b.id) {
-                    return Err(format!("block {} carries a hash the map does not point back to it", b.id));
+                    return Err(format!(
+                        "block {} carries a hash the map does not point back to it",
+                        b.id
+                    ));
                 }
             }
         }
         if in_use + self.free.len() != self.num_usable_blocks() {
-            return Err(format!("{in_use} in use + {} free != {} usable", self.free.len(), self.num_usable_blocks()));
+            return Err(format!(
+                "{in_use} in use + {} free != {} usable",
+                self.free.len(),
+                self.num_usable_blocks()
+            ));
         }
         for (h, &id) in &self.cached {
             if self.blocks.get(id as usize).and_then(|b| b.hash) != Some(*h) {
@@ -259,7 +303,10 @@ mod tests {
         }
         // Free last-first as a request does: 3, 2, 1 land behind the never-used 4, 5.
         pool.free_blocks(req.iter().rev().copied());
-        assert_eq!(pool.free_block_ids().collect::<Vec<_>>(), vec![4, 5, req[2], req[1], req[0]]);
+        assert_eq!(
+            pool.free_block_ids().collect::<Vec<_>>(),
+            vec![4, 5, req[2], req[1], req[0]]
+        );
         assert_eq!(pool.num_cached_free_blocks(), 3);
         let next = pool.get_new_blocks(3).unwrap();
         assert_eq!(next, vec![4, 5, req[2]], "the request's last block is evicted first");
@@ -296,7 +343,10 @@ mod tests {
         let ids = pool.get_new_blocks(2).unwrap();
         pool.touch(&ids); // a second table (a fork) shares both
         pool.check_integrity([ids.as_slice(), ids.as_slice()]).unwrap();
-        assert!(pool.check_integrity([ids.as_slice()]).is_err(), "ref counts must match the tables");
+        assert!(
+            pool.check_integrity([ids.as_slice()]).is_err(),
+            "ref counts must match the tables"
+        );
         pool.free_blocks(ids.iter().rev().copied());
         assert_eq!(pool.num_free_blocks(), 1);
         pool.free_blocks(ids.iter().rev().copied());

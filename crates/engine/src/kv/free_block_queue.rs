@@ -126,7 +126,10 @@ impl FreeBlockQueue {
                 return Err(format!("free list is longer than its length {} (cycle?)", self.len));
             }
             if self.prev[cur as usize] != prev {
-                return Err(format!("block {cur}: prev link {} but reached from {prev}", self.prev[cur as usize]));
+                return Err(format!(
+                    "block {cur}: prev link {} but reached from {prev}",
+                    self.prev[cur as usize]
+                ));
             }
             if !self.linked[cur as usize] {
                 return Err(format!("block {cur} is in the free list but not marked linked"));
@@ -139,7 +142,11 @@ impl FreeBlockQueue {
             return Err(format!("free list ends at {prev} but tail is {}", self.tail));
         }
         if forward.len() != self.len {
-            return Err(format!("free list walks {} blocks but its length is {}", forward.len(), self.len));
+            return Err(format!(
+                "free list walks {} blocks but its length is {}",
+                forward.len(),
+                self.len
+            ));
         }
         let mut backward = Vec::with_capacity(self.len);
         let mut cur = self.tail;
@@ -153,7 +160,10 @@ impl FreeBlockQueue {
         }
         let marked = self.linked.iter().filter(|&&l| l).count();
         if marked != self.len {
-            return Err(format!("{marked} blocks marked linked but the free list holds {}", self.len));
+            return Err(format!(
+                "{marked} blocks marked linked but the free list holds {}",
+                self.len
+            ));
         }
         Ok(())
     }
@@ -193,7 +203,10 @@ mod tests {
                     }
                 }
                 q.check_integrity().unwrap();
-                assert_eq!(q.iter().collect::<Vec<_>>(), reference.iter().copied().collect::<Vec<_>>());
+                assert_eq!(
+                    q.iter().collect::<Vec<_>>(),
+                    reference.iter().copied().collect::<Vec<_>>()
+                );
             }
         }
     }

@@ -115,7 +115,9 @@ impl KvCacheManager {
         let table_len = self.tables.get(&id).map_or(0, Vec::len);
         let num_computed = request.num_computed_tokens + new_computed_blocks.len() * bs;
         let total = num_computed + num_new_tokens;
-        let num_fresh = self.blocks_for(total).saturating_sub(table_len + new_computed_blocks.len());
+        let num_fresh = self
+            .blocks_for(total)
+            .saturating_sub(table_len + new_computed_blocks.len());
         // Table entries the write range [num_computed, total) lands in that another table also holds.
         let cow: Vec<usize> = if num_new_tokens == 0 {
             Vec::new()
@@ -126,7 +128,10 @@ impl KvCacheManager {
                 .collect()
         };
         // Hit blocks that sit in the free list stop being evictable once we take them.
-        let revived = new_computed_blocks.iter().filter(|&&b| self.pool.block(b).is_some_and(|b| b.ref_cnt == 0)).count();
+        let revived = new_computed_blocks
+            .iter()
+            .filter(|&&b| self.pool.block(b).is_some_and(|b| b.ref_cnt == 0))
+            .count();
         if num_fresh + cow.len() + revived > self.pool.num_free_blocks() {
             return None;
         }
@@ -166,9 +171,15 @@ impl KvCacheManager {
 
     /// Gives `child` the same blocks as `parent` (n > 1 sampling). Writes diverge later by copy-on-write.
     pub fn fork(&mut self, parent: RequestId, child: RequestId) -> Result<()> {
-        let table = self.tables.get(&parent).cloned().ok_or(EngineError::UnknownRequest(parent.to_string()))?;
+        let table = self
+            .tables
+            .get(&parent)
+            .cloned()
+            .ok_or(EngineError::UnknownRequest(parent.to_string()))?;
         if self.tables.contains_key(&child) {
-            return Err(EngineError::Internal(format!("fork target {child} already holds blocks")));
+            return Err(EngineError::Internal(format!(
+                "fork target {child} already holds blocks"
+            )));
         }
         self.pool.touch(&table);
         self.tables.insert(child, table);
@@ -182,13 +193,20 @@ impl KvCacheManager {
     }
 
     /// Releases all of a request's blocks, last block first (so it is evicted first), and forgets its hashes.
-    /// Copies into its blocks still pending for this step are dropped: the request will not read them.
-    pub fn free(&mut self, id: RequestId) {
+    /// Blocks past its `num_computed_tokens` were registered for a step whose KV the request no longer vouches
+    /// for (preempted or aborted mid-step), so once free they leave the prefix cache. Copies into its blocks still
+    /// pending for this step are dropped: nobody will read them.
+    pub fn free(&mut self, request: &Request) {
+        let id = request.id;
         self.hashes.remove(&id);
         self.num_registered.remove(&id);
         if let Some(table) = self.tables.remove(&id) {
             self.blocks_to_copy.retain(|(_, dst)| !table.contains(dst));
             self.pool.free_blocks(table.iter().rev().copied());
+            let computed_blocks = (request.num_computed_tokens / self.block_size).min(table.len());
+            for &b in &table[computed_blocks..] {
+                self.pool.uncache_if_free(b);
+            }
         }
     }
 
@@ -207,7 +225,9 @@ impl KvCacheManager {
     pub fn check_integrity(&self, requests: &HashMap<RequestId, Request>) -> Result<(), String> {
         self.pool.check_integrity(self.tables.values().map(Vec::as_slice))?;
         for (id, table) in &self.tables {
-            let req = requests.get(id).ok_or(format!("block table for unknown or finished request {id}"))?;
+            let req = requests
+                .get(id)
+                .ok_or(format!("block table for unknown or finished request {id}"))?;
             let mut sorted = table.clone();
             sorted.sort_unstable();
             if sorted.windows(2).any(|w| w[0] == w[1]) {
@@ -232,12 +252,19 @@ impl KvCacheManager {
             for (i, &b) in table.iter().enumerate() {
                 if let Some(h) = self.pool.block(b).and_then(|b| b.hash) {
                     if expected.get(i) != Some(&h) {
-                        return Err(format!("request {id}: block {b} at index {i} is cached under another prefix"));
+                        return Err(format!(
+                            "request {id}: block {b} at index {i} is cached under another prefix"
+                        ));
                     }
                 }
             }
         }
-        if let Some(id) = self.hashes.keys().chain(self.num_registered.keys()).find(|id| !requests.contains_key(id)) {
+        if let Some(id) = self
+            .hashes
+            .keys()
+            .chain(self.num_registered.keys())
+            .find(|id| !requests.contains_key(id))
+        {
             return Err(format!("bookkeeping left behind for finished request {id}"));
         }
         Ok(())
@@ -285,7 +312,10 @@ mod tests {
 
         // Prompt logprobs need every position's logits: no lookup, no query counted.
         let mut d = request(4, (0..12).collect());
-        d.params = Arc::new(SamplingParams { prompt_logprobs: Some(1), ..Default::default() });
+        d.params = Arc::new(SamplingParams {
+            prompt_logprobs: Some(1),
+            ..Default::default()
+        });
         assert_eq!(m.get_computed_blocks(&d).1, 0);
     }
 
@@ -295,7 +325,9 @@ mod tests {
         let a = request(1, vec![1, 2, 3, 4, 5]);
         m.allocate_slots(&a, 5, &[]).unwrap();
         let table = m.block_table(1).to_vec();
-        m.free(1);
+        let mut a = a;
+        a.num_computed_tokens = 5;
+        m.free(&a);
         assert_eq!(m.pool().num_cached_free_blocks(), 2);
         let b = request(2, vec![1, 2, 3, 4, 9]);
         let (blocks, n) = m.get_computed_blocks(&b);
@@ -345,10 +377,26 @@ mod tests {
         p.num_computed_tokens = 7;
         c.num_computed_tokens = 7;
         m.check_integrity(&requests(&[&p, &c])).unwrap();
-        m.free(1);
-        m.free(2);
+        m.free(&p);
+        m.free(&c);
         m.check_integrity(&HashMap::new()).unwrap();
         assert_eq!(m.pool().num_blocks_in_use(), 0);
+    }
+
+    #[test]
+    fn blocks_of_a_step_that_never_ran_leave_the_cache() {
+        let mut m = KvCacheManager::new(8, 4, true).unwrap();
+        let mut a = request(1, (0..9).collect());
+        a.num_computed_tokens = 4;
+        m.allocate_slots(&a, 5, &[]).unwrap(); // registers blocks 0 and 1 (block 1 full after this step)
+        assert_eq!(m.get_computed_blocks(&request(2, (0..9).collect())).1, 8);
+        // Preempted or aborted before the step's update: only block 0 holds computed KV.
+        m.free(&a);
+        assert_eq!(m.pool().num_cached_free_blocks(), 1);
+        assert_eq!(m.get_computed_blocks(&request(3, (0..9).collect())).1, 4);
+        m.free(&request(2, vec![]));
+        m.free(&request(3, vec![]));
+        m.check_integrity(&HashMap::new()).unwrap();
     }
 
     #[test]
