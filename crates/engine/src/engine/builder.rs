@@ -106,7 +106,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         num_blocks,
         enable_prefix_caching: config.enable_prefix_caching,
         policy: config.scheduling_policy,
-    });
+    })?;
     let usable_blocks = num_blocks - 1;
     let info = ModelInfo {
         name: loaded.source.name.clone(),

@@ -92,10 +92,15 @@ impl EngineCore {
         let mut group = RequestGroup::new(p.external_id.clone(), p.tx, p.params, req.prompt_token_ids.clone(), p.arrival_time);
         let rng = self.sample_rng(&group.params, 0);
         group.add_sample(0, id, rng, self.tokenizer.as_ref());
-        self.stats.prompt_tokens_total += req.num_prompt_tokens() as u64;
+        let prompt_len = req.num_prompt_tokens() as u64;
+        if let Err(e) = self.scheduler.add_request(req) {
+            // The handle validates first, so this is a last line of defence; only this request fails.
+            let _ = group.tx.send(Err(e));
+            return;
+        }
+        self.stats.prompt_tokens_total += prompt_len;
         self.seq_owner.insert(id, (p.external_id.clone(), 0));
         self.groups.insert(p.external_id, group);
-        self.scheduler.add_request(req);
     }
 
     fn sample_rng(&mut self, params: &SamplingParams, index: usize) -> SequenceRng {
@@ -264,9 +269,12 @@ impl EngineCore {
         }
         for &(sid, reason) in &update.finished {
             let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else { continue };
-            let stop_reason = self.scheduler.request(sid).and_then(|r| r.stop_reason.clone());
-            let stop_reason = stop_reason.or_else(|| update_stop_reason(&update, sid));
+            let done = update.finished_requests.iter().find(|r| r.id == sid);
+            let stop_reason = done.and_then(|r| r.stop_reason.clone());
             if let Some(g) = self.groups.get_mut(&ext) {
+                if idx == 0 {
+                    g.metrics.num_cached_tokens = done.map_or(0, |r| r.num_cached_tokens);
+                }
                 g.finish_sample(idx, reason, stop_reason);
             }
             touched.push(ext);
@@ -303,9 +311,4 @@ impl EngineCore {
         st.num_preemptions = s.num_preemptions as u64;
         st
     }
-}
-
-/// Finished requests leave the scheduler's maps; their stop reason rides in the update when it has one.
-fn update_stop_reason(update: &crate::scheduler::UpdateResult, sid: RequestId) -> Option<StopReason> {
-    update.stop_reasons.iter().find(|(id, _)| *id == sid).map(|(_, r)| r.clone())
 }

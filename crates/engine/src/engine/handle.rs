@@ -43,6 +43,7 @@ struct Shared {
     next_id: AtomicU64,
     /// Tokens the whole KV cache holds: a longer request could never run.
     kv_capacity_tokens: usize,
+    max_num_seqs: usize,
 }
 
 #[derive(Clone)]
@@ -60,6 +61,7 @@ impl LLMEngine {
         let live = Arc::new(Mutex::new(HashSet::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let kv_capacity_tokens = info.num_kv_blocks * info.block_size;
+        let max_num_seqs = config.max_num_seqs;
         let thread = {
             let (stats, live, alive) = (stats.clone(), live.clone(), alive.clone());
             std::thread::Builder::new()
@@ -88,6 +90,7 @@ impl LLMEngine {
                 thread: Mutex::new(Some(thread)),
                 next_id: AtomicU64::new(0),
                 kv_capacity_tokens,
+                max_num_seqs,
             }),
         })
     }
@@ -148,6 +151,12 @@ impl LLMEngine {
         let info = &self.shared.info;
         let params = input.params;
         params.validate(info.vocab_size)?;
+        if params.n > self.shared.max_num_seqs {
+            return Err(EngineError::invalid(
+                "n",
+                format!("{} samples exceed max_num_seqs ({})", params.n, self.shared.max_num_seqs),
+            ));
+        }
         if !params.stop.is_empty() && self.shared.tokenizer.is_none() {
             return Err(EngineError::invalid("stop", "stop strings need a tokenizer; this model has none"));
         }
