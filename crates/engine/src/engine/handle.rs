@@ -331,7 +331,7 @@ fn engine_loop(
         }
         if shutdown {
             core.fail_all("the engine was closed");
-            forget(&live.lock().unwrap_or_else(|e| e.into_inner()).drain().collect::<Vec<_>>());
+            live.lock().unwrap_or_else(|e| e.into_inner()).clear();
             break;
         }
         if core.has_work() {
