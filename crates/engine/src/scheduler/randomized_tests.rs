@@ -237,7 +237,7 @@ fn check_seed(seed: u64) -> RunReport {
 
 #[test]
 fn randomized_workloads_keep_invariants_and_match_unpressured_runs() {
-    let seeds = 0..400u64;
+    let seeds = 0..1000u64;
     let (mut runs_preempting, mut copies, mut runs_hitting) = (0, 0, 0);
     let mut abort_states = HashSet::new();
     for seed in seeds.clone() {

@@ -311,7 +311,7 @@ impl Scheduler {
                 break; // the head does not fit; do not let later requests overtake it
             }
             self.waiting.pop();
-            let r = self.requests.get_mut(&id).expect("waiting ids are live requests");
+            let Some(r) = self.requests.get_mut(&id) else { break };
             if r.status == RequestStatus::Waiting {
                 r.num_cached_tokens = hit_tokens;
             }
