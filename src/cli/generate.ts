@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_MODEL_FILE } from '../engine-types.js';
 import { AbortError } from '../errors.js';
 import { LLM, type ChatMessage } from '../llm.js';
-import type { SamplingParamsInput } from '../sampling-params.js';
+import { type SamplingParamsInput, parseSamplingParams } from '../sampling-params.js';
 import { UsageError, intFlag, numberFlag, readStdin } from './args.js';
 
 export const GENERATE_USAGE = `usage: pagedllm generate [options] [prompt]
@@ -105,6 +105,8 @@ export async function generateCommand(argv: string[]): Promise<void> {
   set('presencePenalty', numberFlag('presence-penalty', v['presence-penalty']));
   set('logprobs', intFlag('logprobs', v.logprobs));
 
+  // Bad values are usage errors: report them before spending seconds on loading the model.
+  parseSamplingParams(params);
   const n = params.n ?? 1;
   const stream = v.stream ?? (!v['no-stream'] && !v.json && n === 1);
   const quiet = v.quiet ?? false;
