@@ -183,7 +183,7 @@ export class LLM {
    * engine batches them; the outputs come back in prompt order.
    */
   async generate(
-    prompts: Prompt | string[] | number[][],
+    prompts: Prompt | Prompt[],
     params?: SamplingParamsInput,
     opts: RequestOptions = {},
   ): Promise<RequestOutput[]> {

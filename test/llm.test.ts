@@ -8,6 +8,7 @@ import {
   ContextLengthError,
   type LLM,
   PagedLLMError,
+  type Prompt,
   type SamplingParamsInput,
   ValidationError,
 } from '../src/index.js';
@@ -70,8 +71,8 @@ describe('LLM (real engine)', () => {
   });
 
   it('generates for several prompts at once, in prompt order', async () => {
-    const prompts = [PROMPT, 'Once upon a time', [1, 2, 3]];
-    const outs = await llm.generate(prompts as string[], GREEDY);
+    const prompts: Prompt[] = [PROMPT, 'Once upon a time', [1, 2, 3]];
+    const outs = await llm.generate(prompts, GREEDY);
     expect(outs).toHaveLength(3);
     const [single] = await llm.generate(PROMPT, GREEDY);
     expect(outs[0]!.outputs[0]!.text).toBe(single!.outputs[0]!.text);
