@@ -7,7 +7,7 @@
 //   --debug                                 debug native build (fast to compile, slow to run)
 
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -76,6 +76,7 @@ export function buildTs() {
   const tsc = resolveBin('typescript', 'tsc');
   if (!tsc) throw new Error('compiling TypeScript needs the `typescript` package (run `npm install` in the repository)');
   run(process.execPath, [tsc, '-p', 'tsconfig.build.json']);
+  chmodSync(path.join(ROOT, 'dist', 'cli.js'), 0o755);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
