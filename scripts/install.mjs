@@ -4,7 +4,7 @@
 // Rust toolchain); (b) compiles the TypeScript when dist/ is missing; (c) fetches the default model.
 // Opt-outs: PAGEDLLM_SKIP_NATIVE_BUILD=1, PAGEDLLM_SKIP_MODEL_FETCH=1.
 
-import { existsSync, lstatSync, mkdirSync, symlinkSync, unlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
@@ -29,21 +29,6 @@ function platformPackagePresent() {
   }
 }
 
-// `npx pagedllm` inside a checkout: npm links the bins of dependencies, never the root package's own, and npx
-// would otherwise look the name up in the registry. Only for a checkout (not when installed as a dependency).
-function linkOwnBin() {
-  if (ROOT.split(path.sep).includes('node_modules') || process.platform === 'win32') return;
-  const binDir = path.join(ROOT, 'node_modules', '.bin');
-  const link = path.join(binDir, 'pagedllm');
-  mkdirSync(binDir, { recursive: true });
-  try {
-    if (lstatSync(link)) unlinkSync(link);
-  } catch {
-    // No previous link.
-  }
-  symlinkSync(path.join('..', '..', 'dist', 'cli.js'), link);
-}
-
 async function main() {
   if (process.env.PAGEDLLM_SKIP_NATIVE_BUILD === '1') {
     process.stderr.write('pagedllm install: native build skipped (PAGEDLLM_SKIP_NATIVE_BUILD=1)\n');
@@ -57,7 +42,6 @@ async function main() {
   }
 
   if (!existsSync(path.join(ROOT, 'dist', 'cli.js'))) await phase('compiling TypeScript', () => buildTs());
-  linkOwnBin();
 
   if (process.env.PAGEDLLM_SKIP_MODEL_FETCH === '1') {
     process.stderr.write('pagedllm install: model fetch skipped (PAGEDLLM_SKIP_MODEL_FETCH=1)\n');
