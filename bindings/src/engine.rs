@@ -34,7 +34,9 @@ impl Engine {
     pub async fn create(model: String, config_json: String) -> Result<Engine> {
         let config: EngineConfig = guard(|| parse("config", &config_json))?;
         let started = joined(spawn_blocking(move || LLMEngine::start(&model, config)).await)?;
-        Ok(Engine { inner: Some(started.map_err(engine_error)?) })
+        Ok(Engine {
+            inner: Some(started.map_err(engine_error)?),
+        })
     }
 
     fn engine(&self) -> Result<&LLMEngine> {
@@ -96,7 +98,12 @@ impl Engine {
             let messages: serde_json::Value = parse("messages", &messages_json)?;
             let extra: Option<serde_json::Value> = extra_json.as_deref().map(|j| parse("extra", j)).transpose()?;
             engine
-                .apply_chat_template(&messages, add_generation_prompt, chat_template.as_deref(), extra.as_ref())
+                .apply_chat_template(
+                    &messages,
+                    add_generation_prompt,
+                    chat_template.as_deref(),
+                    extra.as_ref(),
+                )
                 .map_err(engine_error)
         })
     }

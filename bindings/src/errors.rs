@@ -52,7 +52,10 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 pub fn panic_error(payload: &(dyn Any + Send)) -> Error {
-    engine_error(EngineError::Internal(format!("panic in native code: {}", panic_message(payload))))
+    engine_error(EngineError::Internal(format!(
+        "panic in native code: {}",
+        panic_message(payload)
+    )))
 }
 
 /// Runs one synchronous entry point; a panic becomes an `internal_error` instead of unwinding into Node (which
@@ -69,7 +72,9 @@ pub fn joined<T>(result: std::result::Result<T, napi::tokio::task::JoinError>) -
     match result {
         Ok(v) => Ok(v),
         Err(e) if e.is_panic() => Err(panic_error(e.into_panic().as_ref())),
-        Err(e) => Err(engine_error(EngineError::Internal(format!("native task was cancelled: {e}")))),
+        Err(e) => Err(engine_error(EngineError::Internal(format!(
+            "native task was cancelled: {e}"
+        )))),
     }
 }
 
@@ -89,7 +94,14 @@ mod tests {
         for (err, code) in [
             (EngineError::Closed, "engine_closed"),
             (EngineError::ModelNotFound("/nope.gguf".into()), "model_not_found"),
-            (EngineError::ContextLength { prompt_len: 10, max_tokens: 5, max_model_len: 12 }, "context_length_exceeded"),
+            (
+                EngineError::ContextLength {
+                    prompt_len: 10,
+                    max_tokens: 5,
+                    max_model_len: 12,
+                },
+                "context_length_exceeded",
+            ),
         ] {
             let msg = tagged_message(&err);
             assert!(msg.starts_with(&format!("[{code}] ")), "{msg}");
@@ -99,7 +111,10 @@ mod tests {
     #[test]
     fn io_source_becomes_the_cause() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let err = engine_error(EngineError::Io { context: "reading /x.gguf".into(), source: io });
+        let err = engine_error(EngineError::Io {
+            context: "reading /x.gguf".into(),
+            source: io,
+        });
         assert!(err.reason.starts_with("[io_error] reading /x.gguf"));
         assert_eq!(err.cause.as_ref().map(|c| c.reason.as_str()), Some("no such file"));
     }

@@ -22,7 +22,11 @@ pub struct RequestHandle {
 
 impl RequestHandle {
     pub fn new(engine: LLMEngine, stream: RequestStream) -> Self {
-        Self { request_id: stream.request_id.clone(), engine, stream: Arc::new(Mutex::new(stream)) }
+        Self {
+            request_id: stream.request_id.clone(),
+            engine,
+            stream: Arc::new(Mutex::new(stream)),
+        }
     }
 }
 
