@@ -1,0 +1,91 @@
+#!/usr/bin/env node
+// Builds pagedllm: the native addon (Rust, through the napi-rs CLI when it is installed, else plain cargo plus a
+// copy to the napi file name) into bindings/pagedllm.<platform>.node, then the TypeScript into dist/.
+//   node scripts/build.mjs                 native (release) + TypeScript
+//   node scripts/build.mjs --native-only   native only
+//   node scripts/build.mjs --ts-only       TypeScript only
+//   --debug                                 debug native build (fast to compile, slow to run)
+
+import { spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const require = createRequire(import.meta.url);
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: 'inherit', ...opts });
+  if (r.error) throw new Error(`could not run ${cmd}: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed with exit code ${r.status ?? r.signal}`);
+}
+
+export function platformSuffix() {
+  const base = `${process.platform}-${process.arch}`;
+  if (process.platform === 'linux') {
+    const glibc = process.report?.getReport()?.header?.glibcVersionRuntime;
+    return `${base}-${glibc ? 'gnu' : 'musl'}`;
+  }
+  return process.platform === 'win32' ? `${base}-msvc` : base;
+}
+
+export function nativeBinaryPath() {
+  return path.join(ROOT, 'bindings', `pagedllm.${platformSuffix()}.node`);
+}
+
+export function hasCargo() {
+  return spawnSync('cargo', ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+function resolveBin(pkg, bin) {
+  try {
+    const pkgJson = require.resolve(`${pkg}/package.json`, { paths: [ROOT] });
+    const meta = require(pkgJson);
+    const rel = typeof meta.bin === 'string' ? meta.bin : meta.bin?.[bin];
+    return rel ? path.join(path.dirname(pkgJson), rel) : null;
+  } catch {
+    return null;
+  }
+}
+
+export function buildNative({ debug = false } = {}) {
+  if (!hasCargo()) throw new Error('building the native core needs a Rust toolchain (cargo); see https://rustup.rs');
+  const napi = resolveBin('@napi-rs/cli', 'napi');
+  if (napi) {
+    const args = ['build', '--platform', '--manifest-path', 'bindings/Cargo.toml', '--package-json-path', 'package.json'];
+    args.push('--output-dir', 'bindings', '--no-js', '--dts', 'index.d.ts');
+    if (!debug) args.push('--release');
+    run(process.execPath, [napi, ...args]);
+    return nativeBinaryPath();
+  }
+  // No napi CLI (installed as a dependency without devDependencies): cargo builds the same cdylib.
+  const args = ['build', '-p', 'pagedllm-node', '--manifest-path', path.join(ROOT, 'Cargo.toml')];
+  if (!debug) args.push('--release');
+  run('cargo', args);
+  const targetDir = process.env.CARGO_TARGET_DIR ? path.resolve(process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
+  const lib =
+    process.platform === 'win32' ? 'pagedllm_node.dll' : process.platform === 'darwin' ? 'libpagedllm_node.dylib' : 'libpagedllm_node.so';
+  const built = path.join(targetDir, debug ? 'debug' : 'release', lib);
+  if (!existsSync(built)) throw new Error(`cargo finished but ${built} is missing`);
+  copyFileSync(built, nativeBinaryPath());
+  return nativeBinaryPath();
+}
+
+export function buildTs() {
+  const tsc = resolveBin('typescript', 'tsc');
+  if (!tsc) throw new Error('compiling TypeScript needs the `typescript` package (run `npm install` in the repository)');
+  run(process.execPath, [tsc, '-p', 'tsconfig.build.json']);
+  chmodSync(path.join(ROOT, 'dist', 'cli.js'), 0o755);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
+  const flags = new Set(process.argv.slice(2));
+  try {
+    if (!flags.has('--ts-only')) buildNative({ debug: flags.has('--debug') });
+    if (!flags.has('--native-only')) buildTs();
+  } catch (err) {
+    process.stderr.write(`error: ${err.message}\n`);
+    process.exit(1);
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The engine's configuration (`LLMOptions`, validated with zod and sent as `EngineConfig` snake_case JSON) and the
+ * shapes of what it reports (`ModelInfo`, `EngineStats`, camelCase as serialized by `crates/engine/src/engine/
+ * stats.rs`).
+ */
+
+import os from 'node:os';
+import path from 'node:path';
+
+import { z } from 'zod';
+
+import { validationErrorFrom } from './sampling-params.js';
+
+const positiveInt = z.number().int('must be an integer').min(1, 'must be at least 1');
+
+export const llmOptionsSchema = z
+  .object({
+    /** A GGUF file, a safetensors model directory, or omitted for the default model. */
+    model: z.string().min(1, 'must not be empty'),
+    /** Tokens per KV block. */
+    blockSize: positiveInt,
+    /** Bytes of KV cache to allocate (sets the number of blocks). */
+    kvCacheBytes: positiveInt,
+    /** Explicit KV block count; overrides `kvCacheBytes`. */
+    numGpuBlocksOverride: positiveInt,
+    /** Most sequences in one engine step. */
+    maxNumSeqs: positiveInt,
+    /** Most tokens (prefill chunks + decodes) in one engine step. */
+    maxNumBatchedTokens: positiveInt,
+    /** Context cap; defaults to the model's own. */
+    maxModelLen: positiveInt,
+    enablePrefixCaching: z.boolean(),
+    schedulingPolicy: z.enum(['fcfs', 'priority']),
+    /** CPU compute threads; defaults to all cores. */
+    numThreads: positiveInt,
+    /** Default seed for requests that set none. */
+    seed: z.number().int('must be an integer').min(0, 'must be >= 0'),
+  })
+  .partial()
+  .strict();
+
+export type LLMOptions = z.input<typeof llmOptionsSchema>;
+
+export function parseLLMOptions(input: LLMOptions | undefined): z.output<typeof llmOptionsSchema> {
+  const result = llmOptionsSchema.safeParse(input ?? {});
+  if (!result.success) throw validationErrorFrom(result.error, input);
+  return result.data;
+}
+
+/** `EngineConfig` JSON (snake_case) with only the options that were set. */
+export function toEngineConfig(o: z.output<typeof llmOptionsSchema>): Record<string, unknown> {
+  const map: [keyof typeof o, string][] = [
+    ['blockSize', 'block_size'],
+    ['kvCacheBytes', 'kv_cache_bytes'],
+    ['numGpuBlocksOverride', 'num_gpu_blocks_override'],
+    ['maxNumSeqs', 'max_num_seqs'],
+    ['maxNumBatchedTokens', 'max_num_batched_tokens'],
+    ['maxModelLen', 'max_model_len'],
+    ['enablePrefixCaching', 'enable_prefix_caching'],
+    ['schedulingPolicy', 'scheduling_policy'],
+    ['numThreads', 'num_threads'],
+    ['seed', 'seed'],
+  ];
+  const out: Record<string, unknown> = {};
+  for (const [from, to] of map) if (o[from] !== undefined) out[to] = o[from];
+  return out;
+}
+
+/** The default model's file name (fetched by `pagedllm fetch-model`). */
+export const DEFAULT_MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
+
+/** `$PAGEDLLM_CACHE_DIR`, else `$XDG_CACHE_HOME/pagedllm`, else `~/.cache/pagedllm` (the Rust loader's rule). */
+export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.PAGEDLLM_CACHE_DIR) return env.PAGEDLLM_CACHE_DIR;
+  if (env.XDG_CACHE_HOME) return path.join(env.XDG_CACHE_HOME, 'pagedllm');
+  return path.join(os.homedir(), '.cache', 'pagedllm');
+}
+
+export function defaultModelPath(env: NodeJS.ProcessEnv = process.env): string {
+  return path.join(cacheDir(env), 'models', DEFAULT_MODEL_FILE);
+}
+
+export interface ModelInfo {
+  name: string;
+  path: string;
+  format: string;
+  architecture: string;
+  maxModelLen: number;
+  vocabSize: number;
+  blockSize: number;
+  numKvBlocks: number;
+  /** How many max-length requests fit in the KV cache at once. */
+  maxConcurrency: number;
+  hasTokenizer: boolean;
+  hasChatTemplate: boolean;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+  numThreads: number;
+  device: string;
+}
+
+export interface EngineStats {
+  numRunning: number;
+  numWaiting: number;
+  kvBlocksTotal: number;
+  kvBlocksInUse: number;
+  kvBlocksCached: number;
+  kvCacheUsage: number;
+  prefixCacheQueries: number;
+  prefixCacheHits: number;
+  promptTokensTotal: number;
+  generationTokensTotal: number;
+  numPreemptions: number;
+  requestsFinishedTotal: number;
+  steps: number;
+  /** Most sequences in any one step so far. */
+  maxBatchSeqs: number;
+  maxBatchTokens: number;
+}

@@ -1,0 +1,38 @@
+/** pagedllm: a vLLM-class LLM inference engine for Node.js. */
+
+export { LLM, type ChatMessage, type ChatOptions, type Prompt, type RequestOptions } from './llm.js';
+export {
+  AbortError,
+  ContextLengthError,
+  EngineClosedError,
+  ModelLoadError,
+  ModelNotFoundError,
+  PagedLLMError,
+  ValidationError,
+  type ErrorCode,
+} from './errors.js';
+export {
+  MAX_LOGPROBS,
+  parseSamplingParams,
+  samplingParamsSchema,
+  toEngineParams,
+  type SamplingParams,
+  type SamplingParamsInput,
+} from './sampling-params.js';
+export type {
+  CompletionOutput,
+  FinishReason,
+  PositionLogprobs,
+  RequestMetrics,
+  RequestOutput,
+  StreamDelta,
+  TopLogprob,
+} from './outputs.js';
+export {
+  cacheDir,
+  defaultModelPath,
+  DEFAULT_MODEL_FILE,
+  type EngineStats,
+  type LLMOptions,
+  type ModelInfo,
+} from './engine-types.js';

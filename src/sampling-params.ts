@@ -1,0 +1,105 @@
+/**
+ * Sampling parameters: vLLM's `SamplingParams` with camelCase names. `parseSamplingParams` validates with zod and
+ * throws a `ValidationError` naming the first bad field; `toEngineParams` gives the engine's snake_case JSON with
+ * only the fields the caller set, so every unset field takes the engine's default (vLLM's: temperature 1.0,
+ * maxTokens 16, or what the model's generation config says). The engine validates again; the ranges here mirror
+ * `crates/engine/src/sampling_params.rs`.
+ */
+
+import { z } from 'zod';
+
+import { ValidationError } from './errors.js';
+
+/** Most top log-probs a request may ask for (OpenAI's limit; the engine's `MAX_LOGPROBS`). */
+export const MAX_LOGPROBS = 20;
+
+const int = z.number().int('must be an integer');
+const tokenId = int.min(0, 'token ids must be >= 0');
+const count = (min: number, what: string) => int.min(min, what);
+
+export const samplingParamsSchema = z
+  .object({
+    n: count(1, 'must be at least 1'),
+    temperature: z.number().min(0, 'must be >= 0'),
+    topP: z.number().gt(0, 'must be in (0, 1]').max(1, 'must be in (0, 1]'),
+    topK: int.min(-1, 'must be -1 (off), 0 (off) or positive'),
+    minP: z.number().min(0, 'must be in [0, 1]').max(1, 'must be in [0, 1]'),
+    repetitionPenalty: z.number().gt(0, 'must be > 0'),
+    frequencyPenalty: z.number().min(-2, 'must be in [-2, 2]').max(2, 'must be in [-2, 2]'),
+    presencePenalty: z.number().min(-2, 'must be in [-2, 2]').max(2, 'must be in [-2, 2]'),
+    /** Token id -> bias added to its logit. */
+    logitBias: z.record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number()),
+    seed: int.min(0, 'must be >= 0').max(Number.MAX_SAFE_INTEGER, 'must be a safe integer'),
+    stop: z.union([z.string().min(1, 'stop strings must not be empty'), z.array(z.string().min(1, 'stop strings must not be empty'))]),
+    stopTokenIds: z.array(tokenId),
+    includeStopStrInOutput: z.boolean(),
+    ignoreEos: z.boolean(),
+    minTokens: count(0, 'must be >= 0'),
+    /** `null` = until the context is full. */
+    maxTokens: count(1, 'must be at least 1').nullable(),
+    logprobs: int.min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullable(),
+    promptLogprobs: int.min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullable(),
+    skipSpecialTokens: z.boolean(),
+  })
+  .partial()
+  .strict();
+
+export type SamplingParams = z.output<typeof samplingParamsSchema>;
+export type SamplingParamsInput = z.input<typeof samplingParamsSchema>;
+
+/** The first zod issue as a `ValidationError` that names the field and the value it got. */
+export function validationErrorFrom(error: z.ZodError, input: unknown, prefix = ''): ValidationError {
+  const issue = error.issues[0]!;
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0] ?? 'unknown';
+    return new ValidationError(prefix + key, `unknown field \`${prefix + key}\``);
+  }
+  const field = issue.path.length > 0 ? issue.path.map(String).join('.') : 'params';
+  const top = issue.path[0];
+  let got: unknown = input;
+  if (top !== undefined && typeof input === 'object' && input !== null) got = (input as Record<PropertyKey, unknown>)[top];
+  const shown = typeof got === 'number' || typeof got === 'boolean' ? String(got) : JSON.stringify(got);
+  const param = prefix + field;
+  return new ValidationError(param, `invalid value for \`${param}\`: ${issue.message}, got ${shown}`);
+}
+
+export function parseSamplingParams(input: SamplingParamsInput | undefined): SamplingParams {
+  const result = samplingParamsSchema.safeParse(input ?? {});
+  if (!result.success) throw validationErrorFrom(result.error, input);
+  const p = result.data;
+  if (p.minTokens !== undefined && p.maxTokens != null && p.minTokens > p.maxTokens) {
+    throw new ValidationError(
+      'minTokens',
+      `invalid value for \`minTokens\`: must be <= maxTokens (${p.maxTokens}), got ${p.minTokens}`,
+    );
+  }
+  return p;
+}
+
+/** The engine's `SamplingParams` JSON (snake_case), with only the fields that were set. */
+export function toEngineParams(p: SamplingParams): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const set = (key: string, value: unknown) => {
+    if (value !== undefined) out[key] = value;
+  };
+  set('n', p.n);
+  set('temperature', p.temperature);
+  set('top_p', p.topP);
+  set('top_k', p.topK);
+  set('min_p', p.minP);
+  set('repetition_penalty', p.repetitionPenalty);
+  set('frequency_penalty', p.frequencyPenalty);
+  set('presence_penalty', p.presencePenalty);
+  if (p.logitBias !== undefined) out.logit_bias = Object.entries(p.logitBias).map(([id, bias]) => [Number(id), bias]);
+  set('seed', p.seed);
+  if (p.stop !== undefined) out.stop = typeof p.stop === 'string' ? [p.stop] : p.stop;
+  set('stop_token_ids', p.stopTokenIds);
+  set('include_stop_str_in_output', p.includeStopStrInOutput);
+  set('ignore_eos', p.ignoreEos);
+  set('min_tokens', p.minTokens);
+  set('max_tokens', p.maxTokens);
+  set('logprobs', p.logprobs);
+  set('prompt_logprobs', p.promptLogprobs);
+  set('skip_special_tokens', p.skipSpecialTokens);
+  return out;
+}
