@@ -78,6 +78,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
     eos.sort_unstable();
     eos.dedup();
 
+    let num_blocks = num_kv_blocks(config, &mc)?;
+    let kv_capacity = (num_blocks - 1) * config.block_size;
     let max_model_len = match config.max_model_len {
         Some(m) if m == 0 || m > mc.max_position_embeddings => {
             return Err(EngineError::invalid(
@@ -85,10 +87,20 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
                 format!("must be in 1..={} (the model's context), got {m}", mc.max_position_embeddings),
             ))
         }
+        Some(m) if m > kv_capacity => {
+            return Err(EngineError::invalid(
+                "max_model_len",
+                format!(
+                    "{m} tokens do not fit the KV cache ({kv_capacity} tokens in {} blocks); \
+                     raise kv_cache_bytes or lower max_model_len",
+                    num_blocks - 1
+                ),
+            ))
+        }
         Some(m) => m,
-        None => mc.max_position_embeddings,
+        // Unset: the model's context, capped to what the KV cache can hold (a CPU byte budget is often smaller).
+        None => mc.max_position_embeddings.min(kv_capacity),
     };
-    let num_blocks = num_kv_blocks(config, &mc)?;
     let threads = config.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

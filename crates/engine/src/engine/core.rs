@@ -122,12 +122,12 @@ impl EngineCore {
         true
     }
 
-    /// Ends every live request with an error (a failed step); the engine stays up for new requests.
-    pub fn fail_all(&mut self, message: &str) {
+    /// Ends every live request with the error `make_error` gives (a failed step, or shutdown).
+    pub fn fail_all(&mut self, make_error: impl Fn() -> crate::error::EngineError) {
         let ids: Vec<String> = self.groups.keys().cloned().collect();
         for id in ids {
             if let Some(g) = self.groups.get(&id) {
-                let _ = g.tx.send(Err(crate::error::EngineError::Internal(message.to_string())));
+                let _ = g.tx.send(Err(make_error()));
             }
             self.abort(&id);
         }

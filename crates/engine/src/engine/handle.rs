@@ -330,7 +330,7 @@ fn engine_loop(
             }
         }
         if shutdown {
-            core.fail_all("the engine was closed");
+            core.fail_all(|| EngineError::Closed);
             live.lock().unwrap_or_else(|e| e.into_inner()).clear();
             break;
         }
@@ -339,12 +339,13 @@ fn engine_loop(
                 Ok(Ok(done)) => forget(&done),
                 Ok(Err(e)) => {
                     eprintln!("pagedllm: step failed: {e}");
-                    core.fail_all(&format!("step failed: {e}"));
+                    let msg = format!("step failed: {e}");
+                    core.fail_all(|| EngineError::Internal(msg.clone()));
                     live.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 }
                 Err(_) => {
                     eprintln!("pagedllm: a step panicked; failing the requests in flight");
-                    core.fail_all("the engine step panicked");
+                    core.fail_all(|| EngineError::Internal("the engine step panicked".into()));
                     live.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 }
             }
