@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm install` hook: makes a checkout usable in one step. (a) builds the native addon in release, unless a
 // prebuilt one for this platform is present (an optional `pagedllm-<platform>` package, or a bundled .node and no
-// Rust toolchain); (b) compiles the TypeScript when dist/ is missing; (c) fetches the default model.
+// Rust toolchain); (b) compiles the TypeScript; (c) fetches the default model.
 // Opt-outs: PAGEDLLM_SKIP_NATIVE_BUILD=1, PAGEDLLM_SKIP_MODEL_FETCH=1.
 
 import { existsSync } from 'node:fs';
@@ -41,7 +41,8 @@ async function main() {
     await phase('building the native core (cargo, release; minutes on a first build)', () => buildNative());
   }
 
-  if (!existsSync(path.join(ROOT, 'dist', 'cli.js'))) await phase('compiling TypeScript', () => buildTs());
+  // Always: a stale dist/ after a `git pull` would run old code (tsc takes seconds).
+  await phase('compiling TypeScript', () => buildTs());
 
   if (process.env.PAGEDLLM_SKIP_MODEL_FETCH === '1') {
     process.stderr.write('pagedllm install: model fetch skipped (PAGEDLLM_SKIP_MODEL_FETCH=1)\n');

@@ -63,6 +63,105 @@ trait Block {
     const N: usize;
     const BYTES: usize;
     fn decode(b: &[u8], y: &mut [f32]);
+
+    /// Adds the dot product of block `b` with `x` (`N` floats) into `acc`. `xsum` is `Σ x` over the block,
+    /// precomputed once per call for the formats with an offset term. The default decodes into `buf` first;
+    /// the 32-weight quants override it with `d·Σ x·q (+ m·Σ x)`, which skips the per-weight scale and the
+    /// scratch round trip (about half the work of decode-then-dot, same f32 arithmetic up to rounding order).
+    #[inline(always)]
+    fn dot(b: &[u8], x: &[f32], xsum: f32, acc: &mut [f32; 8], buf: &mut [f32]) {
+        let _ = xsum;
+        let wv = &mut buf[..Self::N];
+        Self::decode(b, wv);
+        for (w8, x8) in wv.chunks_exact(8).zip(x.chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += w8[l] * x8[l];
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// `Σ x·q` over a 32-weight block of 4-bit quants (`qs[j]` low nibble = weight j, high nibble = weight j+16).
+#[inline(always)]
+fn dot_nibbles(qs: &[u8], x: &[f32]) -> [f32; 8] {
+    let mut t = [0.0f32; 8];
+    for h in 0..2 {
+        for l in 0..8 {
+            let q = qs[h * 8 + l];
+            t[l] += x[h * 8 + l] * (q & 0x0F) as f32 + x[16 + h * 8 + l] * (q >> 4) as f32;
+        }
+    }
+    t
+}
+
+/// Q4_0: `y = (q - 8)·d`, so `Σ x·y = d·(Σ x·q − 8·Σ x)`.
+struct Q40;
+impl Block for Q40 {
+    const N: usize = 32;
+    const BYTES: usize = 18;
+    #[inline(always)]
+    fn decode(b: &[u8], y: &mut [f32]) {
+        quant::decode_q4_0(b, y)
+    }
+    #[inline(always)]
+    fn dot(b: &[u8], x: &[f32], xsum: f32, acc: &mut [f32; 8], _buf: &mut [f32]) {
+        let d = f16_at(b, 0);
+        let t = dot_nibbles(&b[2..18], x);
+        for l in 0..8 {
+            acc[l] += d * t[l];
+        }
+        acc[0] -= 8.0 * d * xsum;
+    }
+}
+
+/// Q4_1: `y = q·d + m`, so `Σ x·y = d·Σ x·q + m·Σ x`.
+struct Q41;
+impl Block for Q41 {
+    const N: usize = 32;
+    const BYTES: usize = 20;
+    #[inline(always)]
+    fn decode(b: &[u8], y: &mut [f32]) {
+        quant::decode_q4_1(b, y)
+    }
+    #[inline(always)]
+    fn dot(b: &[u8], x: &[f32], xsum: f32, acc: &mut [f32; 8], _buf: &mut [f32]) {
+        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+        let t = dot_nibbles(&b[4..20], x);
+        for l in 0..8 {
+            acc[l] += d * t[l];
+        }
+        acc[0] += m * xsum;
+    }
+}
+
+/// Q8_0: `y = q·d`, so `Σ x·y = d·Σ x·q`.
+struct Q80;
+impl Block for Q80 {
+    const N: usize = 32;
+    const BYTES: usize = 34;
+    #[inline(always)]
+    fn decode(b: &[u8], y: &mut [f32]) {
+        quant::decode_q8_0(b, y)
+    }
+    #[inline(always)]
+    fn dot(b: &[u8], x: &[f32], _xsum: f32, acc: &mut [f32; 8], _buf: &mut [f32]) {
+        let d = f16_at(b, 0);
+        let qs = &b[2..34];
+        let mut t = [0.0f32; 8];
+        for h in 0..4 {
+            for l in 0..8 {
+                t[l] += x[h * 8 + l] * (qs[h * 8 + l] as i8) as f32;
+            }
+        }
+        for l in 0..8 {
+            acc[l] += d * t[l];
+        }
+    }
 }
 
 macro_rules! block {
@@ -81,15 +180,18 @@ macro_rules! block {
 block!(F32Run, 32, 128, quant::decode_f32);
 block!(F16Run, 32, 64, quant::decode_f16);
 block!(BF16Run, 32, 64, quant::decode_bf16);
-block!(Q40, 32, 18, quant::decode_q4_0);
-block!(Q41, 32, 20, quant::decode_q4_1);
-block!(Q80, 32, 34, quant::decode_q8_0);
 block!(Q4K, 256, 144, quant::decode_q4_k);
 block!(Q6K, 256, 210, quant::decode_q6_k);
 
 /// Rows `rows` of `W` against the `M` rows of `x`, results written to `out` (row stride `n`).
 #[inline(always)]
-fn fused_rows<B: Block, const M: usize>(x: &[f32], w: &WeightMatrix, rows: std::ops::Range<usize>, out: OutPtr) {
+fn fused_rows<B: Block, const M: usize>(
+    x: &[f32],
+    xsums: &[f32],
+    w: &WeightMatrix,
+    rows: std::ops::Range<usize>,
+    out: OutPtr,
+) {
     let (k, n) = (w.cols, w.rows);
     let full = k / B::N;
     let tail = k - full * B::N;
@@ -98,15 +200,11 @@ fn fused_rows<B: Block, const M: usize>(x: &[f32], w: &WeightMatrix, rows: std::
         let row = w.row(r);
         let mut lanes = [[0.0f32; 8]; M];
         for blk in 0..full {
-            let wv = &mut buf[..B::N];
-            B::decode(&row[blk * B::BYTES..(blk + 1) * B::BYTES], wv);
+            let b = &row[blk * B::BYTES..(blk + 1) * B::BYTES];
             for (i, acc) in lanes.iter_mut().enumerate() {
                 let xv = &x[i * k + blk * B::N..i * k + (blk + 1) * B::N];
-                for (w8, x8) in wv.chunks_exact(8).zip(xv.chunks_exact(8)) {
-                    for l in 0..8 {
-                        acc[l] += w8[l] * x8[l];
-                    }
-                }
+                let xsum = xsums.get(i * full + blk).copied().unwrap_or(0.0);
+                B::dot(b, xv, xsum, acc, &mut buf);
             }
         }
         let mut res = [0.0f32; M];
@@ -133,11 +231,12 @@ fn fused_rows<B: Block, const M: usize>(x: &[f32], w: &WeightMatrix, rows: std::
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fused_rows_avx2<B: Block, const M: usize>(
     x: &[f32],
+    xsums: &[f32],
     w: &WeightMatrix,
     rows: std::ops::Range<usize>,
     out: OutPtr,
 ) {
-    fused_rows::<B, M>(x, w, rows, out)
+    fused_rows::<B, M>(x, xsums, w, rows, out)
 }
 
 fn fused_typed<B: Block, const M: usize>(x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
@@ -146,15 +245,23 @@ fn fused_typed<B: Block, const M: usize>(x: &[f32], w: &WeightMatrix, out: &mut 
     let per_task = n.div_ceil(8 * rayon::current_num_threads()).clamp(16, 512);
     let out = OutPtr(out.as_mut_ptr());
     let avx2 = has_avx2_fma();
+    // Σ x per block and row of x, shared by every weight row (the offset term of Q4_0 / Q4_1).
+    let k = w.cols;
+    let xsums: Vec<f32> = if k % 32 == 0 && matches!(w.dtype, GgmlType::Q4_0 | GgmlType::Q4_1) {
+        x[..M * k].chunks_exact(32).map(|c| c.iter().sum()).collect()
+    } else {
+        Vec::new()
+    };
+    let xsums = xsums.as_slice();
     (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
         let rows = t * per_task..((t + 1) * per_task).min(n);
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the CPU supports the features (checked above).
-            return unsafe { fused_rows_avx2::<B, M>(x, w, rows, out) };
+            return unsafe { fused_rows_avx2::<B, M>(x, xsums, w, rows, out) };
         }
         let _ = avx2;
-        fused_rows::<B, M>(x, w, rows, out)
+        fused_rows::<B, M>(x, xsums, w, rows, out)
     });
 }
 
