@@ -110,15 +110,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
 
     let model = LlamaModel::new(&mc, &loaded.weights)?;
     let runner = ModelRunner::new(model, num_blocks, config.block_size);
-    let scheduler = Scheduler::new(SchedulerConfig {
-        max_num_seqs: config.max_num_seqs,
-        max_num_batched_tokens: config.max_num_batched_tokens,
-        max_model_len,
-        block_size: config.block_size,
-        num_blocks,
-        enable_prefix_caching: config.enable_prefix_caching,
-        policy: config.scheduling_policy,
-    })?;
+    let scheduler = Scheduler::new(SchedulerConfig::from_engine(config, max_model_len, num_blocks))?;
     let usable_blocks = num_blocks - 1;
     let info = ModelInfo {
         name: loaded.source.name.clone(),
