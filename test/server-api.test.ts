@@ -461,6 +461,9 @@ describe('errors', () => {
     expect((await waiting).status).toBe(200);
     expect(await waitFor(() => llm.stats().numRunning === 0, 5000)).toBe(true);
     expect(state.admission.numWaiting).toBe(0);
+    // A request with several prompts is admitted (or refused) as a whole and releases every slot it took.
+    expect((await post('/v1/completions', { prompt: ['a', 'b', 'c'], max_tokens: 1 }, {}, shedding)).status).toBe(200);
+    expect(state.admission.numWaiting).toBe(0);
   });
 });
 

@@ -10,7 +10,7 @@
 import type { Prompt } from '../llm.js';
 import type { StreamDelta } from '../outputs.js';
 import type { SamplingParamsInput } from '../sampling-params.js';
-import { toHttpError } from './errors.js';
+import { HttpError, toHttpError } from './errors.js';
 import type { ServerState } from './state.js';
 
 export interface EngineJob {
@@ -54,12 +54,15 @@ export async function startGeneration(
   opts: { requestId: string; signal?: AbortSignal; promptParam?: string },
 ): Promise<Generation> {
   const { llm, metrics } = state;
-  const release = jobs.map(() => state.admission.admit(1));
+  if (state.draining) {
+    throw new HttpError(503, 'the server is shutting down', { code: 'shutting_down', headers: { 'Retry-After': '1' } });
+  }
+  const releaseOne = state.admission.admit(jobs.length);
   const released = jobs.map(() => false);
   const releaseOnce = (i: number) => {
     if (!released[i]) {
       released[i] = true;
-      release[i]!();
+      releaseOne();
     }
   };
   const controller = new AbortController();

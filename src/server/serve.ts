@@ -81,6 +81,7 @@ export async function startServer(input: StartOptions = {}): Promise<RunningServ
   let stopping: Promise<void> | null = null;
   const shutdown = (reason = 'shutdown requested'): Promise<void> => {
     stopping ??= (async () => {
+      state.draining = true;
       log(`${reason}: no new connections; waiting up to ${options.shutdownTimeoutMs / 1000}s for ${state.inFlight.size} in-flight request(s)`);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();

@@ -27,7 +27,10 @@ export class Admission {
     return this.waiting;
   }
 
-  /** Admits `count` engine requests or throws a 503; call the returned function once per request on its first output (or end). */
+  /**
+   * Admits `count` engine requests (one HTTP request's prompts) or throws a 503; call the returned function once
+   * per engine request, on its first output or its end.
+   */
   admit(count: number): () => void {
     if (this.maxWaiting !== null && this.waiting > this.maxWaiting) {
       throw new HttpError(
@@ -52,6 +55,8 @@ export interface ServerState {
   admission: Admission;
   /** Controllers of requests still generating (aborted on shutdown). */
   inFlight: Set<AbortController>;
+  /** Set when shutdown began: new generation requests get 503. */
+  draining: boolean;
   /** Unique engine request id for one prompt of an HTTP request. */
   engineRequestId(httpRequestId: string): string;
 }
@@ -66,6 +71,7 @@ export function createState(llm: LLM, options: ServerOptions): ServerState {
     metrics: new ServerMetrics(llm, modelNames[0]!),
     admission: new Admission(options.maxWaiting, options.retryAfterSeconds),
     inFlight: new Set(),
+    draining: false,
     engineRequestId: (httpRequestId) => `${httpRequestId}-${(seq++).toString(36)}`,
   };
 }
