@@ -12,7 +12,7 @@ export const contentPartSchema = z.looseObject({
 
 export const chatMessageSchema = z.looseObject({
   role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
-  content: z.union([z.string(), z.array(contentPartSchema), z.null()]).optional(),
+  content: z.union([z.string(), z.array(contentPartSchema), z.null()], { error: 'must be a string or an array of content parts' }).optional(),
   name: z.string().optional(),
   tool_call_id: z.string().optional(),
 });

@@ -12,7 +12,7 @@ export const completionRequestSchema = z.object({
     z.array(z.string()).min(1, 'must not be empty'),
     tokenIdArray.min(1, 'must not be empty'),
     z.array(tokenIdArray.min(1, 'must not be empty')).min(1, 'must not be empty'),
-  ]),
+  ], { error: 'must be a string, a non-empty array of strings, of token ids, or of token-id arrays' }),
   max_tokens: z.number().int('must be an integer').min(1, 'must be at least 1').nullish().describe('Default 16; null = until the context is full.'),
   logprobs: z.number().int('must be an integer').min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullish(),
   echo: z.boolean().nullish(),
