@@ -4,9 +4,9 @@
 // output length (ignore_eos), sent at several request rates with Poisson arrivals (fixed seed) and once all at
 // once. Reports TTFT / TPOT / ITL / end-to-end latency (mean, p50, p99) and request and output-token throughput.
 //
-// It also measures what the HTTP layer costs: the same workload once through HTTP+JSON+SSE and once through the TS
-// API in-process (`LLM.stream` from dist/index.js), one request at a time and as one concurrent burst, reported as
-// per-token overhead (difference in e2e time / output tokens) and the ITL / TTFT differences.
+// It also measures what the HTTP layer costs: the same workload through HTTP+JSON+SSE and through the TS API
+// in-process (`LLM.stream` from dist/index.js), alternating, one request at a time and in concurrent bursts,
+// reported as per-token overhead (difference in e2e time / output tokens) and the ITL / TTFT differences.
 //
 // The server is started from dist/ on a free port (`node dist/cli.js serve --port 0`) unless --base-url is given.
 // Results go to bench/results/serve-<date>.json (or --out) as one JSON document: machine, load, command, date,
@@ -35,7 +35,8 @@ const USAGE = `usage: node bench/serve.mjs [options]
   --vocab-limit N            prompt ids are drawn from [100, N) (default 32000)
   --seed N                   seed for prompts and arrival times (default 0)
   --overhead-sequential N    requests sent one at a time for the overhead comparison (default 6; 0 = skip)
-  --overhead-burst N         requests sent at once for the overhead comparison (default 16; 0 = skip)
+  --overhead-burst N         requests sent at once for the overhead comparison (default 8; 0 = skip)
+  --overhead-rounds N        bursts of each kind, alternating (default 2)
   --out FILE                 where the JSON goes (default bench/results/serve-<date>.json)
   -h, --help`;
 
@@ -55,7 +56,8 @@ function parseCli(argv) {
       'vocab-limit': { type: 'string', default: '32000' },
       seed: { type: 'string', default: '0' },
       'overhead-sequential': { type: 'string', default: '6' },
-      'overhead-burst': { type: 'string', default: '16' },
+      'overhead-burst': { type: 'string', default: '8' },
+      'overhead-rounds': { type: 'string', default: '2' },
       out: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -87,6 +89,7 @@ function parseCli(argv) {
     seed: int('seed'),
     overheadSequential: int('overhead-sequential'),
     overheadBurst: int('overhead-burst'),
+    overheadRounds: Math.max(1, int('overhead-rounds')),
     out: values.out ?? null,
   };
 }
@@ -268,13 +271,6 @@ async function runOpenLoop(send, prompts, offsets) {
   return aggregate(records, now() - t0);
 }
 
-async function runSequential(send, prompts) {
-  const t0 = now();
-  const records = [];
-  for (const p of prompts) records.push(await send(p));
-  return aggregate(records, now() - t0);
-}
-
 async function warmUp(send, vocabLimit) {
   const prompts = randomPrompts(2, 16, vocabLimit, 4242);
   for (const p of prompts) {
@@ -399,7 +395,8 @@ async function main() {
   const doc = {
     benchmark: 'serve',
     date: started.toISOString(),
-    command: ['node', ...process.argv.slice(1).map((a) => path.relative(ROOT, a) || a)].join(' '),
+    command: ['node', path.relative(process.cwd(), process.argv[1]), ...process.argv.slice(2)].join(' '),
+    cwd: process.cwd(),
     machine: machineBefore,
     server: server
       ? { started_by_bench: true, command: server.command, base_url: baseUrl, startup_log: [...server.log] }
@@ -434,51 +431,14 @@ async function main() {
     }
 
     if (cfg.overheadSequential > 0 || cfg.overheadBurst > 0) {
-      const seqPrompts = randomPrompts(cfg.overheadSequential, cfg.inputLen, cfg.vocabLimit, cfg.seed + 100);
-      const burstPrompts = randomPrompts(cfg.overheadBurst, cfg.inputLen, cfg.vocabLimit, cfg.seed + 200);
-      const runBoth = async (send) => ({
-        sequential: cfg.overheadSequential > 0 ? await runSequential(send, seqPrompts) : null,
-        burst: cfg.overheadBurst > 0 ? await runOpenLoop(send, burstPrompts, arrivalOffsets(burstPrompts.length, Infinity, 0)) : null,
-      });
-      const viaHttp = await runBoth(http);
-      if (viaHttp.sequential) brief('http sequential', viaHttp.sequential);
-      if (viaHttp.burst) brief(`http burst of ${cfg.overheadBurst}`, viaHttp.burst);
-      // The in-process engine gets the machine to itself: stop the server we started first.
-      if (server) {
-        await server.stop();
-        server = null;
-      }
-      const { LLM } = await import(pathToFileURL(path.join(ROOT, 'dist', 'index.js')).href);
       const engineOptions = cfg.baseUrl ? {} : engineOptionsFromServerArgs(cfg.serverArgs);
-      const llm = await LLM.create(engineOptions);
-      let viaApi;
-      try {
-        const direct = directClient(llm, cfg.outputLen);
-        await warmUp(direct, cfg.vocabLimit);
-        viaApi = await runBoth(direct);
-      } finally {
-        llm.close();
-      }
-      if (viaApi.sequential) brief('ts api sequential', viaApi.sequential);
-      if (viaApi.burst) brief(`ts api burst of ${cfg.overheadBurst}`, viaApi.burst);
-      doc.overhead = {
-        method:
-          'The same streaming workload through HTTP+JSON+SSE (server process, client in this process) and through ' +
-          '`LLM.stream` in this process with the same engine options; the server is stopped before the in-process run. ' +
-          'per_token_overhead_ms = (HTTP mean e2e - API mean e2e) / output tokens per request.',
-        engine_options: engineOptions,
-        sequential:
-          viaHttp.sequential && viaApi.sequential
-            ? { requests: cfg.overheadSequential, http: viaHttp.sequential, ts_api: viaApi.sequential, ...overheadOf(viaHttp.sequential, viaApi.sequential) }
-            : null,
-        burst:
-          viaHttp.burst && viaApi.burst
-            ? { requests: cfg.overheadBurst, http: viaHttp.burst, ts_api: viaApi.burst, ...overheadOf(viaHttp.burst, viaApi.burst) }
-            : null,
-      };
+      doc.overhead = await measureOverhead(cfg, http, engineOptions);
       for (const k of ['sequential', 'burst']) {
         const o = doc.overhead[k];
-        if (o) log(`overhead (${k}): ${o.per_token_overhead_ms} ms/token, ITL +${o.itl_mean_diff_ms} ms mean, TTFT +${o.ttft_mean_diff_ms} ms mean`);
+        if (!o) continue;
+        brief(`${k}: http`, o.http);
+        brief(`${k}: ts api`, o.ts_api);
+        log(`overhead (${k}): ${o.per_token_overhead_ms} ms/token, ITL ${o.itl_mean_diff_ms} ms mean, TTFT ${o.ttft_mean_diff_ms} ms mean`);
       }
     }
   } finally {
@@ -491,6 +451,61 @@ async function main() {
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, JSON.stringify(doc, null, 2) + '\n');
   log(`wrote ${path.relative(process.cwd(), out) || out} (${doc.wall_s} s)`);
+}
+
+/**
+ * HTTP+JSON+SSE vs `LLM.stream` in this process (same engine options, same prompts). The two alternate, request by
+ * request (sequential) and burst by burst (burst, `--overhead-rounds` of each), so a drift in machine load hits both
+ * alike; the server's engine sits idle while the in-process one works and vice versa.
+ */
+async function measureOverhead(cfg, http, engineOptions) {
+  const { LLM } = await import(pathToFileURL(path.join(ROOT, 'dist', 'index.js')).href);
+  const llm = await LLM.create(engineOptions);
+  const out = {
+    method:
+      'The same streaming workload through HTTP+JSON+SSE (server process; client in this process) and through `LLM.stream` in ' +
+      'this process with the same engine options, alternating request by request (sequential) and burst by burst (burst). ' +
+      'per_token_overhead_ms = (HTTP mean e2e - API mean e2e) / output tokens per request; *_diff_ms = HTTP - API.',
+    engine_options: engineOptions,
+    sequential: null,
+    burst: null,
+  };
+  try {
+    const clients = { http, api: directClient(llm, cfg.outputLen) };
+    await warmUp(clients.api, cfg.vocabLimit);
+    const run = async (steps) => {
+      const recs = { http: [], api: [] };
+      const time = { http: 0, api: 0 };
+      for (const [i, prompts] of steps.entries()) {
+        for (const k of i % 2 === 0 ? ['http', 'api'] : ['api', 'http']) {
+          const t = now();
+          recs[k].push(...(await Promise.all(prompts.map((p) => clients[k](p)))));
+          time[k] += now() - t;
+        }
+      }
+      const viaHttp = aggregate(recs.http, time.http);
+      const viaApi = aggregate(recs.api, time.api);
+      return { http: viaHttp, ts_api: viaApi, ...overheadOf(viaHttp, viaApi) };
+    };
+    if (cfg.overheadSequential > 0) {
+      const prompts = randomPrompts(cfg.overheadSequential, cfg.inputLen, cfg.vocabLimit, cfg.seed + 100);
+      out.sequential = { requests_each: cfg.overheadSequential, concurrency: 1, ...(await run(prompts.map((p) => [p]))) };
+    }
+    if (cfg.overheadBurst > 0) {
+      const bursts = Array.from({ length: cfg.overheadRounds }, (_, r) =>
+        randomPrompts(cfg.overheadBurst, cfg.inputLen, cfg.vocabLimit, cfg.seed + 200 + r),
+      );
+      out.burst = {
+        requests_each: cfg.overheadBurst * cfg.overheadRounds,
+        concurrency: cfg.overheadBurst,
+        rounds: cfg.overheadRounds,
+        ...(await run(bursts)),
+      };
+    }
+  } finally {
+    llm.close();
+  }
+  return out;
 }
 
 /** The engine options the started server got from --server-arg flags, so the in-process run matches it. */
