@@ -5,6 +5,7 @@
  */
 
 import { GENERATE_USAGE, generateCommand } from './cli/generate.js';
+import { serveCommand } from './cli/serve.js';
 import { UsageError } from './cli/args.js';
 import { PagedLLMError } from './errors.js';
 
@@ -28,6 +29,7 @@ async function fetchModelCommand(argv: string[]): Promise<void> {
 
 const COMMANDS: Record<string, Command> = {
   generate: { summary: 'generate a completion for a prompt', run: generateCommand },
+  serve: { summary: 'serve the model over an OpenAI-compatible HTTP API (see serve --help)', run: serveCommand },
   'fetch-model': { summary: 'download the default model into the cache', run: fetchModelCommand },
 };
 

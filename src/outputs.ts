@@ -89,6 +89,11 @@ export interface StreamDelta {
   stopReason: string | number | null;
   /** True on the request's last chunk (all samples done). */
   finished: boolean;
+  /** On the request's first chunk: the prompt's token ids (and its log-probs when `promptLogprobs` was asked for). */
+  promptTokenIds?: number[];
+  promptLogprobs?: (PositionLogprobs | null)[];
+  /** On the request's last chunk: the engine's timing and token counts. */
+  metrics?: RequestMetrics;
 }
 
 function finishReasonOf(raw: string | null): FinishReason | null {
@@ -97,7 +102,7 @@ function finishReasonOf(raw: string | null): FinishReason | null {
 
 /** The stream chunks of one engine delta (samples with nothing new are skipped unless the request finished). */
 export function streamDeltas(delta: EngineDelta): StreamDelta[] {
-  const chunks = delta.outputs
+  const chunks: StreamDelta[] = delta.outputs
     .filter((o) => o.text.length > 0 || o.tokenIds.length > 0 || o.finishReason !== null)
     .map((o) => ({
       requestId: delta.requestId,
@@ -110,9 +115,15 @@ export function streamDeltas(delta: EngineDelta): StreamDelta[] {
       stopReason: o.stopReason ?? null,
       finished: false,
     }));
+  const first = chunks[0];
+  if (first && delta.promptTokenIds) first.promptTokenIds = delta.promptTokenIds;
+  if (first && delta.promptLogprobs) first.promptLogprobs = delta.promptLogprobs;
   if (delta.finished) {
     const last = chunks.at(-1);
-    if (last) last.finished = true;
+    if (last) {
+      last.finished = true;
+      if (delta.metrics) last.metrics = delta.metrics;
+    }
   }
   return chunks;
 }

@@ -1,0 +1,153 @@
+/**
+ * POST /v1/chat/completions: messages rendered with the model's chat template (or `--chat-template`, or the
+ * request's `chat_template`), generation until the context ends unless `max_completion_tokens`/`max_tokens` says
+ * otherwise, log-probs in OpenAI's chat format. Streaming sends, per choice, a first delta `{role: "assistant",
+ * content: ""}` as OpenAI does, then content deltas; `finish_reason` rides on the last content chunk.
+ * `response_format` other than text and `tools` / `tool_choice` other than "none" are refused with a 400 naming
+ * the field (not silently ignored).
+ */
+
+import { Hono } from 'hono';
+
+import type { AppEnv } from '../app-env.js';
+import { toChatMessages } from '../chat-messages.js';
+import { badRequest, notSupported, toHttpError } from '../errors.js';
+import { startGeneration } from '../generation.js';
+import { type ChatTokenLogprob, chatLogprobs } from '../logprobs.js';
+import { parseBody, resolveModel } from '../request.js';
+import { type ChatRequest, chatRequestSchema } from '../schemas/chat.js';
+import { samplingParamsFrom } from '../schemas/common.js';
+import { sseResponse } from '../sse.js';
+import type { ServerState } from '../state.js';
+import type { FinishReason } from '../../outputs.js';
+
+function refuseUnsupported(body: ChatRequest): void {
+  if (body.response_format && body.response_format.type !== 'text') {
+    throw notSupported('response_format', `of type "${body.response_format.type}"`);
+  }
+  const toolChoiceNone = body.tool_choice === 'none';
+  if (body.tools && body.tools.length > 0 && !toolChoiceNone) throw notSupported('tools', '(tool calling)');
+  if (body.tool_choice !== undefined && body.tool_choice !== null && !toolChoiceNone) {
+    throw notSupported('tool_choice', `${JSON.stringify(body.tool_choice)} (only "none")`);
+  }
+  if (body.top_logprobs != null && body.top_logprobs > 0 && !body.logprobs) {
+    throw badRequest('invalid value for `top_logprobs`: `logprobs` must be true when `top_logprobs` is set', 'top_logprobs');
+  }
+}
+
+interface ChoiceState {
+  content: string;
+  tokens: number;
+  logprobs: ChatTokenLogprob[];
+  finishReason: FinishReason | null;
+  stopReason: string | number | null;
+}
+
+export function chatRoute(state: ServerState): Hono<AppEnv> {
+  const route = new Hono<AppEnv>();
+  route.post('/v1/chat/completions', async (c) => {
+    const body = await parseBody(c, chatRequestSchema);
+    const model = resolveModel(state, body.model);
+    refuseUnsupported(body);
+
+    const params = samplingParamsFrom(body);
+    params.maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
+    const wantLogprobs = body.logprobs === true;
+    const topCount = body.top_logprobs ?? 0;
+    if (wantLogprobs) params.logprobs = topCount;
+    const n = body.n ?? 1;
+
+    let prompt: string;
+    try {
+      prompt = state.llm.applyChatTemplate(toChatMessages(body.messages), {
+        addGenerationPrompt: body.add_generation_prompt ?? true,
+        chatTemplate: body.chat_template ?? state.options.chatTemplate ?? undefined,
+        chatTemplateKwargs: body.chat_template_kwargs ?? undefined,
+      });
+    } catch (err) {
+      throw toHttpError(err, { promptParam: 'messages' });
+    }
+
+    const requestId = c.get('requestId');
+    const id = `chatcmpl-${requestId}`;
+    const created = Math.floor(Date.now() / 1000);
+    const gen = await startGeneration(state, [{ prompt, params, addSpecialTokens: false }], {
+      requestId,
+      signal: c.req.raw.signal,
+      promptParam: 'messages',
+    });
+
+    let promptTokens = 0;
+    const choices = Array.from({ length: n }, (): ChoiceState => ({ content: '', tokens: 0, logprobs: [], finishReason: null, stopReason: null }));
+    const usage = () => {
+      const completionTokens = choices.reduce((sum, ch) => sum + ch.tokens, 0);
+      return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+    };
+
+    if (body.stream) {
+      const includeUsage = body.stream_options?.include_usage ?? false;
+      const envelope = (choiceList: unknown[]): Record<string, unknown> => {
+        const data: Record<string, unknown> = { id, object: 'chat.completion.chunk', created, model, system_fingerprint: null, choices: choiceList };
+        if (includeUsage) data.usage = null;
+        return data;
+      };
+      return sseResponse(
+        c,
+        () => gen.abort(),
+        async (out) => {
+          for (let index = 0; index < n; index++) {
+            await out.send(envelope([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
+          }
+          for await (const { delta: d } of gen.chunks) {
+            if (d.promptTokenIds) promptTokens = d.promptTokenIds.length;
+            const ch = choices[d.index]!;
+            ch.tokens += d.tokenIds.length;
+            const logprobs = wantLogprobs && d.logprobs ? chatLogprobs(d.logprobs, topCount) : null;
+            if (d.text === '' && d.finishReason === null && (logprobs === null || logprobs.length === 0)) continue;
+            await out.send(
+              envelope([
+                {
+                  index: d.index,
+                  delta: d.text === '' ? {} : { content: d.text },
+                  logprobs: logprobs ? { content: logprobs } : null,
+                  finish_reason: d.finishReason,
+                  stop_reason: d.finishReason === null ? null : d.stopReason,
+                },
+              ]),
+            );
+          }
+          if (includeUsage) {
+            await out.send({ id, object: 'chat.completion.chunk', created, model, system_fingerprint: null, choices: [], usage: usage() });
+          }
+        },
+        { promptParam: 'messages' },
+      );
+    }
+
+    for await (const { delta: d } of gen.chunks) {
+      if (d.promptTokenIds) promptTokens = d.promptTokenIds.length;
+      const ch = choices[d.index]!;
+      ch.content += d.text;
+      ch.tokens += d.tokenIds.length;
+      if (wantLogprobs && d.logprobs) ch.logprobs.push(...chatLogprobs(d.logprobs, topCount));
+      if (d.finishReason !== null) ch.finishReason = d.finishReason;
+      if (d.stopReason !== null) ch.stopReason = d.stopReason;
+    }
+    return c.json({
+      id,
+      object: 'chat.completion',
+      created,
+      model,
+      system_fingerprint: null,
+      choices: choices.map((ch, index) => ({
+        index,
+        message: { role: 'assistant', content: ch.content },
+        logprobs: wantLogprobs ? { content: ch.logprobs } : null,
+        finish_reason: ch.finishReason,
+        stop_reason: ch.stopReason,
+      })),
+      usage: usage(),
+    });
+  });
+  return route;
+}

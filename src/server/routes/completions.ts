@@ -1,0 +1,179 @@
+/**
+ * POST /v1/completions with vLLM's semantics: one engine request per prompt (string, strings, token ids, arrays of
+ * token ids), choices indexed `prompt * n + sample`; `echo` prepends the prompt (with prompt log-probs when
+ * `logprobs` is set); `logprobs` in OpenAI's completions format; `max_tokens` defaults to 16. Streams as SSE with
+ * `include_usage` support; a client disconnect aborts the engine requests at once.
+ */
+
+import { Hono } from 'hono';
+
+import type { Prompt } from '../../llm.js';
+import type { FinishReason, PositionLogprobs } from '../../outputs.js';
+import { notSupported } from '../errors.js';
+import { startGeneration, type JobChunk } from '../generation.js';
+import { CompletionLogprobsBuilder, type CompletionLogprobs, concatCompletionLogprobs, vllmPromptLogprobs } from '../logprobs.js';
+import { parseBody, resolveModel } from '../request.js';
+import { type CompletionRequest, completionRequestSchema } from '../schemas/completions.js';
+import { samplingParamsFrom } from '../schemas/common.js';
+import { sseResponse } from '../sse.js';
+import type { ServerState } from '../state.js';
+import type { AppEnv } from '../app-env.js';
+
+export const DEFAULT_COMPLETION_MAX_TOKENS = 16;
+
+function promptsOf(prompt: CompletionRequest['prompt']): Prompt[] {
+  if (typeof prompt === 'string') return [prompt];
+  if (prompt.every((p) => typeof p === 'number')) return [prompt as number[]];
+  return prompt as Prompt[];
+}
+
+interface ChoiceState {
+  index: number;
+  text: string;
+  tokens: number;
+  logprobs: CompletionLogprobs | null;
+  builder: CompletionLogprobsBuilder;
+  started: boolean;
+  finishReason: FinishReason | null;
+  stopReason: string | number | null;
+}
+
+interface JobState {
+  promptText: string | null;
+  promptTokenIds: number[] | null;
+  promptLogprobs: (PositionLogprobs | null)[] | null;
+}
+
+export function completionsRoute(state: ServerState): Hono<AppEnv> {
+  const route = new Hono<AppEnv>();
+  route.post('/v1/completions', async (c) => {
+    const body = await parseBody(c, completionRequestSchema);
+    const model = resolveModel(state, body.model);
+    if (body.suffix) throw notSupported('suffix', '');
+    const n = body.n ?? 1;
+    if (body.best_of != null && body.best_of !== n) throw notSupported('best_of', 'other than equal to `n`');
+
+    const prompts = promptsOf(body.prompt);
+    const params = samplingParamsFrom(body);
+    params.maxTokens = body.max_tokens === undefined ? DEFAULT_COMPLETION_MAX_TOKENS : body.max_tokens;
+    const topCount = body.logprobs ?? 0;
+    const wantLogprobs = body.logprobs !== undefined && body.logprobs !== null;
+    if (wantLogprobs) params.logprobs = topCount;
+    const echo = body.echo ?? false;
+    if (echo && wantLogprobs) params.promptLogprobs = Math.max(params.promptLogprobs ?? 0, topCount);
+
+    const requestId = c.get('requestId');
+    const id = `cmpl-${requestId}`;
+    const created = Math.floor(Date.now() / 1000);
+    const llm = state.llm;
+    const gen = await startGeneration(
+      state,
+      prompts.map((prompt) => ({ prompt, params, addSpecialTokens: true })),
+      { requestId, signal: c.req.raw.signal, promptParam: 'prompt' },
+    );
+
+    const jobs: JobState[] = prompts.map((p) => ({
+      promptText: typeof p === 'string' ? p : null,
+      promptTokenIds: null,
+      promptLogprobs: null,
+    }));
+    const choices = new Map<number, ChoiceState>();
+    const choiceFor = (job: number, sample: number): ChoiceState => {
+      const index = job * n + sample;
+      let ch = choices.get(index);
+      if (!ch) {
+        ch = { index, text: '', tokens: 0, logprobs: null, builder: new CompletionLogprobsBuilder(), started: false, finishReason: null, stopReason: null };
+        choices.set(index, ch);
+      }
+      return ch;
+    };
+    const promptTextOf = (job: JobState): string =>
+      (job.promptText ??= llm.detokenize(job.promptTokenIds ?? [], { skipSpecialTokens: false }));
+    /** The new text and log-probs of one chunk, with the echoed prompt in front of a choice's first chunk. */
+    const piece = (chunk: JobChunk): { ch: ChoiceState; text: string; logprobs: CompletionLogprobs | null } => {
+      const job = jobs[chunk.job]!;
+      const d = chunk.delta;
+      if (d.promptTokenIds) job.promptTokenIds = d.promptTokenIds;
+      if (d.promptLogprobs) job.promptLogprobs = d.promptLogprobs;
+      const ch = choiceFor(chunk.job, d.index);
+      let text = d.text;
+      let logprobs: CompletionLogprobs | null = null;
+      if (!ch.started && echo) {
+        const promptText = promptTextOf(job);
+        text = promptText + text;
+        if (wantLogprobs) {
+          const ids = job.promptTokenIds ?? [];
+          const positions = job.promptLogprobs ?? ids.map(() => null);
+          logprobs = ch.builder.build(positions, (i) => llm.detokenize([ids[i]!], { skipSpecialTokens: false }), topCount);
+        }
+      }
+      ch.started = true;
+      if (wantLogprobs) {
+        const fresh = ch.builder.build(d.logprobs ?? [], () => '', topCount);
+        logprobs = logprobs ? concatCompletionLogprobs(logprobs, fresh) : fresh;
+      }
+      ch.tokens += d.tokenIds.length;
+      if (d.finishReason !== null) ch.finishReason = d.finishReason;
+      if (d.stopReason !== null) ch.stopReason = d.stopReason;
+      return { ch, text, logprobs };
+    };
+    const usage = () => {
+      const promptTokens = jobs.reduce((sum, j) => sum + (j.promptTokenIds?.length ?? 0), 0);
+      const completionTokens = [...choices.values()].reduce((sum, ch) => sum + ch.tokens, 0);
+      return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+    };
+
+    if (body.stream) {
+      const includeUsage = body.stream_options?.include_usage ?? false;
+      return sseResponse(
+        c,
+        () => gen.abort(),
+        async (out) => {
+          for await (const chunk of gen.chunks) {
+            const { ch, text, logprobs } = piece(chunk);
+            const choice = {
+              index: ch.index,
+              text,
+              logprobs: wantLogprobs ? logprobs : null,
+              finish_reason: chunk.delta.finishReason,
+              stop_reason: chunk.delta.finishReason === null ? null : ch.stopReason,
+            };
+            const data: Record<string, unknown> = { id, object: 'text_completion', created, model, choices: [choice] };
+            if (includeUsage) data.usage = null;
+            await out.send(data);
+          }
+          if (includeUsage) await out.send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
+        },
+        { promptParam: 'prompt' },
+      );
+    }
+
+    for await (const chunk of gen.chunks) {
+      const { ch, text, logprobs } = piece(chunk);
+      ch.text += text;
+      if (logprobs) ch.logprobs = ch.logprobs ? concatCompletionLogprobs(ch.logprobs, logprobs) : logprobs;
+    }
+    const sorted = [...choices.values()].sort((a, b) => a.index - b.index);
+    return c.json({
+      id,
+      object: 'text_completion',
+      created,
+      model,
+      system_fingerprint: null,
+      choices: sorted.map((ch) => {
+        const job = jobs[Math.floor(ch.index / n)]!;
+        const choice: Record<string, unknown> = {
+          index: ch.index,
+          text: ch.text,
+          logprobs: wantLogprobs ? ch.logprobs : null,
+          finish_reason: ch.finishReason,
+          stop_reason: ch.stopReason,
+        };
+        if (body.prompt_logprobs != null) choice.prompt_logprobs = job.promptLogprobs ? vllmPromptLogprobs(job.promptLogprobs) : null;
+        return choice;
+      }),
+      usage: usage(),
+    });
+  });
+  return route;
+}

@@ -1,0 +1,37 @@
+/** The /v1/chat/completions request body: messages with text content (string or text parts), sampling fields. */
+
+import { z } from 'zod';
+
+import { MAX_LOGPROBS } from '../../sampling-params.js';
+import { samplingFields } from './common.js';
+
+export const contentPartSchema = z.looseObject({
+  type: z.string(),
+  text: z.string().optional(),
+});
+
+export const chatMessageSchema = z.looseObject({
+  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+  content: z.union([z.string(), z.array(contentPartSchema), z.null()], { error: 'must be a string or an array of content parts' }).optional(),
+  name: z.string().optional(),
+  tool_call_id: z.string().optional(),
+});
+
+export const chatRequestSchema = z.object({
+  ...samplingFields,
+  messages: z.array(chatMessageSchema).min(1, 'must not be empty'),
+  max_tokens: z.number().int('must be an integer').min(1, 'must be at least 1').nullish().describe('Deprecated by OpenAI; default: until the context is full.'),
+  max_completion_tokens: z.number().int('must be an integer').min(1, 'must be at least 1').nullish(),
+  logprobs: z.boolean().nullish(),
+  top_logprobs: z.number().int('must be an integer').min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullish(),
+  response_format: z.looseObject({ type: z.string() }).nullish().describe('Only {"type": "text"} is supported.'),
+  tools: z.array(z.unknown()).nullish().describe('Not supported yet (only with tool_choice "none").'),
+  tool_choice: z.unknown().optional().describe('Only "none" is supported.'),
+  parallel_tool_calls: z.boolean().nullish(),
+  add_generation_prompt: z.boolean().nullish(),
+  chat_template: z.string().nullish(),
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+});
+
+export type ChatRequest = z.output<typeof chatRequestSchema>;
+export type ChatMessageInput = z.output<typeof chatMessageSchema>;
