@@ -53,7 +53,7 @@ describe.skipIf(!runBrowser)('playground page in a real browser', () => {
 
   beforeAll(async () => {
     llm = await createTestLLM();
-    const { app } = createApp(llm, { servedModelName: MODEL_NAME, apiKey: API_KEY });
+    const { app } = createApp(llm, { servedModelName: [MODEL_NAME], apiKey: API_KEY, disableLogRequests: true });
     const address = await new Promise<AddressInfo>((resolve) => {
       server = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, resolve);
     });
