@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Builds pagedllm: the native addon (Rust, through the napi-rs CLI when it is installed, else plain cargo plus a
-// copy to the napi file name) into bindings/pagedllm.<platform>.node, then the TypeScript into dist/.
+// copy to the napi file name) into bindings/pagedllm.<platform>.node, then the TypeScript into dist/ (plus the
+// playground page's sources, scripts/build-playground.mjs).
 //   node scripts/build.mjs                 native (release) + TypeScript
 //   node scripts/build.mjs --native-only   native only
 //   node scripts/build.mjs --ts-only       TypeScript only
@@ -11,6 +12,8 @@ import { chmodSync, copyFileSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+
+import { buildPlayground } from './build-playground.mjs';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const require = createRequire(import.meta.url);
@@ -77,6 +80,7 @@ export function buildTs() {
   if (!tsc) throw new Error('compiling TypeScript needs the `typescript` package (run `npm install` in the repository)');
   run(process.execPath, [tsc, '-p', 'tsconfig.build.json']);
   chmodSync(path.join(ROOT, 'dist', 'cli.js'), 0o755);
+  buildPlayground(); // the playground page's HTML/CSS/JS, next to its compiled loader
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {

@@ -1,11 +1,26 @@
-/** Placeholder for the browser playground (GET /); the playground module replaces this file. */
+/**
+ * GET / : the browser playground (chat with streaming, sampling controls, live engine numbers from /metrics).
+ * The page is read and inlined once, when the route is built, so a missing page source fails at startup rather
+ * than on a request. Served with a strict Content-Security-Policy (only the page's own inlined script and style,
+ * fetches to this origin), `nosniff`, no referrer, and no caching of a page that changes with each build.
+ * Not behind the API key: the page holds no data; its API calls carry the key the user types in.
+ */
 
 import { Hono } from 'hono';
 
+import { loadPlaygroundPage } from '../playground/page.js';
+
 export function playgroundRoute(): Hono {
+  const page = loadPlaygroundPage();
+  const headers = {
+    'Content-Type': 'text/html; charset=utf-8',
+    'Content-Security-Policy': page.contentSecurityPolicy,
+    'X-Content-Type-Options': 'nosniff',
+    'Referrer-Policy': 'no-referrer',
+    'X-Frame-Options': 'DENY',
+    'Cache-Control': 'no-cache',
+  };
   const route = new Hono();
-  route.get('/', (c) =>
-    c.html('<!doctype html><html><head><title>pagedllm</title></head><body><h1>pagedllm</h1><p>OpenAI-compatible API at <code>/v1</code>.</p></body></html>'),
-  );
+  route.get('/', (c) => c.body(page.html, 200, headers));
   return route;
 }
