@@ -38,6 +38,7 @@ const USAGE = `usage: node bench/serve.mjs [options]
   --overhead-burst N         requests sent at once for the overhead comparison (default 8; 0 = skip)
   --overhead-rounds N        bursts of each kind, alternating (default 2)
   --out FILE                 where the JSON goes (default bench/results/serve-<date>.json)
+  --note TEXT                recorded in the JSON (e.g. what else ran on the machine)
   -h, --help`;
 
 function parseCli(argv) {
@@ -59,6 +60,7 @@ function parseCli(argv) {
       'overhead-burst': { type: 'string', default: '8' },
       'overhead-rounds': { type: 'string', default: '2' },
       out: { type: 'string' },
+      note: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -91,6 +93,7 @@ function parseCli(argv) {
     overheadBurst: int('overhead-burst'),
     overheadRounds: Math.max(1, int('overhead-rounds')),
     out: values.out ?? null,
+    note: values.note ?? null,
   };
 }
 
@@ -398,6 +401,7 @@ async function main() {
     command: ['node', path.relative(process.cwd(), process.argv[1]), ...process.argv.slice(2)].join(' '),
     cwd: process.cwd(),
     machine: machineBefore,
+    note: cfg.note,
     server: server
       ? { started_by_bench: true, command: server.command, base_url: baseUrl, startup_log: [...server.log] }
       : { started_by_bench: false, base_url: baseUrl },
