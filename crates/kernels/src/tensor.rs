@@ -9,7 +9,11 @@ use crate::quant::GgmlType;
 /// Bytes of a tensor: a window into a shared memory map, or an owned buffer (e.g. rows re-ordered at load).
 #[derive(Clone)]
 pub enum Storage {
-    Mapped { map: Arc<memmap2::Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -56,13 +60,23 @@ impl WeightMatrix {
         if want != have {
             return Err(format!("{dtype:?} [{rows}, {cols}] needs {want} bytes, found {have}"));
         }
-        Ok(Self { dtype, rows, cols, storage })
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            storage,
+        })
     }
 
     pub fn from_f32(rows: usize, cols: usize, data: &[f32]) -> Self {
         assert_eq!(data.len(), rows * cols);
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self { dtype: GgmlType::F32, rows, cols, storage: Storage::Owned(Arc::new(bytes)) }
+        Self {
+            dtype: GgmlType::F32,
+            rows,
+            cols,
+            storage: Storage::Owned(Arc::new(bytes)),
+        }
     }
 
     pub fn row_bytes(&self) -> usize {
