@@ -5,7 +5,7 @@
 use napi::bindgen_prelude::spawn_blocking;
 use napi::Result;
 use napi_derive::napi;
-use pagedllm_engine::engine::{LLMEngine, RequestInput};
+use pagedllm_engine::engine::LLMEngine;
 use pagedllm_engine::{EngineConfig, EngineError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -55,7 +55,8 @@ impl Engine {
     pub fn add_request(&self, input_json: String) -> Result<RequestHandle> {
         guard(|| {
             let engine = self.engine()?;
-            let input: RequestInput = parse("input", &input_json)?;
+            // Fields the caller left out take the model's generation defaults (generation_config.json).
+            let input = engine.request_input_from_json(&input_json).map_err(engine_error)?;
             let stream = engine.add_request(input).map_err(engine_error)?;
             Ok(RequestHandle::new(engine.clone(), stream))
         })

@@ -45,7 +45,12 @@ fn parse_args() -> Result<Args, String> {
         let num = |s: String| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
         match flag.as_str() {
             "--model" => a.model = val()?,
-            "--batch" => a.batches = val()?.split(',').map(|s| num(s.to_string())).collect::<Result<_, _>>()?,
+            "--batch" => {
+                a.batches = val()?
+                    .split(',')
+                    .map(|s| num(s.to_string()))
+                    .collect::<Result<_, _>>()?
+            }
             "--input-len" => a.input_len = num(val()?)?,
             "--output-len" => a.output_len = num(val()?)?,
             "--threads" => a.threads = Some(num(val()?)?),
@@ -120,7 +125,11 @@ fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usi
 fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     json!({
         "cpu": cpu,
@@ -153,7 +162,11 @@ fn main() {
         std::process::exit(1);
     });
     let load_s = t0.elapsed().as_secs_f64();
-    eprintln!("loaded {} in {load_s:.2}s ({} threads)", engine.model_info().name, engine.model_info().num_threads);
+    eprintln!(
+        "loaded {} in {load_s:.2}s ({} threads)",
+        engine.model_info().name,
+        engine.model_info().num_threads
+    );
     if args.warmup {
         run_batch(&engine, 1, 16, 8, 0);
     }

@@ -11,7 +11,11 @@ pub enum EngineError {
 
     /// Prompt plus requested output does not fit the model's context.
     #[error("prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the model's context length of {max_model_len} tokens")]
-    ContextLength { prompt_len: usize, max_tokens: usize, max_model_len: usize },
+    ContextLength {
+        prompt_len: usize,
+        max_tokens: usize,
+        max_model_len: usize,
+    },
 
     /// The model path, file or repo id could not be found.
     #[error("model not found: {0}")]
@@ -41,15 +45,25 @@ pub enum EngineError {
     Internal(String),
 
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl EngineError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::InvalidParam { field: field.to_string(), message: message.into() }
+        Self::InvalidParam {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
     pub fn load(path: impl std::fmt::Display, message: impl Into<String>) -> Self {
-        Self::ModelLoad { path: path.to_string(), message: message.into() }
+        Self::ModelLoad {
+            path: path.to_string(),
+            message: message.into(),
+        }
     }
     /// A stable machine-readable code for the binding (`EngineError.code` on the TS side).
     pub fn code(&self) -> &'static str {

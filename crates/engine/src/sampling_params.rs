@@ -67,7 +67,10 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -86,26 +89,41 @@ impl SamplingParams {
             return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
         }
         if self.top_k < -1 {
-            return bad("top_k", format!("must be -1 (off), 0 (off) or positive, got {}", self.top_k));
+            return bad(
+                "top_k",
+                format!("must be -1 (off), 0 (off) or positive, got {}", self.top_k),
+            );
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", format!("must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repetition_penalty > 0.0) || !self.repetition_penalty.is_finite() {
-            return bad("repetition_penalty", format!("must be > 0, got {}", self.repetition_penalty));
+            return bad(
+                "repetition_penalty",
+                format!("must be > 0, got {}", self.repetition_penalty),
+            );
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return bad("frequency_penalty", format!("must be in [-2, 2], got {}", self.frequency_penalty));
+            return bad(
+                "frequency_penalty",
+                format!("must be in [-2, 2], got {}", self.frequency_penalty),
+            );
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return bad("presence_penalty", format!("must be in [-2, 2], got {}", self.presence_penalty));
+            return bad(
+                "presence_penalty",
+                format!("must be in [-2, 2], got {}", self.presence_penalty),
+            );
         }
         if let Some(m) = self.max_tokens {
             if m < 1 {
                 return bad("max_tokens", format!("must be at least 1, got {m}"));
             }
             if self.min_tokens > m {
-                return bad("min_tokens", format!("must be <= max_tokens ({m}), got {}", self.min_tokens));
+                return bad(
+                    "min_tokens",
+                    format!("must be <= max_tokens ({m}), got {}", self.min_tokens),
+                );
             }
         }
         for (f, v) in [("logprobs", self.logprobs), ("prompt_logprobs", self.prompt_logprobs)] {
@@ -117,7 +135,10 @@ impl SamplingParams {
         }
         for &(tok, bias) in &self.logit_bias {
             if tok as usize >= vocab_size {
-                return bad("logit_bias", format!("token id {tok} is outside the vocabulary (size {vocab_size})"));
+                return bad(
+                    "logit_bias",
+                    format!("token id {tok} is outside the vocabulary (size {vocab_size})"),
+                );
             }
             if !bias.is_finite() {
                 return bad("logit_bias", format!("bias for token {tok} must be finite"));
@@ -125,7 +146,10 @@ impl SamplingParams {
         }
         for &tok in &self.stop_token_ids {
             if tok as usize >= vocab_size {
-                return bad("stop_token_ids", format!("token id {tok} is outside the vocabulary (size {vocab_size})"));
+                return bad(
+                    "stop_token_ids",
+                    format!("token id {tok} is outside the vocabulary (size {vocab_size})"),
+                );
             }
         }
         if self.stop.iter().any(|s| s.is_empty()) {
@@ -142,13 +166,55 @@ mod tests {
     #[test]
     fn rejects_out_of_range_values_naming_the_field() {
         let cases: Vec<(SamplingParams, &str)> = vec![
-            (SamplingParams { temperature: -0.1, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
-            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
-            (SamplingParams { n: 0, ..Default::default() }, "n"),
-            (SamplingParams { max_tokens: Some(0), ..Default::default() }, "max_tokens"),
-            (SamplingParams { logprobs: Some(21), ..Default::default() }, "logprobs"),
-            (SamplingParams { logit_bias: vec![(100, 1.0)], ..Default::default() }, "logit_bias"),
+            (
+                SamplingParams {
+                    temperature: -0.1,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    n: 0,
+                    ..Default::default()
+                },
+                "n",
+            ),
+            (
+                SamplingParams {
+                    max_tokens: Some(0),
+                    ..Default::default()
+                },
+                "max_tokens",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(21),
+                    ..Default::default()
+                },
+                "logprobs",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(100, 1.0)],
+                    ..Default::default()
+                },
+                "logit_bias",
+            ),
         ];
         for (p, field) in cases {
             match p.validate(100) {

@@ -15,8 +15,15 @@ const TOL: f64 = 1e-3;
 fn engine_or_skip() -> Option<LLMEngine> {
     let path = pagedllm_engine::loader::default_model_path();
     if !Path::new(&path).exists() {
-        assert!(std::env::var_os("CI").is_none(), "default model missing at {} under CI", path.display());
-        eprintln!("skipping: default model not found at {} (run `npm run fetch-model`)", path.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "default model missing at {} under CI",
+            path.display()
+        );
+        eprintln!(
+            "skipping: default model not found at {} (run `npm run fetch-model`)",
+            path.display()
+        );
         return None;
     }
     Some(LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model"))
@@ -28,7 +35,11 @@ fn fixture() -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -45,7 +56,11 @@ fn greedy_tokens_and_top5_logprobs_match_hf_transformers() {
         let prompt_ids = ids(&case["prompt_ids"]);
         let text = case["prompt"].as_str().unwrap();
         let add_special = !case["chat"].as_bool().unwrap();
-        assert_eq!(engine.encode(text, add_special).unwrap(), prompt_ids, "tokenization of {text:?}");
+        assert_eq!(
+            engine.encode(text, add_special).unwrap(),
+            prompt_ids,
+            "tokenization of {text:?}"
+        );
         let params = SamplingParams {
             temperature: 0.0,
             max_tokens: Some(steps),

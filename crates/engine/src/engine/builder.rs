@@ -30,7 +30,10 @@ pub(crate) struct EngineParts {
 /// KV blocks for the config: an explicit count, else the byte budget over the bytes one block takes.
 pub fn num_kv_blocks(config: &EngineConfig, model: &crate::model::ModelConfig) -> Result<usize> {
     if config.block_size == 0 || config.block_size > 256 {
-        return Err(EngineError::invalid("block_size", format!("must be in 1..=256, got {}", config.block_size)));
+        return Err(EngineError::invalid(
+            "block_size",
+            format!("must be in 1..=256, got {}", config.block_size),
+        ));
     }
     let n = match config.num_gpu_blocks_override {
         Some(n) => n,
@@ -66,7 +69,10 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         Some(src) => Some(Arc::new(Tokenizer::from_source(src)?)),
         None => None,
     };
-    let chat_template = match tokenizer.as_ref().and_then(|t| t.chat_template().map(|s| (t, s.to_string()))) {
+    let chat_template = match tokenizer
+        .as_ref()
+        .and_then(|t| t.chat_template().map(|s| (t, s.to_string())))
+    {
         Some((t, src)) => Some(ChatTemplate::new(&src, t.bos_token(), t.eos_token())?),
         None => None,
     };
@@ -84,7 +90,10 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         Some(m) if m == 0 || m > mc.max_position_embeddings => {
             return Err(EngineError::invalid(
                 "max_model_len",
-                format!("must be in 1..={} (the model's context), got {m}", mc.max_position_embeddings),
+                format!(
+                    "must be in 1..={} (the model's context), got {m}",
+                    mc.max_position_embeddings
+                ),
             ))
         }
         Some(m) if m > kv_capacity => {
@@ -101,7 +110,9 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         // Unset: the model's context, capped to what the KV cache can hold (a CPU byte budget is often smaller).
         None => mc.max_position_embeddings.min(kv_capacity),
     };
-    let threads = config.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = config
+        .num_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("pagedllm-cpu-{i}"))

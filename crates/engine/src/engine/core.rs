@@ -75,7 +75,7 @@ impl EngineCore {
         self.scheduler.has_unfinished_requests()
     }
 
-    /// Ids of requests that ended since the last call (the handle forgets them).
+    /// Queues a prepared request (validated by the handle) with the scheduler.
     pub fn add(&mut self, p: PreparedRequest) {
         let id = self.scheduler.alloc_request_id();
         self.arrivals += 1;
@@ -89,7 +89,13 @@ impl EngineCore {
         );
         req.priority = p.priority;
         req.cache_salt = p.cache_salt;
-        let mut group = RequestGroup::new(p.external_id.clone(), p.tx, p.params, req.prompt_token_ids.clone(), p.arrival_time);
+        let mut group = RequestGroup::new(
+            p.external_id.clone(),
+            p.tx,
+            p.params,
+            req.prompt_token_ids.clone(),
+            p.arrival_time,
+        );
         let rng = self.sample_rng(&group.params, 0);
         group.add_sample(0, id, rng, self.tokenizer.as_ref());
         let prompt_len = req.num_prompt_tokens() as u64;
@@ -113,7 +119,9 @@ impl EngineCore {
 
     /// Aborts a request in any state; its blocks are freed at once. Returns whether it was live.
     pub fn abort(&mut self, external_id: &str) -> bool {
-        let Some(group) = self.groups.get_mut(external_id) else { return false };
+        let Some(group) = self.groups.get_mut(external_id) else {
+            return false;
+        };
         for seq in group.live_seq_ids() {
             self.scheduler.finish_request(seq, FinishReason::Abort, None);
         }
@@ -150,7 +158,9 @@ impl EngineCore {
         self.stats.steps += 1;
         let now = now_secs();
         for &(parent, child) in &out.forked {
-            let Some((ext, _)) = self.seq_owner.get(&parent).cloned() else { continue };
+            let Some((ext, _)) = self.seq_owner.get(&parent).cloned() else {
+                continue;
+            };
             let index = self.scheduler.request(child).map(|r| r.sample_index).unwrap_or(0);
             let params = self.groups[&ext].params.clone();
             let rng = self.sample_rng(&params, index);
@@ -219,7 +229,11 @@ impl EngineCore {
             .iter()
             .map(|(sid, _)| {
                 let (ext, idx) = &self.seq_owner[sid];
-                let s = self.groups.get_mut(ext).and_then(|g| g.samples[*idx].as_mut()).expect("sample state");
+                let s = self
+                    .groups
+                    .get_mut(ext)
+                    .and_then(|g| g.samples[*idx].as_mut())
+                    .expect("sample state");
                 std::mem::replace(&mut s.rng, SequenceRng::new(0))
             })
             .collect();
@@ -254,7 +268,9 @@ impl EngineCore {
         let by_seq: HashMap<RequestId, usize> = jobs.iter().enumerate().map(|(i, (sid, _))| (*sid, i)).collect();
         let mut touched: Vec<String> = Vec::new();
         for &(sid, token) in &update.new_tokens {
-            let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else { continue };
+            let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else {
+                continue;
+            };
             let st = &sampled[by_seq[&sid]];
             let group = self.groups.get_mut(&ext).expect("group");
             let lps = group
@@ -262,13 +278,16 @@ impl EngineCore {
                 .logprobs
                 .map(|_| position_logprobs(self.tokenizer.as_ref(), token, st.logprob, st.rank, &st.top_logprobs));
             if let Some(stop) = group.push_token(idx, token, lps, st.logprob)? {
-                self.scheduler.finish_request(sid, FinishReason::Stop, Some(StopReason::String(stop.clone())));
+                self.scheduler
+                    .finish_request(sid, FinishReason::Stop, Some(StopReason::String(stop.clone())));
                 group.finish_sample(idx, FinishReason::Stop, Some(StopReason::String(stop)));
             }
             touched.push(ext);
         }
         for &(sid, reason) in &update.finished {
-            let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else { continue };
+            let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else {
+                continue;
+            };
             let done = update.finished_requests.iter().find(|r| r.id == sid);
             let stop_reason = done.and_then(|r| r.stop_reason.clone());
             if let Some(g) = self.groups.get_mut(&ext) {
@@ -304,8 +323,11 @@ impl EngineCore {
         st.kv_blocks_total = s.num_blocks_total;
         st.kv_blocks_in_use = s.num_blocks_in_use;
         st.kv_blocks_cached = s.num_blocks_cached_free;
-        st.kv_cache_usage =
-            if s.num_blocks_total == 0 { 0.0 } else { s.num_blocks_in_use as f64 / s.num_blocks_total as f64 };
+        st.kv_cache_usage = if s.num_blocks_total == 0 {
+            0.0
+        } else {
+            s.num_blocks_in_use as f64 / s.num_blocks_total as f64
+        };
         st.prefix_cache_queries = s.prefix_cache_queries as u64;
         st.prefix_cache_hits = s.prefix_cache_hits as u64;
         st.num_preemptions = s.num_preemptions as u64;

@@ -54,8 +54,15 @@ pub struct LLMEngine {
 impl LLMEngine {
     /// Loads the model (`""` = the embedded default) and starts the engine thread. Blocking: seconds.
     pub fn start(model: &str, config: EngineConfig) -> Result<Self> {
-        let EngineParts { core, info, tokenizer, chat_template, eos_token_ids, generation_defaults, pool } =
-            build_engine(model, &config)?;
+        let EngineParts {
+            core,
+            info,
+            tokenizer,
+            chat_template,
+            eos_token_ids,
+            generation_defaults,
+            pool,
+        } = build_engine(model, &config)?;
         let (cmd_tx, cmd_rx) = channel();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let live = Arc::new(Mutex::new(HashSet::new()));
@@ -74,7 +81,10 @@ impl LLMEngine {
                     alive.store(false, Ordering::SeqCst);
                     live.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 })
-                .map_err(|e| EngineError::Io { context: "spawning the engine thread".into(), source: e })?
+                .map_err(|e| EngineError::Io {
+                    context: "spawning the engine thread".into(),
+                    source: e,
+                })?
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -106,33 +116,20 @@ impl LLMEngine {
     /// `SamplingParams` from a JSON object of snake_case fields: vLLM's defaults, overlaid with the model's
     /// `generation_config.json` defaults, overlaid with the caller's fields.
     pub fn sampling_params_from_json(&self, user: &serde_json::Value) -> Result<crate::SamplingParams> {
-        let mut base = serde_json::to_value(crate::SamplingParams::default()).expect("params serialize");
-        let d = &self.shared.generation_defaults;
-        let obj = base.as_object_mut().expect("object");
-        if let Some(t) = d.temperature {
-            obj.insert("temperature".into(), t.into());
-        }
-        if let Some(p) = d.top_p {
-            obj.insert("top_p".into(), p.into());
-        }
-        if let Some(k) = d.top_k {
-            obj.insert("top_k".into(), k.into());
-        }
-        if let Some(r) = d.repetition_penalty {
-            obj.insert("repetition_penalty".into(), r.into());
-        }
-        match user {
-            serde_json::Value::Object(u) => {
-                for (k, v) in u {
-                    if !v.is_null() || k == "max_tokens" || k == "seed" {
-                        obj.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            serde_json::Value::Null => {}
-            _ => return Err(EngineError::invalid("sampling_params", "must be an object")),
-        }
-        serde_json::from_value(base).map_err(|e| EngineError::invalid("sampling_params", e.to_string()))
+        resolve_sampling_params(&self.shared.generation_defaults, user)
+    }
+
+    /// A `RequestInput` from JSON (snake_case, as the binding receives it), its `params` resolved against the
+    /// model's generation defaults (fields the caller left out take the model's defaults, as in vLLM).
+    pub fn request_input_from_json(&self, json: &str) -> Result<RequestInput> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| EngineError::invalid("input", format!("malformed JSON: {e}")))?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| EngineError::invalid("input", "must be an object"))?;
+        let params = self.sampling_params_from_json(obj.get("params").unwrap_or(&serde_json::Value::Null))?;
+        obj.insert("params".into(), serde_json::to_value(params).expect("params serialize"));
+        serde_json::from_value(v).map_err(|e| EngineError::invalid("input", e.to_string()))
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
@@ -140,7 +137,11 @@ impl LLMEngine {
             return Err(EngineError::Closed);
         }
         let guard = self.shared.cmd_tx.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().ok_or(EngineError::Closed)?.send(cmd).map_err(|_| EngineError::Closed)
+        guard
+            .as_ref()
+            .ok_or(EngineError::Closed)?
+            .send(cmd)
+            .map_err(|_| EngineError::Closed)
     }
 
     /// Validates and tokenizes on the caller's thread (errors come back at once), then queues the request.
@@ -154,11 +155,17 @@ impl LLMEngine {
         if params.n > self.shared.max_num_seqs {
             return Err(EngineError::invalid(
                 "n",
-                format!("{} samples exceed max_num_seqs ({})", params.n, self.shared.max_num_seqs),
+                format!(
+                    "{} samples exceed max_num_seqs ({})",
+                    params.n, self.shared.max_num_seqs
+                ),
             ));
         }
         if !params.stop.is_empty() && self.shared.tokenizer.is_none() {
-            return Err(EngineError::invalid("stop", "stop strings need a tokenizer; this model has none"));
+            return Err(EngineError::invalid(
+                "stop",
+                "stop strings need a tokenizer; this model has none",
+            ));
         }
         let prompt_ids = match input.prompt {
             Prompt::Text(text) => {
@@ -184,11 +191,19 @@ impl LLMEngine {
         let room = max_len.saturating_sub(prompt_ids.len());
         let max_tokens = match params.max_tokens {
             Some(m) if prompt_ids.len() + m > max_len => {
-                return Err(EngineError::ContextLength { prompt_len: prompt_ids.len(), max_tokens: m, max_model_len: max_len })
+                return Err(EngineError::ContextLength {
+                    prompt_len: prompt_ids.len(),
+                    max_tokens: m,
+                    max_model_len: max_len,
+                })
             }
             Some(m) => m,
             None if room == 0 => {
-                return Err(EngineError::ContextLength { prompt_len: prompt_ids.len(), max_tokens: 1, max_model_len: max_len })
+                return Err(EngineError::ContextLength {
+                    prompt_len: prompt_ids.len(),
+                    max_tokens: 1,
+                    max_model_len: max_len,
+                })
             }
             None => room,
         };
@@ -200,7 +215,10 @@ impl LLMEngine {
         {
             let mut live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
             if !live.insert(external_id.clone()) {
-                return Err(EngineError::invalid("request_id", format!("`{external_id}` is already running")));
+                return Err(EngineError::invalid(
+                    "request_id",
+                    format!("`{external_id}` is already running"),
+                ));
             }
         }
         let (tx, rx) = unbounded_channel();
@@ -215,16 +233,30 @@ impl LLMEngine {
             arrival_time: now_secs(),
         };
         if let Err(e) = self.send(Command::Add(Box::new(prepared))) {
-            self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&external_id);
+            self.shared
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&external_id);
             return Err(e);
         }
         let abort_tx = self.shared.cmd_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(RequestStream { request_id: external_id, rx, done: false, abort_tx })
+        Ok(RequestStream {
+            request_id: external_id,
+            rx,
+            done: false,
+            abort_tx,
+        })
     }
 
     /// Aborts a live request; returns false when no such request is live.
     pub fn abort(&self, request_id: &str) -> bool {
-        let live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).contains(request_id);
+        let live = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(request_id);
         live && self.send(Command::Abort(request_id.to_string())).is_ok()
     }
 
@@ -233,7 +265,10 @@ impl LLMEngine {
     }
 
     fn tokenizer(&self) -> Result<&Arc<Tokenizer>> {
-        self.shared.tokenizer.as_ref().ok_or_else(|| EngineError::Tokenizer("this model has no tokenizer".into()))
+        self.shared
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| EngineError::Tokenizer("this model has no tokenizer".into()))
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -242,7 +277,10 @@ impl LLMEngine {
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.shared.info.vocab_size) {
-            return Err(EngineError::invalid("tokens", format!("token id {bad} is outside the vocabulary")));
+            return Err(EngineError::invalid(
+                "tokens",
+                format!("token id {bad} is outside the vocabulary"),
+            ));
         }
         self.tokenizer()?.decode(ids, skip_special_tokens)
     }
@@ -402,5 +440,63 @@ impl Drop for RequestStream {
         if !self.done {
             self.abort();
         }
+    }
+}
+
+/// vLLM's `SamplingParams` defaults, overlaid with the model's generation defaults, overlaid with `user` (a JSON
+/// object of snake_case fields; `null` values count as unset, except `max_tokens` / `seed` where null means none).
+pub fn resolve_sampling_params(
+    defaults: &crate::loader::GenerationDefaults,
+    user: &serde_json::Value,
+) -> Result<crate::SamplingParams> {
+    let mut base = serde_json::to_value(crate::SamplingParams::default()).expect("params serialize");
+    let obj = base.as_object_mut().expect("object");
+    let model_defaults = [
+        ("temperature", defaults.temperature.map(serde_json::Value::from)),
+        ("top_p", defaults.top_p.map(serde_json::Value::from)),
+        ("top_k", defaults.top_k.map(serde_json::Value::from)),
+        (
+            "repetition_penalty",
+            defaults.repetition_penalty.map(serde_json::Value::from),
+        ),
+    ];
+    for (k, v) in model_defaults {
+        if let Some(v) = v {
+            obj.insert(k.into(), v);
+        }
+    }
+    match user {
+        serde_json::Value::Object(u) => {
+            for (k, v) in u {
+                if !v.is_null() || k == "max_tokens" || k == "seed" {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        serde_json::Value::Null => {}
+        _ => return Err(EngineError::invalid("sampling_params", "must be an object")),
+    }
+    serde_json::from_value(base).map_err(|e| EngineError::invalid("sampling_params", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::GenerationDefaults;
+
+    #[test]
+    fn model_defaults_apply_unless_the_request_sets_the_field() {
+        let d = GenerationDefaults {
+            temperature: Some(0.6),
+            top_p: Some(0.9),
+            ..Default::default()
+        };
+        let p = resolve_sampling_params(&d, &serde_json::json!({ "top_p": 0.5, "max_tokens": 7 })).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.max_tokens), (0.6, 0.5, Some(7)));
+        let p = resolve_sampling_params(&d, &serde_json::json!({ "max_tokens": null })).unwrap();
+        assert_eq!(p.max_tokens, None);
+        let p = resolve_sampling_params(&GenerationDefaults::default(), &serde_json::Value::Null).unwrap();
+        assert_eq!(p, crate::SamplingParams::default());
+        assert!(resolve_sampling_params(&d, &serde_json::json!({ "temperature": "hot" })).is_err());
     }
 }

@@ -5,8 +5,8 @@
 mod builder;
 mod core;
 pub mod handle;
-mod request_group;
 pub mod output;
+mod request_group;
 pub mod request_input;
 pub mod stats;
 

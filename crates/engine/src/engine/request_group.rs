@@ -38,7 +38,10 @@ pub(crate) struct RequestGroup {
 }
 
 pub(crate) fn now_secs() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl RequestGroup {
@@ -54,7 +57,11 @@ impl RequestGroup {
         Self {
             external_id,
             tx,
-            metrics: RequestMetrics { arrival_time, num_prompt_tokens: prompt_ids.len(), ..Default::default() },
+            metrics: RequestMetrics {
+                arrival_time,
+                num_prompt_tokens: prompt_ids.len(),
+                ..Default::default()
+            },
             params,
             prompt_ids,
             samples: (0..n).map(|_| None).collect(),
@@ -64,7 +71,13 @@ impl RequestGroup {
         }
     }
 
-    pub fn add_sample(&mut self, index: usize, seq_id: RequestId, rng: SequenceRng, tokenizer: Option<&Arc<Tokenizer>>) {
+    pub fn add_sample(
+        &mut self,
+        index: usize,
+        seq_id: RequestId,
+        rng: SequenceRng,
+        tokenizer: Option<&Arc<Tokenizer>>,
+    ) {
         let detok = tokenizer.map(|t| {
             IncrementalDetokenizer::new(
                 t.clone(),
@@ -79,8 +92,14 @@ impl RequestGroup {
             logprobs: self.params.logprobs.map(|_| Vec::new()),
             ..Default::default()
         };
-        self.samples[index] =
-            Some(SampleState { seq_id, rng, detok, pending, finished: false, stopped_by_string: false });
+        self.samples[index] = Some(SampleState {
+            seq_id,
+            rng,
+            detok,
+            pending,
+            finished: false,
+            stopped_by_string: false,
+        });
     }
 
     /// Next prompt position still lacking a log-prob (prompt log-probs are computed once, even after preemption).
@@ -107,7 +126,9 @@ impl RequestGroup {
         let now = now_secs();
         self.metrics.first_token_time.get_or_insert(now);
         self.metrics.num_generation_tokens += 1;
-        let s = self.samples[index].as_mut().expect("token for a sample that was never forked");
+        let s = self.samples[index]
+            .as_mut()
+            .expect("token for a sample that was never forked");
         s.pending.token_ids.push(token);
         s.pending.cumulative_logprob += logprob;
         if let (Some(v), Some(lp)) = (&mut s.pending.logprobs, logprobs) {
@@ -177,7 +198,12 @@ impl RequestGroup {
     }
 
     pub fn live_seq_ids(&self) -> Vec<RequestId> {
-        self.samples.iter().flatten().filter(|s| !s.finished).map(|s| s.seq_id).collect()
+        self.samples
+            .iter()
+            .flatten()
+            .filter(|s| !s.finished)
+            .map(|s| s.seq_id)
+            .collect()
     }
 
     /// Sends what accumulated this step (if anything). Returns false if the receiver is gone.
@@ -189,7 +215,8 @@ impl RequestGroup {
         let finished = self.is_finished();
         let mut outputs = Vec::new();
         for s in self.samples.iter_mut().flatten() {
-            let has_news = !s.pending.token_ids.is_empty() || !s.pending.text.is_empty() || s.pending.finish_reason.is_some();
+            let has_news =
+                !s.pending.token_ids.is_empty() || !s.pending.text.is_empty() || s.pending.finish_reason.is_some();
             if has_news {
                 let cumulative = s.pending.cumulative_logprob;
                 let fresh = CompletionDelta {
@@ -232,6 +259,13 @@ pub(crate) fn position_logprobs(
         token: text(token),
         logprob,
         rank,
-        top: top.iter().map(|&(id, lp)| TopLogprob { token_id: id, token: text(id), logprob: lp }).collect(),
+        top: top
+            .iter()
+            .map(|&(id, lp)| TopLogprob {
+                token_id: id,
+                token: text(id),
+                logprob: lp,
+            })
+            .collect(),
     }
 }

@@ -53,7 +53,8 @@ pub fn build_input_batch(seqs: &[ScheduledSeq<'_>], block_size: usize) -> (Input
             b.token_ids.push(tok);
             b.positions.push(pos as u32);
             let block = s.block_table[pos / block_size] as i64;
-            b.slot_mapping.push(block * block_size as i64 + (pos % block_size) as i64);
+            b.slot_mapping
+                .push(block * block_size as i64 + (pos % block_size) as i64);
         }
         b.query_start_loc.push(b.token_ids.len() as u32);
         b.seq_lens.push((s.start_pos + s.token_ids.len()) as u32);
@@ -64,7 +65,9 @@ pub fn build_input_batch(seqs: &[ScheduledSeq<'_>], block_size: usize) -> (Input
             for pos in pl.clone() {
                 b.logits_indices.push((first_row + pos - s.start_pos) as u32);
             }
-            layout.prompt_logprob_rows.push((s.request_id, pl.start, row0, pl.len()));
+            layout
+                .prompt_logprob_rows
+                .push((s.request_id, pl.start, row0, pl.len()));
         }
         if s.sample {
             layout.sample_rows.push((s.request_id, b.logits_indices.len()));

@@ -35,7 +35,12 @@ impl ModelRunner {
     pub fn new(model: LlamaModel, num_blocks: usize, block_size: usize) -> Self {
         let kv = model.new_kv_cache(num_blocks, block_size);
         let vocab_size = model.config().vocab_size;
-        Self { model, kv, block_size, vocab_size }
+        Self {
+            model,
+            kv,
+            block_size,
+            vocab_size,
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -56,6 +61,10 @@ impl ModelRunner {
         } else {
             self.model.forward(&batch, &mut self.kv)?
         };
-        Ok(StepLogits { logits, vocab_size: self.vocab_size, layout })
+        Ok(StepLogits {
+            logits,
+            vocab_size: self.vocab_size,
+            layout,
+        })
     }
 }

@@ -34,5 +34,8 @@ pub struct GgufTokenizerData {
 pub enum TokenizerSource {
     Gguf(GgufTokenizerData),
     /// An HF model directory's `tokenizer.json` and (optional) `tokenizer_config.json`.
-    HfFiles { tokenizer_json: PathBuf, tokenizer_config_json: Option<PathBuf> },
+    HfFiles {
+        tokenizer_json: PathBuf,
+        tokenizer_config_json: Option<PathBuf>,
+    },
 }
