@@ -8,6 +8,7 @@ pub mod handle;
 pub mod output;
 mod request_group;
 pub mod request_input;
+pub mod sampling_defaults;
 pub mod stats;
 
 pub use handle::{LLMEngine, RequestStream};
