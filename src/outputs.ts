@@ -7,7 +7,10 @@
 
 export interface TopLogprob {
   tokenId: number;
+  /** The token's text, or `bytes:\\xNN...` when it is only part of a UTF-8 character. */
   token: string;
+  /** The raw bytes the token stands for (join them across tokens to rebuild split characters). */
+  bytes: number[];
   logprob: number;
 }
 
@@ -15,6 +18,7 @@ export interface TopLogprob {
 export interface PositionLogprobs {
   tokenId: number;
   token: string;
+  bytes: number[];
   logprob: number;
   rank: number;
   top: TopLogprob[];

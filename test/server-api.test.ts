@@ -277,7 +277,9 @@ describe('POST /v1/chat/completions', () => {
   ];
 
   it('answers with an assistant message, usage and chat-format logprobs', async () => {
-    const res = await post('/v1/chat/completions', { model: MODEL, messages, max_tokens: 4, logprobs: true, top_logprobs: 2, ignore_eos: true });
+    // Greedy, so the test does not depend on what a random sample hits (a sampled <|im_end|> under ignore_eos
+    // shows in the log-probs but not in the text, which skips special tokens).
+    const res = await post('/v1/chat/completions', { model: MODEL, messages, max_tokens: 4, logprobs: true, top_logprobs: 2, ignore_eos: true, temperature: 0 });
     expect(res.status).toBe(200);
     const body = (await res.json()) as {
       object: string;
@@ -298,6 +300,22 @@ describe('POST /v1/chat/completions', () => {
     const tok = (await (await post('/tokenize', { model: MODEL, messages })).json()) as { count: number };
     expect(body.usage.prompt_tokens).toBe(tok.count);
     expect(body.usage.completion_tokens).toBe(4);
+  });
+
+  it('log-prob bytes rebuild characters split across tokens; such tokens show as bytes:\\xNN', async () => {
+    // Greedy on this prompt the default model answers with emoji, each spread over three byte-level tokens.
+    const res = await post('/v1/chat/completions', { messages: [{ role: 'user', content: 'Send me a heart emoji' }], max_tokens: 6, logprobs: true, top_logprobs: 1, temperature: 0 });
+    const body = (await res.json()) as { choices: { message: { content: string }; logprobs: { content: { token: string; bytes: number[]; top_logprobs: { token: string; bytes: number[] }[] }[] } }[] };
+    const { message, logprobs } = body.choices[0]!;
+    const partial = logprobs.content.filter((t) => t.token.startsWith('bytes:'));
+    expect(partial.length).toBeGreaterThan(0);
+    for (const t of partial) {
+      expect(t.token).toBe(`bytes:${t.bytes.map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('')}`);
+    }
+    // The raw bytes joined are exactly the text; no U+FFFD anywhere.
+    expect(Buffer.from(logprobs.content.flatMap((t) => t.bytes)).toString('utf8')).toBe(message.content);
+    expect(JSON.stringify(logprobs)).not.toContain('\ufffd');
+    for (const t of logprobs.content) expect(t.top_logprobs[0]!.bytes.length).toBeGreaterThan(0);
   });
 
   it('n > 1 gives n choices', async () => {
@@ -444,11 +462,18 @@ describe('errors', () => {
   it('503 + Retry-After when more requests wait than --max-waiting allows', async () => {
     const { app: shedding, state } = createApp(llm, { maxWaiting: 0, disableLogRequests: true });
     const long = { prompt: 'Once upon a time', max_tokens: 400, stream: true, ignore_eos: true };
-    // Two long streams fill the engine (maxNumSeqs 2) ...
-    const a = (await post('/v1/completions', long, {}, shedding)).body!.getReader();
-    const b = (await post('/v1/completions', long, {}, shedding)).body!.getReader();
-    await readEvents(a, 1);
-    await readEvents(b, 1);
+    // Two long streams fill the engine (maxNumSeqs 2). Each must have its first token before the next request
+    // arrives: until then it counts as waiting, and with --max-waiting 0 the next one would be refused.
+    const startLong = async () => {
+      const res = await post('/v1/completions', long, {}, shedding);
+      expect(res.status).toBe(200);
+      const reader = res.body!.getReader();
+      expect(await readEvents(reader, 1)).toHaveLength(1);
+      return reader;
+    };
+    const a = await startLong();
+    const b = await startLong();
+    expect(state.admission.numWaiting).toBe(0);
     // ... so a third one waits for a slot ...
     const waiting = post('/v1/completions', { prompt: 'Hi', max_tokens: 2 }, {}, shedding);
     expect(await waitFor(() => state.admission.numWaiting === 1, 5000)).toBe(true);

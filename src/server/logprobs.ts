@@ -59,14 +59,12 @@ export function concatCompletionLogprobs(a: CompletionLogprobs, b: CompletionLog
   };
 }
 
-const utf8 = (s: string): number[] => [...Buffer.from(s, 'utf8')];
-
 export function chatLogprobs(positions: PositionLogprobs[], topCount: number): ChatTokenLogprob[] {
   return positions.map((p) => ({
     token: p.token,
     logprob: finiteLogprob(p.logprob),
-    bytes: utf8(p.token),
-    top_logprobs: p.top.slice(0, topCount).map((t) => ({ token: t.token, logprob: finiteLogprob(t.logprob), bytes: utf8(t.token) })),
+    bytes: p.bytes,
+    top_logprobs: p.top.slice(0, topCount).map((t) => ({ token: t.token, logprob: finiteLogprob(t.logprob), bytes: t.bytes })),
   }));
 }
 

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct TopLogprob {
     pub token_id: u32,
-    /// The token's text (decoded alone).
+    /// The token's text (decoded alone), or `bytes:\xNN..` when it is part of a UTF-8 character.
     pub token: String,
+    /// The raw bytes the token stands for (OpenAI's `bytes`).
+    pub bytes: Vec<u8>,
     pub logprob: f32,
 }
 
@@ -19,7 +21,9 @@ pub struct TopLogprob {
 #[serde(rename_all = "camelCase")]
 pub struct PositionLogprobs {
     pub token_id: u32,
+    /// As in [`TopLogprob`].
     pub token: String,
+    pub bytes: Vec<u8>,
     pub logprob: f32,
     /// 1-based rank of `token_id` in the model's distribution.
     pub rank: usize,

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::request::{FinishReason, RequestId, StopReason};
 use crate::sampler::SequenceRng;
 use crate::sampling_params::SamplingParams;
+use crate::tokenizer::token_bytes::token_display;
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 use super::output::{CompletionDelta, PositionLogprobs, RequestMetrics, RequestOutput, TopLogprob};
@@ -253,18 +254,28 @@ pub(crate) fn position_logprobs(
     rank: usize,
     top: &[(u32, f32)],
 ) -> PositionLogprobs {
-    let text = |t: u32| tokenizer.and_then(|tk| tk.decode(&[t], false).ok()).unwrap_or_default();
+    // Without a tokenizer (token-id-only engines) tokens have no text.
+    let shown = |t: u32| {
+        let bytes = tokenizer.and_then(|tk| tk.token_bytes(t).ok()).unwrap_or_default();
+        (token_display(&bytes), bytes)
+    };
+    let (text, bytes) = shown(token);
     PositionLogprobs {
         token_id: token,
-        token: text(token),
+        token: text,
+        bytes,
         logprob,
         rank,
         top: top
             .iter()
-            .map(|&(id, lp)| TopLogprob {
-                token_id: id,
-                token: text(id),
-                logprob: lp,
+            .map(|&(id, lp)| {
+                let (token, bytes) = shown(id);
+                TopLogprob {
+                    token_id: id,
+                    token,
+                    bytes,
+                    logprob: lp,
+                }
             })
             .collect(),
     }

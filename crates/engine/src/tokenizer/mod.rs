@@ -7,6 +7,7 @@ mod gguf_tokenizer;
 mod hf_config;
 pub mod source;
 mod template_functions;
+pub mod token_bytes;
 #[allow(clippy::module_inception)]
 pub mod tokenizer;
 

@@ -158,6 +158,13 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+    /// The raw bytes `id` stands for (a byte-level token may be part of a UTF-8 character; see [`token_bytes`]).
+    ///
+    /// [`token_bytes`]: super::token_bytes
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        let decoded = self.decode(&[id], false)?;
+        Ok(super::token_bytes::token_bytes(&decoded, self.id_to_token(id).as_deref()))
+    }
     /// Whether `id` is a special (control) token, i.e. dropped by `decode(.., skip_special_tokens=true)`.
     pub fn is_special(&self, id: u32) -> bool {
         self.special_ids.contains(&id)
