@@ -3,6 +3,12 @@
 //! random token ids, each generating exactly `--output-len` tokens (greedy, EOS ignored), all at once, and
 //! reports wall time, output tokens/s, decode tokens/s (after every request has its first token) and TTFT.
 //! Prints one JSON document (machine, command, config, results) to stdout or `--out`.
+//!
+//! `--device cuda[:N]` runs the GPU backend (build with `--features cuda`); `--model` may then be an HF
+//! checkpoint directory without a tokenizer (random-weight shapes from `hf_peer.py make-model`): prompts are
+//! token ids, so no tokenizer is needed.
+
+mod parity;
 
 use std::time::Instant;
 
@@ -21,6 +27,11 @@ struct Args {
     max_num_batched_tokens: usize,
     out: Option<String>,
     warmup: bool,
+    device: String,
+    gpu_memory_utilization: f64,
+    max_num_seqs: Option<usize>,
+    max_model_len: Option<usize>,
+    enforce_eager: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,11 +45,16 @@ fn parse_args() -> Result<Args, String> {
         max_num_batched_tokens: 2048,
         out: None,
         warmup: true,
+        device: "cpu".into(),
+        gpu_memory_utilization: 0.9,
+        max_num_seqs: None,
+        max_model_len: None,
+        enforce_eager: false,
     };
     let mut it = std::env::args().skip(1);
     match it.next().as_deref() {
         Some("throughput") => {}
-        other => return Err(format!("usage: pagedllm-bench throughput [flags] (got {other:?})")),
+        other => return Err(format!("usage: pagedllm-bench throughput|parity [flags] (got {other:?})")),
     }
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -58,6 +74,13 @@ fn parse_args() -> Result<Args, String> {
             "--max-num-batched-tokens" => a.max_num_batched_tokens = num(val()?)?,
             "--out" => a.out = Some(val()?),
             "--no-warmup" => a.warmup = false,
+            "--device" => a.device = val()?,
+            "--gpu-memory-utilization" => {
+                a.gpu_memory_utilization = val()?.parse().map_err(|e| format!("--gpu-memory-utilization: {e}"))?
+            }
+            "--max-num-seqs" => a.max_num_seqs = Some(num(val()?)?),
+            "--max-model-len" => a.max_model_len = Some(num(val()?)?),
+            "--enforce-eager" => a.enforce_eager = true,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -140,6 +163,17 @@ fn machine() -> serde_json::Value {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("parity") {
+        match parity::run(&argv[2..]) {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -150,7 +184,11 @@ fn main() {
     let mut config = EngineConfig {
         num_threads: args.threads,
         max_num_batched_tokens: args.max_num_batched_tokens,
-        max_num_seqs: *args.batches.iter().max().unwrap_or(&1),
+        max_num_seqs: args.max_num_seqs.unwrap_or(*args.batches.iter().max().unwrap_or(&1)),
+        max_model_len: args.max_model_len,
+        device: args.device.clone(),
+        gpu_memory_utilization: args.gpu_memory_utilization,
+        enforce_eager: args.enforce_eager,
         ..Default::default()
     };
     if let Some(b) = args.kv_cache_bytes {
@@ -163,9 +201,10 @@ fn main() {
     });
     let load_s = t0.elapsed().as_secs_f64();
     eprintln!(
-        "loaded {} in {load_s:.2}s ({} threads)",
+        "loaded {} in {load_s:.2}s on {} ({} KV blocks)",
         engine.model_info().name,
-        engine.model_info().num_threads
+        engine.model_info().device,
+        engine.model_info().num_kv_blocks
     );
     if args.warmup {
         run_batch(&engine, 1, 16, 8, 0);

@@ -34,6 +34,32 @@ pub struct EngineConfig {
     pub num_threads: Option<usize>,
     /// Engine-wide default seed for requests that set none (vLLM's `--seed`).
     pub seed: Option<u64>,
+    /// Where the model runs: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    pub device: String,
+    /// GPU backends: the share of the GPU's memory for weights + activations + KV cache (vLLM's flag).
+    pub gpu_memory_utilization: f64,
+    /// GPU backends: run every step eagerly, without CUDA graphs (vLLM's `--enforce-eager`).
+    pub enforce_eager: bool,
+}
+
+/// A parsed `device` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!("unknown device {s:?}; expected cpu, cuda or cuda:N")),
+            },
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -49,6 +75,23 @@ impl Default for EngineConfig {
             scheduling_policy: SchedulingPolicy::Fcfs,
             num_threads: None,
             seed: None,
+            device: "cpu".into(),
+            gpu_memory_utilization: 0.9,
+            enforce_eager: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn device_strings() {
+        assert_eq!(Device::parse("cpu"), Ok(Device::Cpu));
+        assert_eq!(Device::parse("CUDA"), Ok(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:3"), Ok(Device::Cuda(3)));
+        assert!(Device::parse("cuda:x").unwrap_err().contains("cuda:N"));
+        assert!(Device::parse("tpu").is_err());
     }
 }

@@ -44,6 +44,10 @@ pub enum EngineError {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// The compute backend (e.g. the GPU) failed or is not available.
+    #[error("backend: {0}")]
+    Backend(String),
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -78,6 +82,7 @@ impl EngineError {
             Self::Closed => "engine_closed",
             Self::UnknownRequest(_) => "unknown_request",
             Self::Internal(_) => "internal_error",
+            Self::Backend(_) => "backend_error",
             Self::Io { .. } => "io_error",
         }
     }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use pagedllm_kernels::cpu::KvCache;
 
-use crate::config::EngineConfig;
+use crate::config::{Device, EngineConfig};
 use crate::error::{EngineError, Result};
 use crate::loader::{load_model, GenerationDefaults};
+use crate::model::device_weights::{decoder_shape, weight_bf16};
 use crate::model::llama::LlamaModel;
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -84,9 +85,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
     eos.sort_unstable();
     eos.dedup();
 
-    let num_blocks = num_kv_blocks(config, &mc)?;
-    let kv_capacity = (num_blocks - 1) * config.block_size;
-    let max_model_len = match config.max_model_len {
+    let device = Device::parse(&config.device).map_err(|m| EngineError::invalid("device", m))?;
+    let requested_len = match config.max_model_len {
         Some(m) if m == 0 || m > mc.max_position_embeddings => {
             return Err(EngineError::invalid(
                 "max_model_len",
@@ -96,6 +96,50 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
                 ),
             ))
         }
+        Some(m) => m,
+        None => mc.max_position_embeddings,
+    };
+    // The GPU decoder plans its KV cache from a memory profile; the CPU cache comes from a byte budget.
+    let cuda = match device {
+        Device::Cpu => None,
+        Device::Cuda(ordinal) => {
+            if config.block_size == 0 || config.block_size > 256 {
+                return Err(EngineError::invalid("block_size", format!("must be in 1..=256, got {}", config.block_size)));
+            }
+            let opts = pagedllm_kernels::cuda::CudaOptions {
+                ordinal,
+                gpu_memory_utilization: config.gpu_memory_utilization,
+                block_size: config.block_size,
+                max_num_batched_tokens: config.max_num_batched_tokens,
+                max_num_seqs: config.max_num_seqs,
+                max_model_len: requested_len,
+                num_blocks_override: config.num_gpu_blocks_override,
+                enforce_eager: config.enforce_eager,
+            };
+            let shape = decoder_shape(&mc, &loaded.weights);
+            let mut fetch = |name: &str, rows: usize, cols: usize| weight_bf16(&loaded.weights, name, rows, cols);
+            let dec = pagedllm_kernels::cuda::CudaDecoder::load(&opts, &shape, &mut fetch)
+                .map_err(|e| EngineError::Backend(e.to_string()))?;
+            let plan = dec.kv_plan().clone();
+            eprintln!(
+                "pagedllm: {} (cuda:{ordinal}): {:.2} GiB in use after loading and profiling, {} KV blocks of {} tokens \
+                 ({:.2} GiB) under gpu_memory_utilization {}",
+                dec.device_name(),
+                plan.in_use_bytes as f64 / (1u64 << 30) as f64,
+                plan.num_blocks,
+                config.block_size,
+                plan.kv_bytes as f64 / (1u64 << 30) as f64,
+                config.gpu_memory_utilization
+            );
+            Some(dec)
+        }
+    };
+    let num_blocks = match &cuda {
+        Some(dec) => dec.num_kv_blocks(),
+        None => num_kv_blocks(config, &mc)?,
+    };
+    let kv_capacity = (num_blocks - 1) * config.block_size;
+    let max_model_len = match config.max_model_len {
         Some(m) if m > kv_capacity => {
             return Err(EngineError::invalid(
                 "max_model_len",
@@ -119,8 +163,14 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         .build()
         .map_err(|e| EngineError::Internal(format!("building the compute thread pool: {e}")))?;
 
-    let model = LlamaModel::new(&mc, &loaded.weights)?;
-    let runner = ModelRunner::new(model, num_blocks, config.block_size);
+    let device_name = match &cuda {
+        Some(dec) => format!("{} ({})", config.device, dec.device_name()),
+        None => "cpu".to_string(),
+    };
+    let runner = match cuda {
+        Some(dec) => ModelRunner::new_cuda(dec, mc.vocab_size, config.block_size),
+        None => ModelRunner::new(LlamaModel::new(&mc, &loaded.weights)?, num_blocks, config.block_size),
+    };
     let scheduler = Scheduler::new(SchedulerConfig::from_engine(config, max_model_len, num_blocks))?;
     let usable_blocks = num_blocks - 1;
     let info = ModelInfo {
@@ -138,7 +188,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         bos_token_id: tokenizer.as_ref().and_then(|t| t.bos_token_id()).or(mc.bos_token_id),
         eos_token_ids: eos.clone(),
         num_threads: threads,
-        device: "cpu".into(),
+        device: device_name,
     };
     let core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed);
     Ok(EngineParts {

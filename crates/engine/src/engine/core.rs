@@ -10,10 +10,13 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::Result;
 use crate::request::{FinishReason, Request, RequestId, StopReason};
-use crate::runner::{ModelRunner, ScheduledSeq};
-use crate::sampler::{prompt_logprobs, sample_batch, SampleRow, SequenceRng};
+use crate::runner::{ModelRunner, ScheduledSeq, StepLogits};
+use crate::sampler::{
+    device_sampleable, pack_device_row, prompt_logprobs, sample_batch, DeviceSampleRow, SampleRow, SampledToken,
+    SequenceRng,
+};
 use crate::sampling_params::SamplingParams;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{ScheduledRequest, Scheduler};
 use crate::tokenizer::Tokenizer;
 
 use super::output::RequestOutput;
@@ -202,62 +205,54 @@ impl EngineCore {
                 prompt_logprob_positions,
             });
         }
-        let logits = self.runner.execute(&seqs, &out.blocks_to_copy)?;
-        drop(seqs);
-
-        // 2. Prompt log-probs (computed once per request, in order).
-        for &(rid, pos0, row0, count) in &logits.layout.prompt_logprob_rows {
-            let (ext, _) = self.seq_owner[&rid].clone();
-            let group = self.groups.get_mut(&ext).expect("group");
-            let k = group.params.prompt_logprobs.unwrap_or(0);
-            let next: Vec<u32> = group.prompt_ids[pos0 + 1..pos0 + 1 + count].to_vec();
-            for lp in prompt_logprobs(logits.rows(row0, count), logits.vocab_size, &next, k)? {
-                let pl = position_logprobs(self.tokenizer.as_ref(), lp.token, lp.logprob, lp.rank, &lp.top);
-                group.push_prompt_logprob(pl);
+        // 2-3. Either sample on the backend's device (only token ids come back), or copy the logits rows and
+        // compute prompt log-probs and samples on the host.
+        let on_device = self.runner.samples_on_device()
+            && seqs.iter().all(|s| s.prompt_logprob_positions.is_empty())
+            && out.scheduled.iter().all(|s| {
+                s.sample_ids.len() <= 1
+                    && s.sample_ids.iter().all(|&sid| {
+                        let r = self.scheduler.request(sid).expect("sampling request exists");
+                        device_sampleable(&r.params, r.output_token_ids.len())
+                    })
+            });
+        let (jobs, sampled) = if on_device {
+            // Rows in the order of the sequences that sample (the layout's order).
+            let mut rows: Vec<DeviceSampleRow> = Vec::new();
+            for s in out.scheduled.iter().filter(|s| !s.sample_ids.is_empty()) {
+                let sid = s.sample_ids[0];
+                let req = self.scheduler.request(sid).expect("sampling request exists");
+                let (ext, idx) = &self.seq_owner[&sid];
+                let state = self.groups.get_mut(ext).and_then(|g| g.samples[*idx].as_mut()).expect("sample state");
+                rows.push(pack_device_row(&req.params, &mut state.rng));
             }
-        }
-
-        // 3. Sampling: every sampling id reads its scheduled request's last row (forked children share it).
-        let mut jobs: Vec<(RequestId, usize)> = Vec::new();
-        let rows_of: HashMap<RequestId, usize> = logits.layout.sample_rows.iter().copied().collect();
-        for s in &out.scheduled {
-            if let Some(&row) = rows_of.get(&s.request_id) {
-                jobs.extend(s.sample_ids.iter().map(|&sid| (sid, row)));
+            let step = self.runner.execute_and_sample(&seqs, &out.blocks_to_copy, &rows)?;
+            drop(seqs);
+            let rows_of: HashMap<RequestId, usize> = step.layout.sample_rows.iter().copied().collect();
+            let mut jobs: Vec<(RequestId, usize)> = Vec::new();
+            let mut sampled: Vec<SampledToken> = Vec::new();
+            for s in &out.scheduled {
+                if let Some(&row) = rows_of.get(&s.request_id) {
+                    for &sid in &s.sample_ids {
+                        let (token, logprob) = step.samples[row];
+                        jobs.push((sid, row));
+                        // No log-prob list was asked for on this path, so the rank is not computed.
+                        sampled.push(SampledToken {
+                            token,
+                            logprob,
+                            rank: 0,
+                            top_logprobs: Vec::new(),
+                        });
+                    }
+                }
             }
-        }
-        let mut rngs: Vec<SequenceRng> = jobs
-            .iter()
-            .map(|(sid, _)| {
-                let (ext, idx) = &self.seq_owner[sid];
-                let s = self
-                    .groups
-                    .get_mut(ext)
-                    .and_then(|g| g.samples[*idx].as_mut())
-                    .expect("sample state");
-                std::mem::replace(&mut s.rng, SequenceRng::new(0))
-            })
-            .collect();
-        let sampled = {
-            let mut rows: Vec<SampleRow<'_>> = Vec::with_capacity(jobs.len());
-            for ((sid, row), rng) in jobs.iter().zip(rngs.iter_mut()) {
-                let req = self.scheduler.request(*sid).expect("sampling request exists");
-                rows.push(SampleRow {
-                    logits: logits.row(*row),
-                    params: &req.params,
-                    prompt_token_ids: &req.prompt_token_ids,
-                    output_token_ids: &req.output_token_ids,
-                    eos_token_ids: &req.eos_token_ids,
-                    rng,
-                });
-            }
-            sample_batch(&mut rows)?
+            (jobs, sampled)
+        } else {
+            let logits = self.runner.execute(&seqs, &out.blocks_to_copy)?;
+            drop(seqs);
+            self.host_prompt_logprobs(&logits)?;
+            self.host_sample(&out.scheduled, &logits)?
         };
-        for ((sid, _), rng) in jobs.iter().zip(rngs) {
-            let (ext, idx) = &self.seq_owner[sid];
-            if let Some(s) = self.groups.get_mut(ext).and_then(|g| g.samples[*idx].as_mut()) {
-                s.rng = rng;
-            }
-        }
 
         // 4. Append tokens, token-level stops, free finished requests' blocks.
         let pairs: Vec<(RequestId, u32)> = jobs.iter().zip(&sampled).map(|((sid, _), t)| (*sid, t.token)).collect();
@@ -313,6 +308,71 @@ impl EngineCore {
             }
         }
         Ok(finished)
+    }
+
+    /// Prompt log-probs from host logits (computed once per request, in order).
+    fn host_prompt_logprobs(&mut self, logits: &StepLogits) -> Result<()> {
+        for &(rid, pos0, row0, count) in &logits.layout.prompt_logprob_rows {
+            let (ext, _) = self.seq_owner[&rid].clone();
+            let group = self.groups.get_mut(&ext).expect("group");
+            let k = group.params.prompt_logprobs.unwrap_or(0);
+            let next: Vec<u32> = group.prompt_ids[pos0 + 1..pos0 + 1 + count].to_vec();
+            for lp in prompt_logprobs(logits.rows(row0, count), logits.vocab_size, &next, k)? {
+                let pl = position_logprobs(self.tokenizer.as_ref(), lp.token, lp.logprob, lp.rank, &lp.top);
+                group.push_prompt_logprob(pl);
+            }
+        }
+        Ok(())
+    }
+
+    /// Host sampling: every sampling id reads its scheduled request's last row (forked children share it).
+    /// Returns the (sampling id, row) jobs and one sampled token per job.
+    fn host_sample(
+        &mut self,
+        scheduled: &[ScheduledRequest],
+        logits: &StepLogits,
+    ) -> Result<(Vec<(RequestId, usize)>, Vec<SampledToken>)> {
+        let mut jobs: Vec<(RequestId, usize)> = Vec::new();
+        let rows_of: HashMap<RequestId, usize> = logits.layout.sample_rows.iter().copied().collect();
+        for s in scheduled {
+            if let Some(&row) = rows_of.get(&s.request_id) {
+                jobs.extend(s.sample_ids.iter().map(|&sid| (sid, row)));
+            }
+        }
+        let mut rngs: Vec<SequenceRng> = jobs
+            .iter()
+            .map(|(sid, _)| {
+                let (ext, idx) = &self.seq_owner[sid];
+                let s = self
+                    .groups
+                    .get_mut(ext)
+                    .and_then(|g| g.samples[*idx].as_mut())
+                    .expect("sample state");
+                std::mem::replace(&mut s.rng, SequenceRng::new(0))
+            })
+            .collect();
+        let sampled = {
+            let mut rows: Vec<SampleRow<'_>> = Vec::with_capacity(jobs.len());
+            for ((sid, row), rng) in jobs.iter().zip(rngs.iter_mut()) {
+                let req = self.scheduler.request(*sid).expect("sampling request exists");
+                rows.push(SampleRow {
+                    logits: logits.row(*row),
+                    params: &req.params,
+                    prompt_token_ids: &req.prompt_token_ids,
+                    output_token_ids: &req.output_token_ids,
+                    eos_token_ids: &req.eos_token_ids,
+                    rng,
+                });
+            }
+            sample_batch(&mut rows)?
+        };
+        for ((sid, _), rng) in jobs.iter().zip(rngs) {
+            let (ext, idx) = &self.seq_owner[sid];
+            if let Some(s) = self.groups.get_mut(ext).and_then(|g| g.samples[*idx].as_mut()) {
+                s.rng = rng;
+            }
+        }
+        Ok((jobs, sampled))
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -45,6 +45,29 @@ impl ModelConfig {
     /// The architectures the Llama model file implements.
     pub const SUPPORTED_ARCHITECTURES: &'static [&'static str] = &["llama", "mistral", "qwen2"];
 
+    /// RoPE inverse frequencies (`head_dim / 2`) with this model's scaling applied; shared by every backend.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        use pagedllm_kernels::cpu::rope;
+        let (hd, theta) = (self.head_dim, self.rope_theta);
+        match self.rope_scaling {
+            RopeScaling::None => rope::default_inv_freq(hd, theta),
+            RopeScaling::Linear { factor } => rope::linear_inv_freq(hd, theta, factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => rope::llama3_inv_freq(
+                hd,
+                theta,
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            ),
+        }
+    }
+
     /// K and V bytes of one token across all layers at f32 (the CPU KV cache dtype).
     pub fn kv_bytes_per_token_f32(&self) -> usize {
         2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * 4

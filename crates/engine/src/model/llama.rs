@@ -12,7 +12,7 @@ use pagedllm_kernels::cpu::{activation, attention, matmul::matmul, norm, rope, K
 use pagedllm_kernels::{quant, InputBatch, WeightMatrix};
 use rayon::prelude::*;
 
-use super::config::{ModelConfig, RopeScaling};
+use super::config::ModelConfig;
 use super::weights::WeightStore;
 use crate::error::{EngineError, Result};
 
@@ -149,23 +149,7 @@ impl LlamaModel {
         } else {
             matrix(weights, "lm_head.weight", c.vocab_size, hidden)?
         };
-        let inv_freq = match c.rope_scaling {
-            RopeScaling::None => rope::default_inv_freq(hd, c.rope_theta),
-            RopeScaling::Linear { factor } => rope::linear_inv_freq(hd, c.rope_theta, factor),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => rope::llama3_inv_freq(
-                hd,
-                c.rope_theta,
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            ),
-        };
+        let inv_freq = c.rope_inv_freq();
         let rope = rope::RopeTable::new(inv_freq, c.max_position_embeddings.min(ROPE_CACHED_POSITIONS));
         Ok(Self {
             config: c.clone(),

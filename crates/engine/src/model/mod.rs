@@ -2,6 +2,7 @@
 //! `ModelConfig` switches; `WeightStore` is what loaders hand to it.
 
 pub mod config;
+pub mod device_weights;
 pub mod llama;
 pub mod weights;
 

@@ -1,10 +1,16 @@
 //! `ModelRunner`: owns the model and its paged KV cache on the backend, executes one step's batch and returns
-//! the logits rows the sampler needs. The engine never touches KV memory except through here.
+//! the logits rows the sampler needs — or, on a backend that samples on its device, the sampled tokens. The
+//! engine never touches KV memory except through here.
+//!
+//! Backends: the CPU (`LlamaModel` + `KvCache`, f32 activations) and CUDA (`CudaDecoder`, bf16 on one GPU).
+//! Which one runs is decided once, at build time of the engine; both take the same flattened `InputBatch`.
 
 use pagedllm_kernels::cpu::KvCache;
+use pagedllm_kernels::cuda::CudaDecoder;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::model::llama::LlamaModel;
+use crate::sampler::DeviceSampleRow;
 
 use super::batch_builder::{build_input_batch, BatchLayout, ScheduledSeq};
 
@@ -24,11 +30,25 @@ impl StepLogits {
     }
 }
 
+/// Tokens sampled on the device: one `(token, raw log-prob)` per logits row, rows as `layout` says.
+pub struct StepSamples {
+    pub samples: Vec<(u32, f32)>,
+    pub layout: BatchLayout,
+}
+
+enum Backend {
+    Cpu { model: LlamaModel, kv: KvCache },
+    Cuda(Box<CudaDecoder>),
+}
+
 pub struct ModelRunner {
-    model: LlamaModel,
-    kv: KvCache,
+    backend: Backend,
     block_size: usize,
     vocab_size: usize,
+}
+
+fn cuda_err(e: pagedllm_kernels::cuda::CudaError) -> EngineError {
+    EngineError::Backend(e.to_string())
 }
 
 impl ModelRunner {
@@ -36,8 +56,15 @@ impl ModelRunner {
         let kv = model.new_kv_cache(num_blocks, block_size);
         let vocab_size = model.config().vocab_size;
         Self {
-            model,
-            kv,
+            backend: Backend::Cpu { model, kv },
+            block_size,
+            vocab_size,
+        }
+    }
+
+    pub fn new_cuda(decoder: CudaDecoder, vocab_size: usize, block_size: usize) -> Self {
+        Self {
+            backend: Backend::Cuda(Box::new(decoder)),
             block_size,
             vocab_size,
         }
@@ -47,24 +74,79 @@ impl ModelRunner {
         self.vocab_size
     }
 
-    /// Copies whole KV blocks (copy on write of a shared partial block), then runs the forward pass.
-    pub fn execute(&mut self, seqs: &[ScheduledSeq<'_>], blocks_to_copy: &[(u32, u32)]) -> Result<StepLogits> {
-        if !blocks_to_copy.is_empty() {
-            self.kv.copy_blocks(blocks_to_copy);
-        }
+    /// Whether `execute_and_sample` is available (the backend samples on its device).
+    pub fn samples_on_device(&self) -> bool {
+        matches!(self.backend, Backend::Cuda(_))
+    }
+
+    fn run(&mut self, seqs: &[ScheduledSeq<'_>], blocks_to_copy: &[(u32, u32)]) -> Result<(BatchLayout, Option<Vec<f32>>)> {
         let (batch, layout) = build_input_batch(seqs, self.block_size);
         if cfg!(debug_assertions) {
             batch.check();
         }
-        let logits = if batch.logits_indices.is_empty() && batch.num_tokens() == 0 {
-            Vec::new()
-        } else {
-            self.model.forward(&batch, &mut self.kv)?
+        let empty = batch.logits_indices.is_empty() && batch.num_tokens() == 0;
+        match &mut self.backend {
+            Backend::Cpu { model, kv } => {
+                if !blocks_to_copy.is_empty() {
+                    kv.copy_blocks(blocks_to_copy);
+                }
+                let logits = if empty { Vec::new() } else { model.forward(&batch, kv)? };
+                Ok((layout, Some(logits)))
+            }
+            Backend::Cuda(dec) => {
+                if !blocks_to_copy.is_empty() {
+                    dec.copy_blocks(blocks_to_copy).map_err(cuda_err)?;
+                }
+                dec.forward(&batch).map_err(cuda_err)?;
+                Ok((layout, None))
+            }
+        }
+    }
+
+    /// Copies whole KV blocks (copy on write of a shared partial block), runs the forward pass and returns the
+    /// logits rows on the host.
+    pub fn execute(&mut self, seqs: &[ScheduledSeq<'_>], blocks_to_copy: &[(u32, u32)]) -> Result<StepLogits> {
+        let (layout, logits) = self.run(seqs, blocks_to_copy)?;
+        let logits = match (logits, &mut self.backend) {
+            (Some(l), _) => l,
+            (None, Backend::Cuda(dec)) => {
+                let mut out = Vec::new();
+                dec.logits_to_host(&mut out).map_err(cuda_err)?;
+                out
+            }
+            (None, Backend::Cpu { .. }) => unreachable!("the CPU backend always returns logits"),
         };
         Ok(StepLogits {
             logits,
             vocab_size: self.vocab_size,
             layout,
         })
+    }
+
+    /// Runs the step and samples every logits row on the device: `rows[i]` is for the i-th sequence with
+    /// `sample` set (the order of `layout.sample_rows`). Only for backends where `samples_on_device()`; the
+    /// caller checked each row is device-sampleable and that no prompt log-probs are due this step.
+    pub fn execute_and_sample(
+        &mut self,
+        seqs: &[ScheduledSeq<'_>],
+        blocks_to_copy: &[(u32, u32)],
+        rows: &[DeviceSampleRow],
+    ) -> Result<StepSamples> {
+        let (layout, _) = self.run(seqs, blocks_to_copy)?;
+        let Backend::Cuda(dec) = &mut self.backend else {
+            return Err(EngineError::Internal("execute_and_sample on a backend that samples on the host".into()));
+        };
+        if rows.len() != layout.sample_rows.len() || !layout.prompt_logprob_rows.is_empty() {
+            return Err(EngineError::Internal(format!(
+                "{} device sampling rows for {} sampled sequences (and {} prompt log-prob ranges)",
+                rows.len(),
+                layout.sample_rows.len(),
+                layout.prompt_logprob_rows.len()
+            )));
+        }
+        let temps: Vec<f32> = rows.iter().map(|r| r.temperature).collect();
+        let seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
+        let samples = dec.sample(&temps, &seeds).map_err(cuda_err)?;
+        Ok(StepSamples { samples, layout })
     }
 }

@@ -5,6 +5,7 @@
 //! Reproducibility: every sequence owns a `SequenceRng`, and a non-greedy token costs exactly one draw from
 //! it, so a seeded request's tokens do not depend on the rest of its batch.
 
+pub mod device_sampling;
 pub mod logits_processors;
 pub mod logprobs;
 pub mod rng;
@@ -12,6 +13,7 @@ pub mod rng;
 pub mod sampler;
 pub mod top_k_top_p;
 
+pub use device_sampling::{device_sampleable, pack_device_row, DeviceSampleRow};
 pub use logprobs::{log_softmax_top_n, prompt_logprobs, PromptTokenLogprob};
 pub use rng::SequenceRng;
 pub use sampler::{sample_batch, sample_row, SampleRow, SampledToken};

@@ -1,0 +1,309 @@
+//! GPU tests of the CUDA decoder against the CPU backend (f32 activations, the same bf16-rounded weights).
+//! They need a CUDA GPU, so they are `#[ignore]`d: CI builds them (with `--features cuda`) and skips them; the
+//! device run (`scripts/gpu/device-run.sh`) runs them with `--ignored`.
+//!
+//! Every case draws fresh random weights and batches: GQA ratios 1/4/8, head dims 64 and 128, Qwen2 biases,
+//! llama3 RoPE scaling, untied heads; block tables are shuffled (non-contiguous) block ids; prompts are
+//! prefilled in two chunks so the second reads the first's blocks (what a prefix-cache hit looks like to the
+//! kernels); decode steps follow; lengths cross block boundaries; batches of 1 to 256 sequences. Buffers and
+//! the KV cache are poisoned with NaN before each run, so an unwritten output or a wrong index shows.
+#![cfg(feature = "cuda")]
+
+use half::bf16;
+use pagedllm_engine::model::device_weights::{decoder_shape, weight_bf16};
+use pagedllm_engine::model::llama::LlamaModel;
+use pagedllm_engine::model::{ModelConfig, RopeScaling, WeightStore};
+use pagedllm_engine::runner::{build_input_batch, ScheduledSeq};
+use pagedllm_kernels::cuda::{CudaDecoder, CudaOptions};
+use pagedllm_kernels::WeightMatrix;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const BLOCK: usize = 16;
+
+struct Case {
+    name: &'static str,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    bias: bool,
+    llama3_rope: bool,
+    tied: bool,
+}
+
+const CASES: &[Case] = &[
+    Case { name: "gqa1-hd64", hidden: 256, heads: 4, kv_heads: 4, head_dim: 64, bias: false, llama3_rope: false, tied: true },
+    Case { name: "gqa4-hd64-qwen2-bias", hidden: 512, heads: 8, kv_heads: 2, head_dim: 64, bias: true, llama3_rope: false, tied: true },
+    Case { name: "gqa8-hd128-llama3-untied", hidden: 1024, heads: 8, kv_heads: 1, head_dim: 128, bias: false, llama3_rope: true, tied: false },
+    Case { name: "gqa4-hd128", hidden: 512, heads: 16, kv_heads: 4, head_dim: 128, bias: false, llama3_rope: false, tied: true },
+];
+
+fn config(c: &Case) -> ModelConfig {
+    ModelConfig {
+        architecture: if c.bias { "qwen2" } else { "llama" }.into(),
+        hidden_size: c.hidden,
+        intermediate_size: 2 * c.hidden + 64,
+        num_hidden_layers: 2,
+        num_attention_heads: c.heads,
+        num_key_value_heads: c.kv_heads,
+        head_dim: c.head_dim,
+        vocab_size: 1000,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: if c.llama3_rope {
+            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 }
+        } else {
+            RopeScaling::None
+        },
+        max_position_embeddings: 4096,
+        tie_word_embeddings: c.tied,
+        attention_bias: c.bias,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+/// Random weights, rounded to bf16 so both backends hold the same values.
+fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightStore {
+    let mut ws = WeightStore::default();
+    let mut put = |name: String, rows: usize, cols: usize, scale: f32, offset: f32, rng: &mut ChaCha8Rng| {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| bf16::from_f32(offset + scale * (rng.random::<f32>() * 2.0 - 1.0)).to_f32())
+            .collect();
+        ws.insert(name, WeightMatrix::from_f32(rows, cols, &data));
+    };
+    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    put("model.embed_tokens.weight".into(), cfg.vocab_size, h, 1.0, 0.0, rng);
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.input_layernorm.weight"), 1, h, 0.2, 1.0, rng);
+        put(format!("{p}.post_attention_layernorm.weight"), 1, h, 0.2, 1.0, rng);
+        // Scales so that attention is neither uniform nor one-hot.
+        put(format!("{p}.self_attn.q_proj.weight"), q, h, 0.15, 0.0, rng);
+        put(format!("{p}.self_attn.k_proj.weight"), kv, h, 0.15, 0.0, rng);
+        put(format!("{p}.self_attn.v_proj.weight"), kv, h, 0.1, 0.0, rng);
+        put(format!("{p}.self_attn.o_proj.weight"), h, q, 0.05, 0.0, rng);
+        if cfg.attention_bias {
+            put(format!("{p}.self_attn.q_proj.bias"), 1, q, 0.5, 0.0, rng);
+            put(format!("{p}.self_attn.k_proj.bias"), 1, kv, 0.5, 0.0, rng);
+            put(format!("{p}.self_attn.v_proj.bias"), 1, kv, 0.5, 0.0, rng);
+        }
+        put(format!("{p}.mlp.gate_proj.weight"), i, h, 0.1, 0.0, rng);
+        put(format!("{p}.mlp.up_proj.weight"), i, h, 0.1, 0.0, rng);
+        put(format!("{p}.mlp.down_proj.weight"), h, i, 0.05, 0.0, rng);
+    }
+    put("model.norm.weight".into(), 1, h, 0.2, 1.0, rng);
+    if !cfg.tie_word_embeddings {
+        put("lm_head.weight".into(), cfg.vocab_size, h, 0.1 * head_scale, 0.0, rng);
+    }
+    ws
+}
+
+struct Pair {
+    cpu: LlamaModel,
+    cpu_kv: pagedllm_kernels::cpu::KvCache,
+    gpu: CudaDecoder,
+    vocab: usize,
+}
+
+fn pair(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize) -> Pair {
+    let cpu = LlamaModel::new(cfg, ws).unwrap();
+    let cpu_kv = cpu.new_kv_cache(num_blocks, BLOCK);
+    let opts = CudaOptions {
+        ordinal: 0,
+        gpu_memory_utilization: 0.9,
+        block_size: BLOCK,
+        max_num_batched_tokens: 4096,
+        max_num_seqs: 256,
+        max_model_len: 1024,
+        num_blocks_override: Some(num_blocks),
+        enforce_eager: true,
+    };
+    let mut fetch = |n: &str, r: usize, c: usize| weight_bf16(ws, n, r, c);
+    let mut gpu = CudaDecoder::load(&opts, &decoder_shape(cfg, ws), &mut fetch).unwrap();
+    gpu.poison(true).unwrap();
+    Pair { cpu, cpu_kv, gpu, vocab: cfg.vocab_size }
+}
+
+/// Max over rows of ||gpu - cpu|| / ||cpu||; panics on NaN.
+fn compare(cpu: &[f32], gpu: &[f32], vocab: usize, what: &str) -> f64 {
+    assert_eq!(cpu.len(), gpu.len(), "{what}: row count");
+    let mut worst = 0f64;
+    for (r, (c, g)) in cpu.chunks(vocab).zip(gpu.chunks(vocab)).enumerate() {
+        assert!(g.iter().all(|x| x.is_finite()), "{what}: row {r} has NaN/inf on the GPU");
+        let num: f64 = c.iter().zip(g).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        let den: f64 = c.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+        worst = worst.max(num / den);
+    }
+    worst
+}
+
+struct Seq {
+    tokens: Vec<u32>,
+    blocks: Vec<u32>,
+    done: usize,
+}
+
+/// One step: each listed sequence computes `counts[i]` more tokens; logits for every computed token.
+fn step(p: &mut Pair, seqs: &mut [Seq], counts: &[usize], what: &str) -> f64 {
+    let scheduled: Vec<ScheduledSeq<'_>> = seqs
+        .iter()
+        .zip(counts)
+        .enumerate()
+        .filter(|(_, (_, &n))| n > 0)
+        .map(|(i, (s, &n))| ScheduledSeq {
+            request_id: i as u64,
+            token_ids: s.tokens[s.done..s.done + n].to_vec(),
+            start_pos: s.done,
+            block_table: &s.blocks,
+            sample: false,
+            prompt_logprob_positions: s.done..s.done + n,
+        })
+        .collect();
+    let (batch, _) = build_input_batch(&scheduled, BLOCK);
+    batch.check();
+    let cpu = p.cpu.forward(&batch, &mut p.cpu_kv).unwrap();
+    p.gpu.poison(false).unwrap();
+    p.gpu.forward(&batch).unwrap();
+    let mut gpu = Vec::new();
+    p.gpu.logits_to_host(&mut gpu).unwrap();
+    drop(scheduled);
+    for (s, &n) in seqs.iter_mut().zip(counts) {
+        s.done += n;
+    }
+    compare(&cpu, &gpu, p.vocab, what)
+}
+
+fn random_seqs(rng: &mut ChaCha8Rng, n: usize, max_len: usize, num_blocks: usize, vocab: usize) -> Vec<Seq> {
+    let mut pool: Vec<u32> = (1..num_blocks as u32).collect();
+    pool.shuffle(rng);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(1..=max_len);
+            let need = (len + 8).div_ceil(BLOCK);
+            let blocks: Vec<u32> = pool.drain(..need).collect();
+            Seq { tokens: (0..len + 8).map(|_| rng.random_range(0..vocab as u32)).collect(), blocks, done: 0 }
+        })
+        .collect()
+}
+
+/// Tolerance for bf16 activations through two layers against f32 (measured values print with --nocapture).
+const TOL: f64 = 3e-2;
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn decoder_matches_cpu_on_chunked_prefill_and_decode() {
+    for (ci, case) in CASES.iter().enumerate() {
+        for trial in 0..2u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(1000 * ci as u64 + trial);
+            let cfg = config(case);
+            let ws = weights(&cfg, &mut rng, 1.0);
+            let num_blocks = 200;
+            let mut p = pair(&cfg, &ws, num_blocks);
+            let n = rng.random_range(1..=6);
+            let mut seqs = random_seqs(&mut rng, n, 120, num_blocks, cfg.vocab_size);
+            // Prompt = all but the last 8 tokens, in two chunks; then 8 decode steps.
+            let first: Vec<usize> = seqs.iter().map(|s| rng.random_range(1..=s.tokens.len() - 8)).collect();
+            let e1 = step(&mut p, &mut seqs, &first, "prefill chunk 1");
+            let second: Vec<usize> = seqs.iter().map(|s| s.tokens.len() - 8 - s.done).collect();
+            let e2 = step(&mut p, &mut seqs, &second, "prefill chunk 2 (reads chunk 1's blocks)");
+            let mut e3 = 0f64;
+            for _ in 0..8 {
+                e3 = e3.max(step(&mut p, &mut seqs, &vec![1; n], "decode"));
+            }
+            println!("{} trial {trial}: {n} seqs, rel err prefill1 {e1:.2e} prefill2 {e2:.2e} decode {e3:.2e}", case.name);
+            for (e, what) in [(e1, "prefill 1"), (e2, "prefill 2"), (e3, "decode")] {
+                assert!(e < TOL, "{} {what}: relative error {e:.3e} over {TOL}", case.name);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn decoder_matches_cpu_for_batches_of_1_to_256() {
+    let case = &CASES[1];
+    let cfg = config(case);
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let ws = weights(&cfg, &mut rng, 1.0);
+    for &n in &[1usize, 3, 17, 64, 256] {
+        let num_blocks = 4 * n + 8;
+        let mut p = pair(&cfg, &ws, num_blocks);
+        let mut seqs = random_seqs(&mut rng, n, 20, num_blocks, cfg.vocab_size);
+        let prompt: Vec<usize> = seqs.iter().map(|s| s.tokens.len() - 8).collect();
+        let e1 = step(&mut p, &mut seqs, &prompt, "prefill");
+        let mut e2 = 0f64;
+        for _ in 0..3 {
+            e2 = e2.max(step(&mut p, &mut seqs, &vec![1; n], "decode"));
+        }
+        println!("batch {n}: rel err prefill {e1:.2e} decode {e2:.2e}");
+        assert!(e1 < TOL && e2 < TOL, "batch {n}: {e1:.3e} / {e2:.3e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn gpu_sampler_greedy_is_argmax_and_temperature_samples_follow_softmax() {
+    let case = &CASES[2]; // untied head: scale it up so distributions are sharp enough to test
+    let cfg = config(case);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let ws = weights(&cfg, &mut rng, 30.0);
+    let rows = 256;
+    let mut p = pair(&cfg, &ws, rows + 8);
+    // 256 one-token sequences with the same token: identical logits rows.
+    let mut seqs: Vec<Seq> = (0..rows).map(|i| Seq { tokens: vec![7], blocks: vec![1 + i as u32], done: 0 }).collect();
+    let scheduled: Vec<ScheduledSeq<'_>> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ScheduledSeq {
+            request_id: i as u64,
+            token_ids: s.tokens.clone(),
+            start_pos: 0,
+            block_table: &s.blocks,
+            sample: true,
+            prompt_logprob_positions: 0..0,
+        })
+        .collect();
+    let (batch, _) = build_input_batch(&scheduled, BLOCK);
+    p.gpu.forward(&batch).unwrap();
+    let mut logits = Vec::new();
+    p.gpu.logits_to_host(&mut logits).unwrap();
+    let row = &logits[..cfg.vocab_size];
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+    let argmax = row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b });
+    // Greedy.
+    let greedy = p.gpu.sample(&vec![0.0; rows], &vec![0; rows]).unwrap();
+    for &(t, lp) in &greedy {
+        assert_eq!(t as usize, argmax);
+        assert!((lp - (row[argmax] - lse)).abs() < 1e-3, "greedy logprob {lp} vs {}", row[argmax] - lse);
+    }
+    // Temperature 0.8: empirical frequencies of the likeliest tokens against softmax(logits / 0.8).
+    let temp = 0.8f32;
+    let scaled: Vec<f64> = row.iter().map(|&x| ((x - max) / temp) as f64).collect();
+    let z: f64 = scaled.iter().map(|x| x.exp()).sum();
+    let mut counts = vec![0usize; cfg.vocab_size];
+    let draws = 32;
+    for d in 0..draws {
+        let seeds: Vec<u64> = (0..rows).map(|r| (d * rows + r) as u64 * 0x9E37_79B9 + 1).collect();
+        for (t, lp) in p.gpu.sample(&vec![temp; rows], &seeds).unwrap() {
+            counts[t as usize] += 1;
+            assert!((lp - (row[t as usize] - lse)).abs() < 1e-3);
+        }
+    }
+    let total = (draws * rows) as f64;
+    let mut order: Vec<usize> = (0..cfg.vocab_size).collect();
+    order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap());
+    for &t in order.iter().take(5) {
+        let prob = scaled[t].exp() / z;
+        let freq = counts[t] as f64 / total;
+        let sigma = (prob * (1.0 - prob) / total).sqrt();
+        println!("token {t}: p {prob:.4} freq {freq:.4} ({:.1} sigma)", (freq - prob) / sigma.max(1e-12));
+        assert!((freq - prob).abs() < 5.0 * sigma + 1e-3, "token {t}: frequency {freq:.4} vs probability {prob:.4}");
+    }
+    drop(scheduled);
+    seqs.clear();
+}

@@ -1,0 +1,63 @@
+// Rotary embedding (HF rotate-half convention) on q and k of the fused qkv projection, in place, fused with
+// writing k and v into the paged KV cache through the slot mapping (slot < 0: a padding token, not written).
+//
+// qkv row t: [q (num_heads * hd) | k (num_kv_heads * hd) | v (num_kv_heads * hd)]. `bias` (Qwen2) is added
+// first when given. Cache layout per layer: [num_blocks * block_size, num_kv_heads, hd], so a slot's row is
+// contiguous. Angles are position * inv_freq[i] (llama3 / linear scaling folded into inv_freq on the host).
+#include "common.cuh"
+
+extern "C" __global__ void rope_qkv_cache_bf16(bf16* __restrict__ qkv, const bf16* __restrict__ bias,
+                                               const int* __restrict__ positions,
+                                               const float* __restrict__ inv_freq,
+                                               const long long* __restrict__ slot_mapping,
+                                               bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
+                                               int num_heads, int num_kv_heads, int hd) {
+  const int t = blockIdx.x;
+  const int half = hd / 2;
+  const int q_dim = num_heads * hd, kv_dim = num_kv_heads * hd;
+  bf16* row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+  const float pos = (float)positions[t];
+  const long long slot = slot_mapping[t];
+  // Rotate q and k heads: one thread per (head, pair).
+  const int pairs = (num_heads + num_kv_heads) * half;
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int head = p / half, i = p % half;
+    const int base = head * hd;  // q heads then k heads are contiguous in the row
+    float x1 = to_f32(row[base + i]), x2 = to_f32(row[base + i + half]);
+    if (bias) {
+      x1 = round_bf16(x1 + to_f32(bias[base + i]));
+      x2 = round_bf16(x2 + to_f32(bias[base + i + half]));
+    }
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    const bf16 o1 = to_bf16(x1 * c - x2 * s), o2 = to_bf16(x2 * c + x1 * s);
+    row[base + i] = o1;
+    row[base + i + half] = o2;
+    if (head >= num_heads && slot >= 0) {
+      bf16* dst = k_cache + (size_t)slot * kv_dim + (base - q_dim);
+      dst[i] = o1;
+      dst[i + half] = o2;
+    }
+  }
+  // v: bias, then copy into the cache.
+  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+    const int at = q_dim + kv_dim + i;
+    bf16 v = row[at];
+    if (bias) {
+      v = to_bf16(to_f32(v) + to_f32(bias[at]));
+      row[at] = v;
+    }
+    if (slot >= 0) v_cache[(size_t)slot * kv_dim + i] = v;
+  }
+}
+
+// Copies whole KV blocks (copy-on-write of a shared partial block): pairs[2j] -> pairs[2j + 1].
+// One block per pair; `block_elems` = block_size * num_kv_heads * hd.
+extern "C" __global__ void copy_kv_blocks_bf16(bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
+                                               const uint32_t* __restrict__ pairs, int block_elems) {
+  const size_t from = (size_t)pairs[2 * blockIdx.x] * block_elems, to = (size_t)pairs[2 * blockIdx.x + 1] * block_elems;
+  for (int i = threadIdx.x; i < block_elems; i += blockDim.x) {
+    k_cache[to + i] = k_cache[from + i];
+    v_cache[to + i] = v_cache[from + i];
+  }
+}

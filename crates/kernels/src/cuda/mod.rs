@@ -1,0 +1,45 @@
+//! The CUDA backend: a Llama-family decoder on one NVIDIA GPU, bf16 weights and activations.
+//!
+//! What it guarantees: the same contract as the CPU backend — one flattened varlen [`InputBatch`] per step,
+//! a paged KV cache addressed only through block tables and the slot mapping, logits (or sampled tokens) for
+//! `logits_indices` rows. GEMMs go through cuBLASLt (bf16 in, f32 accumulate); everything around them is our
+//! own kernels in `kernels/*.cu`, compiled to PTX by build.rs and loaded with cudarc (dynamic loading: a
+//! CPU-only build needs no CUDA toolkit, a CUDA build runs on machines without a GPU until one is asked for).
+//!
+//! The feature gate stops here: without `cuda`, [`CudaDecoder`] exists but every constructor returns
+//! [`CudaError::Unavailable`], so the engine above never needs a `cfg`. Design after vLLM's GPU model runner
+//! (persistent input buffers, memory profiling before sizing the KV cache) and candle's cudarc backend.
+//!
+//! [`InputBatch`]: crate::InputBatch
+
+mod error;
+pub mod memory_plan;
+mod shape;
+
+pub use error::CudaError;
+pub use memory_plan::{plan_kv_blocks, KvPlan};
+pub use shape::{CudaOptions, DecoderShape};
+
+#[cfg(feature = "cuda")]
+mod decoder;
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+mod gemm;
+#[cfg(feature = "cuda")]
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/cuda_ptx.rs"));
+}
+#[cfg(feature = "cuda")]
+pub use decoder::CudaDecoder;
+
+#[cfg(not(feature = "cuda"))]
+mod unavailable;
+#[cfg(not(feature = "cuda"))]
+pub use unavailable::CudaDecoder;
+
+/// Whether this build has the CUDA backend compiled in.
+pub const COMPILED: bool = cfg!(feature = "cuda");
+
+/// Weight fetcher for [`CudaDecoder::load`]: tensor name, expected `[rows, cols]` -> row-major bf16 values.
+pub type FetchWeight<'a> = dyn FnMut(&str, usize, usize) -> Result<Vec<half::bf16>, String> + 'a;

@@ -1,0 +1,80 @@
+//! What the CUDA decoder needs to know about a model and a deployment, in plain numbers (the engine's
+//! `ModelConfig` and `EngineConfig` are translated into these, so this crate does not depend on the engine).
+
+/// The shape of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecoderShape {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f32,
+    /// RoPE inverse frequencies (`head_dim / 2`), with any scaling (llama3, linear) already applied.
+    pub rope_inv_freq: Vec<f32>,
+    /// Qwen2's q/k/v biases.
+    pub attention_bias: bool,
+    pub tie_word_embeddings: bool,
+}
+
+impl DecoderShape {
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+    /// Width of the fused q|k|v projection.
+    pub fn qkv_dim(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
+    }
+    /// Parameters the GPU holds (the LM head counted once when tied).
+    pub fn num_params(&self) -> usize {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let per_layer = h * self.qkv_dim() + self.q_dim() * h + 3 * h * i + 2 * h
+            + if self.attention_bias { self.qkv_dim() } else { 0 };
+        let embed = self.vocab_size * h;
+        embed + per_layer * self.num_layers + h + if self.tie_word_embeddings { 0 } else { embed }
+    }
+    /// Bytes of K and V for one token across all layers, bf16.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.kv_dim() * 2
+    }
+    /// Why this shape cannot run on the CUDA kernels, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if ![64, 128, 256].contains(&self.head_dim) {
+            return Err(format!("head_dim {} (the CUDA attention kernel has 64, 128 and 256)", self.head_dim));
+        }
+        if self.hidden_size % 8 != 0 {
+            return Err(format!("hidden_size {} is not a multiple of 8", self.hidden_size));
+        }
+        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            return Err(format!("{} heads are not a multiple of {} KV heads", self.num_heads, self.num_kv_heads));
+        }
+        if self.rope_inv_freq.len() != self.head_dim / 2 {
+            return Err(format!("{} RoPE frequencies for head_dim {}", self.rope_inv_freq.len(), self.head_dim));
+        }
+        Ok(())
+    }
+}
+
+/// How to place a model on a GPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CudaOptions {
+    /// CUDA device ordinal (`cuda:N`).
+    pub ordinal: usize,
+    /// Fraction of the GPU's memory this engine may use (weights + activations + KV cache), as in vLLM.
+    pub gpu_memory_utilization: f64,
+    pub block_size: usize,
+    /// Tokens one step may carry (sizes the activation buffers; the memory profile runs a step this large).
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    /// Longest sequence (sizes block tables).
+    pub max_model_len: usize,
+    /// Use exactly this many KV blocks instead of planning from memory.
+    pub num_blocks_override: Option<usize>,
+    /// Run every step eagerly (no CUDA graphs).
+    pub enforce_eager: bool,
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU checks and measurements, run ON the lent GPU machine (no cargo or node there) from the repository
+# root, with the binaries built here by scripts/gpu/build-device-binaries.sh in .gpu-bin/ (carried):
+#   .gpu-bin/pagedllm-bench    stripped release build with --features cuda
+#   .gpu-bin/gpu_decoder       the decoder-vs-CPU test binary (crates/engine/tests/gpu_decoder.rs)
+#   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
+# Usage: scripts/gpu/device-run.sh check|measure   (results under $OUT, a summary table printed last)
+#   check:   kernel tests vs the CPU backend; parity vs HF on random llama-1b, qwen2-0.5b, smollm2-135m,
+#            llama-8b checkpoints (--peaked); a short speed smoke test.
+#   measure: copy bandwidth, single-stream decode, 128 x 512/128 and 1000 x 1024/128 on llama-8b, each beside
+#            HF generate() on the same workload, and start-up time.
+set -uo pipefail
+MODE=${1:-check}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+BIN=.gpu-bin
+MODELS=/tmp/models
+mkdir -p $MODELS
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+make_model() { # shape, peaked?
+  local dir=$MODELS/$1$2
+  [ -d "$dir" ] || python3 $BIN/hf_peer.py make-model --shape "$1" --out "$dir" ${2:+--peaked} >>"$OUT/peer.log" 2>&1
+  echo "$dir"
+}
+
+if [ "$MODE" = check ]; then
+  log "kernel tests (decoder vs CPU backend)"
+  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
+  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
+  grep -E "rel err|sigma|test result|panicked" "$OUT/gpu_decoder.log" | tail -30 | tee -a "$OUT/summary.txt"
+  for shape in smollm2-135m qwen2-0.5b llama-1b llama-8b; do
+    dir=$(make_model $shape -peaked)
+    python3 $BIN/hf_peer.py reference --model "$dir" --out "$dir/ref.json" --prompts 4 --prompt-len 32 --steps 32 >>"$OUT/peer.log" 2>&1
+    log "parity $shape"
+    timeout 300 $BIN/pagedllm-bench parity --device cuda --model "$dir" --reference "$dir/ref.json" \
+      --out "$OUT/parity-$shape.json" 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+  done
+  dir=$MODELS/llama-8b-peaked
+  log "speed smoke: llama-8b batch 1 and 64, 128 in / 64 out"
+  timeout 240 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 1,64 --input-len 128 \
+    --output-len 64 --max-num-batched-tokens 8192 --out "$OUT/smoke-8b.json" 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
+fi
+
+if [ "$MODE" = measure ]; then
+  dir=$(make_model llama-8b "")
+  log "copy bandwidth"
+  python3 - <<'PY' 2>&1 | tee "$OUT/bandwidth.json" | tee -a "$OUT/summary.txt"
+import json, torch
+x = torch.empty(4 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+ts = []
+for _ in range(10):
+    s.record(); y.copy_(x); e.record(); e.synchronize(); ts.append(s.elapsed_time(e) / 1e3)
+ts.sort(); t = ts[len(ts) // 2]
+print(json.dumps({"copy_bytes": x.numel(), "median_s": t, "bandwidth_read_plus_write_GBps": 2 * x.numel() / t / 1e9}))
+PY
+  log "pagedllm single stream (128 in / 128 out) + start-up"
+  timeout 300 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 1 --input-len 128 --output-len 128 \
+    --out "$OUT/pagedllm-8b-b1.json" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
+  log "pagedllm 128 x 512/128"
+  timeout 300 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 128 --input-len 512 --output-len 128 \
+    --max-num-batched-tokens 8192 --out "$OUT/pagedllm-8b-128x512.json" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
+  log "pagedllm 1000 x 1024/128"
+  timeout 400 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 1000 --max-num-seqs 256 --input-len 1024 \
+    --output-len 128 --max-num-batched-tokens 8192 --no-warmup --out "$OUT/pagedllm-8b-1000x1024.json" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
+  log "HF 1 x 128/128"
+  timeout 200 python3 $BIN/hf_peer.py throughput --model "$dir" --batch 1 --input 128 --output 128 2>&1 | tail -1 | tee "$OUT/hf-8b-b1.json" | tee -a "$OUT/summary.txt"
+  log "HF 128 x 512/128"
+  timeout 300 python3 $BIN/hf_peer.py throughput --model "$dir" --batch 128 --input 512 --output 128 2>&1 | tail -1 | tee "$OUT/hf-8b-128x512.json" | tee -a "$OUT/summary.txt"
+fi
+log "done"
