@@ -11,8 +11,10 @@
 #            HF generate() on the same workload, and start-up time.
 set -uo pipefail
 MODE=${1:-check}
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/out}
+# Everything goes to a work folder; $OUT gets summary.txt and results.tgz (the device tool returns <= 8 files).
+OUT=/tmp/pagedllm-results
+rm -rf "$OUT" && mkdir -p "$OUT" "$FINAL"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
 BIN=.gpu-bin
@@ -32,17 +34,27 @@ if [ "$MODE" = check ]; then
   $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
   echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
   grep -E "rel err|sigma|test result|panicked" "$OUT/gpu_decoder.log" | tail -30 | tee -a "$OUT/summary.txt"
+  ls /usr/local/cuda/bin | tr "\n" " " > "$OUT/cuda-bin.txt"
   for shape in smollm2-135m qwen2-0.5b llama-1b llama-8b; do
     dir=$(make_model $shape -peaked)
-    python3 $BIN/hf_peer.py reference --model "$dir" --out "$dir/ref.json" --prompts 4 --prompt-len 32 --steps 32 >>"$OUT/peer.log" 2>&1
-    log "parity $shape"
-    timeout 300 $BIN/pagedllm-bench parity --device cuda --model "$dir" --reference "$dir/ref.json" \
-      --out "$OUT/parity-$shape.json" 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+    for dt in bf16 fp32; do
+      python3 $BIN/hf_peer.py reference --model "$dir" --out "$dir/ref-$dt.json" --dtype $dt --prompts 8 --prompt-len 32 --steps 32 >>"$OUT/peer.log" 2>&1
+    done
+    log "parity $shape (GPU bf16 vs HF bf16 and fp32)"
+    timeout 300 $BIN/pagedllm-bench parity --device cuda --model "$dir" --reference "$dir/ref-bf16.json" \
+      --reference-fp32 "$dir/ref-fp32.json" --out "$OUT/parity-$shape.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+    if [ $shape != llama-8b ]; then
+      log "exactness $shape (CPU backend, f32, vs HF fp32)"
+      timeout 300 $BIN/pagedllm-bench parity --device cpu --model "$dir" --reference "$dir/ref-fp32.json" \
+        --logprob-tolerance 0.002 --greedy-min-match 1.0 --out "$OUT/parity-cpu-$shape.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+    fi
   done
   dir=$MODELS/llama-8b-peaked
-  log "speed smoke: llama-8b batch 1 and 64, 128 in / 64 out"
+  log "speed smoke: llama-8b batch 1 and 64, 128 in / 64 out, graphs and eager"
   timeout 240 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 1,64 --input-len 128 \
-    --output-len 64 --max-num-batched-tokens 8192 --out "$OUT/smoke-8b.json" 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
+    --output-len 64 --max-num-batched-tokens 8192 --out "$OUT/smoke-8b.json" 2>&1 | grep -E "^.batch|loaded" | tee -a "$OUT/summary.txt"
+  timeout 240 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 1,64 --input-len 128 --enforce-eager \
+    --output-len 64 --max-num-batched-tokens 8192 --out "$OUT/smoke-8b-eager.json" 2>&1 | grep -E "^.batch|loaded" | tee -a "$OUT/summary.txt"
 fi
 
 if [ "$MODE" = measure ]; then
@@ -74,3 +86,4 @@ PY
   timeout 300 python3 $BIN/hf_peer.py throughput --model "$dir" --batch 128 --input 512 --output 128 2>&1 | tail -1 | tee "$OUT/hf-8b-128x512.json" | tee -a "$OUT/summary.txt"
 fi
 log "done"
+cp "$OUT/summary.txt" "$FINAL/" && tar czf "$FINAL/results.tgz" -C "$OUT" .

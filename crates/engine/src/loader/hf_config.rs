@@ -48,6 +48,9 @@ struct RawConfig {
     rms_norm_eps: Option<f32>,
     rope_theta: Option<f32>,
     rope_scaling: Option<Value>,
+    /// transformers >= 5 writes RoPE settings here (`rope_type`, `rope_theta`, scaling fields) instead of
+    /// `rope_theta` + `rope_scaling`.
+    rope_parameters: Option<Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     vocab_size: Option<usize>,
@@ -83,8 +86,14 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         head_dim,
         vocab_size: need(raw.vocab_size, "vocab_size")?,
         rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-        rope_theta: raw.rope_theta.unwrap_or(10_000.0),
-        rope_scaling: rope_scaling(raw.rope_scaling.as_ref()).map_err(err)?,
+        rope_theta: raw
+            .rope_theta
+            .or_else(|| {
+                let p = raw.rope_parameters.as_ref()?;
+                p.get("rope_theta").and_then(Value::as_f64).map(|t| t as f32)
+            })
+            .unwrap_or(10_000.0),
+        rope_scaling: rope_scaling(raw.rope_scaling.as_ref().or(raw.rope_parameters.as_ref())).map_err(err)?,
         max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
         tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
         attention_bias: raw.attention_bias.unwrap_or(arch == "qwen2"),
@@ -121,7 +130,7 @@ fn architecture(raw: &RawConfig) -> Result<String, String> {
     ))
 }
 
-/// `rope_scaling` ({"rope_type" | "type": "llama3" | "linear" | "default", "factor", ...}).
+/// `rope_scaling` or `rope_parameters` ({"rope_type" | "type": "llama3" | "linear" | "default", "factor", ...}).
 fn rope_scaling(v: Option<&Value>) -> Result<RopeScaling, String> {
     let Some(obj) = v.filter(|v| !v.is_null()) else {
         return Ok(RopeScaling::None);
@@ -241,6 +250,24 @@ mod tests {
         assert_eq!(c.num_key_value_heads, 4);
         assert_eq!(c.rope_theta, 10000.0);
         assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+    }
+
+    #[test]
+    fn transformers5_rope_parameters() {
+        // What transformers 5 saves: theta and scaling inside `rope_parameters`, no `rope_theta`.
+        let text = r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,
+            "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+            "vocab_size": 128256, "max_position_embeddings": 8192,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#;
+        let c = parse_config("config.json", text).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
+        let text = r#"{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 896, "intermediate_size": 4864,
+            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+            "max_position_embeddings": 32768, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}"#;
+        let c = parse_config("config.json", text).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling), (1_000_000.0, RopeScaling::None));
     }
 
     #[test]

@@ -328,6 +328,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::model::RopeScaling;
 
     fn tiny_config(attention_bias: bool, tie_word_embeddings: bool, rope_scaling: RopeScaling) -> ModelConfig {
         ModelConfig {

@@ -7,9 +7,14 @@
 //! index arrays into the persistent buffers and launches; the only synchronizations are the copies back of
 //! logits or sampled tokens.
 
+use std::collections::HashMap;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
 use half::bf16;
 
-use super::device::{Arg, DeviceBuffer, Gpu};
+use super::device::{driver_err, Arg, DeviceBuffer, Gpu};
+use super::graph_sizes::{bucket_for, capture_sizes};
 use super::error::CudaError;
 use super::gemm::{Gemm, OutType};
 use super::memory_plan::{plan_kv_blocks, KvPlan};
@@ -37,6 +42,9 @@ struct Inputs {
     seq_lens: DeviceBuffer<u32>,
     block_tables: DeviceBuffer<u32>,
     logits_indices: DeviceBuffer<u32>,
+    /// Attention work list: (sequence, first query offset) per tile.
+    tile_seq: DeviceBuffer<u32>,
+    tile_q0: DeviceBuffer<u32>,
     block_pairs: DeviceBuffer<u32>,
     temperatures: DeviceBuffer<f32>,
     seeds: DeviceBuffer<u64>,
@@ -82,6 +90,24 @@ pub struct CudaDecoder {
     /// Logits rows of the last forward (their final-normed hidden states are in `act.last_hidden`).
     num_logits_rows: usize,
     plan: KvPlan,
+    /// Decode-step graphs by padded batch size (empty with `enforce_eager`).
+    graphs: HashMap<usize, StepGraph>,
+    graph_sizes: Vec<usize>,
+}
+
+/// A captured decode step. The graph only refers to the decoder's own persistent buffers.
+struct StepGraph(CudaGraph);
+// SAFETY: the graph is launched only from the thread that owns the decoder (one at a time), on its stream.
+unsafe impl Send for StepGraph {}
+
+/// The launch-shape of one step: what the body's kernels need besides the persistent buffers.
+#[derive(Clone, Copy)]
+struct StepShape {
+    tokens: usize,
+    /// Block-table row width.
+    width: usize,
+    tiles: usize,
+    logits_rows: usize,
 }
 
 /// Copy-on-write pairs uploaded per launch.
@@ -187,6 +213,8 @@ impl CudaDecoder {
             seq_lens: DeviceBuffer::alloc(max_seqs, "step inputs")?,
             block_tables: DeviceBuffer::alloc(max_seqs * max_blocks_per_seq, "block tables")?,
             logits_indices: DeviceBuffer::alloc(max_tokens, "step inputs")?,
+            tile_seq: DeviceBuffer::alloc(max_tokens, "step inputs")?,
+            tile_q0: DeviceBuffer::alloc(max_tokens, "step inputs")?,
             block_pairs: DeviceBuffer::alloc(2 * MAX_BLOCK_PAIRS, "block copy list")?,
             temperatures: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
             seeds: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
@@ -225,6 +253,8 @@ impl CudaDecoder {
             max_blocks_per_seq,
             logits_capacity,
             num_logits_rows: 0,
+            graphs: HashMap::new(),
+            graph_sizes: Vec::new(),
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,
@@ -253,15 +283,19 @@ impl CudaDecoder {
         dec.kv = DeviceBuffer::alloc(plan.num_blocks * bytes_per_block / 2, "the KV cache")?;
         dec.num_blocks = plan.num_blocks;
         dec.plan = plan;
+        if !opts.enforce_eager {
+            dec.capture_decode_graphs()?;
+        }
         Ok(dec)
     }
 
     /// One step of `max_tokens` tokens (sequences of at most `max_model_len`), writing no KV, plus the LM
     /// head and sampler on the largest row count: peak activation memory is then in use for the planner.
     fn profile_step(&mut self) -> Result<(), CudaError> {
-        let t = self.max_tokens;
-        let per_seq = self.opts.max_model_len.min(t);
-        let num_seqs = t.div_ceil(per_seq).min(self.max_seqs);
+        let per_seq = self.opts.max_model_len.min(self.max_tokens);
+        let num_seqs = self.max_tokens.div_ceil(per_seq).min(self.max_seqs);
+        // No sequence may exceed max_model_len (its block table would be too short).
+        let t = self.max_tokens.min(num_seqs * per_seq);
         let mut batch = InputBatch {
             block_size: self.opts.block_size,
             max_blocks_per_seq: self.max_blocks_per_seq,
@@ -387,6 +421,38 @@ impl CudaDecoder {
         if t == 0 {
             return Ok(());
         }
+        // Decode-only steps (one token per sequence, each sampled) replay a graph at a padded batch size.
+        let decode_only = t == batch.num_seqs()
+            && batch.logits_indices.len() == t
+            && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i);
+        if decode_only {
+            if let Some(size) = bucket_for(t, &self.graph_sizes) {
+                if self.graphs.contains_key(&size) {
+                    self.upload_padded_decode(batch, size)?;
+                    return self.graphs[&size].0.launch().map_err(driver_err("replaying a decode graph"));
+                }
+            }
+        }
+        let shape = self.upload_batch(batch)?;
+        self.launch_body(shape)
+    }
+
+    /// Attention tiles of a batch: each sequence's query tokens in runs of `q_tile`.
+    fn tiles(&self, batch: &InputBatch) -> (Vec<u32>, Vec<u32>) {
+        let q_tile = self.shape.attention_q_tile();
+        let (mut seq, mut q0) = (Vec::new(), Vec::new());
+        for s in 0..batch.num_seqs() {
+            let len = (batch.query_start_loc[s + 1] - batch.query_start_loc[s]) as usize;
+            for start in (0..len).step_by(q_tile) {
+                seq.push(s as u32);
+                q0.push(start as u32);
+            }
+        }
+        (seq, q0)
+    }
+
+    fn upload_batch(&mut self, batch: &InputBatch) -> Result<StepShape, CudaError> {
+        let (tile_seq, tile_q0) = self.tiles(batch);
         let g = &self.gpu;
         let inp = &self.inputs;
         g.upload(inp.tokens.ptr(), &batch.token_ids)?;
@@ -396,7 +462,98 @@ impl CudaDecoder {
         g.upload(inp.seq_lens.ptr(), &batch.seq_lens)?;
         g.upload(inp.block_tables.ptr(), &batch.block_tables)?;
         g.upload(inp.logits_indices.ptr(), &batch.logits_indices)?;
+        g.upload(inp.tile_seq.ptr(), &tile_seq)?;
+        g.upload(inp.tile_q0.ptr(), &tile_q0)?;
+        Ok(StepShape {
+            tokens: batch.num_tokens(),
+            width: batch.max_blocks_per_seq,
+            tiles: tile_seq.len(),
+            logits_rows: batch.logits_indices.len(),
+        })
+    }
 
+    /// A decode step padded to `size` sequences, in the fixed layout its graph was captured with: full-width
+    /// block tables; padding sequences have one token, no KV write, context 1 (they read block 0 and are
+    /// never sampled).
+    fn upload_padded_decode(&mut self, batch: &InputBatch, size: usize) -> Result<(), CudaError> {
+        let n = batch.num_tokens();
+        let w = self.max_blocks_per_seq;
+        let pad = |v: &[u32], fill: u32| -> Vec<u32> { v.iter().copied().chain(std::iter::repeat_n(fill, size - v.len())).collect() };
+        let mut tables = vec![0u32; size * w];
+        for s in 0..n {
+            let row = batch.block_table(s);
+            tables[s * w..s * w + row.len()].copy_from_slice(row);
+        }
+        let mut slots = batch.slot_mapping.clone();
+        slots.resize(size, -1);
+        let idx: Vec<u32> = (0..size as u32).collect();
+        let g = &self.gpu;
+        let inp = &self.inputs;
+        g.upload(inp.tokens.ptr(), &pad(&batch.token_ids, 0))?;
+        g.upload(inp.positions.ptr(), &pad(&batch.positions, 0))?;
+        g.upload(inp.slots.ptr(), &slots)?;
+        let qsl: Vec<u32> = (0..=size as u32).collect();
+        g.upload(inp.query_start_loc.ptr(), &qsl)?;
+        g.upload(inp.seq_lens.ptr(), &pad(&batch.seq_lens, 1))?;
+        g.upload(inp.block_tables.ptr(), &tables)?;
+        g.upload(inp.logits_indices.ptr(), &idx)?;
+        g.upload(inp.tile_seq.ptr(), &idx)?;
+        g.upload(inp.tile_q0.ptr(), &vec![0u32; size])?;
+        Ok(())
+    }
+
+    fn decode_shape(&self, size: usize) -> StepShape {
+        StepShape {
+            tokens: size,
+            width: self.max_blocks_per_seq,
+            tiles: size,
+            logits_rows: size,
+        }
+    }
+
+    /// Captures one decode-step graph per padded batch size (vLLM's CUDA-graph scheme; `--enforce-eager`
+    /// skips this). Each capture is preceded by an eager run of the same shape, which creates the cuBLASLt
+    /// plans outside the capture.
+    fn capture_decode_graphs(&mut self) -> Result<(), CudaError> {
+        let sizes = capture_sizes(self.max_seqs.min(self.max_tokens));
+        for &size in &sizes {
+            let dummy = InputBatch {
+                token_ids: vec![0; size],
+                positions: vec![0; size],
+                query_start_loc: (0..=size as u32).collect(),
+                seq_lens: vec![1; size],
+                block_tables: vec![0; size],
+                max_blocks_per_seq: 1,
+                slot_mapping: vec![-1; size],
+                logits_indices: (0..size as u32).collect(),
+                block_size: self.opts.block_size,
+            };
+            self.upload_padded_decode(&dummy, size)?;
+            let shape = self.decode_shape(size);
+            self.launch_body(shape)?;
+            self.gpu.synchronize()?;
+            let stream = self.gpu.stream.clone();
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(driver_err("starting a graph capture"))?;
+            let body = self.launch_body(shape);
+            let graph = stream
+                .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
+                .map_err(driver_err("capturing a decode graph"));
+            body?;
+            let graph = graph?.ok_or_else(|| CudaError::Unsupported("a decode graph captured nothing".into()))?;
+            self.graphs.insert(size, StepGraph(graph));
+        }
+        self.graph_sizes = sizes;
+        self.gpu.synchronize()
+    }
+
+    /// Every kernel of one step, from the embedding to the final norm of the logits rows, on the persistent
+    /// buffers (so the same launches can be captured into a graph).
+    fn launch_body(&mut self, shape: StepShape) -> Result<(), CudaError> {
+        let StepShape { tokens: t, width, tiles, logits_rows } = shape;
+        let g = &self.gpu;
+        let inp = &self.inputs;
         let s = &self.shape;
         let (h, inter, q_dim, qkv_dim) = (s.hidden_size, s.intermediate_size, s.q_dim(), s.qkv_dim());
         let a = &self.act;
@@ -454,7 +611,7 @@ impl CudaDecoder {
             )?;
             g.launch(
                 &attention,
-                (tt, s.num_heads as u32, 1),
+                (tiles as u32, s.num_kv_heads as u32, 1),
                 128,
                 &[
                     Arg::Ptr(a.qkv.ptr()),
@@ -462,10 +619,12 @@ impl CudaDecoder {
                     Arg::Ptr(k_cache),
                     Arg::Ptr(v_cache),
                     Arg::Ptr(inp.block_tables.ptr()),
-                    Arg::I32(batch.max_blocks_per_seq as i32),
+                    Arg::I32(width as i32),
                     Arg::Ptr(inp.seq_lens.ptr()),
                     Arg::Ptr(inp.query_start_loc.ptr()),
-                    Arg::I32(batch.num_seqs() as i32),
+                    Arg::Ptr(inp.tile_seq.ptr()),
+                    Arg::Ptr(inp.tile_q0.ptr()),
+                    Arg::I32(s.attention_q_tile() as i32),
                     Arg::Ptr(a.attn.ptr()),
                     Arg::I32(s.num_heads as i32),
                     Arg::I32(s.num_kv_heads as i32),
@@ -486,9 +645,8 @@ impl CudaDecoder {
             self.gemm.matmul(g, a.act.ptr(), layer.down.ptr(), a.delta.ptr(), t, h, inter, OutType::Bf16)?;
         }
         // Final residual add + norm on the logits rows only.
-        let rows = batch.logits_indices.len() as u32;
-        if rows > 0 {
-            norm(g, a.delta.ptr(), self.final_norm.ptr(), a.last_hidden.ptr(), inp.logits_indices.ptr(), rows, false)?;
+        if logits_rows > 0 {
+            norm(g, a.delta.ptr(), self.final_norm.ptr(), a.last_hidden.ptr(), inp.logits_indices.ptr(), logits_rows as u32, false)?;
         }
         Ok(())
     }

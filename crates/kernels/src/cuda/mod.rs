@@ -13,6 +13,7 @@
 //! [`InputBatch`]: crate::InputBatch
 
 mod error;
+pub mod graph_sizes;
 pub mod memory_plan;
 mod shape;
 

@@ -20,6 +20,18 @@ pub struct DecoderShape {
 }
 
 impl DecoderShape {
+    /// Query rows one attention block holds (see attention.cu).
+    pub fn attention_rows(&self) -> usize {
+        if self.head_dim == 256 {
+            16
+        } else {
+            32
+        }
+    }
+    /// Query tokens per attention tile: as many as fill `attention_rows` with whole GQA groups.
+    pub fn attention_q_tile(&self) -> usize {
+        (self.attention_rows() / (self.num_heads / self.num_kv_heads).max(1)).max(1)
+    }
     pub fn q_dim(&self) -> usize {
         self.num_heads * self.head_dim
     }
@@ -52,6 +64,11 @@ impl DecoderShape {
         }
         if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
             return Err(format!("{} heads are not a multiple of {} KV heads", self.num_heads, self.num_kv_heads));
+        }
+        // The attention kernel holds one GQA group's query rows in a block (32 rows, 16 at head_dim 256).
+        let max_group = if self.head_dim == 256 { 16 } else { 32 };
+        if self.num_heads / self.num_kv_heads > max_group {
+            return Err(format!("{} query heads per KV head (the CUDA attention kernel holds {max_group})", self.num_heads / self.num_kv_heads));
         }
         if self.rope_inv_freq.len() != self.head_dim / 2 {
             return Err(format!("{} RoPE frequencies for head_dim {}", self.rope_inv_freq.len(), self.head_dim));

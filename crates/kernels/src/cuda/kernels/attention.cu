@@ -1,99 +1,149 @@
 // Paged attention over a flattened varlen batch: prefill chunks and decodes in one launch.
 //
-// Query token t belongs to sequence s (found from query_start_loc); it attends causally to the first
-// ctx = seq_lens[s] - (q_end(s) - 1 - t) tokens of its sequence, read from the paged cache through
-// block_tables[s] — earlier blocks may come from the prefix cache or earlier chunks, so nothing assumes the
-// keys were computed in this step. GQA: query head h reads kv head h / (num_heads / num_kv_heads).
+// Work item = (query tile, kv head): a tile is up to Q_TILE consecutive query tokens of ONE sequence (listed by
+// the host in tile_seq / tile_q0), and the block serves every query head of the kv head's GQA group for those
+// tokens — ROWS = tokens x group query rows. Each K/V tile of KT keys is read from the paged cache once into
+// shared memory and used by all ROWS rows, so a GQA group (and, in prefill, a run of tokens) shares every K/V
+// byte it reads. Earlier blocks may come from the prefix cache or earlier chunks: nothing assumes the keys were
+// computed in this step.
 //
-// Grid (T, num_heads), 4 warps per block. Each warp walks every 4th key with an online softmax; lane l holds
-// dims [l * HD/32, (l + 1) * HD/32) of q, k, v and the output. The warps merge at the end through shared memory.
-// This is the correct, simple first version (one block per query head; K/V re-reads of a GQA group come from
-// L2): the split-KV decode and tensor-core prefill kernels replace it without changing its interface.
+// Query token t of sequence s attends causally to the first ctx(t) = seq_lens[s] - (q_end(s) - 1 - t) tokens.
+// Scores: lane j of a warp scores key j of the tile for one row at a time (q rows sit in shared memory as f32);
+// online softmax per row with warp reductions; then lane l accumulates output dims l, l + 32, ... with each
+// key's probability broadcast by shuffle. f32 throughout, bf16 in and out.
 #include "common.cuh"
 
 #define ATTN_WARPS 4
 
-template <int HD>
+template <int HD, int KT, int ROWS>
 __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const bf16* __restrict__ k_cache,
                                 const bf16* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                 int max_blocks_per_seq, const int* __restrict__ seq_lens,
-                                const int* __restrict__ query_start_loc, int num_seqs, bf16* __restrict__ out,
-                                int num_heads, int num_kv_heads, int block_size, float scale) {
-  constexpr int PER_LANE = HD / 32;
-  const int t = blockIdx.x, h = blockIdx.y;
+                                const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
+                                const int* __restrict__ tile_q0, int q_tile, bf16* __restrict__ out, int num_heads,
+                                int num_kv_heads, int block_size, float scale) {
+  constexpr int DPL = HD / 32;                 // output dims per lane
+  constexpr int RPW = ROWS / ATTN_WARPS;       // rows per warp
+  constexpr int KPAD = HD + 2;                 // K row stride in smem (bf16): odd word stride, no bank conflicts
+  __shared__ float sq[ROWS][HD];
+  __shared__ bf16 sk[KT][KPAD];
+  __shared__ bf16 sv[KT][HD];
+
+  const int tile = blockIdx.x, kvh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  // Sequence of token t: the last s with query_start_loc[s] <= t.
-  int lo = 0, hi = num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (query_start_loc[mid] <= t) lo = mid; else hi = mid - 1;
-  }
-  const int s = lo;
-  const int q_end = query_start_loc[s + 1];
-  const int ctx = seq_lens[s] - (q_end - 1 - t);
-  const int kvh = h / (num_heads / num_kv_heads);
+  const int group = num_heads / num_kv_heads;
+  const int s = tile_seq[tile];
+  const int q_begin = query_start_loc[s], q_end = query_start_loc[s + 1];
+  const int t0 = q_begin + tile_q0[tile];
+  const int tokens = min(q_tile, q_end - t0);
+  const int rows = tokens * group;  // row r = token t0 + r / group, head kvh * group + r % group
+  const int seq_len = seq_lens[s];
   const int kv_stride = num_kv_heads * HD;
   const uint32_t* table = block_tables + (size_t)s * max_blocks_per_seq;
 
-  float qv[PER_LANE], acc[PER_LANE];
-  const bf16* qrow = q + (size_t)t * q_stride + h * HD + lane * PER_LANE;
-#pragma unroll
-  for (int j = 0; j < PER_LANE; j++) {
-    qv[j] = to_f32(qrow[j]) * scale;
-    acc[j] = 0.f;
-  }
-  float m = -INFINITY, l = 0.f;
-  for (int key = warp; key < ctx; key += ATTN_WARPS) {
-    const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
-    const bf16* krow = k_cache + slot * kv_stride + kvh * HD + lane * PER_LANE;
-    float dot = 0.f;
-#pragma unroll
-    for (int j = 0; j < PER_LANE; j++) dot += qv[j] * to_f32(krow[j]);
-    dot = warp_sum(dot);
-    const float m_new = fmaxf(m, dot);
-    const float correction = __expf(m - m_new);
-    const float p = __expf(dot - m_new);
-    l = l * correction + p;
-    const bf16* vrow = v_cache + slot * kv_stride + kvh * HD + lane * PER_LANE;
-#pragma unroll
-    for (int j = 0; j < PER_LANE; j++) acc[j] = acc[j] * correction + p * to_f32(vrow[j]);
-    m = m_new;
-  }
-  // Merge the warps' partial softmaxes.
-  __shared__ float sm_m[ATTN_WARPS], sm_l[ATTN_WARPS];
-  __shared__ float sm_acc[ATTN_WARPS][HD];
-  if (lane == 0) {
-    sm_m[warp] = m;
-    sm_l[warp] = l;
-  }
-#pragma unroll
-  for (int j = 0; j < PER_LANE; j++) sm_acc[warp][lane * PER_LANE + j] = acc[j];
-  __syncthreads();
-  float gm = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < ATTN_WARPS; w++) gm = fmaxf(gm, sm_m[w]);
-  float gl = 0.f;
-#pragma unroll
-  for (int w = 0; w < ATTN_WARPS; w++) gl += sm_m[w] == -INFINITY ? 0.f : sm_l[w] * __expf(sm_m[w] - gm);
-  bf16* orow = out + (size_t)t * num_heads * HD + h * HD;
-  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+  // Stage the q rows (scaled) in shared memory.
+  for (int i = threadIdx.x; i < ROWS * HD; i += blockDim.x) {
+    const int r = i / HD, d = i % HD;
     float v = 0.f;
+    if (r < rows) {
+      const int t = t0 + r / group, h = kvh * group + r % group;
+      v = to_f32(q[(size_t)t * q_stride + h * HD + d]) * scale;
+    }
+    sq[r][d] = v;
+  }
+
+  float m[RPW], l[RPW], acc[RPW][DPL];
+  int ctx[RPW];
 #pragma unroll
-    for (int w = 0; w < ATTN_WARPS; w++)
-      if (sm_m[w] != -INFINITY) v += sm_acc[w][d] * __expf(sm_m[w] - gm);
-    orow[d] = to_bf16(gl > 0.f ? v / gl : 0.f);
+  for (int i = 0; i < RPW; i++) {
+    const int r = warp * RPW + i;
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+    ctx[i] = r < rows ? seq_len - (q_end - 1 - (t0 + r / group)) : 0;
+#pragma unroll
+    for (int j = 0; j < DPL; j++) acc[i][j] = 0.f;
+  }
+  // Keys this tile needs: up to the last token's context.
+  const int ctx_max = seq_len - (q_end - 1 - (t0 + tokens - 1));
+
+  for (int k0 = 0; k0 < ctx_max; k0 += KT) {
+    __syncthreads();  // previous tile fully consumed (and sq written, on the first pass)
+    // Load K and V rows k0 .. k0 + KT of this kv head, 16 bytes per thread-iteration.
+    constexpr int CHUNKS = HD / 8;
+    for (int i = threadIdx.x; i < KT * CHUNKS; i += blockDim.x) {
+      const int kk = i / CHUNKS, c = i % CHUNKS;
+      const int key = k0 + kk;
+      uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+      if (key < ctx_max) {
+        const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
+        const size_t off = slot * kv_stride + kvh * HD + c * 8;
+        kv4 = *reinterpret_cast<const uint4*>(k_cache + off);
+        vv4 = *reinterpret_cast<const uint4*>(v_cache + off);
+      }
+      // sk rows are 4-byte aligned only (odd word stride): store as four 32-bit words.
+      uint32_t* kd = reinterpret_cast<uint32_t*>(&sk[kk][c * 8]);
+      kd[0] = kv4.x; kd[1] = kv4.y; kd[2] = kv4.z; kd[3] = kv4.w;
+      *reinterpret_cast<uint4*>(&sv[kk][c * 8]) = vv4;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < RPW; i++) {
+      const int r = warp * RPW + i;
+      if (r >= rows) continue;  // warp-uniform
+      // Score of key k0 + lane (lanes >= KT idle).
+      float score = -INFINITY;
+      const int key = k0 + lane;
+      if (lane < KT && key < ctx[i]) {
+        float dot = 0.f;
+        const __nv_bfloat162* krow = reinterpret_cast<const __nv_bfloat162*>(&sk[lane][0]);
+#pragma unroll 8
+        for (int d2 = 0; d2 < HD / 2; d2++) {
+          const float2 kf = __bfloat1622float2(krow[d2]);
+          dot += sq[r][2 * d2] * kf.x + sq[r][2 * d2 + 1] * kf.y;
+        }
+        score = dot;
+      }
+      const float tile_max = warp_max(score);
+      if (tile_max == -INFINITY) continue;  // every key of this tile is past this row's context
+      const float m_new = fmaxf(m[i], tile_max);
+      const float p = __expf(score - m_new);  // 0 for masked keys
+      const float correction = __expf(m[i] - m_new);
+      l[i] = l[i] * correction + warp_sum(p);
+#pragma unroll
+      for (int j = 0; j < DPL; j++) acc[i][j] *= correction;
+#pragma unroll 4
+      for (int kk = 0; kk < KT; kk++) {
+        const float pk = __shfl_sync(0xffffffffu, p, kk);
+#pragma unroll
+        for (int j = 0; j < DPL; j++) acc[i][j] += pk * to_f32(sv[kk][lane + 32 * j]);
+      }
+      m[i] = m_new;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < RPW; i++) {
+    const int r = warp * RPW + i;
+    if (r >= rows) continue;
+    const int t = t0 + r / group, h = kvh * group + r % group;
+    bf16* orow = out + (size_t)t * num_heads * HD + h * HD;
+    const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+#pragma unroll
+    for (int j = 0; j < DPL; j++) orow[lane + 32 * j] = to_bf16(acc[i][j] * inv);
   }
 }
 
-#define DEFINE_ATTENTION(HD)                                                                                   \
+#define DEFINE_ATTENTION(HD, KT, ROWS)                                                                         \
   extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) paged_attention_hd##HD##_bf16(                 \
       const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const uint32_t* block_tables,     \
-      int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, int num_seqs, bf16* out,        \
-      int num_heads, int num_kv_heads, int block_size, float scale) {                                          \
-    paged_attention<HD>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,            \
-                        query_start_loc, num_seqs, out, num_heads, num_kv_heads, block_size, scale);           \
+      int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
+      const int* tile_q0, int q_tile, bf16* out, int num_heads, int num_kv_heads, int block_size,             \
+      float scale) {                                                                                           \
+    paged_attention<HD, KT, ROWS>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,  \
+                                  query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads, num_kv_heads,    \
+                                  block_size, scale);                                                          \
   }
 
-DEFINE_ATTENTION(64)
-DEFINE_ATTENTION(128)
-DEFINE_ATTENTION(256)
+// ROWS query rows per block (tokens x GQA group); the host picks q_tile = max(1, ROWS / group).
+DEFINE_ATTENTION(64, 32, 32)
+DEFINE_ATTENTION(128, 32, 32)
+DEFINE_ATTENTION(256, 16, 16)
