@@ -58,32 +58,42 @@ if [ "$MODE" = check ]; then
 fi
 
 if [ "$MODE" = measure ]; then
+  log "kernel tests (decoder vs CPU backend, graphs vs eager)"
+  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
+  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
   dir=$(make_model llama-8b "")
+  du -sb "$dir"/*.safetensors | awk '{s+=$1} END {print s}' > "$OUT/weights_bytes.txt"
   log "copy bandwidth"
   python3 - <<'PY' 2>&1 | tee "$OUT/bandwidth.json" | tee -a "$OUT/summary.txt"
 import json, torch
-x = torch.empty(4 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+x = torch.randint(0, 255, (4 << 30,), dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
 for _ in range(3): y.copy_(x)
 s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 ts = []
-for _ in range(10):
+for _ in range(20):
     s.record(); y.copy_(x); e.record(); e.synchronize(); ts.append(s.elapsed_time(e) / 1e3)
 ts.sort(); t = ts[len(ts) // 2]
-print(json.dumps({"copy_bytes": x.numel(), "median_s": t, "bandwidth_read_plus_write_GBps": 2 * x.numel() / t / 1e9}))
+print(json.dumps({"copy_bytes": x.numel(), "median_s": t, "bandwidth_read_plus_write_Bps": 2 * x.numel() / t}))
 PY
-  log "pagedllm single stream (128 in / 128 out) + start-up"
-  timeout 300 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 1 --input-len 128 --output-len 128 \
-    --out "$OUT/pagedllm-8b-b1.json" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
-  log "pagedllm 128 x 512/128"
-  timeout 300 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 128 --input-len 512 --output-len 128 \
-    --max-num-batched-tokens 8192 --out "$OUT/pagedllm-8b-128x512.json" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
-  log "pagedllm 1000 x 1024/128"
-  timeout 400 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 1000 --max-num-seqs 256 --input-len 1024 \
-    --output-len 128 --max-num-batched-tokens 8192 --no-warmup --out "$OUT/pagedllm-8b-1000x1024.json" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
-  log "HF 1 x 128/128"
-  timeout 200 python3 $BIN/hf_peer.py throughput --model "$dir" --batch 1 --input 128 --output 128 2>&1 | tail -1 | tee "$OUT/hf-8b-b1.json" | tee -a "$OUT/summary.txt"
-  log "HF 128 x 512/128"
-  timeout 300 python3 $BIN/hf_peer.py throughput --model "$dir" --batch 128 --input 512 --output 128 2>&1 | tail -1 | tee "$OUT/hf-8b-128x512.json" | tee -a "$OUT/summary.txt"
+  run_ours() { # name, extra args...
+    local name=$1; shift
+    log "pagedllm $name"
+    timeout 400 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --out "$OUT/pagedllm-$name.json" "$@" 2>&1 \
+      | grep -E '^\{"batch|^loaded|^error' | tee -a "$OUT/summary.txt"
+  }
+  run_ours b1 --batch 1 --input-len 128 --output-len 128
+  PAGEDLLM_CUDA_GEMV=0 run_ours b1-cublaslt --batch 1 --input-len 128 --output-len 128
+  run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
+  run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
+  run_hf() { # name, args...
+    local name=$1; shift
+    log "HF $name"
+    timeout 300 python3 $BIN/hf_peer.py throughput --model "$dir" "$@" 2>>"$OUT/peer.log" | tail -1 | tee "$OUT/hf-$name.json" | tee -a "$OUT/summary.txt"
+  }
+  run_hf b1 --batch 1 --input 128 --output 128
+  run_hf 128x512 --batch 128 --input 512 --output 128
+  run_hf 1000x1024 --batch 128 --input 1024 --output 128 --requests 1000
+  python3 scripts/gpu/summarize.py "$OUT" > "$OUT/gpu-llama8b.json" && tail -25 "$OUT/gpu-llama8b.json" | tee -a "$OUT/summary.txt"
 fi
 log "done"
 cp "$OUT/summary.txt" "$FINAL/" && tar czf "$FINAL/results.tgz" -C "$OUT" .

@@ -1,6 +1,10 @@
 //! GEMMs through cuBLASLt: `y[T, N] = x[T, K] * W[N, K]^T` with row-major activations and HF-layout weights,
 //! bf16 inputs, f32 accumulation, bf16 or f32 output.
 //!
+//! At `T <= GEMV_MAX_T` tokens (decode at small batch) our own `gemv` kernel streams the weights instead:
+//! cuBLASLt's choice for a 1-row product does not reach the memory bandwidth a weight pass needs
+//! (`PAGEDLLM_CUDA_GEMV=0` turns it off, for A/B measurements).
+//!
 //! Row-major `y[T, N]` is column-major `y^T[N, T] = W * x^T`, so cuBLAS sees A = W (transposed), B = x. Each
 //! distinct (N, T, K, output type) gets its descriptors and heuristic-chosen algorithm once, then replays
 //! them: no per-step heuristic queries (and nothing the host must redo inside a captured CUDA graph).
@@ -11,7 +15,7 @@ use std::ffi::c_void;
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
 
-use super::device::{DeviceBuffer, Gpu};
+use super::device::{Arg, DeviceBuffer, Gpu};
 use super::error::CudaError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,7 +32,11 @@ struct Plan {
     algo: sys::cublasLtMatmulAlgo_t,
 }
 
+/// Largest token count the gemv kernel takes (its GEMV_MAX_T).
+const GEMV_MAX_T: usize = 4;
+
 pub(crate) struct Gemm {
+    use_gemv: bool,
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer<u8>,
     plans: HashMap<(usize, usize, usize, OutType), Plan>,
@@ -51,6 +59,7 @@ impl Gemm {
     pub fn new() -> Result<Self, CudaError> {
         let handle = lt::create_handle().map_err(blas_err("creating the cuBLASLt handle"))?;
         Ok(Self {
+            use_gemv: std::env::var("PAGEDLLM_CUDA_GEMV").map_or(true, |v| v != "0"),
             handle,
             workspace: DeviceBuffer::alloc(WORKSPACE_BYTES, "the cuBLASLt workspace")?,
             plans: HashMap::new(),
@@ -125,6 +134,19 @@ impl Gemm {
     ) -> Result<(), CudaError> {
         if t == 0 {
             return Ok(());
+        }
+        if self.use_gemv && t <= GEMV_MAX_T && k % 8 == 0 {
+            let kernel = match out {
+                OutType::Bf16 => "gemv_bf16",
+                OutType::F32 => "gemv_f32",
+            };
+            const WARPS: usize = 8; // GEMV_WARPS: one output row per warp
+            return gpu.launch(
+                kernel,
+                (n.div_ceil(WARPS) as u32, 1, 1),
+                (WARPS * 32) as u32,
+                &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(y), Arg::I32(t as i32), Arg::I32(n as i32), Arg::I32(k as i32)],
+            );
         }
         let handle = self.handle;
         let (ws_ptr, ws_len) = (self.workspace.ptr(), self.workspace.len());
