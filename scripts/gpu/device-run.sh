@@ -61,6 +61,13 @@ if [ "$MODE" = measure ]; then
   log "kernel tests (decoder vs CPU backend, graphs vs eager)"
   $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
   echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
+  grep -E "rel err|test result" "$OUT/gpu_decoder.log" | tail -4 | tee -a "$OUT/summary.txt"
+  small=$(make_model llama-1b -peaked)
+  for dt in bf16 fp32; do
+    python3 $BIN/hf_peer.py reference --model "$small" --out "$small/ref-$dt.json" --dtype $dt --prompts 8 >>"$OUT/peer.log" 2>&1
+  done
+  timeout 300 $BIN/pagedllm-bench parity --device cuda --model "$small" --reference "$small/ref-bf16.json" \
+    --reference-fp32 "$small/ref-fp32.json" --out "$OUT/parity-llama-1b.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
   dir=$(make_model llama-8b "")
   du -sb "$dir"/*.safetensors | awk '{s+=$1} END {print s}' > "$OUT/weights_bytes.txt"
   log "copy bandwidth"

@@ -65,6 +65,23 @@ struct Activations {
     logits: DeviceBuffer<f32>,
     sampled_ids: DeviceBuffer<u32>,
     sampled_logprobs: DeviceBuffer<f32>,
+    /// Split-KV attention partials: `[ATTENTION_PART_BLOCKS][rows][head_dim]` and (max, sum) per row.
+    part_acc: DeviceBuffer<f32>,
+    part_ml: DeviceBuffer<f32>,
+}
+
+/// At most this many (tile, kv head, split) attention blocks write partials.
+const ATTENTION_PART_BLOCKS: usize = 256;
+
+/// KV splits per attention block (flash-decoding): a small grid — decode at low batch — is spread over the
+/// KV range so the GPU's SMs all stream K/V; a large grid runs unsplit.
+fn attention_splits(tiles: usize, kv_heads: usize) -> usize {
+    let blocks = tiles * kv_heads;
+    if blocks >= ATTENTION_PART_BLOCKS / 2 {
+        1
+    } else {
+        (ATTENTION_PART_BLOCKS / blocks.max(1)).clamp(1, 16)
+    }
 }
 
 pub struct CudaDecoder {
@@ -231,6 +248,8 @@ impl CudaDecoder {
             logits: DeviceBuffer::alloc(logits_capacity * s.vocab_size, "logits")?,
             sampled_ids: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
             sampled_logprobs: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
+            part_acc: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.attention_rows() * s.head_dim, "attention partials")?,
+            part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.attention_rows() * 2, "attention partials")?,
         };
         let bytes_per_block = 2 * s.num_layers * opts.block_size * kv_dim * 2;
         let mut dec = Self {
@@ -339,7 +358,9 @@ impl CudaDecoder {
     pub fn poison(&mut self, kv: bool) -> Result<(), CudaError> {
         self.gpu.bind()?;
         let a = &self.act;
-        let bufs: [(u64, usize); 9] = [
+        let bufs: [(u64, usize); 11] = [
+            (a.part_acc.ptr(), a.part_acc.bytes()),
+            (a.part_ml.ptr(), a.part_ml.bytes()),
             (a.residual.ptr(), a.residual.bytes()),
             (a.normed.ptr(), a.normed.bytes()),
             (a.qkv.ptr(), a.qkv.bytes()),
@@ -582,6 +603,8 @@ impl CudaDecoder {
             )
         };
         let attention = format!("paged_attention_hd{}_bf16", s.head_dim);
+        let combine = format!("attention_combine_hd{}_bf16", s.head_dim);
+        let splits = attention_splits(tiles, s.num_kv_heads);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             // Layer 0 normalizes the embeddings; later layers first add the previous MLP output.
@@ -594,8 +617,8 @@ impl CudaDecoder {
             };
             g.launch(
                 "rope_qkv_cache_bf16",
-                (tt, 1, 1),
-                256,
+                (tt, (s.num_heads + s.num_kv_heads) as u32, 1),
+                (s.head_dim / 2) as u32,
                 &[
                     Arg::Ptr(a.qkv.ptr()),
                     Arg::Ptr(layer.qkv_bias.as_ref().map_or(0, |b| b.ptr())),
@@ -611,7 +634,7 @@ impl CudaDecoder {
             )?;
             g.launch(
                 &attention,
-                (tiles as u32, s.num_kv_heads as u32, 1),
+                (tiles as u32, s.num_kv_heads as u32, splits as u32),
                 128,
                 &[
                     Arg::Ptr(a.qkv.ptr()),
@@ -630,8 +653,30 @@ impl CudaDecoder {
                     Arg::I32(s.num_kv_heads as i32),
                     Arg::I32(self.opts.block_size as i32),
                     Arg::F32(scale),
+                    Arg::I32(splits as i32),
+                    Arg::Ptr(a.part_acc.ptr()),
+                    Arg::Ptr(a.part_ml.ptr()),
                 ],
             )?;
+            if splits > 1 {
+                g.launch(
+                    &combine,
+                    (tiles as u32, s.num_kv_heads as u32, 1),
+                    128,
+                    &[
+                        Arg::Ptr(inp.query_start_loc.ptr()),
+                        Arg::Ptr(inp.tile_seq.ptr()),
+                        Arg::Ptr(inp.tile_q0.ptr()),
+                        Arg::I32(s.attention_q_tile() as i32),
+                        Arg::Ptr(a.attn.ptr()),
+                        Arg::I32(s.num_heads as i32),
+                        Arg::I32(s.num_kv_heads as i32),
+                        Arg::I32(splits as i32),
+                        Arg::Ptr(a.part_acc.ptr()),
+                        Arg::Ptr(a.part_ml.ptr()),
+                    ],
+                )?;
+            }
             self.gemm.matmul(g, a.attn.ptr(), layer.o_proj.ptr(), a.delta.ptr(), t, h, q_dim, OutType::Bf16)?;
             norm(g, a.delta.ptr(), layer.post_norm.ptr(), a.normed.ptr(), 0, tt, true)?;
             self.gemm.matmul(g, a.normed.ptr(), layer.gate_up.ptr(), a.gate_up.ptr(), t, 2 * inter, h, OutType::Bf16)?;

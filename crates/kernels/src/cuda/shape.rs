@@ -59,8 +59,11 @@ impl DecoderShape {
         if ![64, 128, 256].contains(&self.head_dim) {
             return Err(format!("head_dim {} (the CUDA attention kernel has 64, 128 and 256)", self.head_dim));
         }
-        if self.hidden_size % 8 != 0 {
-            return Err(format!("hidden_size {} is not a multiple of 8", self.hidden_size));
+        if self.hidden_size % 8 != 0 || self.hidden_size > 8192 {
+            return Err(format!("hidden_size {} (the CUDA kernels take multiples of 8 up to 8192)", self.hidden_size));
+        }
+        if self.vocab_size % 4 != 0 {
+            return Err(format!("vocab_size {} is not a multiple of 4 (the GPU sampler reads float4)", self.vocab_size));
         }
         if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
             return Err(format!("{} heads are not a multiple of {} KV heads", self.num_heads, self.num_kv_heads));

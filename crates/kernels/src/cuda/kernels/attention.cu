@@ -8,6 +8,7 @@
 // computed in this step.
 //
 // Query token t of sequence s attends causally to the first ctx(t) = seq_lens[s] - (q_end(s) - 1 - t) tokens.
+// Rows are dealt to warps round-robin (a decode's few rows run on all warps at once).
 // Scores: lane j of a warp scores key j of the tile for one row at a time (q rows sit in shared memory as f32);
 // online softmax per row with warp reductions; then lane l accumulates output dims l, l + 32, ... with each
 // key's probability broadcast by shuffle. f32 throughout, bf16 in and out.
@@ -21,7 +22,8 @@ __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const 
                                 int max_blocks_per_seq, const int* __restrict__ seq_lens,
                                 const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
                                 const int* __restrict__ tile_q0, int q_tile, bf16* __restrict__ out, int num_heads,
-                                int num_kv_heads, int block_size, float scale) {
+                                int num_kv_heads, int block_size, float scale, int splits,
+                                float* __restrict__ part_acc, float* __restrict__ part_ml) {
   constexpr int DPL = HD / 32;                 // output dims per lane
   constexpr int RPW = ROWS / ATTN_WARPS;       // rows per warp
   constexpr int KPAD = HD + 2;                 // K row stride in smem (bf16): odd word stride, no bank conflicts
@@ -56,17 +58,20 @@ __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const 
   int ctx[RPW];
 #pragma unroll
   for (int i = 0; i < RPW; i++) {
-    const int r = warp * RPW + i;
+    const int r = i * ATTN_WARPS + warp;
     m[i] = -INFINITY;
     l[i] = 0.f;
     ctx[i] = r < rows ? seq_len - (q_end - 1 - (t0 + r / group)) : 0;
 #pragma unroll
     for (int j = 0; j < DPL; j++) acc[i][j] = 0.f;
   }
-  // Keys this tile needs: up to the last token's context.
-  const int ctx_max = seq_len - (q_end - 1 - (t0 + tokens - 1));
+  // Keys this tile needs: up to the last token's context; split z of `splits` takes one KT-aligned range.
+  const int ctx_all = seq_len - (q_end - 1 - (t0 + tokens - 1));
+  const int chunk = ((ctx_all + splits - 1) / splits + KT - 1) / KT * KT;
+  const int k_begin = blockIdx.z * chunk;
+  const int ctx_max = min(ctx_all, k_begin + chunk);
 
-  for (int k0 = 0; k0 < ctx_max; k0 += KT) {
+  for (int k0 = k_begin; k0 < ctx_max; k0 += KT) {
     __syncthreads();  // previous tile fully consumed (and sq written, on the first pass)
     // Load K and V rows k0 .. k0 + KT of this kv head, 16 bytes per thread-iteration.
     constexpr int CHUNKS = HD / 8;
@@ -88,12 +93,12 @@ __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const 
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < RPW; i++) {
-      const int r = warp * RPW + i;
+      const int r = i * ATTN_WARPS + warp;
       if (r >= rows) continue;  // warp-uniform
       // Score of key k0 + lane (lanes >= KT idle).
       float score = -INFINITY;
       const int key = k0 + lane;
-      if (lane < KT && key < ctx[i]) {
+      if (lane < KT && key < min(ctx[i], ctx_max)) {
         float dot = 0.f;
         const __nv_bfloat162* krow = reinterpret_cast<const __nv_bfloat162*>(&sk[lane][0]);
 #pragma unroll 8
@@ -120,9 +125,25 @@ __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const 
       m[i] = m_new;
     }
   }
+  if (splits > 1) {
+    // Partial result of this split: unnormalized acc, running max and sum (merged by attention_combine).
+    const size_t part = ((size_t)tile * num_kv_heads + kvh) * splits + blockIdx.z;
+#pragma unroll
+    for (int i = 0; i < RPW; i++) {
+      const int r = i * ATTN_WARPS + warp;
+      if (r >= rows) continue;
+#pragma unroll
+      for (int j = 0; j < DPL; j++) part_acc[(part * ROWS + r) * HD + lane + 32 * j] = acc[i][j];
+      if (lane == 0) {
+        part_ml[(part * ROWS + r) * 2] = m[i];
+        part_ml[(part * ROWS + r) * 2 + 1] = l[i];
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < RPW; i++) {
-    const int r = warp * RPW + i;
+    const int r = i * ATTN_WARPS + warp;
     if (r >= rows) continue;
     const int t = t0 + r / group, h = kvh * group + r % group;
     bf16* orow = out + (size_t)t * num_heads * HD + h * HD;
@@ -132,15 +153,54 @@ __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const 
   }
 }
 
+// Merges the `splits` partial softmaxes of each (tile, kv head) into the output (flash-decoding's second pass).
+template <int HD, int ROWS>
+__device__ void attention_combine(const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
+                                  const int* __restrict__ tile_q0, int q_tile, bf16* __restrict__ out,
+                                  int num_heads, int num_kv_heads, int splits, const float* __restrict__ part_acc,
+                                  const float* __restrict__ part_ml) {
+  const int tile = blockIdx.x, kvh = blockIdx.y;
+  const int group = num_heads / num_kv_heads;
+  const int s = tile_seq[tile];
+  const int q_end = query_start_loc[s + 1];
+  const int t0 = query_start_loc[s] + tile_q0[tile];
+  const int rows = min(q_tile, q_end - t0) * group;
+  const size_t part0 = ((size_t)tile * num_kv_heads + kvh) * splits;
+  for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
+    const int r = i / HD, d = i % HD;
+    float M = -INFINITY;
+    for (int z = 0; z < splits; z++) M = fmaxf(M, part_ml[((part0 + z) * ROWS + r) * 2]);
+    float L = 0.f, v = 0.f;
+    if (M != -INFINITY) {
+      for (int z = 0; z < splits; z++) {
+        const size_t at = (part0 + z) * ROWS + r;
+        const float mz = part_ml[at * 2];
+        if (mz == -INFINITY) continue;
+        const float w = __expf(mz - M);
+        L += part_ml[at * 2 + 1] * w;
+        v += part_acc[at * HD + d] * w;
+      }
+    }
+    const int t = t0 + r / group, h = kvh * group + r % group;
+    out[(size_t)t * num_heads * HD + h * HD + d] = to_bf16(L > 0.f ? v / L : 0.f);
+  }
+}
+
 #define DEFINE_ATTENTION(HD, KT, ROWS)                                                                         \
   extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) paged_attention_hd##HD##_bf16(                 \
       const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const uint32_t* block_tables,     \
       int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
       const int* tile_q0, int q_tile, bf16* out, int num_heads, int num_kv_heads, int block_size,             \
-      float scale) {                                                                                           \
+      float scale, int splits, float* part_acc, float* part_ml) {                                              \
     paged_attention<HD, KT, ROWS>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,  \
                                   query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads, num_kv_heads,    \
-                                  block_size, scale);                                                          \
+                                  block_size, scale, splits, part_acc, part_ml);                               \
+  }                                                                                                            \
+  extern "C" __global__ void attention_combine_hd##HD##_bf16(                                                  \
+      const int* query_start_loc, const int* tile_seq, const int* tile_q0, int q_tile, bf16* out,             \
+      int num_heads, int num_kv_heads, int splits, const float* part_acc, const float* part_ml) {             \
+    attention_combine<HD, ROWS>(query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads, num_kv_heads,     \
+                                splits, part_acc, part_ml);                                                    \
   }
 
 // ROWS query rows per block (tokens x GQA group); the host picks q_tile = max(1, ROWS / group).

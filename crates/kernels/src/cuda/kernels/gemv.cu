@@ -6,7 +6,7 @@
 #include "common.cuh"
 
 #define GEMV_MAX_T 4
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 8
 #define GEMV_WARPS 8
 
 __device__ __forceinline__ void fma8(float& acc, const uint4& w, const uint4& x) {

@@ -3,31 +3,60 @@
 //
 // One block per output row r. The source row is rows[r] when `rows` is given (the final norm runs on the
 // logits rows only), else r. With `delta`, the residual row becomes residual + delta (rounded to bf16) and is
-// written back when `write_residual` is set; the norm then runs on that sum.
+// written back when `write_residual` is set; the norm then runs on that sum. Rows are read with 16-byte loads
+// and kept in registers between the two passes (hidden <= NORM_THREADS * 8 * NORM_CHUNKS), so each element
+// is loaded once: at one token per step this kernel is latency-bound, not bandwidth-bound.
 #include "common.cuh"
 
-extern "C" __global__ void add_rms_norm_bf16(bf16* __restrict__ residual, const bf16* __restrict__ delta,
-                                             const bf16* __restrict__ weight, bf16* __restrict__ out,
-                                             const uint32_t* __restrict__ rows, int hidden, float eps,
-                                             int write_residual) {
+#define NORM_THREADS 256
+#define NORM_CHUNKS 4  // 16-byte chunks per thread: hidden up to 8192
+
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    add_rms_norm_bf16(bf16* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight,
+                      bf16* __restrict__ out, const uint32_t* __restrict__ rows, int hidden, float eps,
+                      int write_residual) {
   const int r = blockIdx.x;
   const size_t src = (size_t)(rows ? rows[r] : r) * hidden;
-  bf16* x = residual + src;
+  const int chunks = hidden / 8;
+  float v[NORM_CHUNKS][8];
   float sumsq = 0.f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float v = to_f32(x[i]);
-    if (delta) {
-      v = round_bf16(v + to_f32(delta[src + i]));
-      if (write_residual) x[i] = to_bf16(v);
+#pragma unroll
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    const int chunk = threadIdx.x + c * NORM_THREADS;
+    if (chunk < chunks) {
+      uint4 xr = reinterpret_cast<const uint4*>(residual + src)[chunk];
+      const bf16* xb = reinterpret_cast<const bf16*>(&xr);
+      if (delta) {
+        uint4 dr = reinterpret_cast<const uint4*>(delta + src)[chunk];
+        const bf16* db = reinterpret_cast<const bf16*>(&dr);
+        uint4 sum;
+        bf16* sb = reinterpret_cast<bf16*>(&sum);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          sb[j] = to_bf16(to_f32(xb[j]) + to_f32(db[j]));
+          v[c][j] = to_f32(sb[j]);
+        }
+        if (write_residual) reinterpret_cast<uint4*>(residual + src)[chunk] = sum;
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[c][j] = to_f32(xb[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; j++) sumsq += v[c][j] * v[c][j];
     }
-    sumsq += v * v;
   }
   const float inv = rsqrtf(block_sum(sumsq) / hidden + eps);
-  bf16* o = out + (size_t)r * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    // Re-read (cached) rather than keep `hidden / blockDim` values in registers: the row is small.
-    float v = to_f32(x[i]);
-    if (delta && !write_residual) v = round_bf16(v + to_f32(delta[src + i]));
-    o[i] = to_bf16(round_bf16(v * inv) * to_f32(weight[i]));
+#pragma unroll
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    const int chunk = threadIdx.x + c * NORM_THREADS;
+    if (chunk < chunks) {
+      uint4 wr = reinterpret_cast<const uint4*>(weight)[chunk];
+      const bf16* wb = reinterpret_cast<const bf16*>(&wr);
+      uint4 o;
+      bf16* ob = reinterpret_cast<bf16*>(&o);
+#pragma unroll
+      for (int j = 0; j < 8; j++) ob[j] = to_bf16(round_bf16(v[c][j] * inv) * to_f32(wb[j]));
+      reinterpret_cast<uint4*>(out + (size_t)r * hidden)[chunk] = o;
+    }
   }
 }

@@ -4,6 +4,8 @@
 // qkv row t: [q (num_heads * hd) | k (num_kv_heads * hd) | v (num_kv_heads * hd)]. `bias` (Qwen2) is added
 // first when given. Cache layout per layer: [num_blocks * block_size, num_kv_heads, hd], so a slot's row is
 // contiguous. Angles are position * inv_freq[i] (llama3 / linear scaling folded into inv_freq on the host).
+// Grid (T, num_heads + num_kv_heads), hd / 2 threads: one rotation pair per thread; kv-head blocks also copy
+// their v head (every launch is one short round, the decode case is latency-bound).
 #include "common.cuh"
 
 extern "C" __global__ void rope_qkv_cache_bf16(bf16* __restrict__ qkv, const bf16* __restrict__ bias,
@@ -12,42 +14,40 @@ extern "C" __global__ void rope_qkv_cache_bf16(bf16* __restrict__ qkv, const bf1
                                                const long long* __restrict__ slot_mapping,
                                                bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
                                                int num_heads, int num_kv_heads, int hd) {
-  const int t = blockIdx.x;
+  const int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int half = hd / 2;
   const int q_dim = num_heads * hd, kv_dim = num_kv_heads * hd;
   bf16* row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
-  const float pos = (float)positions[t];
   const long long slot = slot_mapping[t];
-  // Rotate q and k heads: one thread per (head, pair).
-  const int pairs = (num_heads + num_kv_heads) * half;
-  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int head = p / half, i = p % half;
-    const int base = head * hd;  // q heads then k heads are contiguous in the row
-    float x1 = to_f32(row[base + i]), x2 = to_f32(row[base + i + half]);
-    if (bias) {
-      x1 = round_bf16(x1 + to_f32(bias[base + i]));
-      x2 = round_bf16(x2 + to_f32(bias[base + i + half]));
-    }
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
-    const bf16 o1 = to_bf16(x1 * c - x2 * s), o2 = to_bf16(x2 * c + x1 * s);
-    row[base + i] = o1;
-    row[base + i + half] = o2;
-    if (head >= num_heads && slot >= 0) {
-      bf16* dst = k_cache + (size_t)slot * kv_dim + (base - q_dim);
-      dst[i] = o1;
-      dst[i + half] = o2;
-    }
+  const int base = head * hd;  // q heads then k heads are contiguous in the row
+  float x1 = to_f32(row[base + i]), x2 = to_f32(row[base + i + half]);
+  if (bias) {
+    x1 = round_bf16(x1 + to_f32(bias[base + i]));
+    x2 = round_bf16(x2 + to_f32(bias[base + i + half]));
   }
-  // v: bias, then copy into the cache.
-  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    const int at = q_dim + kv_dim + i;
-    bf16 v = row[at];
+  float s, c;
+  sincosf((float)positions[t] * inv_freq[i], &s, &c);
+  const bf16 o1 = to_bf16(x1 * c - x2 * s), o2 = to_bf16(x2 * c + x1 * s);
+  row[base + i] = o1;
+  row[base + i + half] = o2;
+  if (head >= num_heads) {
+    const int kvh = head - num_heads;
+    const int vat = q_dim + kv_dim + kvh * hd;
+    bf16 v1 = row[vat + i], v2 = row[vat + i + half];
     if (bias) {
-      v = to_bf16(to_f32(v) + to_f32(bias[at]));
-      row[at] = v;
+      v1 = to_bf16(to_f32(v1) + to_f32(bias[vat + i]));
+      v2 = to_bf16(to_f32(v2) + to_f32(bias[vat + i + half]));
+      row[vat + i] = v1;
+      row[vat + i + half] = v2;
     }
-    if (slot >= 0) v_cache[(size_t)slot * kv_dim + i] = v;
+    if (slot >= 0) {
+      bf16* kd = k_cache + (size_t)slot * kv_dim + kvh * hd;
+      bf16* vd = v_cache + (size_t)slot * kv_dim + kvh * hd;
+      kd[i] = o1;
+      kd[i + half] = o2;
+      vd[i] = v1;
+      vd[i + half] = v2;
+    }
   }
 }
 

@@ -29,48 +29,60 @@ __device__ __forceinline__ Best better(Best a, Best b) {
   return (b.score > a.score || (b.score == a.score && b.id < a.id)) ? b : a;
 }
 
-extern "C" __global__ void sample_rows_f32(const float* __restrict__ logits, int vocab,
-                                           const float* __restrict__ temperatures,
-                                           const unsigned long long* __restrict__ seeds,
-                                           uint32_t* __restrict__ out_ids, float* __restrict__ out_logprobs) {
+// Running (max, sum of exp(x - max)) of a set of logits, merged across threads.
+__device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
+  const float mn = fmaxf(m, m2);
+  if (mn == -INFINITY) return;
+  s = s * __expf(m - mn) + s2 * __expf(m2 - mn);
+  m = mn;
+}
+
+// One pass over the row: argmax of the (noised) scores and the row's log-sum-exp together; float4 loads
+// (vocab % 4 == 0 is checked by the host) so one block pulls the row at a useful fraction of bandwidth.
+extern "C" __global__ void __launch_bounds__(1024)
+    sample_rows_f32(const float* __restrict__ logits, int vocab, const float* __restrict__ temperatures,
+                    const unsigned long long* __restrict__ seeds, uint32_t* __restrict__ out_ids,
+                    float* __restrict__ out_logprobs) {
   const int r = blockIdx.x;
-  const float* row = logits + (size_t)r * vocab;
+  const float4* row4 = reinterpret_cast<const float4*>(logits + (size_t)r * vocab);
   const float temp = temperatures[r];
   const uint64_t seed = seeds[r];
   Best best = {-INFINITY, 0x7fffffff};
-  float mx = -INFINITY;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float x = row[i];
-    mx = fmaxf(mx, x);
-    const float score = temp > 0.f ? x / temp + gumbel(seed, i) : x;
-    best = better(best, {score, i});
+  float m = -INFINITY, s = 0.f;
+  for (int c = threadIdx.x; c < vocab / 4; c += blockDim.x) {
+    const float4 x4 = __ldg(row4 + c);
+    const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int i = 4 * c + j;
+      const float x = xs[j];
+      lse_merge(m, s, x, 1.f);
+      const float score = temp > 0.f ? x / temp + gumbel(seed, i) : x;
+      best = better(best, {score, i});
+    }
   }
-  // Block argmax and max.
-  __shared__ float sm_score[32], sm_max[32];
+  __shared__ float sm_score[32], sm_m[32], sm_s[32];
   __shared__ int sm_id[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     best = better(best, {__shfl_xor_sync(0xffffffffu, best.score, o), __shfl_xor_sync(0xffffffffu, best.id, o)});
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    lse_merge(m, s, m2, s2);
   }
-  mx = warp_max(mx);
   if (lane == 0) {
     sm_score[warp] = best.score;
     sm_id[warp] = best.id;
-    sm_max[warp] = mx;
+    sm_m[warp] = m;
+    sm_s[warp] = s;
   }
   __syncthreads();
-  best = {sm_score[0], sm_id[0]};
-  mx = sm_max[0];
-  for (int w = 1; w < (int)(blockDim.x >> 5); w++) {
-    best = better(best, {sm_score[w], sm_id[w]});
-    mx = fmaxf(mx, sm_max[w]);
-  }
-  float sum = 0.f;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += __expf(row[i] - mx);
-  sum = block_sum(sum);
   if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) {
+      best = better(best, {sm_score[w], sm_id[w]});
+      lse_merge(m, s, sm_m[w], sm_s[w]);
+    }
     out_ids[r] = (uint32_t)best.id;
-    out_logprobs[r] = row[best.id] - mx - logf(sum);
+    out_logprobs[r] = logits[(size_t)r * vocab + best.id] - m - logf(s);
   }
 }
