@@ -6,6 +6,8 @@
 //   node scripts/build.mjs --native-only   native only
 //   node scripts/build.mjs --ts-only       TypeScript only
 //   --debug                                 debug native build (fast to compile, slow to run)
+// PAGEDLLM_CUDA=1 adds the CUDA backend (cargo feature `cuda`); its kernels need nvcc, which is taken from $NVCC,
+// $CUDA_HOME, PATH, /usr/local/cuda, or else installed from NVIDIA's PyPI wheels (scripts/install-nvcc.sh).
 
 import { spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync } from 'node:fs';
@@ -52,18 +54,36 @@ function resolveBin(pkg, bin) {
   }
 }
 
+/** Cargo feature flags for this build (the CUDA backend when PAGEDLLM_CUDA=1). */
+function featureArgs() {
+  if (process.env.PAGEDLLM_CUDA !== '1') return [];
+  const hasNvcc =
+    process.env.NVCC ||
+    process.env.CUDA_HOME ||
+    spawnSync('nvcc', ['--version'], { stdio: 'ignore' }).status === 0 ||
+    existsSync('/usr/local/cuda/bin/nvcc');
+  if (!hasNvcc) {
+    const r = spawnSync('bash', [path.join(ROOT, 'scripts', 'install-nvcc.sh')], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+    if (r.status !== 0) throw new Error('PAGEDLLM_CUDA=1 needs nvcc and scripts/install-nvcc.sh could not install it');
+    process.env.NVCC = r.stdout.trim();
+  }
+  return ['--features', 'cuda'];
+}
+
 export function buildNative({ debug = false } = {}) {
   if (!hasCargo()) throw new Error('building the native core needs a Rust toolchain (cargo); see https://rustup.rs');
+  const features = featureArgs();
   const napi = resolveBin('@napi-rs/cli', 'napi');
   if (napi) {
     const args = ['build', '--platform', '--manifest-path', 'bindings/Cargo.toml', '--package-json-path', 'package.json'];
     args.push('--output-dir', 'bindings', '--no-js', '--dts', 'index.d.ts');
     if (!debug) args.push('--release');
+    args.push(...features);
     run(process.execPath, [napi, ...args]);
     return nativeBinaryPath();
   }
   // No napi CLI (installed as a dependency without devDependencies): cargo builds the same cdylib.
-  const args = ['build', '-p', 'pagedllm-node', '--manifest-path', path.join(ROOT, 'Cargo.toml')];
+  const args = ['build', '-p', 'pagedllm-node', '--manifest-path', path.join(ROOT, 'Cargo.toml'), ...features];
   if (!debug) args.push('--release');
   run('cargo', args);
   const targetDir = process.env.CARGO_TARGET_DIR ? path.resolve(process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');

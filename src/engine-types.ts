@@ -35,6 +35,12 @@ export const llmOptionsSchema = z
     numThreads: positiveInt,
     /** Default seed for requests that set none. */
     seed: z.number().int('must be an integer').min(0, 'must be >= 0'),
+    /** Where the model runs: `cpu` (default), `cuda` or `cuda:N` (needs a build with the CUDA backend). */
+    device: z.string().regex(/^(cpu|cuda|gpu|cuda:\d+)$/i, 'must be cpu, cuda or cuda:N'),
+    /** GPU: share of the GPU's memory for weights, activations and KV cache (vLLM's flag; default 0.9). */
+    gpuMemoryUtilization: z.number().gt(0, 'must be > 0').max(1, 'must be <= 1'),
+    /** GPU: run every step eagerly, without CUDA graphs. */
+    enforceEager: z.boolean(),
   })
   .partial()
   .strict();
@@ -60,6 +66,9 @@ export function toEngineConfig(o: z.output<typeof llmOptionsSchema>): Record<str
     ['schedulingPolicy', 'scheduling_policy'],
     ['numThreads', 'num_threads'],
     ['seed', 'seed'],
+    ['device', 'device'],
+    ['gpuMemoryUtilization', 'gpu_memory_utilization'],
+    ['enforceEager', 'enforce_eager'],
   ];
   const out: Record<string, unknown> = {};
   for (const [from, to] of map) if (o[from] !== undefined) out[to] = o[from];

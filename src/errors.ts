@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'engine_closed'
   | 'unknown_request'
   | 'internal_error'
+  | 'backend_error'
   | 'io_error'
   | 'aborted';
 
@@ -65,6 +66,7 @@ const KNOWN_CODES = new Set<string>([
   'engine_closed',
   'unknown_request',
   'internal_error',
+  'backend_error',
   'io_error',
   'aborted',
 ]);

@@ -39,6 +39,31 @@ describe('loading', () => {
     expect(err.message).toContain(missing);
   });
 
+  it('device: an unknown device is a ValidationError naming `device`; cuda on a CPU-only build is backend_error', async () => {
+    const bad = await LLM.create({ ...TEST_ENGINE, device: 'tpu' }).then(() => undefined, (e: unknown) => e);
+    expect(bad).toBeInstanceOf(ValidationError);
+    expect((bad as ValidationError).param).toBe('device');
+    const frac = await LLM.create({ ...TEST_ENGINE, gpuMemoryUtilization: 1.5 }).then(() => undefined, (e: unknown) => e);
+    expect((frac as ValidationError).param).toBe('gpuMemoryUtilization');
+    // The npm package's default build has no CUDA backend (PAGEDLLM_CUDA=1 builds one); without a GPU the CUDA
+    // build refuses too. Either way the error names the cause and nothing crashes.
+    const err = await LLM.create({ ...TEST_ENGINE, device: 'cuda:0' }).then(
+      (llm) => {
+        llm.close();
+        return undefined;
+      },
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(PagedLLMError);
+    expect((err as PagedLLMError).code).toBe('backend_error');
+    expect((err as PagedLLMError).message).toMatch(/CUDA is not available/);
+    // The engine stays usable for CPU work afterwards.
+    const llm = await createTestLLM();
+    const [out] = await llm.generate('Hi', { maxTokens: 2, temperature: 0, ignoreEos: true });
+    expect(out!.outputs[0]!.tokenIds).toHaveLength(2);
+    llm.close();
+  });
+
   it('a GGUF file of random bytes fails to load without crashing', async () => {
     const next = rng(42);
     const garbage = Buffer.from(Array.from({ length: 64 * 1024 }, () => Math.floor(next() * 256)));

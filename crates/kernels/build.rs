@@ -78,7 +78,10 @@ fn main() {
                 .status()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
             assert!(status.success(), "nvcc failed on {} for sm_{arch}", src.display());
-            generated.push_str(&format!("        ({arch}, include_str!({:?})),\n", ptx.display().to_string()));
+            generated.push_str(&format!(
+                "        ({arch}, include_str!({:?})),\n",
+                ptx.display().to_string()
+            ));
         }
         generated.push_str("    ]),\n");
     }

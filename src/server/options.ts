@@ -72,7 +72,10 @@ model and engine:
   --max-num-seqs N                most sequences in one engine step
   --max-num-batched-tokens N      most tokens in one engine step
   --block-size N                  tokens per KV block
-  --kv-cache-bytes N              bytes of KV cache to allocate
+  --kv-cache-bytes N              bytes of KV cache to allocate (CPU)
+  --device D                      cpu (default), cuda or cuda:N (a build with the CUDA backend)
+  --gpu-memory-utilization F      GPU memory share for weights + activations + KV cache (default 0.9)
+  --enforce-eager                 GPU: no CUDA graphs
   --enable-prefix-caching / --no-enable-prefix-caching
   --chat-template FILE|TEMPLATE   a Jinja chat template file, or the template itself
   --seed N                        default seed for requests that set none
@@ -99,6 +102,9 @@ const flags = {
   'max-num-batched-tokens': { type: 'string' },
   'block-size': { type: 'string' },
   'kv-cache-bytes': { type: 'string' },
+  device: { type: 'string' },
+  'gpu-memory-utilization': { type: 'string' },
+  'enforce-eager': { type: 'boolean' },
   'enable-prefix-caching': { type: 'boolean' },
   'no-enable-prefix-caching': { type: 'boolean' },
   'chat-template': { type: 'string' },
@@ -167,6 +173,13 @@ export function parseServeArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   setEngine('blockSize', positive('block-size', intFlag('block-size', v['block-size'])));
   setEngine('kvCacheBytes', positive('kv-cache-bytes', intFlag('kv-cache-bytes', v['kv-cache-bytes'])));
   setEngine('seed', positive('seed', intFlag('seed', v.seed), 0));
+  setEngine('device', v.device);
+  if (v['gpu-memory-utilization'] !== undefined) {
+    const f = Number(v['gpu-memory-utilization']);
+    if (!(f > 0 && f <= 1)) throw new UsageError(`--gpu-memory-utilization must be in (0, 1], got '${v['gpu-memory-utilization']}'`);
+    engine.gpuMemoryUtilization = f;
+  }
+  if (v['enforce-eager']) engine.enforceEager = true;
   if (v['enable-prefix-caching']) engine.enablePrefixCaching = true;
   if (v['no-enable-prefix-caching']) engine.enablePrefixCaching = false;
 

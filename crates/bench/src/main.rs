@@ -54,7 +54,11 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     match it.next().as_deref() {
         Some("throughput") => {}
-        other => return Err(format!("usage: pagedllm-bench throughput|parity [flags] (got {other:?})")),
+        other => {
+            return Err(format!(
+                "usage: pagedllm-bench throughput|parity [flags] (got {other:?})"
+            ))
+        }
     }
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));

@@ -35,7 +35,12 @@ struct Item {
 impl Item {
     /// HF's log-prob of every token after the first (prompt tokens, then the greedy ones).
     fn scored(&self) -> Vec<f32> {
-        self.prompt_logprobs.iter().skip(1).map(|x| x.unwrap_or(f32::NAN)).chain(self.greedy_logprobs.iter().copied()).collect()
+        self.prompt_logprobs
+            .iter()
+            .skip(1)
+            .map(|x| x.unwrap_or(f32::NAN))
+            .chain(self.greedy_logprobs.iter().copied())
+            .collect()
     }
 }
 
@@ -59,7 +64,12 @@ fn request(engine: &LLMEngine, ids: Vec<u32>, params: SamplingParams) -> Result<
 
 fn score_request(engine: &LLMEngine, item: &Item) -> Result<RequestStream, String> {
     let full: Vec<u32> = item.prompt.iter().chain(&item.greedy).copied().collect();
-    let params = SamplingParams { max_tokens: Some(1), prompt_logprobs: Some(1), temperature: 0.0, ..Default::default() };
+    let params = SamplingParams {
+        max_tokens: Some(1),
+        prompt_logprobs: Some(1),
+        temperature: 0.0,
+        ..Default::default()
+    };
     request(engine, full, params)
 }
 
@@ -67,7 +77,11 @@ fn collect_prompt_logprobs(mut s: RequestStream) -> Result<Vec<f32>, String> {
     let mut lp = Vec::new();
     while let Some(o) = s.blocking_next() {
         if let Some(p) = o.map_err(|e| e.to_string())?.prompt_logprobs {
-            lp = p.into_iter().skip(1).map(|x| x.map_or(f32::NAN, |x| x.logprob)).collect();
+            lp = p
+                .into_iter()
+                .skip(1)
+                .map(|x| x.map_or(f32::NAN, |x| x.logprob))
+                .collect();
         }
     }
     Ok(lp)
@@ -85,8 +99,17 @@ fn collect_tokens(mut s: RequestStream) -> Result<Vec<u32>, String> {
 
 /// (max, mean) of |a - b| over the first `n` positions (NaN counts as infinite).
 fn diff(a: &[f32], b: &[f32], n: usize) -> (f64, f64) {
-    let d: Vec<f64> = a.iter().zip(b).take(n).map(|(x, y)| (*x as f64 - *y as f64).abs()).map(|d| if d.is_nan() { f64::INFINITY } else { d }).collect();
-    (d.iter().cloned().fold(0.0, f64::max), d.iter().sum::<f64>() / d.len().max(1) as f64)
+    let d: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .take(n)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .map(|d| if d.is_nan() { f64::INFINITY } else { d })
+        .collect();
+    (
+        d.iter().cloned().fold(0.0, f64::max),
+        d.iter().sum::<f64>() / d.len().max(1) as f64,
+    )
 }
 
 fn agree(a: &[u32], b: &[u32]) -> usize {
@@ -103,7 +126,13 @@ struct Totals {
 
 impl Totals {
     fn new() -> Self {
-        Self { max: 0.0, sum: 0.0, n: 0, same: 0, total: 0 }
+        Self {
+            max: 0.0,
+            sum: 0.0,
+            n: 0,
+            same: 0,
+            total: 0,
+        }
     }
     fn add(&mut self, (max, mean): (f64, f64), n: usize) {
         self.max = self.max.max(max);
@@ -148,7 +177,13 @@ pub fn run(args: &[String]) -> Result<bool, String> {
             return Err("the fp32 reference has different prompts (run both with the same --seed)".into());
         }
     }
-    let longest = r.items.iter().chain(r32.iter().flat_map(|x| &x.items)).map(|i| i.prompt.len() + i.greedy.len()).max().unwrap_or(1);
+    let longest = r
+        .items
+        .iter()
+        .chain(r32.iter().flat_map(|x| &x.items))
+        .map(|i| i.prompt.len() + i.greedy.len())
+        .max()
+        .unwrap_or(1);
     let config = EngineConfig {
         device: device.clone(),
         max_num_seqs: 3 * r.items.len().max(1),
@@ -160,20 +195,30 @@ pub fn run(args: &[String]) -> Result<bool, String> {
     let engine = LLMEngine::start(&model, config).map_err(|e| e.to_string())?;
     let mut streams = Vec::new();
     for (i, item) in r.items.iter().enumerate() {
-        let greedy_params = SamplingParams { max_tokens: Some(item.greedy.len()), temperature: 0.0, ignore_eos: true, ..Default::default() };
+        let greedy_params = SamplingParams {
+            max_tokens: Some(item.greedy.len()),
+            temperature: 0.0,
+            ignore_eos: true,
+            ..Default::default()
+        };
         let scored = score_request(&engine, item)?;
         let scored32 = r32.as_ref().map(|x| score_request(&engine, &x.items[i])).transpose()?;
         let greedy = request(&engine, item.prompt.clone(), greedy_params)?;
         streams.push((scored, scored32, greedy));
     }
-    let (mut vs16, mut vs32, mut vs32_prompt, mut hf16_vs32) = (Totals::new(), Totals::new(), Totals::new(), Totals::new());
+    let (mut vs16, mut vs32, mut vs32_prompt, mut hf16_vs32) =
+        (Totals::new(), Totals::new(), Totals::new(), Totals::new());
     let mut items = Vec::new();
     for (i, (scored, scored32, greedy)) in streams.into_iter().enumerate() {
         let item = &r.items[i];
         let ours = collect_prompt_logprobs(scored)?;
         let theirs = item.scored();
         if ours.len() != theirs.len() {
-            return Err(format!("{} engine log-probs for {} reference positions", ours.len(), theirs.len()));
+            return Err(format!(
+                "{} engine log-probs for {} reference positions",
+                ours.len(),
+                theirs.len()
+            ));
         }
         let tokens = collect_tokens(greedy)?;
         let d16 = diff(&ours, &theirs, theirs.len());
@@ -206,9 +251,13 @@ pub fn run(args: &[String]) -> Result<bool, String> {
     engine.shutdown();
     let plain = vs16.max <= lp_tol && vs16.greedy() >= greedy_min;
     let (pass, criterion) = match &r32 {
-        None => (plain, "vs the bf16 reference: max |dlogprob| <= tolerance and greedy match >= minimum".to_string()),
+        None => (
+            plain,
+            "vs the bf16 reference: max |dlogprob| <= tolerance and greedy match >= minimum".to_string(),
+        ),
         Some(_) => {
-            let lp_ok = vs32_prompt.max <= lp_tol.max(1.1 * hf16_vs32.max) && vs32_prompt.mean() <= (0.2 * lp_tol).max(1.1 * hf16_vs32.mean());
+            let lp_ok = vs32_prompt.max <= lp_tol.max(1.1 * hf16_vs32.max)
+                && vs32_prompt.mean() <= (0.2 * lp_tol).max(1.1 * hf16_vs32.mean());
             let greedy_ok = vs32.greedy() >= greedy_min.min(hf16_vs32.greedy() - 0.1);
             (lp_ok && greedy_ok, "vs float32: as close as HF-bf16 is (prompt positions, mean and max within 10%) or within the tolerance; greedy agreement with float32 at least HF-bf16's minus 0.1, or the minimum".to_string())
         }

@@ -34,10 +34,46 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "gqa1-hd64", hidden: 256, heads: 4, kv_heads: 4, head_dim: 64, bias: false, llama3_rope: false, tied: true },
-    Case { name: "gqa4-hd64-qwen2-bias", hidden: 512, heads: 8, kv_heads: 2, head_dim: 64, bias: true, llama3_rope: false, tied: true },
-    Case { name: "gqa8-hd128-llama3-untied", hidden: 1024, heads: 8, kv_heads: 1, head_dim: 128, bias: false, llama3_rope: true, tied: false },
-    Case { name: "gqa4-hd128", hidden: 512, heads: 16, kv_heads: 4, head_dim: 128, bias: false, llama3_rope: false, tied: true },
+    Case {
+        name: "gqa1-hd64",
+        hidden: 256,
+        heads: 4,
+        kv_heads: 4,
+        head_dim: 64,
+        bias: false,
+        llama3_rope: false,
+        tied: true,
+    },
+    Case {
+        name: "gqa4-hd64-qwen2-bias",
+        hidden: 512,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 64,
+        bias: true,
+        llama3_rope: false,
+        tied: true,
+    },
+    Case {
+        name: "gqa8-hd128-llama3-untied",
+        hidden: 1024,
+        heads: 8,
+        kv_heads: 1,
+        head_dim: 128,
+        bias: false,
+        llama3_rope: true,
+        tied: false,
+    },
+    Case {
+        name: "gqa4-hd128",
+        hidden: 512,
+        heads: 16,
+        kv_heads: 4,
+        head_dim: 128,
+        bias: false,
+        llama3_rope: false,
+        tied: true,
+    },
 ];
 
 fn config(c: &Case) -> ModelConfig {
@@ -53,7 +89,12 @@ fn config(c: &Case) -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_scaling: if c.llama3_rope {
-            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 }
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64,
+            }
         } else {
             RopeScaling::None
         },
@@ -130,7 +171,12 @@ fn pair(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize) -> Pair {
     let cpu = LlamaModel::new(cfg, ws).unwrap();
     let cpu_kv = cpu.new_kv_cache(num_blocks, BLOCK);
     let gpu = gpu_decoder(cfg, ws, num_blocks, true);
-    Pair { cpu, cpu_kv, gpu, vocab: cfg.vocab_size }
+    Pair {
+        cpu,
+        cpu_kv,
+        gpu,
+        vocab: cfg.vocab_size,
+    }
 }
 
 /// Max over rows of ||gpu - cpu|| / ||cpu||; panics on NaN.
@@ -138,8 +184,16 @@ fn compare(cpu: &[f32], gpu: &[f32], vocab: usize, what: &str) -> f64 {
     assert_eq!(cpu.len(), gpu.len(), "{what}: row count");
     let mut worst = 0f64;
     for (r, (c, g)) in cpu.chunks(vocab).zip(gpu.chunks(vocab)).enumerate() {
-        assert!(g.iter().all(|x| x.is_finite()), "{what}: row {r} has NaN/inf on the GPU");
-        let num: f64 = c.iter().zip(g).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(
+            g.iter().all(|x| x.is_finite()),
+            "{what}: row {r} has NaN/inf on the GPU"
+        );
+        let num: f64 = c
+            .iter()
+            .zip(g)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let den: f64 = c.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
         worst = worst.max(num / den);
     }
@@ -190,7 +244,11 @@ fn random_seqs(rng: &mut ChaCha8Rng, n: usize, max_len: usize, num_blocks: usize
             let len = rng.random_range(1..=max_len);
             let need = (len + 8).div_ceil(BLOCK);
             let blocks: Vec<u32> = pool.drain(..need).collect();
-            Seq { tokens: (0..len + 8).map(|_| rng.random_range(0..vocab as u32)).collect(), blocks, done: 0 }
+            Seq {
+                tokens: (0..len + 8).map(|_| rng.random_range(0..vocab as u32)).collect(),
+                blocks,
+                done: 0,
+            }
         })
         .collect()
 }
@@ -221,7 +279,10 @@ fn decoder_matches_cpu_on_chunked_prefill_and_decode() {
             for _ in 0..8 {
                 e3 = e3.max(step(&mut p, &mut seqs, &vec![1; n], "decode"));
             }
-            println!("{} trial {trial}: {n} seqs, rel err prefill1 {e1:.2e} prefill2 {e2:.2e} decode {e3:.2e}", case.name);
+            println!(
+                "{} trial {trial}: {n} seqs, rel err prefill1 {e1:.2e} prefill2 {e2:.2e} decode {e3:.2e}",
+                case.name
+            );
             for (e, what) in [(e1, "prefill 1"), (e2, "prefill 2"), (e3, "decode")] {
                 assert!(e < TOL, "{} {what}: relative error {e:.3e} over {TOL}", case.name);
             }
@@ -261,7 +322,13 @@ fn gpu_sampler_greedy_is_argmax_and_temperature_samples_follow_softmax() {
     let rows = 256;
     let mut p = pair(&cfg, &ws, rows + 8);
     // 256 one-token sequences with the same token: identical logits rows.
-    let mut seqs: Vec<Seq> = (0..rows).map(|i| Seq { tokens: vec![7], blocks: vec![1 + i as u32], done: 0 }).collect();
+    let mut seqs: Vec<Seq> = (0..rows)
+        .map(|i| Seq {
+            tokens: vec![7],
+            blocks: vec![1 + i as u32],
+            done: 0,
+        })
+        .collect();
     let scheduled: Vec<ScheduledSeq<'_>> = seqs
         .iter()
         .enumerate()
@@ -281,12 +348,19 @@ fn gpu_sampler_greedy_is_argmax_and_temperature_samples_follow_softmax() {
     let row = &logits[..cfg.vocab_size];
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
-    let argmax = row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b });
+    let argmax = row
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > row[b] { i } else { b });
     // Greedy.
     let greedy = p.gpu.sample(&vec![0.0; rows], &vec![0; rows]).unwrap();
     for &(t, lp) in &greedy {
         assert_eq!(t as usize, argmax);
-        assert!((lp - (row[argmax] - lse)).abs() < 1e-3, "greedy logprob {lp} vs {}", row[argmax] - lse);
+        assert!(
+            (lp - (row[argmax] - lse)).abs() < 1e-3,
+            "greedy logprob {lp} vs {}",
+            row[argmax] - lse
+        );
     }
     // Temperature 0.8: empirical frequencies of the likeliest tokens against softmax(logits / 0.8).
     let temp = 0.8f32;
@@ -308,8 +382,14 @@ fn gpu_sampler_greedy_is_argmax_and_temperature_samples_follow_softmax() {
         let prob = scaled[t].exp() / z;
         let freq = counts[t] as f64 / total;
         let sigma = (prob * (1.0 - prob) / total).sqrt();
-        println!("token {t}: p {prob:.4} freq {freq:.4} ({:.1} sigma)", (freq - prob) / sigma.max(1e-12));
-        assert!((freq - prob).abs() < 5.0 * sigma + 1e-3, "token {t}: frequency {freq:.4} vs probability {prob:.4}");
+        println!(
+            "token {t}: p {prob:.4} freq {freq:.4} ({:.1} sigma)",
+            (freq - prob) / sigma.max(1e-12)
+        );
+        assert!(
+            (freq - prob).abs() < 5.0 * sigma + 1e-3,
+            "token {t}: frequency {freq:.4} vs probability {prob:.4}"
+        );
     }
     drop(scheduled);
     seqs.clear();
@@ -330,7 +410,11 @@ fn decode_graphs_give_the_eager_results_at_padded_batch_sizes() {
             let mut seqs = random_seqs(&mut rng, n, 40, num_blocks, cfg.vocab_size);
             let mut worst = 0f64;
             for step_no in 0..4 {
-                let counts: Vec<usize> = if step_no == 0 { seqs.iter().map(|s| s.tokens.len() - 8).collect() } else { vec![1; n] };
+                let counts: Vec<usize> = if step_no == 0 {
+                    seqs.iter().map(|s| s.tokens.len() - 8).collect()
+                } else {
+                    vec![1; n]
+                };
                 let scheduled: Vec<ScheduledSeq<'_>> = seqs
                     .iter()
                     .zip(&counts)
@@ -359,7 +443,11 @@ fn decode_graphs_give_the_eager_results_at_padded_batch_sizes() {
                 }
             }
             println!("{} batch {n}: graph vs eager rel err {worst:.2e}", case.name);
-            assert!(worst < 2e-2, "{} batch {n}: graph replay differs from eager by {worst:.3e}", case.name);
+            assert!(
+                worst < 2e-2,
+                "{} batch {n}: graph replay differs from eager by {worst:.3e}",
+                case.name
+            );
         }
     }
 }

@@ -104,7 +104,10 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         Device::Cpu => None,
         Device::Cuda(ordinal) => {
             if config.block_size == 0 || config.block_size > 256 {
-                return Err(EngineError::invalid("block_size", format!("must be in 1..=256, got {}", config.block_size)));
+                return Err(EngineError::invalid(
+                    "block_size",
+                    format!("must be in 1..=256, got {}", config.block_size),
+                ));
             }
             let opts = pagedllm_kernels::cuda::CudaOptions {
                 ordinal,

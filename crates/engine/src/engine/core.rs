@@ -223,7 +223,11 @@ impl EngineCore {
                 let sid = s.sample_ids[0];
                 let req = self.scheduler.request(sid).expect("sampling request exists");
                 let (ext, idx) = &self.seq_owner[&sid];
-                let state = self.groups.get_mut(ext).and_then(|g| g.samples[*idx].as_mut()).expect("sample state");
+                let state = self
+                    .groups
+                    .get_mut(ext)
+                    .and_then(|g| g.samples[*idx].as_mut())
+                    .expect("sample state");
                 rows.push(pack_device_row(&req.params, &mut state.rng));
             }
             let step = self.runner.execute_and_sample(&seqs, &out.blocks_to_copy, &rows)?;

@@ -79,7 +79,11 @@ impl ModelRunner {
         matches!(self.backend, Backend::Cuda(_))
     }
 
-    fn run(&mut self, seqs: &[ScheduledSeq<'_>], blocks_to_copy: &[(u32, u32)]) -> Result<(BatchLayout, Option<Vec<f32>>)> {
+    fn run(
+        &mut self,
+        seqs: &[ScheduledSeq<'_>],
+        blocks_to_copy: &[(u32, u32)],
+    ) -> Result<(BatchLayout, Option<Vec<f32>>)> {
         let (batch, layout) = build_input_batch(seqs, self.block_size);
         if cfg!(debug_assertions) {
             batch.check();
@@ -134,7 +138,9 @@ impl ModelRunner {
     ) -> Result<StepSamples> {
         let (layout, _) = self.run(seqs, blocks_to_copy)?;
         let Backend::Cuda(dec) = &mut self.backend else {
-            return Err(EngineError::Internal("execute_and_sample on a backend that samples on the host".into()));
+            return Err(EngineError::Internal(
+                "execute_and_sample on a backend that samples on the host".into(),
+            ));
         };
         if rows.len() != layout.sample_rows.len() || !layout.prompt_logprob_rows.is_empty() {
             return Err(EngineError::Internal(format!(

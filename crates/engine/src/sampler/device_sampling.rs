@@ -29,8 +29,7 @@ pub struct DeviceSampleRow {
 /// Whether a row with `params`, having produced `num_output_tokens`, can be sampled on the device.
 pub fn device_sampleable(params: &SamplingParams, num_output_tokens: usize) -> bool {
     let greedy = params.temperature < GREEDY_TEMPERATURE;
-    let truncation_off = greedy
-        || (params.min_p <= 0.0 && params.top_p >= 1.0 && params.top_k <= 0);
+    let truncation_off = greedy || (params.min_p <= 0.0 && params.top_p >= 1.0 && params.top_k <= 0);
     params.logprobs.is_none()
         && params.logit_bias.is_empty()
         && penalties_are_neutral(params)
@@ -81,11 +80,26 @@ mod tests {
     #[test]
     fn anything_the_cpu_sampler_adds_sends_the_row_to_the_cpu() {
         let cases: Vec<SamplingParams> = vec![
-            SamplingParams { logprobs: Some(0), ..base() },
-            SamplingParams { logit_bias: vec![(1, 2.0)], ..base() },
-            SamplingParams { repetition_penalty: 1.1, ..base() },
-            SamplingParams { frequency_penalty: 0.5, ..base() },
-            SamplingParams { presence_penalty: 0.5, ..base() },
+            SamplingParams {
+                logprobs: Some(0),
+                ..base()
+            },
+            SamplingParams {
+                logit_bias: vec![(1, 2.0)],
+                ..base()
+            },
+            SamplingParams {
+                repetition_penalty: 1.1,
+                ..base()
+            },
+            SamplingParams {
+                frequency_penalty: 0.5,
+                ..base()
+            },
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..base()
+            },
             SamplingParams { top_k: 40, ..base() },
             SamplingParams { top_p: 0.9, ..base() },
             SamplingParams { min_p: 0.1, ..base() },
@@ -94,7 +108,10 @@ mod tests {
             assert!(!device_sampleable(p, 10), "{p:?}");
         }
         // min_tokens only while it is active.
-        let p = SamplingParams { min_tokens: 3, ..base() };
+        let p = SamplingParams {
+            min_tokens: 3,
+            ..base()
+        };
         assert!(!device_sampleable(&p, 2));
         assert!(device_sampleable(&p, 3));
     }

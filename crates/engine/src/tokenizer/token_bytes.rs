@@ -47,7 +47,11 @@ pub fn token_bytes(decoded: &str, piece: Option<&str>) -> Vec<u8> {
             return vec![b];
         }
         let table = unicode_to_byte();
-        if let Some(bytes) = piece.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+        if let Some(bytes) = piece
+            .chars()
+            .map(|c| table.get(&c).copied())
+            .collect::<Option<Vec<u8>>>()
+        {
             return bytes;
         }
     }

@@ -163,7 +163,10 @@ impl Tokenizer {
     /// [`token_bytes`]: super::token_bytes
     pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
         let decoded = self.decode(&[id], false)?;
-        Ok(super::token_bytes::token_bytes(&decoded, self.id_to_token(id).as_deref()))
+        Ok(super::token_bytes::token_bytes(
+            &decoded,
+            self.id_to_token(id).as_deref(),
+        ))
     }
     /// Whether `id` is a special (control) token, i.e. dropped by `decode(.., skip_special_tokens=true)`.
     pub fn is_special(&self, id: u32) -> bool {

@@ -14,9 +14,9 @@ use cudarc::driver::CudaGraph;
 use half::bf16;
 
 use super::device::{driver_err, Arg, DeviceBuffer, Gpu};
-use super::graph_sizes::{bucket_for, capture_sizes};
 use super::error::CudaError;
 use super::gemm::{Gemm, OutType};
+use super::graph_sizes::{bucket_for, capture_sizes};
 use super::memory_plan::{plan_kv_blocks, KvPlan};
 use super::{CudaOptions, DecoderShape, FetchWeight};
 use crate::InputBatch;
@@ -166,8 +166,11 @@ fn weight(
 impl CudaDecoder {
     /// Uploads the weights, profiles the largest step and sizes the KV cache.
     pub fn load(opts: &CudaOptions, shape: &DecoderShape, fetch: &mut FetchWeight<'_>) -> Result<Self, CudaError> {
-        shape.check().map_err(|m| CudaError::Unsupported(format!("the CUDA backend cannot run this model: {m}")))?;
-        if opts.block_size == 0 || opts.max_num_batched_tokens == 0 || opts.max_num_seqs == 0 || opts.max_model_len == 0 {
+        shape
+            .check()
+            .map_err(|m| CudaError::Unsupported(format!("the CUDA backend cannot run this model: {m}")))?;
+        if opts.block_size == 0 || opts.max_num_batched_tokens == 0 || opts.max_num_seqs == 0 || opts.max_model_len == 0
+        {
             return Err(CudaError::Unsupported(
                 "block_size, max_num_batched_tokens, max_num_seqs and max_model_len must be positive".into(),
             ));
@@ -176,7 +179,8 @@ impl CudaDecoder {
         gpu.bind()?;
         let gemm = Gemm::new()?;
         let s = shape;
-        let (h, inter, q_dim, kv_dim, qkv_dim) = (s.hidden_size, s.intermediate_size, s.q_dim(), s.kv_dim(), s.qkv_dim());
+        let (h, inter, q_dim, kv_dim, qkv_dim) =
+            (s.hidden_size, s.intermediate_size, s.q_dim(), s.kv_dim(), s.qkv_dim());
 
         let embed = weight(&gpu, fetch, "model.embed_tokens.weight", s.vocab_size, h)?;
         let mut layers = Vec::with_capacity(s.num_layers);
@@ -184,20 +188,52 @@ impl CudaDecoder {
             let p = format!("model.layers.{l}");
             let qkv = DeviceBuffer::alloc(qkv_dim * h, "qkv weights")?;
             upload_weight(&gpu, fetch, &qkv, 0, &format!("{p}.self_attn.q_proj.weight"), q_dim, h)?;
-            upload_weight(&gpu, fetch, &qkv, q_dim * h, &format!("{p}.self_attn.k_proj.weight"), kv_dim, h)?;
-            upload_weight(&gpu, fetch, &qkv, (q_dim + kv_dim) * h, &format!("{p}.self_attn.v_proj.weight"), kv_dim, h)?;
+            upload_weight(
+                &gpu,
+                fetch,
+                &qkv,
+                q_dim * h,
+                &format!("{p}.self_attn.k_proj.weight"),
+                kv_dim,
+                h,
+            )?;
+            upload_weight(
+                &gpu,
+                fetch,
+                &qkv,
+                (q_dim + kv_dim) * h,
+                &format!("{p}.self_attn.v_proj.weight"),
+                kv_dim,
+                h,
+            )?;
             let qkv_bias = if s.attention_bias {
                 let b = DeviceBuffer::alloc(qkv_dim, "qkv bias")?;
                 upload_weight(&gpu, fetch, &b, 0, &format!("{p}.self_attn.q_proj.bias"), 1, q_dim)?;
                 upload_weight(&gpu, fetch, &b, q_dim, &format!("{p}.self_attn.k_proj.bias"), 1, kv_dim)?;
-                upload_weight(&gpu, fetch, &b, q_dim + kv_dim, &format!("{p}.self_attn.v_proj.bias"), 1, kv_dim)?;
+                upload_weight(
+                    &gpu,
+                    fetch,
+                    &b,
+                    q_dim + kv_dim,
+                    &format!("{p}.self_attn.v_proj.bias"),
+                    1,
+                    kv_dim,
+                )?;
                 Some(b)
             } else {
                 None
             };
             let gate_up = DeviceBuffer::alloc(2 * inter * h, "gate/up weights")?;
             upload_weight(&gpu, fetch, &gate_up, 0, &format!("{p}.mlp.gate_proj.weight"), inter, h)?;
-            upload_weight(&gpu, fetch, &gate_up, inter * h, &format!("{p}.mlp.up_proj.weight"), inter, h)?;
+            upload_weight(
+                &gpu,
+                fetch,
+                &gate_up,
+                inter * h,
+                &format!("{p}.mlp.up_proj.weight"),
+                inter,
+                h,
+            )?;
             layers.push(Layer {
                 input_norm: weight(&gpu, fetch, &format!("{p}.input_layernorm.weight"), 1, h)?,
                 qkv,
@@ -248,7 +284,10 @@ impl CudaDecoder {
             logits: DeviceBuffer::alloc(logits_capacity * s.vocab_size, "logits")?,
             sampled_ids: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
             sampled_logprobs: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
-            part_acc: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.attention_rows() * s.head_dim, "attention partials")?,
+            part_acc: DeviceBuffer::alloc(
+                ATTENTION_PART_BLOCKS * s.attention_rows() * s.head_dim,
+                "attention partials",
+            )?,
             part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.attention_rows() * 2, "attention partials")?,
         };
         let bytes_per_block = 2 * s.num_layers * opts.block_size * kv_dim * 2;
@@ -332,7 +371,9 @@ impl CudaDecoder {
             }
             batch.query_start_loc.push(batch.token_ids.len() as u32);
             batch.seq_lens.push(n as u32);
-            batch.block_tables.extend(std::iter::repeat_n(0, self.max_blocks_per_seq));
+            batch
+                .block_tables
+                .extend(std::iter::repeat_n(0, self.max_blocks_per_seq));
             batch.logits_indices.push(batch.token_ids.len() as u32 - 1);
         }
         self.forward(&batch)?;
@@ -390,8 +431,14 @@ impl CudaDecoder {
         self.gpu.bind()?;
         let block_elems = self.opts.block_size * self.shape.kv_dim();
         for chunk in pairs.chunks(MAX_BLOCK_PAIRS) {
-            if let Some(&(a, b)) = chunk.iter().find(|&&(a, b)| a as usize >= self.num_blocks || b as usize >= self.num_blocks) {
-                return Err(CudaError::Unsupported(format!("KV block copy {a} -> {b} is outside {} blocks", self.num_blocks)));
+            if let Some(&(a, b)) = chunk
+                .iter()
+                .find(|&&(a, b)| a as usize >= self.num_blocks || b as usize >= self.num_blocks)
+            {
+                return Err(CudaError::Unsupported(format!(
+                    "KV block copy {a} -> {b} is outside {} blocks",
+                    self.num_blocks
+                )));
             }
             let flat: Vec<u32> = chunk.iter().flat_map(|&(a, b)| [a, b]).collect();
             self.gpu.upload(self.inputs.block_pairs.ptr(), &flat)?;
@@ -401,7 +448,12 @@ impl CudaDecoder {
                     "copy_kv_blocks_bf16",
                     (chunk.len() as u32, 1, 1),
                     256,
-                    &[Arg::Ptr(k), Arg::Ptr(v), Arg::Ptr(self.inputs.block_pairs.ptr()), Arg::I32(block_elems as i32)],
+                    &[
+                        Arg::Ptr(k),
+                        Arg::Ptr(v),
+                        Arg::Ptr(self.inputs.block_pairs.ptr()),
+                        Arg::I32(block_elems as i32),
+                    ],
                 )?;
             }
         }
@@ -411,13 +463,24 @@ impl CudaDecoder {
     fn check_batch(&self, b: &InputBatch) -> Result<(), CudaError> {
         let bad = |m: String| Err(CudaError::Unsupported(m));
         if b.num_tokens() > self.max_tokens {
-            return bad(format!("{} tokens in one step; this GPU runner holds {}", b.num_tokens(), self.max_tokens));
+            return bad(format!(
+                "{} tokens in one step; this GPU runner holds {}",
+                b.num_tokens(),
+                self.max_tokens
+            ));
         }
         if b.num_seqs() > self.max_seqs {
-            return bad(format!("{} sequences in one step; this GPU runner holds {}", b.num_seqs(), self.max_seqs));
+            return bad(format!(
+                "{} sequences in one step; this GPU runner holds {}",
+                b.num_seqs(),
+                self.max_seqs
+            ));
         }
         if b.max_blocks_per_seq > self.max_blocks_per_seq {
-            return bad(format!("block tables of {} blocks; at most {}", b.max_blocks_per_seq, self.max_blocks_per_seq));
+            return bad(format!(
+                "block tables of {} blocks; at most {}",
+                b.max_blocks_per_seq, self.max_blocks_per_seq
+            ));
         }
         if b.block_size != self.opts.block_size {
             return bad(format!("block size {} != {}", b.block_size, self.opts.block_size));
@@ -450,7 +513,10 @@ impl CudaDecoder {
             if let Some(size) = bucket_for(t, &self.graph_sizes) {
                 if self.graphs.contains_key(&size) {
                     self.upload_padded_decode(batch, size)?;
-                    return self.graphs[&size].0.launch().map_err(driver_err("replaying a decode graph"));
+                    return self.graphs[&size]
+                        .0
+                        .launch()
+                        .map_err(driver_err("replaying a decode graph"));
                 }
             }
         }
@@ -499,7 +565,12 @@ impl CudaDecoder {
     fn upload_padded_decode(&mut self, batch: &InputBatch, size: usize) -> Result<(), CudaError> {
         let n = batch.num_tokens();
         let w = self.max_blocks_per_seq;
-        let pad = |v: &[u32], fill: u32| -> Vec<u32> { v.iter().copied().chain(std::iter::repeat_n(fill, size - v.len())).collect() };
+        let pad = |v: &[u32], fill: u32| -> Vec<u32> {
+            v.iter()
+                .copied()
+                .chain(std::iter::repeat_n(fill, size - v.len()))
+                .collect()
+        };
         let mut tables = vec![0u32; size * w];
         for s in 0..n {
             let row = batch.block_table(s);
@@ -572,7 +643,12 @@ impl CudaDecoder {
     /// Every kernel of one step, from the embedding to the final norm of the logits rows, on the persistent
     /// buffers (so the same launches can be captured into a graph).
     fn launch_body(&mut self, shape: StepShape) -> Result<(), CudaError> {
-        let StepShape { tokens: t, width, tiles, logits_rows } = shape;
+        let StepShape {
+            tokens: t,
+            width,
+            tiles,
+            logits_rows,
+        } = shape;
         let g = &self.gpu;
         let inp = &self.inputs;
         let s = &self.shape;
@@ -583,7 +659,12 @@ impl CudaDecoder {
             "embedding_bf16",
             (tt, 1, 1),
             128,
-            &[Arg::Ptr(self.embed.ptr()), Arg::Ptr(inp.tokens.ptr()), Arg::Ptr(a.residual.ptr()), Arg::I32(h as i32)],
+            &[
+                Arg::Ptr(self.embed.ptr()),
+                Arg::Ptr(inp.tokens.ptr()),
+                Arg::Ptr(a.residual.ptr()),
+                Arg::I32(h as i32),
+            ],
         )?;
         let norm = |g: &Gpu, delta: u64, weight: u64, out: u64, rows_ptr: u64, rows: u32, write: bool| {
             g.launch(
@@ -610,7 +691,16 @@ impl CudaDecoder {
             // Layer 0 normalizes the embeddings; later layers first add the previous MLP output.
             let delta = if l == 0 { 0 } else { a.delta.ptr() };
             norm(g, delta, layer.input_norm.ptr(), a.normed.ptr(), 0, tt, true)?;
-            self.gemm.matmul(g, a.normed.ptr(), layer.qkv.ptr(), a.qkv.ptr(), t, qkv_dim, h, OutType::Bf16)?;
+            self.gemm.matmul(
+                g,
+                a.normed.ptr(),
+                layer.qkv.ptr(),
+                a.qkv.ptr(),
+                t,
+                qkv_dim,
+                h,
+                OutType::Bf16,
+            )?;
             let (k_cache, v_cache) = {
                 let per = self.num_blocks * self.opts.block_size * s.kv_dim();
                 (self.kv.at(2 * l * per), self.kv.at((2 * l + 1) * per))
@@ -677,21 +767,61 @@ impl CudaDecoder {
                     ],
                 )?;
             }
-            self.gemm.matmul(g, a.attn.ptr(), layer.o_proj.ptr(), a.delta.ptr(), t, h, q_dim, OutType::Bf16)?;
+            self.gemm.matmul(
+                g,
+                a.attn.ptr(),
+                layer.o_proj.ptr(),
+                a.delta.ptr(),
+                t,
+                h,
+                q_dim,
+                OutType::Bf16,
+            )?;
             norm(g, a.delta.ptr(), layer.post_norm.ptr(), a.normed.ptr(), 0, tt, true)?;
-            self.gemm.matmul(g, a.normed.ptr(), layer.gate_up.ptr(), a.gate_up.ptr(), t, 2 * inter, h, OutType::Bf16)?;
+            self.gemm.matmul(
+                g,
+                a.normed.ptr(),
+                layer.gate_up.ptr(),
+                a.gate_up.ptr(),
+                t,
+                2 * inter,
+                h,
+                OutType::Bf16,
+            )?;
             let n = t * inter;
             g.launch(
                 "silu_mul_bf16",
                 (n.div_ceil(256).min(65_535) as u32, 1, 1),
                 256,
-                &[Arg::Ptr(a.gate_up.ptr()), Arg::Ptr(a.act.ptr()), Arg::I32(t as i32), Arg::I32(inter as i32)],
+                &[
+                    Arg::Ptr(a.gate_up.ptr()),
+                    Arg::Ptr(a.act.ptr()),
+                    Arg::I32(t as i32),
+                    Arg::I32(inter as i32),
+                ],
             )?;
-            self.gemm.matmul(g, a.act.ptr(), layer.down.ptr(), a.delta.ptr(), t, h, inter, OutType::Bf16)?;
+            self.gemm.matmul(
+                g,
+                a.act.ptr(),
+                layer.down.ptr(),
+                a.delta.ptr(),
+                t,
+                h,
+                inter,
+                OutType::Bf16,
+            )?;
         }
         // Final residual add + norm on the logits rows only.
         if logits_rows > 0 {
-            norm(g, a.delta.ptr(), self.final_norm.ptr(), a.last_hidden.ptr(), inp.logits_indices.ptr(), logits_rows as u32, false)?;
+            norm(
+                g,
+                a.delta.ptr(),
+                self.final_norm.ptr(),
+                a.last_hidden.ptr(),
+                inp.logits_indices.ptr(),
+                logits_rows as u32,
+                false,
+            )?;
         }
         Ok(())
     }
@@ -700,7 +830,8 @@ impl CudaDecoder {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr();
         let x = self.act.last_hidden.at(first_row * self.shape.hidden_size);
         let (v, h) = (self.shape.vocab_size, self.shape.hidden_size);
-        self.gemm.matmul(&self.gpu, x, head, self.act.logits.ptr(), rows, v, h, OutType::F32)
+        self.gemm
+            .matmul(&self.gpu, x, head, self.act.logits.ptr(), rows, v, h, OutType::F32)
     }
 
     /// The logits rows of the last forward, `[rows, vocab]` f32, into `out` (resized).
@@ -731,7 +862,10 @@ impl CudaDecoder {
             )));
         }
         if rows > self.logits_capacity {
-            return Err(CudaError::Unsupported(format!("{rows} rows to sample; at most {}", self.logits_capacity)));
+            return Err(CudaError::Unsupported(format!(
+                "{rows} rows to sample; at most {}",
+                self.logits_capacity
+            )));
         }
         if rows == 0 {
             return Ok(Vec::new());

@@ -40,7 +40,10 @@ impl<T> DeviceBuffer<T> {
         // SAFETY: plain allocation; the context is bound to this thread by `Gpu::bind`.
         let ptr = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
             if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                CudaError::OutOfMemory(format!("allocating {what} ({:.2} GiB)", bytes as f64 / (1u64 << 30) as f64))
+                CudaError::OutOfMemory(format!(
+                    "allocating {what} ({:.2} GiB)",
+                    bytes as f64 / (1u64 << 30) as f64
+                ))
             } else {
                 driver_err(format!("allocating {what}"))(e)
             }
@@ -99,8 +102,7 @@ impl Gpu {
         }
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
             return Err(CudaError::Unavailable(
-                "libcublasLt.so.13 (CUDA 13 cuBLAS) was not found; add the CUDA lib64 folder to LD_LIBRARY_PATH"
-                    .into(),
+                "libcublasLt.so.13 (CUDA 13 cuBLAS) was not found; add the CUDA lib64 folder to LD_LIBRARY_PATH".into(),
             ));
         }
         let count = CudaContext::device_count().map_err(driver_err("counting devices"))?;
@@ -139,7 +141,9 @@ impl Gpu {
                 .load_module(Ptx::from_src(*ptx))
                 .map_err(driver_err(format!("loading the {module} kernels")))?;
             for name in entry_points(ptx) {
-                let f = m.load_function(&name).map_err(driver_err(format!("loading kernel {name}")))?;
+                let f = m
+                    .load_function(&name)
+                    .map_err(driver_err(format!("loading kernel {name}")))?;
                 functions.insert(name, f);
             }
         }
@@ -152,7 +156,9 @@ impl Gpu {
     }
 
     pub fn bind(&self) -> Result<(), CudaError> {
-        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver_err("binding the CUDA context"))
     }
 
     pub fn cu_stream(&self) -> sys::CUstream {

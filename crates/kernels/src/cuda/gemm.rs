@@ -1,9 +1,10 @@
 //! GEMMs through cuBLASLt: `y[T, N] = x[T, K] * W[N, K]^T` with row-major activations and HF-layout weights,
 //! bf16 inputs, f32 accumulation, bf16 or f32 output.
 //!
-//! At `T <= GEMV_MAX_T` tokens (decode at small batch) our own `gemv` kernel streams the weights instead:
-//! cuBLASLt's choice for a 1-row product does not reach the memory bandwidth a weight pass needs
-//! (`PAGEDLLM_CUDA_GEMV=0` turns it off, for A/B measurements).
+//! `PAGEDLLM_CUDA_GEMV=1` sends products of `T <= GEMV_MAX_T` tokens to our own `gemv` kernel instead. It is
+//! off by default because it measured slower: Llama-3-8B shape, H200, batch-1 decode 173.9 tok/s with it vs
+//! 186.9 with cuBLASLt (scripts/gpu/device-run.sh measure, 2026-11-21); it stays as the starting point for a
+//! fused norm+GEMV decode path.
 //!
 //! Row-major `y[T, N]` is column-major `y^T[N, T] = W * x^T`, so cuBLAS sees A = W (transposed), B = x. Each
 //! distinct (N, T, K, output type) gets its descriptors and heuristic-chosen algorithm once, then replays
@@ -59,7 +60,7 @@ impl Gemm {
     pub fn new() -> Result<Self, CudaError> {
         let handle = lt::create_handle().map_err(blas_err("creating the cuBLASLt handle"))?;
         Ok(Self {
-            use_gemv: std::env::var("PAGEDLLM_CUDA_GEMV").map_or(true, |v| v != "0"),
+            use_gemv: std::env::var("PAGEDLLM_CUDA_GEMV").is_ok_and(|v| v == "1"),
             handle,
             workspace: DeviceBuffer::alloc(WORKSPACE_BYTES, "the cuBLASLt workspace")?,
             plans: HashMap::new(),
@@ -77,8 +78,11 @@ impl Gemm {
             };
             // SAFETY: descriptor calls with valid arguments; each created object is owned by the Plan.
             let plan = unsafe {
-                let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F)
-                    .map_err(blas_err(ctx))?;
+                let desc = lt::create_matmul_desc(
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cudaDataType_t::CUDA_R_32F,
+                )
+                .map_err(blas_err(ctx))?;
                 let trans: i32 = 1;
                 lt::set_matmul_desc_attribute(
                     desc,
@@ -145,7 +149,14 @@ impl Gemm {
                 kernel,
                 (n.div_ceil(WARPS) as u32, 1, 1),
                 (WARPS * 32) as u32,
-                &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(y), Arg::I32(t as i32), Arg::I32(n as i32), Arg::I32(k as i32)],
+                &[
+                    Arg::Ptr(x),
+                    Arg::Ptr(w),
+                    Arg::Ptr(y),
+                    Arg::I32(t as i32),
+                    Arg::I32(n as i32),
+                    Arg::I32(k as i32),
+                ],
             );
         }
         let handle = self.handle;

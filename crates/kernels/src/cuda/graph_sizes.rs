@@ -8,7 +8,11 @@ pub const MAX_CAPTURED_BATCH: usize = 512;
 /// Batch sizes to capture for an engine of `max_num_seqs`, ascending.
 pub fn capture_sizes(max_num_seqs: usize) -> Vec<usize> {
     let cap = max_num_seqs.min(MAX_CAPTURED_BATCH);
-    let mut sizes: Vec<usize> = [1, 2, 4].into_iter().chain((8..=MAX_CAPTURED_BATCH).step_by(8)).filter(|&s| s <= cap).collect();
+    let mut sizes: Vec<usize> = [1, 2, 4]
+        .into_iter()
+        .chain((8..=MAX_CAPTURED_BATCH).step_by(8))
+        .filter(|&s| s <= cap)
+        .collect();
     // The largest batch the engine can form must be covered too (e.g. max_num_seqs = 12 -> 16 is too big).
     if cap > 0 && sizes.last() != Some(&cap) {
         sizes.push(cap);

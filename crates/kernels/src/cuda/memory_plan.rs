@@ -24,7 +24,9 @@ pub fn plan_kv_blocks(
     bytes_per_block: usize,
 ) -> Result<KvPlan, String> {
     if !(gpu_memory_utilization > 0.0 && gpu_memory_utilization <= 1.0) {
-        return Err(format!("gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"));
+        return Err(format!(
+            "gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
+        ));
     }
     if bytes_per_block == 0 {
         return Err("a KV block of 0 bytes".into());

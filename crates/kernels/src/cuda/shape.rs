@@ -45,7 +45,10 @@ impl DecoderShape {
     /// Parameters the GPU holds (the LM head counted once when tied).
     pub fn num_params(&self) -> usize {
         let (h, i) = (self.hidden_size, self.intermediate_size);
-        let per_layer = h * self.qkv_dim() + self.q_dim() * h + 3 * h * i + 2 * h
+        let per_layer = h * self.qkv_dim()
+            + self.q_dim() * h
+            + 3 * h * i
+            + 2 * h
             + if self.attention_bias { self.qkv_dim() } else { 0 };
         let embed = self.vocab_size * h;
         embed + per_layer * self.num_layers + h + if self.tie_word_embeddings { 0 } else { embed }
@@ -57,24 +60,43 @@ impl DecoderShape {
     /// Why this shape cannot run on the CUDA kernels, if it cannot.
     pub fn check(&self) -> Result<(), String> {
         if ![64, 128, 256].contains(&self.head_dim) {
-            return Err(format!("head_dim {} (the CUDA attention kernel has 64, 128 and 256)", self.head_dim));
+            return Err(format!(
+                "head_dim {} (the CUDA attention kernel has 64, 128 and 256)",
+                self.head_dim
+            ));
         }
         if self.hidden_size % 8 != 0 || self.hidden_size > 8192 {
-            return Err(format!("hidden_size {} (the CUDA kernels take multiples of 8 up to 8192)", self.hidden_size));
+            return Err(format!(
+                "hidden_size {} (the CUDA kernels take multiples of 8 up to 8192)",
+                self.hidden_size
+            ));
         }
         if self.vocab_size % 4 != 0 {
-            return Err(format!("vocab_size {} is not a multiple of 4 (the GPU sampler reads float4)", self.vocab_size));
+            return Err(format!(
+                "vocab_size {} is not a multiple of 4 (the GPU sampler reads float4)",
+                self.vocab_size
+            ));
         }
         if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
-            return Err(format!("{} heads are not a multiple of {} KV heads", self.num_heads, self.num_kv_heads));
+            return Err(format!(
+                "{} heads are not a multiple of {} KV heads",
+                self.num_heads, self.num_kv_heads
+            ));
         }
         // The attention kernel holds one GQA group's query rows in a block (32 rows, 16 at head_dim 256).
         let max_group = if self.head_dim == 256 { 16 } else { 32 };
         if self.num_heads / self.num_kv_heads > max_group {
-            return Err(format!("{} query heads per KV head (the CUDA attention kernel holds {max_group})", self.num_heads / self.num_kv_heads));
+            return Err(format!(
+                "{} query heads per KV head (the CUDA attention kernel holds {max_group})",
+                self.num_heads / self.num_kv_heads
+            ));
         }
         if self.rope_inv_freq.len() != self.head_dim / 2 {
-            return Err(format!("{} RoPE frequencies for head_dim {}", self.rope_inv_freq.len(), self.head_dim));
+            return Err(format!(
+                "{} RoPE frequencies for head_dim {}",
+                self.rope_inv_freq.len(),
+                self.head_dim
+            ));
         }
         Ok(())
     }
