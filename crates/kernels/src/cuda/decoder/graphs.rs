@@ -1,0 +1,92 @@
+//! CUDA graphs for decode steps (vLLM's scheme): one graph per padded batch size, captured at start-up over the
+//! decoder's persistent buffers; a decode step uploads its inputs in the graph's fixed layout and replays it.
+
+use super::*;
+
+/// A captured decode step. The graph only refers to the decoder's own persistent buffers.
+pub(super) struct StepGraph(pub(super) CudaGraph);
+// SAFETY: the graph is launched only from the thread that owns the decoder (one at a time), on its stream.
+unsafe impl Send for StepGraph {}
+
+impl CudaDecoder {
+    /// A decode step padded to `size` sequences, in the fixed layout its graph was captured with: full-width
+    /// block tables; padding sequences have one token, no KV write, context 1 (they read block 0 and are
+    /// never sampled).
+    pub(super) fn upload_padded_decode(&mut self, batch: &InputBatch, size: usize) -> Result<(), CudaError> {
+        let n = batch.num_tokens();
+        let w = self.max_blocks_per_seq;
+        let pad = |v: &[u32], fill: u32| -> Vec<u32> {
+            v.iter()
+                .copied()
+                .chain(std::iter::repeat_n(fill, size - v.len()))
+                .collect()
+        };
+        let mut tables = vec![0u32; size * w];
+        for s in 0..n {
+            let row = batch.block_table(s);
+            tables[s * w..s * w + row.len()].copy_from_slice(row);
+        }
+        let mut slots = batch.slot_mapping.clone();
+        slots.resize(size, -1);
+        let idx: Vec<u32> = (0..size as u32).collect();
+        let g = &self.gpu;
+        let inp = &self.inputs;
+        g.upload(inp.tokens.ptr(), &pad(&batch.token_ids, 0))?;
+        g.upload(inp.positions.ptr(), &pad(&batch.positions, 0))?;
+        g.upload(inp.slots.ptr(), &slots)?;
+        let qsl: Vec<u32> = (0..=size as u32).collect();
+        g.upload(inp.query_start_loc.ptr(), &qsl)?;
+        g.upload(inp.seq_lens.ptr(), &pad(&batch.seq_lens, 1))?;
+        g.upload(inp.block_tables.ptr(), &tables)?;
+        g.upload(inp.logits_indices.ptr(), &idx)?;
+        g.upload(inp.tile_seq.ptr(), &idx)?;
+        g.upload(inp.tile_q0.ptr(), &vec![0u32; size])?;
+        Ok(())
+    }
+
+    pub(super) fn decode_shape(&self, size: usize) -> StepShape {
+        StepShape {
+            tokens: size,
+            width: self.max_blocks_per_seq,
+            tiles: size,
+            logits_rows: size,
+        }
+    }
+
+    /// Captures one decode-step graph per padded batch size (vLLM's CUDA-graph scheme; `--enforce-eager`
+    /// skips this). Each capture is preceded by an eager run of the same shape, which creates the cuBLASLt
+    /// plans outside the capture.
+    pub(super) fn capture_decode_graphs(&mut self) -> Result<(), CudaError> {
+        let sizes = capture_sizes(self.max_seqs.min(self.max_tokens));
+        for &size in &sizes {
+            let dummy = InputBatch {
+                token_ids: vec![0; size],
+                positions: vec![0; size],
+                query_start_loc: (0..=size as u32).collect(),
+                seq_lens: vec![1; size],
+                block_tables: vec![0; size],
+                max_blocks_per_seq: 1,
+                slot_mapping: vec![-1; size],
+                logits_indices: (0..size as u32).collect(),
+                block_size: self.opts.block_size,
+            };
+            self.upload_padded_decode(&dummy, size)?;
+            let shape = self.decode_shape(size);
+            self.launch_body(shape)?;
+            self.gpu.synchronize()?;
+            let stream = self.gpu.stream.clone();
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(driver_err("starting a graph capture"))?;
+            let body = self.launch_body(shape);
+            let graph = stream
+                .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
+                .map_err(driver_err("capturing a decode graph"));
+            body?;
+            let graph = graph?.ok_or_else(|| CudaError::Unsupported("a decode graph captured nothing".into()))?;
+            self.graphs.insert(size, StepGraph(graph));
+        }
+        self.graph_sizes = sizes;
+        self.gpu.synchronize()
+    }
+}

@@ -1,0 +1,281 @@
+//! One step on the GPU: the batch's index arrays into the persistent input buffers, the attention work list,
+//! and every kernel from the embedding to the final norm of the logits rows (`launch_body`, which the decode
+//! graphs also capture).
+
+use super::*;
+
+/// At most this many (tile, kv head, split) attention blocks write partials.
+pub(super) const ATTENTION_PART_BLOCKS: usize = 256;
+
+/// KV splits per attention block (flash-decoding): a small grid — decode at low batch — is spread over the
+/// KV range so the GPU's SMs all stream K/V; a large grid runs unsplit.
+fn attention_splits(tiles: usize, kv_heads: usize) -> usize {
+    let blocks = tiles * kv_heads;
+    if blocks >= ATTENTION_PART_BLOCKS / 2 {
+        1
+    } else {
+        (ATTENTION_PART_BLOCKS / blocks.max(1)).clamp(1, 16)
+    }
+}
+
+/// The launch-shape of one step: what the body's kernels need besides the persistent buffers.
+#[derive(Clone, Copy)]
+pub(super) struct StepShape {
+    pub tokens: usize,
+    /// Block-table row width.
+    pub width: usize,
+    pub tiles: usize,
+    pub logits_rows: usize,
+}
+
+impl CudaDecoder {
+    /// Runs the decoder over `batch`; the final hidden states of `batch.logits_indices` stay on the GPU for
+    /// [`Self::logits_to_host`] or [`Self::sample`].
+    pub fn forward(&mut self, batch: &InputBatch) -> Result<(), CudaError> {
+        self.check_batch(batch)?;
+        self.gpu.bind()?;
+        let t = batch.num_tokens();
+        self.num_logits_rows = batch.logits_indices.len();
+        if t == 0 {
+            return Ok(());
+        }
+        // Decode-only steps (one token per sequence, each sampled) replay a graph at a padded batch size.
+        let decode_only = t == batch.num_seqs()
+            && batch.logits_indices.len() == t
+            && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i);
+        if decode_only {
+            if let Some(size) = bucket_for(t, &self.graph_sizes) {
+                if self.graphs.contains_key(&size) {
+                    self.upload_padded_decode(batch, size)?;
+                    return self.graphs[&size]
+                        .0
+                        .launch()
+                        .map_err(driver_err("replaying a decode graph"));
+                }
+            }
+        }
+        let shape = self.upload_batch(batch)?;
+        self.launch_body(shape)
+    }
+
+    /// Attention tiles of a batch: each sequence's query tokens in runs of `q_tile`.
+    pub(super) fn tiles(&self, batch: &InputBatch) -> (Vec<u32>, Vec<u32>) {
+        let q_tile = self.shape.attention_q_tile();
+        let (mut seq, mut q0) = (Vec::new(), Vec::new());
+        for s in 0..batch.num_seqs() {
+            let len = (batch.query_start_loc[s + 1] - batch.query_start_loc[s]) as usize;
+            for start in (0..len).step_by(q_tile) {
+                seq.push(s as u32);
+                q0.push(start as u32);
+            }
+        }
+        (seq, q0)
+    }
+
+    pub(super) fn upload_batch(&mut self, batch: &InputBatch) -> Result<StepShape, CudaError> {
+        let (tile_seq, tile_q0) = self.tiles(batch);
+        let g = &self.gpu;
+        let inp = &self.inputs;
+        g.upload(inp.tokens.ptr(), &batch.token_ids)?;
+        g.upload(inp.positions.ptr(), &batch.positions)?;
+        g.upload(inp.slots.ptr(), &batch.slot_mapping)?;
+        g.upload(inp.query_start_loc.ptr(), &batch.query_start_loc)?;
+        g.upload(inp.seq_lens.ptr(), &batch.seq_lens)?;
+        g.upload(inp.block_tables.ptr(), &batch.block_tables)?;
+        g.upload(inp.logits_indices.ptr(), &batch.logits_indices)?;
+        g.upload(inp.tile_seq.ptr(), &tile_seq)?;
+        g.upload(inp.tile_q0.ptr(), &tile_q0)?;
+        Ok(StepShape {
+            tokens: batch.num_tokens(),
+            width: batch.max_blocks_per_seq,
+            tiles: tile_seq.len(),
+            logits_rows: batch.logits_indices.len(),
+        })
+    }
+
+    /// Every kernel of one step, from the embedding to the final norm of the logits rows, on the persistent
+    /// buffers (so the same launches can be captured into a graph).
+    pub(super) fn launch_body(&mut self, shape: StepShape) -> Result<(), CudaError> {
+        let StepShape {
+            tokens: t,
+            width,
+            tiles,
+            logits_rows,
+        } = shape;
+        let g = &self.gpu;
+        let inp = &self.inputs;
+        let s = &self.shape;
+        let (h, inter, q_dim, qkv_dim) = (s.hidden_size, s.intermediate_size, s.q_dim(), s.qkv_dim());
+        let a = &self.act;
+        let tt = t as u32;
+        g.launch(
+            "embedding_bf16",
+            (tt, 1, 1),
+            128,
+            &[
+                Arg::Ptr(self.embed.ptr()),
+                Arg::Ptr(inp.tokens.ptr()),
+                Arg::Ptr(a.residual.ptr()),
+                Arg::I32(h as i32),
+            ],
+        )?;
+        let norm = |g: &Gpu, delta: u64, weight: u64, out: u64, rows_ptr: u64, rows: u32, write: bool| {
+            g.launch(
+                "add_rms_norm_bf16",
+                (rows, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(a.residual.ptr()),
+                    Arg::Ptr(delta),
+                    Arg::Ptr(weight),
+                    Arg::Ptr(out),
+                    Arg::Ptr(rows_ptr),
+                    Arg::I32(h as i32),
+                    Arg::F32(s.rms_norm_eps),
+                    Arg::I32(write as i32),
+                ],
+            )
+        };
+        let attention = format!("paged_attention_hd{}_bf16", s.head_dim);
+        let combine = format!("attention_combine_hd{}_bf16", s.head_dim);
+        let splits = attention_splits(tiles, s.num_kv_heads);
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Layer 0 normalizes the embeddings; later layers first add the previous MLP output.
+            let delta = if l == 0 { 0 } else { a.delta.ptr() };
+            norm(g, delta, layer.input_norm.ptr(), a.normed.ptr(), 0, tt, true)?;
+            self.gemm.matmul(
+                g,
+                a.normed.ptr(),
+                layer.qkv.ptr(),
+                a.qkv.ptr(),
+                t,
+                qkv_dim,
+                h,
+                OutType::Bf16,
+            )?;
+            let (k_cache, v_cache) = {
+                let per = self.num_blocks * self.opts.block_size * s.kv_dim();
+                (self.kv.at(2 * l * per), self.kv.at((2 * l + 1) * per))
+            };
+            g.launch(
+                "rope_qkv_cache_bf16",
+                (tt, (s.num_heads + s.num_kv_heads) as u32, 1),
+                (s.head_dim / 2) as u32,
+                &[
+                    Arg::Ptr(a.qkv.ptr()),
+                    Arg::Ptr(layer.qkv_bias.as_ref().map_or(0, |b| b.ptr())),
+                    Arg::Ptr(inp.positions.ptr()),
+                    Arg::Ptr(self.inv_freq.ptr()),
+                    Arg::Ptr(inp.slots.ptr()),
+                    Arg::Ptr(k_cache),
+                    Arg::Ptr(v_cache),
+                    Arg::I32(s.num_heads as i32),
+                    Arg::I32(s.num_kv_heads as i32),
+                    Arg::I32(s.head_dim as i32),
+                ],
+            )?;
+            g.launch(
+                &attention,
+                (tiles as u32, s.num_kv_heads as u32, splits as u32),
+                128,
+                &[
+                    Arg::Ptr(a.qkv.ptr()),
+                    Arg::I32(qkv_dim as i32),
+                    Arg::Ptr(k_cache),
+                    Arg::Ptr(v_cache),
+                    Arg::Ptr(inp.block_tables.ptr()),
+                    Arg::I32(width as i32),
+                    Arg::Ptr(inp.seq_lens.ptr()),
+                    Arg::Ptr(inp.query_start_loc.ptr()),
+                    Arg::Ptr(inp.tile_seq.ptr()),
+                    Arg::Ptr(inp.tile_q0.ptr()),
+                    Arg::I32(s.attention_q_tile() as i32),
+                    Arg::Ptr(a.attn.ptr()),
+                    Arg::I32(s.num_heads as i32),
+                    Arg::I32(s.num_kv_heads as i32),
+                    Arg::I32(self.opts.block_size as i32),
+                    Arg::F32(scale),
+                    Arg::I32(splits as i32),
+                    Arg::Ptr(a.part_acc.ptr()),
+                    Arg::Ptr(a.part_ml.ptr()),
+                ],
+            )?;
+            if splits > 1 {
+                g.launch(
+                    &combine,
+                    (tiles as u32, s.num_kv_heads as u32, 1),
+                    128,
+                    &[
+                        Arg::Ptr(inp.query_start_loc.ptr()),
+                        Arg::Ptr(inp.tile_seq.ptr()),
+                        Arg::Ptr(inp.tile_q0.ptr()),
+                        Arg::I32(s.attention_q_tile() as i32),
+                        Arg::Ptr(a.attn.ptr()),
+                        Arg::I32(s.num_heads as i32),
+                        Arg::I32(s.num_kv_heads as i32),
+                        Arg::I32(splits as i32),
+                        Arg::Ptr(a.part_acc.ptr()),
+                        Arg::Ptr(a.part_ml.ptr()),
+                    ],
+                )?;
+            }
+            self.gemm.matmul(
+                g,
+                a.attn.ptr(),
+                layer.o_proj.ptr(),
+                a.delta.ptr(),
+                t,
+                h,
+                q_dim,
+                OutType::Bf16,
+            )?;
+            norm(g, a.delta.ptr(), layer.post_norm.ptr(), a.normed.ptr(), 0, tt, true)?;
+            self.gemm.matmul(
+                g,
+                a.normed.ptr(),
+                layer.gate_up.ptr(),
+                a.gate_up.ptr(),
+                t,
+                2 * inter,
+                h,
+                OutType::Bf16,
+            )?;
+            let n = t * inter;
+            g.launch(
+                "silu_mul_bf16",
+                (n.div_ceil(256).min(65_535) as u32, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(a.gate_up.ptr()),
+                    Arg::Ptr(a.act.ptr()),
+                    Arg::I32(t as i32),
+                    Arg::I32(inter as i32),
+                ],
+            )?;
+            self.gemm.matmul(
+                g,
+                a.act.ptr(),
+                layer.down.ptr(),
+                a.delta.ptr(),
+                t,
+                h,
+                inter,
+                OutType::Bf16,
+            )?;
+        }
+        // Final residual add + norm on the logits rows only.
+        if logits_rows > 0 {
+            norm(
+                g,
+                a.delta.ptr(),
+                self.final_norm.ptr(),
+                a.last_hidden.ptr(),
+                inp.logits_indices.ptr(),
+                logits_rows as u32,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+}
