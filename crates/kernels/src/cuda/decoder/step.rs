@@ -279,3 +279,26 @@ impl CudaDecoder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_partials_always_fit_their_buffer_and_large_grids_stay_unsplit() {
+        for tiles in 1..600 {
+            for kv_heads in [1, 2, 4, 8, 16] {
+                let s = attention_splits(tiles, kv_heads);
+                assert!((1..=16).contains(&s));
+                if s > 1 {
+                    assert!(tiles * kv_heads * s <= ATTENTION_PART_BLOCKS, "{tiles} x {kv_heads} x {s}");
+                }
+                if tiles * kv_heads >= ATTENTION_PART_BLOCKS / 2 {
+                    assert_eq!(s, 1);
+                }
+            }
+        }
+        // Decode of one sequence with 8 KV heads (Llama-3-8B) spreads over 16 splits.
+        assert_eq!(attention_splits(1, 8), 16);
+    }
+}
