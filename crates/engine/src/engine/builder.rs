@@ -123,17 +123,6 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             let mut fetch = |name: &str, rows: usize, cols: usize| weight_bf16(&loaded.weights, name, rows, cols);
             let dec = pagedllm_kernels::cuda::CudaDecoder::load(&opts, &shape, &mut fetch)
                 .map_err(|e| EngineError::Backend(e.to_string()))?;
-            let plan = dec.kv_plan().clone();
-            eprintln!(
-                "pagedllm: {} (cuda:{ordinal}): {:.2} GiB in use after loading and profiling, {} KV blocks of {} tokens \
-                 ({:.2} GiB) under gpu_memory_utilization {}",
-                dec.device_name(),
-                plan.in_use_bytes as f64 / (1u64 << 30) as f64,
-                plan.num_blocks,
-                config.block_size,
-                plan.kv_bytes as f64 / (1u64 << 30) as f64,
-                config.gpu_memory_utilization
-            );
             Some(dec)
         }
     };
@@ -157,6 +146,23 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         // Unset: the model's context, capped to what the KV cache can hold (a CPU byte budget is often smaller).
         None => mc.max_position_embeddings.min(kv_capacity),
     };
+    if let Some(dec) = &cuda {
+        // vLLM's start-up line: what the profile left for the KV cache and how many full-length requests fit.
+        let plan = dec.kv_plan();
+        let usable = (plan.num_blocks - 1) * config.block_size;
+        eprintln!(
+            "pagedllm: {} ({}): {:.2} GiB in use after loading and profiling; KV cache {:.2} GiB = {} blocks of {} \
+             tokens under gpu_memory_utilization {}; maximum concurrency for {max_model_len}-token requests: {:.2}x",
+            dec.device_name(),
+            config.device,
+            plan.in_use_bytes as f64 / (1u64 << 30) as f64,
+            plan.kv_bytes as f64 / (1u64 << 30) as f64,
+            plan.num_blocks,
+            config.block_size,
+            config.gpu_memory_utilization,
+            usable as f64 / max_model_len as f64
+        );
+    }
     let threads = config
         .num_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

@@ -291,7 +291,10 @@ mod tests {
                 let s = attention_splits(tiles, kv_heads);
                 assert!((1..=16).contains(&s));
                 if s > 1 {
-                    assert!(tiles * kv_heads * s <= ATTENTION_PART_BLOCKS, "{tiles} x {kv_heads} x {s}");
+                    assert!(
+                        tiles * kv_heads * s <= ATTENTION_PART_BLOCKS,
+                        "{tiles} x {kv_heads} x {s}"
+                    );
                 }
                 if tiles * kv_heads >= ATTENTION_PART_BLOCKS / 2 {
                     assert_eq!(s, 1);
