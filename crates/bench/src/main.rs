@@ -12,7 +12,7 @@ mod parity;
 
 use std::time::Instant;
 
-use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput};
+use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
 use pagedllm_engine::{EngineConfig, SamplingParams};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -91,6 +91,24 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Submits a token-id prompt (no tokenizer involved).
+pub(crate) fn submit_token_ids(
+    engine: &LLMEngine,
+    ids: Vec<u32>,
+    params: SamplingParams,
+) -> Result<RequestStream, String> {
+    engine
+        .add_request(RequestInput {
+            request_id: None,
+            prompt: Prompt::TokenIds(ids),
+            params,
+            priority: 0,
+            cache_salt: None,
+            add_special_tokens: false,
+        })
+        .map_err(|e| e.to_string())
+}
+
 fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usize, seed: u64) -> serde_json::Value {
     let vocab = engine.model_info().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -105,16 +123,7 @@ fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usi
                 ignore_eos: true,
                 ..Default::default()
             };
-            engine
-                .add_request(RequestInput {
-                    request_id: None,
-                    prompt: Prompt::TokenIds(prompt),
-                    params,
-                    priority: 0,
-                    cache_salt: None,
-                    add_special_tokens: false,
-                })
-                .expect("request accepted")
+            submit_token_ids(engine, prompt, params).expect("request accepted")
         })
         .collect();
     let mut ttft = Vec::with_capacity(batch);

@@ -13,10 +13,12 @@
 //! do (within 0.1) or at `--greedy-min-match`. Without an fp32 file, PASS is the plain thresholds against the
 //! bf16 reference. All requests go in at once (batched, as served). Prints one JSON document; exit 1 on FAIL.
 
-use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
+use pagedllm_engine::engine::{LLMEngine, RequestStream};
 use pagedllm_engine::{EngineConfig, SamplingParams};
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::submit_token_ids;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -49,19 +51,6 @@ fn load(path: &str) -> Result<Reference, String> {
     serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))
 }
 
-fn request(engine: &LLMEngine, ids: Vec<u32>, params: SamplingParams) -> Result<RequestStream, String> {
-    engine
-        .add_request(RequestInput {
-            request_id: None,
-            prompt: Prompt::TokenIds(ids),
-            params,
-            priority: 0,
-            cache_salt: None,
-            add_special_tokens: false,
-        })
-        .map_err(|e| e.to_string())
-}
-
 fn score_request(engine: &LLMEngine, item: &Item) -> Result<RequestStream, String> {
     let full: Vec<u32> = item.prompt.iter().chain(&item.greedy).copied().collect();
     let params = SamplingParams {
@@ -70,7 +59,7 @@ fn score_request(engine: &LLMEngine, item: &Item) -> Result<RequestStream, Strin
         temperature: 0.0,
         ..Default::default()
     };
-    request(engine, full, params)
+    submit_token_ids(engine, full, params)
 }
 
 fn collect_prompt_logprobs(mut s: RequestStream) -> Result<Vec<f32>, String> {
@@ -203,7 +192,7 @@ pub fn run(args: &[String]) -> Result<bool, String> {
         };
         let scored = score_request(&engine, item)?;
         let scored32 = r32.as_ref().map(|x| score_request(&engine, &x.items[i])).transpose()?;
-        let greedy = request(&engine, item.prompt.clone(), greedy_params)?;
+        let greedy = submit_token_ids(&engine, item.prompt.clone(), greedy_params)?;
         streams.push((scored, scored32, greedy));
     }
     let (mut vs16, mut vs32, mut vs32_prompt, mut hf16_vs32) =

@@ -28,14 +28,20 @@ pub(crate) struct EngineParts {
     pub pool: rayon::ThreadPool,
 }
 
-/// KV blocks for the config: an explicit count, else the byte budget over the bytes one block takes.
-pub fn num_kv_blocks(config: &EngineConfig, model: &crate::model::ModelConfig) -> Result<usize> {
+/// Every backend pages its KV cache in blocks of 1..=256 tokens.
+fn check_block_size(config: &EngineConfig) -> Result<()> {
     if config.block_size == 0 || config.block_size > 256 {
         return Err(EngineError::invalid(
             "block_size",
             format!("must be in 1..=256, got {}", config.block_size),
         ));
     }
+    Ok(())
+}
+
+/// KV blocks for the config: an explicit count, else the byte budget over the bytes one block takes.
+pub fn num_kv_blocks(config: &EngineConfig, model: &crate::model::ModelConfig) -> Result<usize> {
+    check_block_size(config)?;
     let n = match config.num_gpu_blocks_override {
         Some(n) => n,
         None => {
@@ -103,12 +109,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
     let cuda = match device {
         Device::Cpu => None,
         Device::Cuda(ordinal) => {
-            if config.block_size == 0 || config.block_size > 256 {
-                return Err(EngineError::invalid(
-                    "block_size",
-                    format!("must be in 1..=256, got {}", config.block_size),
-                ));
-            }
+            check_block_size(config)?;
             let opts = pagedllm_kernels::cuda::CudaOptions {
                 ordinal,
                 gpu_memory_utilization: config.gpu_memory_utilization,
@@ -149,7 +150,6 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
     if let Some(dec) = &cuda {
         // vLLM's start-up line: what the profile left for the KV cache and how many full-length requests fit.
         let plan = dec.kv_plan();
-        let usable = (plan.num_blocks - 1) * config.block_size;
         eprintln!(
             "pagedllm: {} ({}): {:.2} GiB in use after loading and profiling; KV cache {:.2} GiB = {} blocks of {} \
              tokens under gpu_memory_utilization {}; maximum concurrency for {max_model_len}-token requests: {:.2}x",
@@ -160,7 +160,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             plan.num_blocks,
             config.block_size,
             config.gpu_memory_utilization,
-            usable as f64 / max_model_len as f64
+            kv_capacity as f64 / max_model_len as f64
         );
     }
     let threads = config

@@ -118,7 +118,9 @@ impl ModelRunner {
                 dec.logits_to_host(&mut out).map_err(cuda_err)?;
                 out
             }
-            (None, Backend::Cpu { .. }) => unreachable!("the CPU backend always returns logits"),
+            (None, Backend::Cpu { .. }) => {
+                return Err(EngineError::Internal("the CPU backend returned no logits".into()))
+            }
         };
         Ok(StepLogits {
             logits,

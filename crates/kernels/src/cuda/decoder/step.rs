@@ -154,10 +154,7 @@ impl CudaDecoder {
                 h,
                 OutType::Bf16,
             )?;
-            let (k_cache, v_cache) = {
-                let per = self.num_blocks * self.opts.block_size * s.kv_dim();
-                (self.kv.at(2 * l * per), self.kv.at((2 * l + 1) * per))
-            };
+            let (k_cache, v_cache) = self.kv_layer(l);
             g.launch(
                 "rope_qkv_cache_bf16",
                 (tt, (s.num_heads + s.num_kv_heads) as u32, 1),
