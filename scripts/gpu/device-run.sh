@@ -4,11 +4,13 @@
 #   .gpu-bin/pagedllm-bench    stripped release build with --features cuda
 #   .gpu-bin/gpu_decoder       the decoder-vs-CPU test binary (crates/engine/tests/gpu_decoder.rs)
 #   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
-# Usage: scripts/gpu/device-run.sh check|measure   (results under $OUT, a summary table printed last)
+# Usage: scripts/gpu/device-run.sh check|measure|profile   (results under $OUT, a summary table printed last)
 #   check:   kernel tests vs the CPU backend; parity vs HF on random llama-1b, qwen2-0.5b, smollm2-135m,
 #            llama-8b checkpoints (--peaked); a short speed smoke test.
 #   measure: copy bandwidth, single-stream decode, 128 x 512/128 and 1000 x 1024/128 on llama-8b, each beside
 #            HF generate() on the same workload, and start-up time.
+#   profile: kernel tests, engine-only speed (prefill attention on tensor cores vs CUDA cores), and ncu
+#            per-kernel times of one decode step and one prefill step.
 set -uo pipefail
 MODE=${1:-check}
 FINAL=${OUT:-/tmp/out}
@@ -101,6 +103,34 @@ PY
   run_hf 128x512 --batch 128 --input 512 --output 128
   run_hf 1000x1024 --batch 128 --input 1024 --output 128 --requests 1000
   python3 scripts/gpu/summarize.py "$OUT" > "$OUT/gpu-llama8b.json" && tail -25 "$OUT/gpu-llama8b.json" | tee -a "$OUT/summary.txt"
+fi
+if [ "$MODE" = profile ]; then
+  # Correctness of the current kernels, engine-only speed, and an ncu per-kernel breakdown of one decode step
+  # at batch 128 (context ~520) and of one mixed prefill step, on llama-8b.
+  log "kernel tests (decoder vs CPU backend, graphs vs eager)"
+  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
+  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
+  grep -E "rel err|test result|panicked" "$OUT/gpu_decoder.log" | tail -30 | tee -a "$OUT/summary.txt"
+  dir=$(make_model llama-8b "")
+  run_ours() { # name, extra args...
+    local name=$1; shift
+    log "pagedllm $name"
+    timeout 400 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --out "$OUT/pagedllm-$name.json" "$@" 2>&1 \
+      | grep -E '^\{"batch|^loaded|^error' | tee -a "$OUT/summary.txt"
+  }
+  run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
+  PAGEDLLM_CUDA_PREFILL_ATTENTION=core run_ours 128x512-core --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
+  run_ours b1 --batch 1 --input-len 128 --output-len 128
+  run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
+  NCU=/usr/local/cuda/bin/ncu
+  for what in "decode 3600" "prefill 300"; do
+    set -- $what
+    log "ncu: $1 step (launch-skip $2)"
+    timeout 170 $NCU --metrics gpu__time_duration.sum --launch-skip $2 --launch-count 300 --csv \
+      $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 128 --input-len 512 --output-len 8 \
+      --max-num-batched-tokens 8192 --enforce-eager --no-warmup --out /tmp/ncu-$1.json >"$OUT/ncu-$1.txt" 2>&1
+    python3 scripts/gpu/ncu_summary.py "$OUT/ncu-$1.txt" | tee -a "$OUT/summary.txt"
+  done
 fi
 log "done"
 cp "$OUT/summary.txt" "$FINAL/" && tar czf "$FINAL/results.tgz" -C "$OUT" .

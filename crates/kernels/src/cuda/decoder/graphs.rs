@@ -49,6 +49,7 @@ impl CudaDecoder {
             tokens: size,
             width: self.max_blocks_per_seq,
             tiles: size,
+            prefill_tiles: 0,
             logits_rows: size,
         }
     }

@@ -105,6 +105,9 @@ pub struct CudaDecoder {
     /// Decode-step graphs by padded batch size (empty with `enforce_eager`).
     graphs: HashMap<usize, StepGraph>,
     graph_sizes: Vec<usize>,
+    /// Prefill chunks on the tensor-core attention kernel (default); `PAGEDLLM_CUDA_PREFILL_ATTENTION=core`
+    /// keeps them on the CUDA-core kernel, for A/B measurements.
+    prefill_tensor_cores: bool,
 }
 
 /// Copy-on-write pairs uploaded per launch.
@@ -260,6 +263,7 @@ impl CudaDecoder {
             num_logits_rows: 0,
             graphs: HashMap::new(),
             graph_sizes: Vec::new(),
+            prefill_tensor_cores: std::env::var("PAGEDLLM_CUDA_PREFILL_ATTENTION").map_or(true, |v| v != "core"),
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,

@@ -24,7 +24,10 @@ pub(super) struct StepShape {
     pub tokens: usize,
     /// Block-table row width.
     pub width: usize,
+    /// Tiles of the CUDA-core attention kernel (decodes and short chunks), listed first in the tile buffers.
     pub tiles: usize,
+    /// Tiles of the tensor-core prefill kernel, listed after them.
+    pub prefill_tiles: usize,
     pub logits_rows: usize,
 }
 
@@ -58,22 +61,40 @@ impl CudaDecoder {
         self.launch_body(shape)
     }
 
-    /// Attention tiles of a batch: each sequence's query tokens in runs of `q_tile`.
-    pub(super) fn tiles(&self, batch: &InputBatch) -> (Vec<u32>, Vec<u32>) {
-        let q_tile = self.shape.attention_q_tile();
+    /// Attention tiles of a batch as (sequence, first query offset) lists, and how many lead the lists:
+    /// single-token queries (decodes) go to the CUDA-core kernel in runs of `attention_q_tile`; longer
+    /// queries (prefill chunks) follow, in runs of `prefill_q_tile`, for the tensor-core kernel when the head
+    /// dim has one.
+    pub(super) fn tiles(&self, batch: &InputBatch) -> (Vec<u32>, Vec<u32>, usize) {
+        let core_tile = self.shape.attention_q_tile();
+        let prefill_tile = self.shape.prefill_q_tile().filter(|_| self.prefill_tensor_cores);
         let (mut seq, mut q0) = (Vec::new(), Vec::new());
+        let (mut pseq, mut pq0) = (Vec::new(), Vec::new());
         for s in 0..batch.num_seqs() {
             let len = (batch.query_start_loc[s + 1] - batch.query_start_loc[s]) as usize;
-            for start in (0..len).step_by(q_tile) {
-                seq.push(s as u32);
-                q0.push(start as u32);
+            match prefill_tile {
+                Some(step) if len > 1 => {
+                    for start in (0..len).step_by(step) {
+                        pseq.push(s as u32);
+                        pq0.push(start as u32);
+                    }
+                }
+                _ => {
+                    for start in (0..len).step_by(core_tile) {
+                        seq.push(s as u32);
+                        q0.push(start as u32);
+                    }
+                }
             }
         }
-        (seq, q0)
+        let leading = seq.len();
+        seq.extend(pseq);
+        q0.extend(pq0);
+        (seq, q0, leading)
     }
 
     pub(super) fn upload_batch(&mut self, batch: &InputBatch) -> Result<StepShape, CudaError> {
-        let (tile_seq, tile_q0) = self.tiles(batch);
+        let (tile_seq, tile_q0, core_tiles) = self.tiles(batch);
         let g = &self.gpu;
         let inp = &self.inputs;
         g.upload(inp.tokens.ptr(), &batch.token_ids)?;
@@ -88,7 +109,8 @@ impl CudaDecoder {
         Ok(StepShape {
             tokens: batch.num_tokens(),
             width: batch.max_blocks_per_seq,
-            tiles: tile_seq.len(),
+            tiles: core_tiles,
+            prefill_tiles: tile_seq.len() - core_tiles,
             logits_rows: batch.logits_indices.len(),
         })
     }
@@ -100,6 +122,7 @@ impl CudaDecoder {
             tokens: t,
             width,
             tiles,
+            prefill_tiles,
             logits_rows,
         } = shape;
         let g = &self.gpu;
@@ -138,6 +161,7 @@ impl CudaDecoder {
         };
         let attention = format!("paged_attention_hd{}_bf16", s.head_dim);
         let combine = format!("attention_combine_hd{}_bf16", s.head_dim);
+        let prefill = format!("prefill_attention_hd{}_bf16", s.head_dim);
         let splits = attention_splits(tiles, s.num_kv_heads);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -172,38 +196,19 @@ impl CudaDecoder {
                     Arg::I32(s.head_dim as i32),
                 ],
             )?;
-            g.launch(
-                &attention,
-                (tiles as u32, s.num_kv_heads as u32, splits as u32),
-                128,
-                &[
-                    Arg::Ptr(a.qkv.ptr()),
-                    Arg::I32(qkv_dim as i32),
-                    Arg::Ptr(k_cache),
-                    Arg::Ptr(v_cache),
-                    Arg::Ptr(inp.block_tables.ptr()),
-                    Arg::I32(width as i32),
-                    Arg::Ptr(inp.seq_lens.ptr()),
-                    Arg::Ptr(inp.query_start_loc.ptr()),
-                    Arg::Ptr(inp.tile_seq.ptr()),
-                    Arg::Ptr(inp.tile_q0.ptr()),
-                    Arg::I32(s.attention_q_tile() as i32),
-                    Arg::Ptr(a.attn.ptr()),
-                    Arg::I32(s.num_heads as i32),
-                    Arg::I32(s.num_kv_heads as i32),
-                    Arg::I32(self.opts.block_size as i32),
-                    Arg::F32(scale),
-                    Arg::I32(splits as i32),
-                    Arg::Ptr(a.part_acc.ptr()),
-                    Arg::Ptr(a.part_ml.ptr()),
-                ],
-            )?;
-            if splits > 1 {
+            if tiles > 0 {
                 g.launch(
-                    &combine,
-                    (tiles as u32, s.num_kv_heads as u32, 1),
+                    &attention,
+                    (tiles as u32, s.num_kv_heads as u32, splits as u32),
                     128,
                     &[
+                        Arg::Ptr(a.qkv.ptr()),
+                        Arg::I32(qkv_dim as i32),
+                        Arg::Ptr(k_cache),
+                        Arg::Ptr(v_cache),
+                        Arg::Ptr(inp.block_tables.ptr()),
+                        Arg::I32(width as i32),
+                        Arg::Ptr(inp.seq_lens.ptr()),
                         Arg::Ptr(inp.query_start_loc.ptr()),
                         Arg::Ptr(inp.tile_seq.ptr()),
                         Arg::Ptr(inp.tile_q0.ptr()),
@@ -211,9 +216,55 @@ impl CudaDecoder {
                         Arg::Ptr(a.attn.ptr()),
                         Arg::I32(s.num_heads as i32),
                         Arg::I32(s.num_kv_heads as i32),
+                        Arg::I32(self.opts.block_size as i32),
+                        Arg::F32(scale),
                         Arg::I32(splits as i32),
                         Arg::Ptr(a.part_acc.ptr()),
                         Arg::Ptr(a.part_ml.ptr()),
+                    ],
+                )?;
+                if splits > 1 {
+                    g.launch(
+                        &combine,
+                        (tiles as u32, s.num_kv_heads as u32, 1),
+                        128,
+                        &[
+                            Arg::Ptr(inp.query_start_loc.ptr()),
+                            Arg::Ptr(inp.tile_seq.ptr()),
+                            Arg::Ptr(inp.tile_q0.ptr()),
+                            Arg::I32(s.attention_q_tile() as i32),
+                            Arg::Ptr(a.attn.ptr()),
+                            Arg::I32(s.num_heads as i32),
+                            Arg::I32(s.num_kv_heads as i32),
+                            Arg::I32(splits as i32),
+                            Arg::Ptr(a.part_acc.ptr()),
+                            Arg::Ptr(a.part_ml.ptr()),
+                        ],
+                    )?;
+                }
+            }
+            if prefill_tiles > 0 {
+                let tile_offset = (tiles * std::mem::size_of::<u32>()) as u64;
+                g.launch(
+                    &prefill,
+                    (prefill_tiles as u32, s.num_kv_heads as u32, 1),
+                    128,
+                    &[
+                        Arg::Ptr(a.qkv.ptr()),
+                        Arg::I32(qkv_dim as i32),
+                        Arg::Ptr(k_cache),
+                        Arg::Ptr(v_cache),
+                        Arg::Ptr(inp.block_tables.ptr()),
+                        Arg::I32(width as i32),
+                        Arg::Ptr(inp.seq_lens.ptr()),
+                        Arg::Ptr(inp.query_start_loc.ptr()),
+                        Arg::Ptr(inp.tile_seq.ptr() + tile_offset),
+                        Arg::Ptr(inp.tile_q0.ptr() + tile_offset),
+                        Arg::Ptr(a.attn.ptr()),
+                        Arg::I32(s.num_heads as i32),
+                        Arg::I32(s.num_kv_heads as i32),
+                        Arg::I32(self.opts.block_size as i32),
+                        Arg::F32(scale),
                     ],
                 )?;
             }
