@@ -12,7 +12,8 @@ use crate::error::Result;
 use crate::request::{FinishReason, Request, RequestId, StopReason};
 use crate::runner::{ModelRunner, ScheduledSeq, StepLogits};
 use crate::sampler::{
-    device_sampleable, pack_device_row, prompt_logprobs, sample_batch, DeviceSampleRow, SampleRow, SampledToken,
+    device_edit_bound, device_edits_fit, device_sampleable, prompt_logprobs, sample_batch, DeviceSamplingBatch,
+    RowHistory, SampleRow, SampledToken,
     SequenceRng,
 };
 use crate::sampling_params::SamplingParams;
@@ -47,6 +48,8 @@ pub(crate) struct EngineCore {
     seed_rng: rand_chacha::ChaCha8Rng,
     arrivals: u64,
     stats: EngineStats,
+    /// Rows and edits of the device sampler, reused across steps.
+    device_batch: DeviceSamplingBatch,
 }
 
 impl EngineCore {
@@ -71,6 +74,7 @@ impl EngineCore {
             seed_rng,
             arrivals: 0,
             stats: EngineStats::default(),
+            device_batch: DeviceSamplingBatch::default(),
         }
     }
 
@@ -207,18 +211,27 @@ impl EngineCore {
         }
         // 2-3. Either sample on the backend's device (only token ids come back), or copy the logits rows and
         // compute prompt log-probs and samples on the host.
+        let vocab = self.runner.vocab_size();
+        let mut edit_bound = 0usize;
         let on_device = self.runner.samples_on_device()
             && seqs.iter().all(|s| s.prompt_logprob_positions.is_empty())
             && out.scheduled.iter().all(|s| {
                 s.sample_ids.len() <= 1
                     && s.sample_ids.iter().all(|&sid| {
                         let r = self.scheduler.request(sid).expect("sampling request exists");
-                        device_sampleable(&r.params, r.output_token_ids.len())
+                        edit_bound += device_edit_bound(
+                            &r.params,
+                            r.prompt_token_ids.len(),
+                            r.output_token_ids.len(),
+                            r.eos_token_ids.len(),
+                        );
+                        device_sampleable(&r.params, r.output_token_ids.len(), vocab)
                     })
-            });
+            })
+            && device_edits_fit(edit_bound);
         let (jobs, sampled) = if on_device {
             // Rows in the order of the sequences that sample (the layout's order).
-            let mut rows: Vec<DeviceSampleRow> = Vec::new();
+            self.device_batch.clear();
             for s in out.scheduled.iter().filter(|s| !s.sample_ids.is_empty()) {
                 let sid = s.sample_ids[0];
                 let req = self.scheduler.request(sid).expect("sampling request exists");
@@ -228,9 +241,14 @@ impl EngineCore {
                     .get_mut(ext)
                     .and_then(|g| g.samples[*idx].as_mut())
                     .expect("sample state");
-                rows.push(pack_device_row(&req.params, &mut state.rng));
+                let history = RowHistory {
+                    prompt_token_ids: &req.prompt_token_ids,
+                    output_token_ids: &req.output_token_ids,
+                    eos_token_ids: &req.eos_token_ids,
+                };
+                self.device_batch.push(&req.params, &history, vocab, &mut state.rng);
             }
-            let step = self.runner.execute_and_sample(&seqs, &out.blocks_to_copy, &rows)?;
+            let step = self.runner.execute_and_sample(&seqs, &out.blocks_to_copy, &self.device_batch)?;
             drop(seqs);
             let rows_of: HashMap<RequestId, usize> = step.layout.sample_rows.iter().copied().collect();
             let mut jobs: Vec<(RequestId, usize)> = Vec::new();
@@ -238,14 +256,13 @@ impl EngineCore {
             for s in &out.scheduled {
                 if let Some(&row) = rows_of.get(&s.request_id) {
                     for &sid in &s.sample_ids {
-                        let (token, logprob) = step.samples[row];
+                        let d = &step.samples[row];
                         jobs.push((sid, row));
-                        // No log-prob list was asked for on this path, so the rank is not computed.
                         sampled.push(SampledToken {
-                            token,
-                            logprob,
-                            rank: 0,
-                            top_logprobs: Vec::new(),
+                            token: d.token,
+                            logprob: d.logprob,
+                            rank: d.rank as usize,
+                            top_logprobs: d.top_logprobs.clone(),
                         });
                     }
                 }

@@ -10,7 +10,8 @@ use pagedllm_kernels::cuda::CudaDecoder;
 
 use crate::error::{EngineError, Result};
 use crate::model::llama::LlamaModel;
-use crate::sampler::DeviceSampleRow;
+use crate::sampler::DeviceSamplingBatch;
+use pagedllm_kernels::cuda::DeviceSample;
 
 use super::batch_builder::{build_input_batch, BatchLayout, ScheduledSeq};
 
@@ -32,7 +33,7 @@ impl StepLogits {
 
 /// Tokens sampled on the device: one `(token, raw log-prob)` per logits row, rows as `layout` says.
 pub struct StepSamples {
-    pub samples: Vec<(u32, f32)>,
+    pub samples: Vec<DeviceSample>,
     pub layout: BatchLayout,
 }
 
@@ -136,7 +137,7 @@ impl ModelRunner {
         &mut self,
         seqs: &[ScheduledSeq<'_>],
         blocks_to_copy: &[(u32, u32)],
-        rows: &[DeviceSampleRow],
+        batch: &DeviceSamplingBatch,
     ) -> Result<StepSamples> {
         let (layout, _) = self.run(seqs, blocks_to_copy)?;
         let Backend::Cuda(dec) = &mut self.backend else {
@@ -144,6 +145,7 @@ impl ModelRunner {
                 "execute_and_sample on a backend that samples on the host".into(),
             ));
         };
+        let rows = &batch.rows;
         if rows.len() != layout.sample_rows.len() || !layout.prompt_logprob_rows.is_empty() {
             return Err(EngineError::Internal(format!(
                 "{} device sampling rows for {} sampled sequences (and {} prompt log-prob ranges)",
@@ -152,9 +154,7 @@ impl ModelRunner {
                 layout.prompt_logprob_rows.len()
             )));
         }
-        let temps: Vec<f32> = rows.iter().map(|r| r.temperature).collect();
-        let seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
-        let samples = dec.sample(&temps, &seeds).map_err(cuda_err)?;
+        let samples = dec.sample(rows, &batch.edits).map_err(cuda_err)?;
         Ok(StepSamples { samples, layout })
     }
 }

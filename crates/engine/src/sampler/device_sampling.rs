@@ -1,15 +1,22 @@
 //! Sampling on the backend's device: which rows qualify, and what each needs packed for the device sampler.
 //!
-//! A backend that samples on the GPU (see `pagedllm_kernels::cuda`) copies back one token id and one log-prob
-//! per row instead of a `[rows x vocab]` logits block. It implements greedy and plain temperature sampling
-//! (Gumbel-max: an exact draw from softmax(logits / T)); a row that needs anything the CPU sampler adds — bias,
-//! penalties, an active min_tokens mask, min_p / top_k / top_p truncation, log-prob lists — goes to the CPU
-//! sampler, and so does the whole step (one copy path per step keeps the runner simple).
+//! A backend that samples on the GPU (see `pagedllm_kernels::cuda`, `kernels/sampling.cu`) copies back one token
+//! id, its raw log-prob and rank, and the asked-for log-prob list per row instead of a `[rows x vocab]` logits
+//! block. It runs the CPU sampler's whole pipeline (logit bias, min_tokens mask, penalties, greedy or
+//! temperature with min_p / top_k / top_p, raw log-probs); the host only turns each request's parameters and
+//! token history into a [`DeviceSampleParams`] and its [`TokenEdit`]s: every token whose logit changes before
+//! sampling, merged into one edit per token (so the GPU needs no per-row vocab-sized tables).
+//!
+//! A row stays on the CPU sampler only when the GPU would answer differently from it: a token id outside the
+//! vocabulary in `logit_bias` / stop ids (the CPU sampler reports the bad field), or a step with more edits
+//! than the device buffer holds.
 //!
 //! Seeds keep the one-draw-per-token contract of `SequenceRng`: a non-greedy device-sampled token takes ONE
 //! uniform draw and turns it into the device's noise seed, so a seeded request is reproducible on the device
 //! backend whatever its batch. (The device's noise differs from the CPU sampler's inverse-CDF draw, so the same
 //! seed gives different, equally valid, samples on the two backends.)
+
+use pagedllm_kernels::cuda::{DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS};
 
 use super::logits_processors::penalties_are_neutral;
 use super::rng::SequenceRng;
@@ -18,117 +25,135 @@ use crate::sampling_params::SamplingParams;
 /// Below this temperature a row is greedy (the CPU sampler's threshold).
 pub const GREEDY_TEMPERATURE: f32 = 1e-5;
 
-/// One row as the device sampler takes it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DeviceSampleRow {
-    /// 0 = greedy.
-    pub temperature: f32,
-    pub seed: u64,
+/// Whether a row with `params`, having produced `num_output_tokens`, can be sampled on the device for a
+/// vocabulary of `vocab` tokens.
+pub fn device_sampleable(params: &SamplingParams, num_output_tokens: usize, vocab: usize) -> bool {
+    let in_vocab = |t: &u32| (*t as usize) < vocab;
+    let stops_ok = num_output_tokens >= params.min_tokens || params.stop_token_ids.iter().all(in_vocab);
+    params.logprobs.is_none_or(|k| k <= MAX_DEVICE_TOP_LOGPROBS)
+        && params.logit_bias.iter().all(|(t, _)| in_vocab(t))
+        && stops_ok
 }
 
-/// Whether a row with `params`, having produced `num_output_tokens`, can be sampled on the device.
-pub fn device_sampleable(params: &SamplingParams, num_output_tokens: usize) -> bool {
-    let greedy = params.temperature < GREEDY_TEMPERATURE;
-    let truncation_off = greedy || (params.min_p <= 0.0 && params.top_p >= 1.0 && params.top_k <= 0);
-    params.logprobs.is_none()
-        && params.logit_bias.is_empty()
-        && penalties_are_neutral(params)
-        && num_output_tokens >= params.min_tokens
-        && truncation_off
+/// Upper bound of the edits [`DeviceSamplingBatch::push`] makes for a row (to check a step fits the device).
+pub fn device_edit_bound(params: &SamplingParams, prompt_len: usize, output_len: usize, eos_len: usize) -> usize {
+    let mut n = params.logit_bias.len();
+    if output_len < params.min_tokens {
+        n += eos_len + params.stop_token_ids.len();
+    }
+    if !penalties_are_neutral(params) {
+        n += output_len + if params.repetition_penalty != 1.0 { prompt_len } else { 0 };
+    }
+    n
 }
 
-/// Packs a device-sampleable row, taking the row's one random draw when it is not greedy.
-pub fn pack_device_row(params: &SamplingParams, rng: &mut SequenceRng) -> DeviceSampleRow {
-    if params.temperature < GREEDY_TEMPERATURE {
-        DeviceSampleRow {
-            temperature: 0.0,
-            seed: 0,
+/// Whether a step whose rows' [`device_edit_bound`]s sum to `edits` fits the device's edit buffer.
+pub fn device_edits_fit(edits: usize) -> bool {
+    edits <= MAX_DEVICE_TOKEN_EDITS
+}
+
+/// The device sampler's input for one step: a row per sampled sequence and the rows' edits. Its vocab-sized
+/// scratch tables are reused across steps (touched entries are reset), so packing a row costs
+/// O(bias + stops + prompt + output), like the CPU sampler's penalties.
+#[derive(Default)]
+pub struct DeviceSamplingBatch {
+    pub rows: Vec<DeviceSampleParams>,
+    pub edits: Vec<TokenEdit>,
+    /// Index into `edits` of each token's edit in the row being packed (`u32::MAX` = none).
+    slot: Vec<u32>,
+}
+
+/// What a row being packed knows of its sequence.
+pub struct RowHistory<'a> {
+    pub prompt_token_ids: &'a [u32],
+    pub output_token_ids: &'a [u32],
+    pub eos_token_ids: &'a [u32],
+}
+
+impl DeviceSamplingBatch {
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.edits.clear();
+    }
+
+    /// Packs a device-sampleable row (see [`device_sampleable`]; ids must be inside `vocab`), taking the row's
+    /// one random draw when it is not greedy.
+    pub fn push(&mut self, params: &SamplingParams, history: &RowHistory, vocab: usize, rng: &mut SequenceRng) {
+        if self.slot.len() < vocab {
+            self.slot.resize(vocab, u32::MAX);
         }
-    } else {
+        let begin = self.edits.len();
+        for &(token, bias) in &params.logit_bias {
+            if let Some(e) = self.edit(token) {
+                e.bias += bias;
+            }
+        }
+        if history.output_token_ids.len() < params.min_tokens {
+            for &token in history.eos_token_ids.iter().chain(&params.stop_token_ids) {
+                if let Some(e) = self.edit(token) {
+                    e.flags |= TokenEdit::MASKED;
+                }
+            }
+        }
+        if !penalties_are_neutral(params) {
+            let repetition = params.repetition_penalty != 1.0;
+            for &token in history.output_token_ids {
+                if let Some(e) = self.edit(token) {
+                    e.count += 1;
+                    if repetition {
+                        e.flags |= TokenEdit::SEEN;
+                    }
+                }
+            }
+            if repetition {
+                for &token in history.prompt_token_ids {
+                    if let Some(e) = self.edit(token) {
+                        e.flags |= TokenEdit::SEEN;
+                    }
+                }
+            }
+        }
+        for e in &self.edits[begin..] {
+            self.slot[e.token as usize] = u32::MAX;
+        }
+        let greedy = params.temperature < GREEDY_TEMPERATURE;
         // 53 random bits (all an f64 draw has) as the noise seed.
-        let seed = (rng.next_uniform() * (1u64 << 53) as f64) as u64;
-        DeviceSampleRow {
-            temperature: params.temperature,
+        let seed = if greedy {
+            0
+        } else {
+            (rng.next_uniform() * (1u64 << 53) as f64) as u64
+        };
+        self.rows.push(DeviceSampleParams {
+            temperature: if greedy { 0.0 } else { params.temperature },
+            top_p: params.top_p,
+            min_p: params.min_p,
+            repetition_penalty: params.repetition_penalty,
+            frequency_penalty: params.frequency_penalty,
+            presence_penalty: params.presence_penalty,
+            top_k: params.top_k.max(0),
+            num_top_logprobs: params.logprobs.map_or(-1, |k| k as i32),
+            edit_begin: begin as u32,
+            edit_count: (self.edits.len() - begin) as u32,
             seed,
+        });
+    }
+
+    /// The row's edit of `token`, created on first use; `None` outside the vocabulary (admission rejects such
+    /// ids, and `device_sampleable` keeps rows with bad parameters on the CPU sampler, which reports them).
+    fn edit(&mut self, token: u32) -> Option<&mut TokenEdit> {
+        let at = self.slot.get_mut(token as usize)?;
+        if *at == u32::MAX {
+            *at = self.edits.len() as u32;
+            self.edits.push(TokenEdit {
+                token,
+                ..TokenEdit::default()
+            });
         }
+        let at = *at as usize;
+        self.edits.get_mut(at)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base() -> SamplingParams {
-        SamplingParams {
-            temperature: 0.7,
-            ..SamplingParams::default()
-        }
-    }
-
-    #[test]
-    fn plain_temperature_and_greedy_rows_qualify() {
-        assert!(device_sampleable(&base(), 0));
-        assert!(device_sampleable(&SamplingParams::greedy(), 0));
-        // Greedy ignores truncation, so it still qualifies with top_p set.
-        let g = SamplingParams {
-            top_p: 0.5,
-            ..SamplingParams::greedy()
-        };
-        assert!(device_sampleable(&g, 0));
-    }
-
-    #[test]
-    fn anything_the_cpu_sampler_adds_sends_the_row_to_the_cpu() {
-        let cases: Vec<SamplingParams> = vec![
-            SamplingParams {
-                logprobs: Some(0),
-                ..base()
-            },
-            SamplingParams {
-                logit_bias: vec![(1, 2.0)],
-                ..base()
-            },
-            SamplingParams {
-                repetition_penalty: 1.1,
-                ..base()
-            },
-            SamplingParams {
-                frequency_penalty: 0.5,
-                ..base()
-            },
-            SamplingParams {
-                presence_penalty: 0.5,
-                ..base()
-            },
-            SamplingParams { top_k: 40, ..base() },
-            SamplingParams { top_p: 0.9, ..base() },
-            SamplingParams { min_p: 0.1, ..base() },
-        ];
-        for p in &cases {
-            assert!(!device_sampleable(p, 10), "{p:?}");
-        }
-        // min_tokens only while it is active.
-        let p = SamplingParams {
-            min_tokens: 3,
-            ..base()
-        };
-        assert!(!device_sampleable(&p, 2));
-        assert!(device_sampleable(&p, 3));
-    }
-
-    #[test]
-    fn packing_takes_one_draw_for_sampled_rows_and_none_for_greedy() {
-        let mut rng = SequenceRng::new(7);
-        let g = pack_device_row(&SamplingParams::greedy(), &mut rng);
-        assert_eq!((g.temperature, rng.draws()), (0.0, 0));
-        let a = pack_device_row(&base(), &mut rng);
-        assert_eq!(rng.draws(), 1);
-        assert_eq!(a.temperature, 0.7);
-        // Same seed, same packed seeds; a different stream gives a different seed.
-        let mut again = SequenceRng::new(7);
-        assert_eq!(pack_device_row(&base(), &mut again).seed, a.seed);
-        let mut other = SequenceRng::new(8);
-        assert_ne!(pack_device_row(&base(), &mut other).seed, a.seed);
-        assert!(a.seed < (1u64 << 53));
-    }
-}
+#[path = "device_sampling_tests.rs"]
+mod tests;

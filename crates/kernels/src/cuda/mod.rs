@@ -15,10 +15,12 @@
 mod error;
 pub mod graph_sizes;
 pub mod memory_plan;
+mod sample_params;
 mod shape;
 
 pub use error::CudaError;
 pub use memory_plan::{plan_kv_blocks, KvPlan};
+pub use sample_params::{DeviceSample, DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS};
 pub use shape::{CudaOptions, DecoderShape};
 
 #[cfg(feature = "cuda")]

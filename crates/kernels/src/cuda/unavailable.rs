@@ -1,6 +1,6 @@
 //! The CUDA backend of a build without the `cuda` feature: the same API, every constructor refuses.
 
-use super::{CudaError, CudaOptions, DecoderShape, FetchWeight, KvPlan};
+use super::{CudaError, CudaOptions, DecoderShape, DeviceSample, DeviceSampleParams, FetchWeight, KvPlan, TokenEdit};
 use crate::InputBatch;
 
 /// Uninhabited: no value can exist, so the methods below need no body.
@@ -30,7 +30,7 @@ impl CudaDecoder {
     pub fn logits_to_host(&mut self, _: &mut Vec<f32>) -> Result<(), CudaError> {
         match *self {}
     }
-    pub fn sample(&mut self, _: &[f32], _: &[u64]) -> Result<Vec<(u32, f32)>, CudaError> {
+    pub fn sample(&mut self, _: &[DeviceSampleParams], _: &[TokenEdit]) -> Result<Vec<DeviceSample>, CudaError> {
         match *self {}
     }
     pub fn poison(&mut self, _: bool) -> Result<(), CudaError> {

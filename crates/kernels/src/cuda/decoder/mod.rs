@@ -18,7 +18,10 @@ use super::error::CudaError;
 use super::gemm::{Gemm, OutType};
 use super::graph_sizes::{bucket_for, capture_sizes};
 use super::memory_plan::{plan_kv_blocks, KvPlan};
-use super::{CudaOptions, DecoderShape, FetchWeight};
+use super::{
+    CudaOptions, DecoderShape, DeviceSample, DeviceSampleParams, FetchWeight, TokenEdit, MAX_DEVICE_TOKEN_EDITS,
+    MAX_DEVICE_TOP_LOGPROBS,
+};
 use crate::InputBatch;
 
 mod graphs;
@@ -55,8 +58,8 @@ struct Inputs {
     tile_seq: DeviceBuffer<u32>,
     tile_q0: DeviceBuffer<u32>,
     block_pairs: DeviceBuffer<u32>,
-    temperatures: DeviceBuffer<f32>,
-    seeds: DeviceBuffer<u64>,
+    sample_params: DeviceBuffer<DeviceSampleParams>,
+    token_edits: DeviceBuffer<TokenEdit>,
 }
 
 /// Activations for up to `max_tokens` tokens.
@@ -74,6 +77,10 @@ struct Activations {
     logits: DeviceBuffer<f32>,
     sampled_ids: DeviceBuffer<u32>,
     sampled_logprobs: DeviceBuffer<f32>,
+    sampled_ranks: DeviceBuffer<i32>,
+    /// `[logits_capacity, MAX_DEVICE_TOP_LOGPROBS]`.
+    top_ids: DeviceBuffer<u32>,
+    top_logprobs: DeviceBuffer<f32>,
     /// Split-KV attention partials: `[ATTENTION_PART_BLOCKS][rows][head_dim]` and (max, sum) per row.
     part_acc: DeviceBuffer<f32>,
     part_ml: DeviceBuffer<f32>,
@@ -219,8 +226,8 @@ impl CudaDecoder {
             tile_seq: DeviceBuffer::alloc(max_tokens, "step inputs")?,
             tile_q0: DeviceBuffer::alloc(max_tokens, "step inputs")?,
             block_pairs: DeviceBuffer::alloc(2 * MAX_BLOCK_PAIRS, "block copy list")?,
-            temperatures: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
-            seeds: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
+            sample_params: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
+            token_edits: DeviceBuffer::alloc(MAX_DEVICE_TOKEN_EDITS, "sampling inputs")?,
         };
         let act = Activations {
             residual: DeviceBuffer::alloc(max_tokens * h, "activations")?,
@@ -234,6 +241,9 @@ impl CudaDecoder {
             logits: DeviceBuffer::alloc(logits_capacity * s.vocab_size, "logits")?,
             sampled_ids: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
             sampled_logprobs: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
+            sampled_ranks: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
+            top_ids: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
+            top_logprobs: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
             part_acc: DeviceBuffer::alloc(
                 ATTENTION_PART_BLOCKS * s.attention_rows() * s.head_dim,
                 "attention partials",
@@ -329,7 +339,15 @@ impl CudaDecoder {
         }
         self.forward(&batch)?;
         let rows = self.num_logits_rows;
-        self.sample(&vec![1.0; rows], &vec![0; rows])?;
+        // The sampler's heaviest path (truncation and log-prob lists) runs once here too.
+        let heavy = DeviceSampleParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: 50,
+            num_top_logprobs: MAX_DEVICE_TOP_LOGPROBS as i32,
+            ..DeviceSampleParams::default()
+        };
+        self.sample(&vec![heavy; rows], &[])?;
         self.gpu.synchronize()
     }
 

@@ -26,49 +26,98 @@ impl CudaDecoder {
         Ok(())
     }
 
-    /// Samples one token per logits row on the GPU: greedy where `temperatures[r] == 0`, else an exact sample
-    /// of softmax(logits / T) seeded by `seeds[r]`. Returns (token, log-prob under the raw distribution).
-    pub fn sample(&mut self, temperatures: &[f32], seeds: &[u64]) -> Result<Vec<(u32, f32)>, CudaError> {
+    /// Samples one token per logits row on the GPU (see `kernels/sampling.cu`): row `r` follows `rows[r]`,
+    /// whose edits index into `edits`. Only ids, log-probs, ranks and the asked-for log-prob lists come back.
+    pub fn sample(&mut self, rows: &[DeviceSampleParams], edits: &[TokenEdit]) -> Result<Vec<DeviceSample>, CudaError> {
         self.gpu.bind()?;
-        let rows = self.num_logits_rows;
-        if temperatures.len() != rows || seeds.len() != rows {
+        let n = self.num_logits_rows;
+        if rows.len() != n {
             return Err(CudaError::Unsupported(format!(
-                "{} temperatures and {} seeds for {rows} logits rows",
-                temperatures.len(),
-                seeds.len()
+                "{} sampling rows for {n} logits rows",
+                rows.len()
             )));
         }
-        if rows > self.logits_capacity {
+        if n > self.logits_capacity {
             return Err(CudaError::Unsupported(format!(
-                "{rows} rows to sample; at most {}",
+                "{n} rows to sample; at most {}",
                 self.logits_capacity
             )));
         }
-        if rows == 0 {
+        if edits.len() > MAX_DEVICE_TOKEN_EDITS {
+            return Err(CudaError::Unsupported(format!(
+                "{} token edits in one step; at most {MAX_DEVICE_TOKEN_EDITS}",
+                edits.len()
+            )));
+        }
+        let vocab = self.shape.vocab_size;
+        for (r, p) in rows.iter().enumerate() {
+            let end = p.edit_begin as usize + p.edit_count as usize;
+            if end > edits.len() || p.num_top_logprobs > MAX_DEVICE_TOP_LOGPROBS as i32 {
+                return Err(CudaError::Unsupported(format!("sampling row {r} is malformed: {p:?}")));
+            }
+            if let Some(e) = edits[p.edit_begin as usize..end].iter().find(|e| e.token as usize >= vocab) {
+                return Err(CudaError::Unsupported(format!(
+                    "token id {} is outside the vocabulary (size {vocab})",
+                    e.token
+                )));
+            }
+        }
+        if n == 0 {
             return Ok(Vec::new());
         }
-        self.lm_head(0, rows)?;
+        self.lm_head(0, n)?;
         let g = &self.gpu;
-        g.upload(self.inputs.temperatures.ptr(), temperatures)?;
-        g.upload(self.inputs.seeds.ptr(), seeds)?;
+        let a = &self.act;
+        g.upload(self.inputs.sample_params.ptr(), rows)?;
+        g.upload(self.inputs.token_edits.ptr(), edits)?;
         g.launch(
-            "sample_rows_f32",
-            (rows as u32, 1, 1),
+            "sample_rows",
+            (n as u32, 1, 1),
             1024,
             &[
-                Arg::Ptr(self.act.logits.ptr()),
-                Arg::I32(self.shape.vocab_size as i32),
-                Arg::Ptr(self.inputs.temperatures.ptr()),
-                Arg::Ptr(self.inputs.seeds.ptr()),
-                Arg::Ptr(self.act.sampled_ids.ptr()),
-                Arg::Ptr(self.act.sampled_logprobs.ptr()),
+                Arg::Ptr(a.logits.ptr()),
+                Arg::I32(vocab as i32),
+                Arg::Ptr(self.inputs.sample_params.ptr()),
+                Arg::Ptr(self.inputs.token_edits.ptr()),
+                Arg::Ptr(a.sampled_ids.ptr()),
+                Arg::Ptr(a.sampled_logprobs.ptr()),
+                Arg::Ptr(a.sampled_ranks.ptr()),
+                Arg::Ptr(a.top_ids.ptr()),
+                Arg::Ptr(a.top_logprobs.ptr()),
             ],
         )?;
-        let mut ids = vec![0u32; rows];
-        let mut lps = vec![0f32; rows];
-        // SAFETY-free ordering: both copies are on the stream; the second download synchronizes.
-        g.download(&mut ids, self.act.sampled_ids.ptr())?;
-        g.download(&mut lps, self.act.sampled_logprobs.ptr())?;
-        Ok(ids.into_iter().zip(lps).collect())
+        let mut ids = vec![0u32; n];
+        let mut lps = vec![0f32; n];
+        g.download(&mut ids, a.sampled_ids.ptr())?;
+        g.download(&mut lps, a.sampled_logprobs.ptr())?;
+        let want_rank = rows.iter().any(|p| p.num_top_logprobs >= 0);
+        let want_top = rows.iter().any(|p| p.num_top_logprobs > 0);
+        let mut ranks = vec![0i32; if want_rank { n } else { 0 }];
+        let mut top_ids = vec![0u32; if want_top { n * MAX_DEVICE_TOP_LOGPROBS } else { 0 }];
+        let mut top_lps = vec![0f32; top_ids.len()];
+        if want_rank {
+            g.download(&mut ranks, a.sampled_ranks.ptr())?;
+        }
+        if want_top {
+            g.download(&mut top_ids, a.top_ids.ptr())?;
+            g.download(&mut top_lps, a.top_logprobs.ptr())?;
+        }
+        let mut out = Vec::with_capacity(n);
+        for (r, p) in rows.iter().enumerate() {
+            if ids[r] as usize >= vocab {
+                return Err(CudaError::Unsupported(format!(
+                    "no token can be sampled in row {r}: every logit is -inf after processing"
+                )));
+            }
+            let k = p.num_top_logprobs.max(0) as usize;
+            let base = r * MAX_DEVICE_TOP_LOGPROBS;
+            out.push(DeviceSample {
+                token: ids[r],
+                logprob: lps[r],
+                rank: if p.num_top_logprobs >= 0 { ranks[r] as u32 } else { 0 },
+                top_logprobs: (0..k).map(|j| (top_ids[base + j], top_lps[base + j])).collect(),
+            });
+        }
+        Ok(out)
     }
 }
