@@ -119,11 +119,12 @@ if [ "$MODE" = profile ]; then
       | grep -E '^\{"batch|^loaded|^error' | tee -a "$OUT/summary.txt"
   }
   run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
-  PAGEDLLM_CUDA_PREFILL_ATTENTION=core run_ours 128x512-core --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
+  PAGEDLLM_CUDA_ATTENTION=core run_ours 128x512-core --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
+  run_ours 128x512-16k --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 16384
   run_ours b1 --batch 1 --input-len 128 --output-len 128
   run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
   NCU=/usr/local/cuda/bin/ncu
-  for what in "decode 3600" "prefill 300"; do
+  for what in ${NCU_STEPS:-"decode 3600"}; do
     set -- $what
     log "ncu: $1 step (launch-skip $2)"
     timeout 170 $NCU --metrics gpu__time_duration.sum --launch-skip $2 --launch-count 300 --csv \

@@ -13,8 +13,7 @@ use crate::request::{FinishReason, Request, RequestId, StopReason};
 use crate::runner::{ModelRunner, ScheduledSeq, StepLogits};
 use crate::sampler::{
     device_edit_bound, device_edits_fit, device_sampleable, prompt_logprobs, sample_batch, DeviceSamplingBatch,
-    RowHistory, SampleRow, SampledToken,
-    SequenceRng,
+    RowHistory, SampleRow, SampledToken, SequenceRng,
 };
 use crate::sampling_params::SamplingParams;
 use crate::scheduler::{ScheduledRequest, Scheduler};
@@ -248,7 +247,9 @@ impl EngineCore {
                 };
                 self.device_batch.push(&req.params, &history, vocab, &mut state.rng);
             }
-            let step = self.runner.execute_and_sample(&seqs, &out.blocks_to_copy, &self.device_batch)?;
+            let step = self
+                .runner
+                .execute_and_sample(&seqs, &out.blocks_to_copy, &self.device_batch)?;
             drop(seqs);
             let rows_of: HashMap<RequestId, usize> = step.layout.sample_rows.iter().copied().collect();
             let mut jobs: Vec<(RequestId, usize)> = Vec::new();

@@ -42,7 +42,12 @@ pub fn device_edit_bound(params: &SamplingParams, prompt_len: usize, output_len:
         n += eos_len + params.stop_token_ids.len();
     }
     if !penalties_are_neutral(params) {
-        n += output_len + if params.repetition_penalty != 1.0 { prompt_len } else { 0 };
+        n += output_len
+            + if params.repetition_penalty != 1.0 {
+                prompt_len
+            } else {
+                0
+            };
     }
     n
 }

@@ -30,7 +30,11 @@ fn apply_edits_like_the_gpu(row: &mut [f32], p: &DeviceSampleParams, edits: &[To
             l = f32::NEG_INFINITY;
         }
         if e.flags & TokenEdit::SEEN != 0 && p.repetition_penalty != 1.0 {
-            l = if l > 0.0 { l / p.repetition_penalty } else { l * p.repetition_penalty };
+            l = if l > 0.0 {
+                l / p.repetition_penalty
+            } else {
+                l * p.repetition_penalty
+            };
         }
         if e.count > 0 {
             l -= p.frequency_penalty * e.count as f32;
@@ -43,25 +47,57 @@ fn apply_edits_like_the_gpu(row: &mut [f32], p: &DeviceSampleParams, edits: &[To
 #[test]
 fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
     let cases = [
-        SamplingParams { top_k: 40, top_p: 0.9, min_p: 0.05, ..base() },
-        SamplingParams { repetition_penalty: 1.2, frequency_penalty: 0.5, presence_penalty: 0.3, ..base() },
-        SamplingParams { logprobs: Some(20), ..base() },
-        SamplingParams { logit_bias: vec![(3, 2.0)], min_tokens: 4, stop_token_ids: vec![7], ..base() },
+        SamplingParams {
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.05,
+            ..base()
+        },
+        SamplingParams {
+            repetition_penalty: 1.2,
+            frequency_penalty: 0.5,
+            presence_penalty: 0.3,
+            ..base()
+        },
+        SamplingParams {
+            logprobs: Some(20),
+            ..base()
+        },
+        SamplingParams {
+            logit_bias: vec![(3, 2.0)],
+            min_tokens: 4,
+            stop_token_ids: vec![7],
+            ..base()
+        },
         SamplingParams::greedy(),
     ];
     for p in &cases {
         assert!(device_sampleable(p, 0, VOCAB), "{p:?}");
     }
     let bad = [
-        SamplingParams { logprobs: Some(21), ..base() },
-        SamplingParams { logit_bias: vec![(VOCAB as u32, 1.0)], ..base() },
-        SamplingParams { min_tokens: 2, stop_token_ids: vec![VOCAB as u32 + 5], ..base() },
+        SamplingParams {
+            logprobs: Some(21),
+            ..base()
+        },
+        SamplingParams {
+            logit_bias: vec![(VOCAB as u32, 1.0)],
+            ..base()
+        },
+        SamplingParams {
+            min_tokens: 2,
+            stop_token_ids: vec![VOCAB as u32 + 5],
+            ..base()
+        },
     ];
     for p in &bad {
         assert!(!device_sampleable(p, 0, VOCAB), "{p:?}");
     }
     // A bad stop id only matters while min_tokens masks it.
-    let p = SamplingParams { min_tokens: 2, stop_token_ids: vec![VOCAB as u32 + 5], ..base() };
+    let p = SamplingParams {
+        min_tokens: 2,
+        stop_token_ids: vec![VOCAB as u32 + 5],
+        ..base()
+    };
     assert!(device_sampleable(&p, 2, VOCAB));
 }
 
@@ -69,7 +105,12 @@ fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
 fn plain_rows_have_no_edits_and_greedy_rows_take_no_draw() {
     let mut batch = DeviceSamplingBatch::default();
     let mut rng = SequenceRng::new(7);
-    batch.push(&SamplingParams::greedy(), &history(&[1, 2], &[3], &[0]), VOCAB, &mut rng);
+    batch.push(
+        &SamplingParams::greedy(),
+        &history(&[1, 2], &[3], &[0]),
+        VOCAB,
+        &mut rng,
+    );
     assert_eq!(rng.draws(), 0);
     batch.push(&base(), &history(&[1, 2], &[3], &[0]), VOCAB, &mut rng);
     assert_eq!(rng.draws(), 1);
@@ -132,20 +173,47 @@ fn gpu_edit_rule_matches_the_cpu_processors_on_random_rows() {
         let pick = |rng: &mut ChaCha8Rng, n: usize| -> Vec<u32> {
             (0..n).map(|_| rng.random_range(0..VOCAB as u32)).collect()
         };
-        let prompt = { let n = rng.random_range(0..20); pick(&mut rng, n) };
-        let output = { let n = rng.random_range(0..20); pick(&mut rng, n) };
-        let eos = { let n = rng.random_range(1..3); pick(&mut rng, n) };
-        let mut bias_ids = { let n = rng.random_range(0..4); pick(&mut rng, n) };
+        let prompt = {
+            let n = rng.random_range(0..20);
+            pick(&mut rng, n)
+        };
+        let output = {
+            let n = rng.random_range(0..20);
+            pick(&mut rng, n)
+        };
+        let eos = {
+            let n = rng.random_range(1..3);
+            pick(&mut rng, n)
+        };
+        let mut bias_ids = {
+            let n = rng.random_range(0..4);
+            pick(&mut rng, n)
+        };
         bias_ids.sort_unstable();
         bias_ids.dedup();
         let coin = |rng: &mut ChaCha8Rng| rng.random_bool(0.5);
         let params = SamplingParams {
             logit_bias: bias_ids.iter().map(|&t| (t, rng.random_range(-5.0f32..5.0))).collect(),
             min_tokens: if coin(&mut rng) { 25 } else { 0 },
-            stop_token_ids: { let n = rng.random_range(0..3); pick(&mut rng, n) },
-            repetition_penalty: if coin(&mut rng) { rng.random_range(0.5..2.0) } else { 1.0 },
-            frequency_penalty: if coin(&mut rng) { rng.random_range(-1.0..1.0) } else { 0.0 },
-            presence_penalty: if coin(&mut rng) { rng.random_range(-1.0..1.0) } else { 0.0 },
+            stop_token_ids: {
+                let n = rng.random_range(0..3);
+                pick(&mut rng, n)
+            },
+            repetition_penalty: if coin(&mut rng) {
+                rng.random_range(0.5..2.0)
+            } else {
+                1.0
+            },
+            frequency_penalty: if coin(&mut rng) {
+                rng.random_range(-1.0..1.0)
+            } else {
+                0.0
+            },
+            presence_penalty: if coin(&mut rng) {
+                rng.random_range(-1.0..1.0)
+            } else {
+                0.0
+            },
             ..base()
         };
         let raw: Vec<f32> = (0..VOCAB).map(|_| rng.random_range(-8.0..8.0)).collect();
@@ -155,7 +223,12 @@ fn gpu_edit_rule_matches_the_cpu_processors_on_random_rows() {
         apply_penalties(&mut cpu, &params, &prompt, &output, &mut scratch).unwrap();
 
         batch.clear();
-        batch.push(&params, &history(&prompt, &output, &eos), VOCAB, &mut SequenceRng::new(trial));
+        batch.push(
+            &params,
+            &history(&prompt, &output, &eos),
+            VOCAB,
+            &mut SequenceRng::new(trial),
+        );
         let row = batch.rows[0];
         assert!(row.edit_count as usize <= device_edit_bound(&params, prompt.len(), output.len(), eos.len()));
         let mut gpu = raw.clone();

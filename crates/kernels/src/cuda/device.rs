@@ -171,26 +171,29 @@ impl Gpu {
             .functions
             .get(kernel)
             .ok_or_else(|| CudaError::Unsupported(format!("kernel {kernel} is not in the PTX")))?;
-        let mut values: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| match a {
-                Arg::Ptr(p) => p.to_ne_bytes(),
-                Arg::I32(v) => {
-                    let mut b = [0u8; 8];
-                    b[..4].copy_from_slice(&v.to_ne_bytes());
-                    b
-                }
-                Arg::F32(v) => {
-                    let mut b = [0u8; 8];
-                    b[..4].copy_from_slice(&v.to_ne_bytes());
-                    b
-                }
-            })
-            .collect();
-        let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
+        // Kernel arguments live on the stack: a launch allocates nothing on the host.
+        const MAX_ARGS: usize = 24;
+        if args.len() > MAX_ARGS {
+            return Err(CudaError::Unsupported(format!(
+                "{kernel}: more than {MAX_ARGS} kernel arguments"
+            )));
+        }
+        let mut values = [[0u8; 8]; MAX_ARGS];
+        for (v, a) in values.iter_mut().zip(args) {
+            match a {
+                Arg::Ptr(p) => *v = p.to_ne_bytes(),
+                Arg::I32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+                Arg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+            }
+        }
+        let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+        for (p, v) in params.iter_mut().zip(values.iter_mut()) {
+            *p = v.as_mut_ptr() as *mut c_void;
+        }
+        let params = &mut params[..args.len()];
         // SAFETY: argument kinds and order match the kernel's signature (each caller mirrors its .cu file);
         // the values outlive the call, which copies them.
-        unsafe { result::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, self.cu_stream(), &mut params) }
+        unsafe { result::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, self.cu_stream(), params) }
             .map_err(driver_err(format!("launching {kernel}")))
     }
 

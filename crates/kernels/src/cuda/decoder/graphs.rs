@@ -48,8 +48,8 @@ impl CudaDecoder {
         StepShape {
             tokens: size,
             width: self.max_blocks_per_seq,
-            tiles: size,
-            prefill_tiles: 0,
+            tiles: if self.uses_flash_attention() { 0 } else { size },
+            flash_tiles: if self.uses_flash_attention() { size } else { 0 },
             logits_rows: size,
         }
     }

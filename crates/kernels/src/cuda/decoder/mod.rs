@@ -112,9 +112,9 @@ pub struct CudaDecoder {
     /// Decode-step graphs by padded batch size (empty with `enforce_eager`).
     graphs: HashMap<usize, StepGraph>,
     graph_sizes: Vec<usize>,
-    /// Prefill chunks on the tensor-core attention kernel (default); `PAGEDLLM_CUDA_PREFILL_ATTENTION=core`
-    /// keeps them on the CUDA-core kernel, for A/B measurements.
-    prefill_tensor_cores: bool,
+    /// Attention on the tensor-core kernel where the head dim allows (default); `PAGEDLLM_CUDA_ATTENTION=core`
+    /// keeps every step on the CUDA-core kernel, for A/B measurements.
+    flash_attention: bool,
 }
 
 /// Copy-on-write pairs uploaded per launch.
@@ -245,10 +245,10 @@ impl CudaDecoder {
             top_ids: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
             top_logprobs: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
             part_acc: DeviceBuffer::alloc(
-                ATTENTION_PART_BLOCKS * s.attention_rows() * s.head_dim,
+                ATTENTION_PART_BLOCKS * s.partial_rows() * s.head_dim,
                 "attention partials",
             )?,
-            part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.attention_rows() * 2, "attention partials")?,
+            part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.partial_rows() * 2, "attention partials")?,
         };
         let bytes_per_block = 2 * s.num_layers * opts.block_size * kv_dim * 2;
         let mut dec = Self {
@@ -273,7 +273,7 @@ impl CudaDecoder {
             num_logits_rows: 0,
             graphs: HashMap::new(),
             graph_sizes: Vec::new(),
-            prefill_tensor_cores: std::env::var("PAGEDLLM_CUDA_PREFILL_ATTENTION").map_or(true, |v| v != "core"),
+            flash_attention: std::env::var("PAGEDLLM_CUDA_ATTENTION").map_or(true, |v| v != "core"),
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,
@@ -349,6 +349,11 @@ impl CudaDecoder {
         };
         self.sample(&vec![heavy; rows], &[])?;
         self.gpu.synchronize()
+    }
+
+    /// Whether attention runs on the tensor-core kernel (flash_attention.cu) for this model.
+    pub(super) fn uses_flash_attention(&self) -> bool {
+        self.flash_attention && self.shape.flash_q_tile().is_some()
     }
 
     pub fn device_name(&self) -> &str {

@@ -55,7 +55,10 @@ impl CudaDecoder {
             if end > edits.len() || p.num_top_logprobs > MAX_DEVICE_TOP_LOGPROBS as i32 {
                 return Err(CudaError::Unsupported(format!("sampling row {r} is malformed: {p:?}")));
             }
-            if let Some(e) = edits[p.edit_begin as usize..end].iter().find(|e| e.token as usize >= vocab) {
+            if let Some(e) = edits[p.edit_begin as usize..end]
+                .iter()
+                .find(|e| e.token as usize >= vocab)
+            {
                 return Err(CudaError::Unsupported(format!(
                     "token id {} is outside the vocabulary (size {vocab})",
                     e.token

@@ -24,10 +24,10 @@ pub(super) struct StepShape {
     pub tokens: usize,
     /// Block-table row width.
     pub width: usize,
-    /// Tiles of the CUDA-core attention kernel (decodes and short chunks), listed first in the tile buffers.
+    /// Tiles of the CUDA-core attention kernel (head dim 256), listed first in the tile buffers.
     pub tiles: usize,
-    /// Tiles of the tensor-core prefill kernel, listed after them.
-    pub prefill_tiles: usize,
+    /// Tiles of the tensor-core attention kernel, listed after them.
+    pub flash_tiles: usize,
     pub logits_rows: usize,
 }
 
@@ -61,35 +61,22 @@ impl CudaDecoder {
         self.launch_body(shape)
     }
 
-    /// Attention tiles of a batch as (sequence, first query offset) lists, and how many lead the lists:
-    /// single-token queries (decodes) go to the CUDA-core kernel in runs of `attention_q_tile`; longer
-    /// queries (prefill chunks) follow, in runs of `prefill_q_tile`, for the tensor-core kernel when the head
-    /// dim has one.
+    /// Attention tiles of a batch as (sequence, first query offset) lists, and how many lead the lists. With
+    /// a head dim the tensor-core kernel serves, every sequence is tiled for it (`flash_q_tile` tokens per
+    /// tile; a decode is one tile) and none lead; otherwise every sequence goes to the CUDA-core kernel in
+    /// runs of `attention_q_tile`, and all lead.
     pub(super) fn tiles(&self, batch: &InputBatch) -> (Vec<u32>, Vec<u32>, usize) {
-        let core_tile = self.shape.attention_q_tile();
-        let prefill_tile = self.shape.prefill_q_tile().filter(|_| self.prefill_tensor_cores);
+        let flash = self.shape.flash_q_tile().filter(|_| self.flash_attention);
+        let step = flash.unwrap_or_else(|| self.shape.attention_q_tile());
         let (mut seq, mut q0) = (Vec::new(), Vec::new());
-        let (mut pseq, mut pq0) = (Vec::new(), Vec::new());
         for s in 0..batch.num_seqs() {
             let len = (batch.query_start_loc[s + 1] - batch.query_start_loc[s]) as usize;
-            match prefill_tile {
-                Some(step) if len > 1 => {
-                    for start in (0..len).step_by(step) {
-                        pseq.push(s as u32);
-                        pq0.push(start as u32);
-                    }
-                }
-                _ => {
-                    for start in (0..len).step_by(core_tile) {
-                        seq.push(s as u32);
-                        q0.push(start as u32);
-                    }
-                }
+            for start in (0..len).step_by(step) {
+                seq.push(s as u32);
+                q0.push(start as u32);
             }
         }
-        let leading = seq.len();
-        seq.extend(pseq);
-        q0.extend(pq0);
+        let leading = if flash.is_some() { 0 } else { seq.len() };
         (seq, q0, leading)
     }
 
@@ -110,7 +97,7 @@ impl CudaDecoder {
             tokens: batch.num_tokens(),
             width: batch.max_blocks_per_seq,
             tiles: core_tiles,
-            prefill_tiles: tile_seq.len() - core_tiles,
+            flash_tiles: tile_seq.len() - core_tiles,
             logits_rows: batch.logits_indices.len(),
         })
     }
@@ -122,7 +109,7 @@ impl CudaDecoder {
             tokens: t,
             width,
             tiles,
-            prefill_tiles,
+            flash_tiles,
             logits_rows,
         } = shape;
         let g = &self.gpu;
@@ -161,8 +148,10 @@ impl CudaDecoder {
         };
         let attention = format!("paged_attention_hd{}_bf16", s.head_dim);
         let combine = format!("attention_combine_hd{}_bf16", s.head_dim);
-        let prefill = format!("prefill_attention_hd{}_bf16", s.head_dim);
+        let flash = format!("flash_attention_hd{}_bf16", s.head_dim);
+        let flash_combine = format!("flash_attention_combine_hd{}_bf16", s.head_dim);
         let splits = attention_splits(tiles, s.num_kv_heads);
+        let flash_splits = attention_splits(flash_tiles, s.num_kv_heads);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             // Layer 0 normalizes the embeddings; later layers first add the previous MLP output.
@@ -243,11 +232,12 @@ impl CudaDecoder {
                     )?;
                 }
             }
-            if prefill_tiles > 0 {
+            if flash_tiles > 0 {
                 let tile_offset = (tiles * std::mem::size_of::<u32>()) as u64;
+                let (tile_seq, tile_q0) = (inp.tile_seq.ptr() + tile_offset, inp.tile_q0.ptr() + tile_offset);
                 g.launch(
-                    &prefill,
-                    (prefill_tiles as u32, s.num_kv_heads as u32, 1),
+                    &flash,
+                    (flash_tiles as u32, s.num_kv_heads as u32, flash_splits as u32),
                     128,
                     &[
                         Arg::Ptr(a.qkv.ptr()),
@@ -258,15 +248,36 @@ impl CudaDecoder {
                         Arg::I32(width as i32),
                         Arg::Ptr(inp.seq_lens.ptr()),
                         Arg::Ptr(inp.query_start_loc.ptr()),
-                        Arg::Ptr(inp.tile_seq.ptr() + tile_offset),
-                        Arg::Ptr(inp.tile_q0.ptr() + tile_offset),
+                        Arg::Ptr(tile_seq),
+                        Arg::Ptr(tile_q0),
                         Arg::Ptr(a.attn.ptr()),
                         Arg::I32(s.num_heads as i32),
                         Arg::I32(s.num_kv_heads as i32),
                         Arg::I32(self.opts.block_size as i32),
                         Arg::F32(scale),
+                        Arg::I32(flash_splits as i32),
+                        Arg::Ptr(a.part_acc.ptr()),
+                        Arg::Ptr(a.part_ml.ptr()),
                     ],
                 )?;
+                if flash_splits > 1 {
+                    g.launch(
+                        &flash_combine,
+                        (flash_tiles as u32, s.num_kv_heads as u32, 1),
+                        128,
+                        &[
+                            Arg::Ptr(inp.query_start_loc.ptr()),
+                            Arg::Ptr(tile_seq),
+                            Arg::Ptr(tile_q0),
+                            Arg::Ptr(a.attn.ptr()),
+                            Arg::I32(s.num_heads as i32),
+                            Arg::I32(s.num_kv_heads as i32),
+                            Arg::I32(flash_splits as i32),
+                            Arg::Ptr(a.part_acc.ptr()),
+                            Arg::Ptr(a.part_ml.ptr()),
+                        ],
+                    )?;
+                }
             }
             self.gemm.matmul(
                 g,
@@ -289,10 +300,9 @@ impl CudaDecoder {
                 h,
                 OutType::Bf16,
             )?;
-            let n = t * inter;
             g.launch(
                 "silu_mul_bf16",
-                (n.div_ceil(256).min(65_535) as u32, 1, 1),
+                (inter.div_ceil(8 * 256) as u32, t.min(65_535) as u32, 1),
                 256,
                 &[
                     Arg::Ptr(a.gate_up.ptr()),

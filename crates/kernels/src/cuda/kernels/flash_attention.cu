@@ -1,0 +1,318 @@
+// Paged attention on the tensor cores for every step of a varlen batch: prefill chunks and decodes alike
+// (FlashAttention-2's scheme with FlashDecoding's KV split; our own code).
+//
+// Work item = (query tile, kv head, KV split). A tile is up to 64 / group consecutive query tokens of ONE
+// sequence (a decode is a tile of one token); its 64 rows are (token, query head of the kv head's GQA group)
+// pairs, row r = token r / group, head r % group, so every K/V byte read into shared memory serves the whole
+// GQA group and a run of tokens. Each of the 4 warps owns 16 rows and keeps them in registers for the sweep:
+//   S = Q K^T   mma.sync m16n8k16 (bf16 in, f32 accumulate), Q fragments loaded once from global memory,
+//               K fragments read as 32-bit words from a padded shared tile (conflict-free);
+//   online softmax in the accumulator registers (rows g and g + 8 of each quad, reduced over the quad);
+//   O += P V    P re-packed from the S accumulators as the A operand (same register layout), V fragments via
+//               ldmatrix.trans from a row-major shared tile.
+// K/V tiles of 32 keys stream through two shared buffers with cp.async, so the next tile's loads are in flight
+// while the current one is multiplied (what keeps decode, a pure KV stream, near memory bandwidth).
+// Query token t attends to the first ctx(t) = seq_len - (q_end - 1 - t) keys of its sequence, so earlier blocks
+// from the prefix cache or from earlier chunks are read like any other; keys past a row's context are masked
+// and out-of-range keys are zero-filled so garbage never reaches P V. Warps whose rows all end before a KV
+// tile skip its math. With `splits > 1` each split covers a KV range and writes unnormalized partials that
+// flash_attention_combine merges (small grids: decode at low batch).
+// Head dims 64 and 128 (256 would not fit the O accumulators in registers: the CUDA-core kernel serves it).
+#include "common.cuh"
+
+#define FLASH_WARPS 4
+#define FLASH_ROWS 64  // query rows per block (16 per warp)
+#define FLASH_KEYS 32  // keys per shared K/V tile (two tiles in flight)
+
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four transposed 8x8 bf16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* row) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t load_u32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// 16 bytes global -> shared without a register round trip; `valid == false` writes zeros.
+__device__ __forceinline__ void cp_async16(bf16* smem, const bf16* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <int HD>
+__device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const bf16* __restrict__ k_cache,
+                                const bf16* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+                                int max_blocks_per_seq, const int* __restrict__ seq_lens,
+                                const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
+                                const int* __restrict__ tile_q0, bf16* __restrict__ out, int num_heads,
+                                int num_kv_heads, int block_size, float scale, int splits,
+                                float* __restrict__ part_acc, float* __restrict__ part_ml) {
+  constexpr int BN = FLASH_KEYS;
+  constexpr int STRIDE = HD + 8;  // shared row stride (bf16): 16-byte rows, word stride = 4 mod 32
+  __shared__ __align__(16) bf16 sk[2][BN * STRIDE];
+  __shared__ __align__(16) bf16 sv[2][BN * STRIDE];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, tig = lane & 3;  // mma fragment coordinates: row group, thread in group
+  const int tile = blockIdx.x, kvh = blockIdx.y;
+  const int group = num_heads / num_kv_heads;
+  const int s = tile_seq[tile];
+  const int q_end = query_start_loc[s + 1];
+  const int t0 = query_start_loc[s] + tile_q0[tile];
+  const int rows = min(FLASH_ROWS / group, q_end - t0) * group;
+  const int seq_len = seq_lens[s];
+  const int kv_stride = num_kv_heads * HD;
+  const uint32_t* table = block_tables + (size_t)s * max_blocks_per_seq;
+  auto ctx_of = [&](int r) { return seq_len - (q_end - 1 - (t0 + r / group)); };
+
+  const int r0 = warp * 16 + g, r1 = r0 + 8;
+  const bool valid0 = r0 < rows, valid1 = r1 < rows;
+  const int ctx0 = valid0 ? ctx_of(r0) : 0, ctx1 = valid1 ? ctx_of(r1) : 0;
+  const bool warp_active = warp * 16 < rows;
+  const int warp_ctx = warp_active ? ctx_of(min(warp * 16 + 15, rows - 1)) : 0;  // rows ascend by token
+  // This split's keys: a BN-aligned share of the keys the tile's last row sees.
+  const int k_end = ctx_of(rows - 1);
+  const int chunk = ((k_end + splits - 1) / splits + BN - 1) / BN * BN;
+  const int k_begin = blockIdx.z * chunk;
+  const int k_stop = min(k_end, k_begin + chunk);
+
+  // Q fragments (A operand, row-major 16 x HD): registers for the whole sweep.
+  uint32_t qf[HD / 16][4];
+  {
+    const bf16* q0 = q + (size_t)(t0 + r0 / group) * q_stride + (kvh * group + r0 % group) * HD;
+    const bf16* q1 = q + (size_t)(t0 + r1 / group) * q_stride + (kvh * group + r1 % group) * HD;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+      const int c = ks * 16 + tig * 2;
+      qf[ks][0] = valid0 ? load_u32(q0 + c) : 0u;
+      qf[ks][1] = valid1 ? load_u32(q1 + c) : 0u;
+      qf[ks][2] = valid0 ? load_u32(q0 + c + 8) : 0u;
+      qf[ks][3] = valid1 ? load_u32(q1 + c + 8) : 0u;
+    }
+  }
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // running max (log2 domain) and partial sums
+  const float scale_log2 = scale * 1.4426950408889634f;
+
+  // Keys k0 .. k0 + BN of this kv head into buffer `buf` (zeros past the split).
+  auto load_tile = [&](int buf, int k0) {
+    constexpr int CHUNKS = HD / 8;
+    for (int i = threadIdx.x; i < BN * CHUNKS; i += FLASH_WARPS * 32) {
+      const int kk = i / CHUNKS, c = i % CHUNKS;
+      const int key = k0 + kk;
+      const bool live = key < k_stop;
+      size_t off = 0;
+      if (live) {
+        const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
+        off = slot * kv_stride + kvh * HD + c * 8;
+      }
+      cp_async16(&sk[buf][kk * STRIDE + c * 8], k_cache + off, live);
+      cp_async16(&sv[buf][kk * STRIDE + c * 8], v_cache + off, live);
+    }
+    cp_async_commit();
+  };
+
+  const int num_tiles = k_stop > k_begin ? (k_stop - k_begin + BN - 1) / BN : 0;
+  if (num_tiles > 0) load_tile(0, k_begin);
+  for (int it = 0; it < num_tiles; it++) {
+    const int k0 = k_begin + it * BN;
+    const int buf = it & 1;
+    if (it + 1 < num_tiles) {
+      load_tile(buf ^ 1, k0 + BN);  // that buffer was released by the barrier ending the previous iteration
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // this tile is in shared memory for every warp
+    if (warp_active && warp_ctx > k0) {  // warp-uniform: skip tiles past every row of this warp
+      const bf16* tk = sk[buf];
+      const bf16* tv = sv[buf];
+      // S = Q K^T for 16 rows x BN keys.
+      float sc[BN / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < HD / 16; ks++) {
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+          const bf16* kr = &tk[(nt * 8 + g) * STRIDE + ks * 16 + tig * 2];
+          mma_16816(sc[nt], qf[ks], load_u32(kr), load_u32(kr + 8));
+        }
+      }
+      // Mask past each row's context, scale into the log2 domain, and take the tile's row maxima.
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int key = k0 + nt * 8 + tig * 2 + (e & 1);
+          const bool live = key < min(e < 2 ? ctx0 : ctx1, k_stop);
+          sc[nt][e] = live ? sc[nt][e] * scale_log2 : -INFINITY;
+        }
+        mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
+      }
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+      }
+      const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+      // A row with nothing live yet subtracts 0 instead of -inf (no inf - inf).
+      const float base0 = new0 == -INFINITY ? 0.f : new0, base1 = new1 == -INFINITY ? 0.f : new1;
+      const float alpha0 = exp2f(m0 - base0), alpha1 = exp2f(m1 - base1);
+      m0 = new0;
+      m1 = new1;
+      float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; nt++) {
+        sc[nt][0] = exp2f(sc[nt][0] - base0);
+        sc[nt][1] = exp2f(sc[nt][1] - base0);
+        sc[nt][2] = exp2f(sc[nt][2] - base1);
+        sc[nt][3] = exp2f(sc[nt][3] - base1);
+        sum0 += sc[nt][0] + sc[nt][1];
+        sum1 += sc[nt][2] + sc[nt][3];
+      }
+      l0 = l0 * alpha0 + sum0;  // per-thread partial sums; the quad is summed once at the end
+      l1 = l1 * alpha1 + sum1;
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; dt++) {
+        o[dt][0] *= alpha0;
+        o[dt][1] *= alpha0;
+        o[dt][2] *= alpha1;
+        o[dt][3] *= alpha1;
+      }
+      // O += P V, 16 keys per k-step; the S accumulators of key tiles 2kk, 2kk + 1 are P's A fragment.
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) {
+        const uint32_t pa[4] = {pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]),
+                                pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+        // Lanes 0-15 address keys kk*16 + 0..15 at dims dt*8; lanes 16-31 the same keys at dims dt*8 + 8.
+        const int vrow = kk * 16 + (lane & 15);
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt += 2) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, &tv[vrow * STRIDE + dt * 8 + (lane >> 4) * 8]);
+          mma_16816(o[dt], pa, vb[0], vb[1]);
+          mma_16816(o[dt + 1], pa, vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with `buf` before the next iteration refills it
+  }
+
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  if (splits > 1) {
+    // Unnormalized partials of this split (max in the log2 domain), merged by flash_attention_combine.
+    const size_t part = ((size_t)tile * num_kv_heads + kvh) * splits + blockIdx.z;
+    float* acc = part_acc + part * FLASH_ROWS * HD;
+    float* ml = part_ml + part * FLASH_ROWS * 2;
+    if (valid0) {
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; dt++)
+        *reinterpret_cast<float2*>(acc + r0 * HD + dt * 8 + tig * 2) = make_float2(o[dt][0], o[dt][1]);
+      if (tig == 0) *reinterpret_cast<float2*>(ml + r0 * 2) = make_float2(m0, l0);
+    }
+    if (valid1) {
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; dt++)
+        *reinterpret_cast<float2*>(acc + r1 * HD + dt * 8 + tig * 2) = make_float2(o[dt][2], o[dt][3]);
+      if (tig == 0) *reinterpret_cast<float2*>(ml + r1 * 2) = make_float2(m1, l1);
+    }
+    return;
+  }
+  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  const int out_stride = num_heads * HD;
+  if (valid0) {
+    bf16* orow = out + (size_t)(t0 + r0 / group) * out_stride + (kvh * group + r0 % group) * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++)
+      *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack_bf16x2(o[dt][0] * inv0, o[dt][1] * inv0);
+  }
+  if (valid1) {
+    bf16* orow = out + (size_t)(t0 + r1 / group) * out_stride + (kvh * group + r1 % group) * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++)
+      *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack_bf16x2(o[dt][2] * inv1, o[dt][3] * inv1);
+  }
+}
+
+// Merges the `splits` partials of each (tile, kv head) into the output (FlashDecoding's second pass).
+template <int HD>
+__device__ void flash_attention_combine(const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
+                                        const int* __restrict__ tile_q0, bf16* __restrict__ out, int num_heads,
+                                        int num_kv_heads, int splits, const float* __restrict__ part_acc,
+                                        const float* __restrict__ part_ml) {
+  const int tile = blockIdx.x, kvh = blockIdx.y;
+  const int group = num_heads / num_kv_heads;
+  const int s = tile_seq[tile];
+  const int q_end = query_start_loc[s + 1];
+  const int t0 = query_start_loc[s] + tile_q0[tile];
+  const int rows = min(FLASH_ROWS / group, q_end - t0) * group;
+  const size_t part0 = ((size_t)tile * num_kv_heads + kvh) * splits;
+  for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
+    const int r = i / HD, d = i % HD;
+    float M = -INFINITY;
+    for (int z = 0; z < splits; z++) M = fmaxf(M, part_ml[((part0 + z) * FLASH_ROWS + r) * 2]);
+    float L = 0.f, v = 0.f;
+    if (M != -INFINITY) {
+      for (int z = 0; z < splits; z++) {
+        const size_t at = (part0 + z) * FLASH_ROWS + r;
+        const float mz = part_ml[at * 2];
+        if (mz == -INFINITY) continue;
+        const float w = exp2f(mz - M);
+        L += part_ml[at * 2 + 1] * w;
+        v += part_acc[at * HD + d] * w;
+      }
+    }
+    const int t = t0 + r / group, h = kvh * group + r % group;
+    out[(size_t)t * num_heads * HD + h * HD + d] = to_bf16(L > 0.f ? v / L : 0.f);
+  }
+}
+
+#define DEFINE_FLASH_ATTENTION(HD)                                                                             \
+  extern "C" __global__ void __launch_bounds__(FLASH_WARPS * 32) flash_attention_hd##HD##_bf16(                \
+      const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const uint32_t* block_tables,     \
+      int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
+      const int* tile_q0, bf16* out, int num_heads, int num_kv_heads, int block_size, float scale, int splits, \
+      float* part_acc, float* part_ml) {                                                                       \
+    flash_attention<HD>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,            \
+                        query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, block_size, scale,  \
+                        splits, part_acc, part_ml);                                                            \
+  }                                                                                                            \
+  extern "C" __global__ void flash_attention_combine_hd##HD##_bf16(                                            \
+      const int* query_start_loc, const int* tile_seq, const int* tile_q0, bf16* out, int num_heads,          \
+      int num_kv_heads, int splits, const float* part_acc, const float* part_ml) {                             \
+    flash_attention_combine<HD>(query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, splits,     \
+                                part_acc, part_ml);                                                            \
+  }
+
+DEFINE_FLASH_ATTENTION(64)
+DEFINE_FLASH_ATTENTION(128)
