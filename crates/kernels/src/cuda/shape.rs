@@ -37,10 +37,6 @@ impl DecoderShape {
     pub fn flash_q_tile(&self) -> Option<usize> {
         matches!(self.head_dim, 64 | 128).then(|| (64 / (self.num_heads / self.num_kv_heads).max(1)).max(1))
     }
-    /// Rows per (tile, kv head) that split-KV partials are laid out for: the larger of the two kernels' tiles.
-    pub fn partial_rows(&self) -> usize {
-        self.attention_rows().max(64)
-    }
     pub fn q_dim(&self) -> usize {
         self.num_heads * self.head_dim
     }

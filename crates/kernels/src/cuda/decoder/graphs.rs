@@ -15,32 +15,41 @@ impl CudaDecoder {
     pub(super) fn upload_padded_decode(&mut self, batch: &InputBatch, size: usize) -> Result<(), CudaError> {
         let n = batch.num_tokens();
         let w = self.max_blocks_per_seq;
-        let pad = |v: &[u32], fill: u32| -> Vec<u32> {
-            v.iter()
-                .copied()
-                .chain(std::iter::repeat_n(fill, size - v.len()))
-                .collect()
+        // Host staging reuses the decoder's scratch vectors: a decode step allocates nothing on the host.
+        let sc = &mut self.scratch;
+        let padded = |out: &mut Vec<u32>, v: &[u32], fill: u32| {
+            out.clear();
+            out.extend_from_slice(v);
+            out.resize(size, fill);
         };
-        let mut tables = vec![0u32; size * w];
+        sc.tables.clear();
+        sc.tables.resize(size * w, 0);
         for s in 0..n {
             let row = batch.block_table(s);
-            tables[s * w..s * w + row.len()].copy_from_slice(row);
+            sc.tables[s * w..s * w + row.len()].copy_from_slice(row);
         }
-        let mut slots = batch.slot_mapping.clone();
-        slots.resize(size, -1);
-        let idx: Vec<u32> = (0..size as u32).collect();
+        sc.slots.clear();
+        sc.slots.extend_from_slice(&batch.slot_mapping);
+        sc.slots.resize(size, -1);
+        if sc.iota.len() < size + 1 {
+            sc.iota = (0..=size as u32).collect();
+        }
         let g = &self.gpu;
         let inp = &self.inputs;
-        g.upload(inp.tokens.ptr(), &pad(&batch.token_ids, 0))?;
-        g.upload(inp.positions.ptr(), &pad(&batch.positions, 0))?;
-        g.upload(inp.slots.ptr(), &slots)?;
-        let qsl: Vec<u32> = (0..=size as u32).collect();
-        g.upload(inp.query_start_loc.ptr(), &qsl)?;
-        g.upload(inp.seq_lens.ptr(), &pad(&batch.seq_lens, 1))?;
-        g.upload(inp.block_tables.ptr(), &tables)?;
-        g.upload(inp.logits_indices.ptr(), &idx)?;
-        g.upload(inp.tile_seq.ptr(), &idx)?;
-        g.upload(inp.tile_q0.ptr(), &vec![0u32; size])?;
+        padded(&mut sc.ids, &batch.token_ids, 0);
+        g.upload(inp.tokens.ptr(), &sc.ids)?;
+        padded(&mut sc.ids, &batch.positions, 0);
+        g.upload(inp.positions.ptr(), &sc.ids)?;
+        g.upload(inp.slots.ptr(), &sc.slots)?;
+        g.upload(inp.query_start_loc.ptr(), &sc.iota[..=size])?;
+        padded(&mut sc.ids, &batch.seq_lens, 1);
+        g.upload(inp.seq_lens.ptr(), &sc.ids)?;
+        g.upload(inp.block_tables.ptr(), &sc.tables)?;
+        g.upload(inp.logits_indices.ptr(), &sc.iota[..size])?;
+        g.upload(inp.tile_seq.ptr(), &sc.iota[..size])?;
+        sc.ids.clear();
+        sc.ids.resize(size, 0);
+        g.upload(inp.tile_q0.ptr(), &sc.ids)?;
         Ok(())
     }
 

@@ -30,7 +30,7 @@ mod step;
 mod weights;
 
 use graphs::StepGraph;
-use step::{StepShape, ATTENTION_PART_BLOCKS};
+use step::{StepShape, ATTENTION_PART_BLOCKS, FLASH_PART_ROWS};
 use weights::{upload_weight, weight};
 
 struct Layer {
@@ -84,6 +84,10 @@ struct Activations {
     /// Split-KV attention partials: `[ATTENTION_PART_BLOCKS][rows][head_dim]` and (max, sum) per row.
     part_acc: DeviceBuffer<f32>,
     part_ml: DeviceBuffer<f32>,
+    /// The tensor-core kernel's partials: `[FLASH_PART_ROWS][head_dim]` and (max, sum) per row (empty when
+    /// the head dim has no tensor-core kernel).
+    flash_part_acc: DeviceBuffer<f32>,
+    flash_part_ml: DeviceBuffer<f32>,
 }
 
 pub struct CudaDecoder {
@@ -115,6 +119,17 @@ pub struct CudaDecoder {
     /// Attention on the tensor-core kernel where the head dim allows (default); `PAGEDLLM_CUDA_ATTENTION=core`
     /// keeps every step on the CUDA-core kernel, for A/B measurements.
     flash_attention: bool,
+    scratch: HostScratch,
+}
+
+/// Host-side staging reused across steps (so the decode path allocates nothing per step).
+#[derive(Default)]
+struct HostScratch {
+    ids: Vec<u32>,
+    tables: Vec<u32>,
+    slots: Vec<i64>,
+    /// 0, 1, 2, ...: query starts, logits rows and tiles of a padded decode.
+    iota: Vec<u32>,
 }
 
 /// Copy-on-write pairs uploaded per launch.
@@ -215,6 +230,7 @@ impl CudaDecoder {
         let max_blocks_per_seq = opts.max_model_len.div_ceil(opts.block_size) + 1;
         // Sampling needs one row per sequence; prompt log-probs stream through in chunks of this many rows.
         let logits_capacity = max_seqs.max(256).min(max_tokens.max(max_seqs));
+        let flash_rows = if s.flash_q_tile().is_some() { FLASH_PART_ROWS } else { 1 };
         let inputs = Inputs {
             tokens: DeviceBuffer::alloc(max_tokens, "step inputs")?,
             positions: DeviceBuffer::alloc(max_tokens, "step inputs")?,
@@ -245,10 +261,12 @@ impl CudaDecoder {
             top_ids: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
             top_logprobs: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
             part_acc: DeviceBuffer::alloc(
-                ATTENTION_PART_BLOCKS * s.partial_rows() * s.head_dim,
+                ATTENTION_PART_BLOCKS * s.attention_rows() * s.head_dim,
                 "attention partials",
             )?,
-            part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.partial_rows() * 2, "attention partials")?,
+            part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.attention_rows() * 2, "attention partials")?,
+            flash_part_acc: DeviceBuffer::alloc(flash_rows * s.head_dim, "attention partials")?,
+            flash_part_ml: DeviceBuffer::alloc(flash_rows * 2, "attention partials")?,
         };
         let bytes_per_block = 2 * s.num_layers * opts.block_size * kv_dim * 2;
         let mut dec = Self {
@@ -274,6 +292,7 @@ impl CudaDecoder {
             graphs: HashMap::new(),
             graph_sizes: Vec::new(),
             flash_attention: std::env::var("PAGEDLLM_CUDA_ATTENTION").map_or(true, |v| v != "core"),
+            scratch: HostScratch::default(),
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,

@@ -18,6 +18,22 @@ fn attention_splits(tiles: usize, kv_heads: usize) -> usize {
     }
 }
 
+/// Split-KV partial rows (one per split, token and query head) the tensor-core kernel may write.
+pub(super) const FLASH_PART_ROWS: usize = 1 << 16;
+
+/// Attention blocks a step aims for: several waves of the GPU's ~132 SMs x 3 resident blocks, so a ragged
+/// decode grid (sequences of different lengths) leaves no SM idle for long.
+const FLASH_TARGET_BLOCKS: usize = 2048;
+
+/// KV splits for the tensor-core kernel: enough blocks to fill the GPU evenly, at most 16, and no more
+/// partial rows than the buffer holds. Prefill-sized grids run unsplit.
+fn flash_splits(tiles: usize, kv_heads: usize, tokens: usize, heads: usize) -> usize {
+    let blocks = (tiles * kv_heads).max(1);
+    let wanted = FLASH_TARGET_BLOCKS.div_ceil(blocks).clamp(1, 16);
+    let room = FLASH_PART_ROWS / (tokens * heads).max(1);
+    wanted.min(room).max(1)
+}
+
 /// The launch-shape of one step: what the body's kernels need besides the persistent buffers.
 #[derive(Clone, Copy)]
 pub(super) struct StepShape {
@@ -151,7 +167,7 @@ impl CudaDecoder {
         let flash = format!("flash_attention_hd{}_bf16", s.head_dim);
         let flash_combine = format!("flash_attention_combine_hd{}_bf16", s.head_dim);
         let splits = attention_splits(tiles, s.num_kv_heads);
-        let flash_splits = attention_splits(flash_tiles, s.num_kv_heads);
+        let flash_splits = flash_splits(flash_tiles, s.num_kv_heads, t, s.num_heads);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             // Layer 0 normalizes the embeddings; later layers first add the previous MLP output.
@@ -256,8 +272,9 @@ impl CudaDecoder {
                         Arg::I32(self.opts.block_size as i32),
                         Arg::F32(scale),
                         Arg::I32(flash_splits as i32),
-                        Arg::Ptr(a.part_acc.ptr()),
-                        Arg::Ptr(a.part_ml.ptr()),
+                        Arg::I32(t as i32),
+                        Arg::Ptr(a.flash_part_acc.ptr()),
+                        Arg::Ptr(a.flash_part_ml.ptr()),
                     ],
                 )?;
                 if flash_splits > 1 {
@@ -273,8 +290,9 @@ impl CudaDecoder {
                             Arg::I32(s.num_heads as i32),
                             Arg::I32(s.num_kv_heads as i32),
                             Arg::I32(flash_splits as i32),
-                            Arg::Ptr(a.part_acc.ptr()),
-                            Arg::Ptr(a.part_ml.ptr()),
+                            Arg::I32(t as i32),
+                            Arg::Ptr(a.flash_part_acc.ptr()),
+                            Arg::Ptr(a.flash_part_ml.ptr()),
                         ],
                     )?;
                 }
@@ -361,5 +379,28 @@ mod tests {
         }
         // Decode of one sequence with 8 KV heads (Llama-3-8B) spreads over 16 splits.
         assert_eq!(attention_splits(1, 8), 16);
+    }
+
+    #[test]
+    fn flash_splits_fill_the_gpu_within_the_partial_buffer() {
+        for tiles in 1..1100 {
+            for (kv_heads, heads) in [(1, 8), (2, 14), (8, 32), (8, 64)] {
+                for tokens in [tiles, tiles * 4, tiles * 64] {
+                    let s = flash_splits(tiles, kv_heads, tokens, heads);
+                    assert!((1..=16).contains(&s));
+                    if s > 1 {
+                        assert!(s * tokens * heads <= FLASH_PART_ROWS, "{tiles} {kv_heads} {tokens} {s}");
+                        assert!(
+                            tiles * kv_heads * (s - 1) < FLASH_TARGET_BLOCKS,
+                            "no more splits than needed"
+                        );
+                    }
+                }
+            }
+        }
+        // Llama-3-8B: one decode spreads over 16 splits, 128 decodes over 2, an 8192-token prefill not at all.
+        assert_eq!(flash_splits(1, 8, 1, 32), 16);
+        assert_eq!(flash_splits(128, 8, 128, 32), 2);
+        assert_eq!(flash_splits(512, 8, 8192, 32), 1);
     }
 }

@@ -15,8 +15,9 @@
 // Query token t attends to the first ctx(t) = seq_len - (q_end - 1 - t) keys of its sequence, so earlier blocks
 // from the prefix cache or from earlier chunks are read like any other; keys past a row's context are masked
 // and out-of-range keys are zero-filled so garbage never reaches P V. Warps whose rows all end before a KV
-// tile skip its math. With `splits > 1` each split covers a KV range and writes unnormalized partials that
-// flash_attention_combine merges (small grids: decode at low batch).
+// tile skip its math. With `splits > 1` each split covers a KV range and writes unnormalized partials, one row
+// per (split, token, query head), that flash_attention_combine merges (decode grids too small or too ragged to
+// fill the GPU's SMs evenly).
 // Head dims 64 and 128 (256 would not fit the O accumulators in registers: the CUDA-core kernel serves it).
 #include "common.cuh"
 
@@ -64,7 +65,7 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
                                 int max_blocks_per_seq, const int* __restrict__ seq_lens,
                                 const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
                                 const int* __restrict__ tile_q0, bf16* __restrict__ out, int num_heads,
-                                int num_kv_heads, int block_size, float scale, int splits,
+                                int num_kv_heads, int block_size, float scale, int splits, int num_tokens,
                                 float* __restrict__ part_acc, float* __restrict__ part_ml) {
   constexpr int BN = FLASH_KEYS;
   constexpr int STRIDE = HD + 8;  // shared row stride (bf16): 16-byte rows, word stride = 4 mod 32
@@ -231,20 +232,22 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
   }
   if (splits > 1) {
     // Unnormalized partials of this split (max in the log2 domain), merged by flash_attention_combine.
-    const size_t part = ((size_t)tile * num_kv_heads + kvh) * splits + blockIdx.z;
-    float* acc = part_acc + part * FLASH_ROWS * HD;
-    float* ml = part_ml + part * FLASH_ROWS * 2;
+    auto part_row = [&](int r) {
+      return ((size_t)blockIdx.z * num_tokens + t0 + r / group) * num_heads + kvh * group + r % group;
+    };
     if (valid0) {
+      float* acc = part_acc + part_row(r0) * HD;
 #pragma unroll
       for (int dt = 0; dt < HD / 8; dt++)
-        *reinterpret_cast<float2*>(acc + r0 * HD + dt * 8 + tig * 2) = make_float2(o[dt][0], o[dt][1]);
-      if (tig == 0) *reinterpret_cast<float2*>(ml + r0 * 2) = make_float2(m0, l0);
+        *reinterpret_cast<float2*>(acc + dt * 8 + tig * 2) = make_float2(o[dt][0], o[dt][1]);
+      if (tig == 0) *reinterpret_cast<float2*>(part_ml + part_row(r0) * 2) = make_float2(m0, l0);
     }
     if (valid1) {
+      float* acc = part_acc + part_row(r1) * HD;
 #pragma unroll
       for (int dt = 0; dt < HD / 8; dt++)
-        *reinterpret_cast<float2*>(acc + r1 * HD + dt * 8 + tig * 2) = make_float2(o[dt][2], o[dt][3]);
-      if (tig == 0) *reinterpret_cast<float2*>(ml + r1 * 2) = make_float2(m1, l1);
+        *reinterpret_cast<float2*>(acc + dt * 8 + tig * 2) = make_float2(o[dt][2], o[dt][3]);
+      if (tig == 0) *reinterpret_cast<float2*>(part_ml + part_row(r1) * 2) = make_float2(m1, l1);
     }
     return;
   }
@@ -268,23 +271,24 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
 template <int HD>
 __device__ void flash_attention_combine(const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
                                         const int* __restrict__ tile_q0, bf16* __restrict__ out, int num_heads,
-                                        int num_kv_heads, int splits, const float* __restrict__ part_acc,
-                                        const float* __restrict__ part_ml) {
+                                        int num_kv_heads, int splits, int num_tokens,
+                                        const float* __restrict__ part_acc, const float* __restrict__ part_ml) {
   const int tile = blockIdx.x, kvh = blockIdx.y;
   const int group = num_heads / num_kv_heads;
   const int s = tile_seq[tile];
   const int q_end = query_start_loc[s + 1];
   const int t0 = query_start_loc[s] + tile_q0[tile];
   const int rows = min(FLASH_ROWS / group, q_end - t0) * group;
-  const size_t part0 = ((size_t)tile * num_kv_heads + kvh) * splits;
   for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
     const int r = i / HD, d = i % HD;
+    const size_t row0 = (size_t)(t0 + r / group) * num_heads + kvh * group + r % group;
+    const size_t split_stride = (size_t)num_tokens * num_heads;
     float M = -INFINITY;
-    for (int z = 0; z < splits; z++) M = fmaxf(M, part_ml[((part0 + z) * FLASH_ROWS + r) * 2]);
+    for (int z = 0; z < splits; z++) M = fmaxf(M, part_ml[(row0 + z * split_stride) * 2]);
     float L = 0.f, v = 0.f;
     if (M != -INFINITY) {
       for (int z = 0; z < splits; z++) {
-        const size_t at = (part0 + z) * FLASH_ROWS + r;
+        const size_t at = row0 + z * split_stride;
         const float mz = part_ml[at * 2];
         if (mz == -INFINITY) continue;
         const float w = exp2f(mz - M);
@@ -302,16 +306,16 @@ __device__ void flash_attention_combine(const int* __restrict__ query_start_loc,
       const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const uint32_t* block_tables,     \
       int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
       const int* tile_q0, bf16* out, int num_heads, int num_kv_heads, int block_size, float scale, int splits, \
-      float* part_acc, float* part_ml) {                                                                       \
+      int num_tokens, float* part_acc, float* part_ml) {                                                       \
     flash_attention<HD>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,            \
                         query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, block_size, scale,  \
-                        splits, part_acc, part_ml);                                                            \
+                        splits, num_tokens, part_acc, part_ml);                                                \
   }                                                                                                            \
   extern "C" __global__ void flash_attention_combine_hd##HD##_bf16(                                            \
       const int* query_start_loc, const int* tile_seq, const int* tile_q0, bf16* out, int num_heads,          \
-      int num_kv_heads, int splits, const float* part_acc, const float* part_ml) {                             \
+      int num_kv_heads, int splits, int num_tokens, const float* part_acc, const float* part_ml) {             \
     flash_attention_combine<HD>(query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, splits,     \
-                                part_acc, part_ml);                                                            \
+                                num_tokens, part_acc, part_ml);                                                \
   }
 
 DEFINE_FLASH_ATTENTION(64)
