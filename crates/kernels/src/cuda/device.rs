@@ -167,6 +167,31 @@ impl Gpu {
 
     /// Launches `kernel` on the stream and checks the launch.
     pub fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: u32, args: &[Arg]) -> Result<(), CudaError> {
+        self.launch_with_shared(kernel, grid, block, 0, args)
+    }
+
+    /// Lets `kernel` use up to `bytes` of dynamic shared memory (beyond the default 48 KiB opt-in limit).
+    pub fn set_max_dynamic_shared(&self, kernel: &str, bytes: usize) -> Result<(), CudaError> {
+        let f = self
+            .functions
+            .get(kernel)
+            .ok_or_else(|| CudaError::Unsupported(format!("kernel {kernel} is not in the PTX")))?;
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(driver_err(format!("giving {kernel} {bytes} bytes of shared memory")))
+    }
+
+    /// A launch with `shared_bytes` of dynamic shared memory.
+    pub fn launch_with_shared(
+        &self,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared_bytes: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
         let f = self
             .functions
             .get(kernel)
@@ -193,8 +218,17 @@ impl Gpu {
         let params = &mut params[..args.len()];
         // SAFETY: argument kinds and order match the kernel's signature (each caller mirrors its .cu file);
         // the values outlive the call, which copies them.
-        unsafe { result::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, self.cu_stream(), params) }
-            .map_err(driver_err(format!("launching {kernel}")))
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                grid,
+                (block, 1, 1),
+                shared_bytes,
+                self.cu_stream(),
+                params,
+            )
+        }
+        .map_err(driver_err(format!("launching {kernel}")))
     }
 
     pub fn upload<T>(&self, dst: u64, src: &[T]) -> Result<(), CudaError> {

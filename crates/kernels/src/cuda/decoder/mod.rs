@@ -30,7 +30,7 @@ mod step;
 mod weights;
 
 use graphs::StepGraph;
-use step::{StepShape, ATTENTION_PART_BLOCKS, FLASH_PART_ROWS};
+use step::{flash_shared_bytes, StepShape, ATTENTION_PART_BLOCKS, FLASH_PART_ROWS};
 use weights::{upload_weight, weight};
 
 struct Layer {
@@ -148,6 +148,10 @@ impl CudaDecoder {
             ));
         }
         let gpu = Gpu::new(opts.ordinal)?;
+        if shape.flash_q_tile().is_some() {
+            let kernel = format!("flash_attention_hd{}_bf16", shape.head_dim);
+            gpu.set_max_dynamic_shared(&kernel, flash_shared_bytes(shape.head_dim))?;
+        }
         gpu.bind()?;
         let gemm = Gemm::new()?;
         let s = shape;

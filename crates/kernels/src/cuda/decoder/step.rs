@@ -18,6 +18,15 @@ fn attention_splits(tiles: usize, kv_heads: usize) -> usize {
     }
 }
 
+/// Keys per shared K/V tile and tiles in flight of flash_attention.cu (FLASH_KEYS, FLASH_STAGES there).
+const FLASH_KEYS: usize = 32;
+const FLASH_STAGES: usize = 4;
+
+/// Dynamic shared memory of the tensor-core kernel: a K and a V tile per stage, rows padded to `hd + 8` bf16.
+pub(super) fn flash_shared_bytes(head_dim: usize) -> usize {
+    FLASH_STAGES * 2 * FLASH_KEYS * (head_dim + 8) * 2
+}
+
 /// Split-KV partial rows (one per split, token and query head) the tensor-core kernel may write.
 pub(super) const FLASH_PART_ROWS: usize = 1 << 16;
 
@@ -251,10 +260,11 @@ impl CudaDecoder {
             if flash_tiles > 0 {
                 let tile_offset = (tiles * std::mem::size_of::<u32>()) as u64;
                 let (tile_seq, tile_q0) = (inp.tile_seq.ptr() + tile_offset, inp.tile_q0.ptr() + tile_offset);
-                g.launch(
+                g.launch_with_shared(
                     &flash,
                     (flash_tiles as u32, s.num_kv_heads as u32, flash_splits as u32),
                     128,
+                    flash_shared_bytes(s.head_dim) as u32,
                     &[
                         Arg::Ptr(a.qkv.ptr()),
                         Arg::I32(qkv_dim as i32),

@@ -10,8 +10,8 @@
 //   online softmax in the accumulator registers (rows g and g + 8 of each quad, reduced over the quad);
 //   O += P V    P re-packed from the S accumulators as the A operand (same register layout), V fragments via
 //               ldmatrix.trans from a row-major shared tile.
-// K/V tiles of 32 keys stream through two shared buffers with cp.async, so the next tile's loads are in flight
-// while the current one is multiplied (what keeps decode, a pure KV stream, near memory bandwidth).
+// K/V tiles of 32 keys stream through a 4-stage ring of shared buffers with cp.async, so three tiles' loads are
+// in flight while the current one is multiplied (what keeps decode, a pure KV stream, near memory bandwidth).
 // Query token t attends to the first ctx(t) = seq_len - (q_end - 1 - t) keys of its sequence, so earlier blocks
 // from the prefix cache or from earlier chunks are read like any other; keys past a row's context are masked
 // and out-of-range keys are zero-filled so garbage never reaches P V. Warps whose rows all end before a KV
@@ -23,7 +23,8 @@
 
 #define FLASH_WARPS 4
 #define FLASH_ROWS 64  // query rows per block (16 per warp)
-#define FLASH_KEYS 32  // keys per shared K/V tile (two tiles in flight)
+#define FLASH_KEYS 32   // keys per shared K/V tile
+#define FLASH_STAGES 4  // tiles in flight; dynamic shared memory = flash_shared_bytes() in decoder/step.rs
 
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -69,8 +70,10 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
                                 float* __restrict__ part_acc, float* __restrict__ part_ml) {
   constexpr int BN = FLASH_KEYS;
   constexpr int STRIDE = HD + 8;  // shared row stride (bf16): 16-byte rows, word stride = 4 mod 32
-  __shared__ __align__(16) bf16 sk[2][BN * STRIDE];
-  __shared__ __align__(16) bf16 sv[2][BN * STRIDE];
+  constexpr int TILE = BN * STRIDE;
+  // Stage st: K tile at [2 st * TILE], V tile at [(2 st + 1) * TILE] (FLASH_STAGES * 2 * TILE bf16 in all).
+  extern __shared__ __align__(16) unsigned char flash_smem[];
+  bf16* const smem = reinterpret_cast<bf16*>(flash_smem);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, tig = lane & 3;  // mma fragment coordinates: row group, thread in group
@@ -117,9 +120,11 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // running max (log2 domain) and partial sums
   const float scale_log2 = scale * 1.4426950408889634f;
 
-  // Keys k0 .. k0 + BN of this kv head into buffer `buf` (zeros past the split).
-  auto load_tile = [&](int buf, int k0) {
+  // Keys k0 .. k0 + BN of this kv head into stage `st` (zeros past the split); the caller commits the group.
+  auto load_tile = [&](int st, int k0) {
     constexpr int CHUNKS = HD / 8;
+    bf16* tk = smem + 2 * st * TILE;
+    bf16* tv = tk + TILE;
     for (int i = threadIdx.x; i < BN * CHUNKS; i += FLASH_WARPS * 32) {
       const int kk = i / CHUNKS, c = i % CHUNKS;
       const int key = k0 + kk;
@@ -129,27 +134,30 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
         const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
         off = slot * kv_stride + kvh * HD + c * 8;
       }
-      cp_async16(&sk[buf][kk * STRIDE + c * 8], k_cache + off, live);
-      cp_async16(&sv[buf][kk * STRIDE + c * 8], v_cache + off, live);
+      cp_async16(&tk[kk * STRIDE + c * 8], k_cache + off, live);
+      cp_async16(&tv[kk * STRIDE + c * 8], v_cache + off, live);
     }
-    cp_async_commit();
   };
 
+  // Group j of cp.async loads tile j (groups past the last tile are empty), so waiting until at most
+  // FLASH_STAGES - 1 groups are pending means tile `it` has landed.
   const int num_tiles = k_stop > k_begin ? (k_stop - k_begin + BN - 1) / BN : 0;
-  if (num_tiles > 0) load_tile(0, k_begin);
+#pragma unroll
+  for (int st = 0; st < FLASH_STAGES - 1; st++) {
+    if (st < num_tiles) load_tile(st, k_begin + st * BN);
+    cp_async_commit();
+  }
   for (int it = 0; it < num_tiles; it++) {
     const int k0 = k_begin + it * BN;
-    const int buf = it & 1;
-    if (it + 1 < num_tiles) {
-      load_tile(buf ^ 1, k0 + BN);  // that buffer was released by the barrier ending the previous iteration
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // this tile is in shared memory for every warp
+    const int ahead = it + FLASH_STAGES - 1;
+    // Its stage was consumed in iteration it - 1 and released by that iteration's closing barrier.
+    if (ahead < num_tiles) load_tile(ahead % FLASH_STAGES, k_begin + ahead * BN);
+    cp_async_commit();
+    cp_async_wait<FLASH_STAGES - 1>();
+    __syncthreads();  // tile `it` is in shared memory for every warp
+    const bf16* tk = smem + 2 * (it % FLASH_STAGES) * TILE;
+    const bf16* tv = tk + TILE;
     if (warp_active && warp_ctx > k0) {  // warp-uniform: skip tiles past every row of this warp
-      const bf16* tk = sk[buf];
-      const bf16* tv = sv[buf];
       // S = Q K^T for 16 rows x BN keys.
       float sc[BN / 8][4];
 #pragma unroll
@@ -222,7 +230,7 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
         }
       }
     }
-    __syncthreads();  // every warp is done with `buf` before the next iteration refills it
+    __syncthreads();  // every warp is done with this stage before a later iteration refills it
   }
 
 #pragma unroll
