@@ -113,7 +113,6 @@ PY
       | grep -E '^\{"batch|^loaded|^error' | tee -a "$OUT/summary.txt"
   }
   run_ours b1 --batch 1 --input-len 128 --output-len 128
-  PAGEDLLM_CUDA_GEMV=1 run_ours b1-gemv --batch 1 --input-len 128 --output-len 128
   run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
   run_hf() { # name, args...
@@ -143,7 +142,7 @@ if [ "$MODE" = profile ]; then
   run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   [ -n "${AB:-}" ] && PAGEDLLM_CUDA_ATTENTION=core run_ours 128x512-core --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   run_ours b1 --batch 1 --input-len 128 --output-len 128
-  run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
+  [ -z "${LITE:-}" ] && run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
   NCU=/usr/local/cuda/bin/ncu
   for what in ${NCU_STEPS:-"decode 3600"}; do
     set -- $what
