@@ -19,14 +19,12 @@ def ours(name):
 out = {"benchmark": "gpu-llama8b", "device": gpu, "model": "llama-8b shape (hf_peer.py make-model), random bf16 weights",
        "weights_bytes": weights, "copy_bandwidth_Bps": bw, "workloads": []}
 j, r = ours("b1")
-_, rg = ours("b1-gemv")
 hf = load("hf-b1.json")
 out["startup_s"] = j["load_s"]
 out["workloads"].append({
     "name": "single stream, 128 in / 128 out",
     "command": j["command"], "hf_command": "hf_peer.py throughput --batch 1 --input 128 --output 128",
     "pagedllm_decode_tok_s": r["decode_tokens_per_s"], "pagedllm_output_tok_s": r["output_tokens_per_s"],
-    "pagedllm_decode_tok_s_with_PAGEDLLM_CUDA_GEMV_1": rg["decode_tokens_per_s"],
     "hf_output_tok_s": hf["output_tok_s"],
     "bandwidth_bound_tok_s": bound_tok_s,
     "fraction_of_bound": r["decode_tokens_per_s"] / bound_tok_s,
@@ -48,6 +46,12 @@ for name, hf_name, label in [("128x512", "128x512", "128 requests of 512 in / 12
 runs = {n: load(f"pagedllm-{n}.json") for n in ["b1", "128x512", "1000x1024"]}
 out["engine_config"] = runs["128x512"]["engine_config"]
 out["kv_blocks"] = {n: r["model"]["numKvBlocks"] for n, r in runs.items()}
+parity = {}
+for f in sorted(os.listdir(d)):
+    if f.startswith("parity-") and f.endswith(".json"):
+        p = load(f)
+        parity[f[len("parity-"):-len(".json")]] = {k: p[k] for k in p if k not in ("items", "model")}
+out["parity"] = parity
 if os.path.exists(os.path.join(d, "note.txt")):
     out["note"] = open(os.path.join(d, "note.txt")).read().strip()
 print(json.dumps(out, indent=2))
