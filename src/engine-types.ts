@@ -41,6 +41,8 @@ export const llmOptionsSchema = z
     gpuMemoryUtilization: z.number().gt(0, 'must be > 0').max(1, 'must be <= 1'),
     /** GPU: run every step eagerly, without CUDA graphs. */
     enforceEager: z.boolean(),
+    /** GPU: weights, activations and KV cache type (vLLM's `--dtype`): `auto` (the checkpoint's), `bfloat16`, `float16`/`half`. */
+    dtype: z.enum(['auto', 'bfloat16', 'float16', 'half']),
   })
   .partial()
   .strict();
@@ -69,6 +71,7 @@ export function toEngineConfig(o: z.output<typeof llmOptionsSchema>): Record<str
     ['device', 'device'],
     ['gpuMemoryUtilization', 'gpu_memory_utilization'],
     ['enforceEager', 'enforce_eager'],
+    ['dtype', 'dtype'],
   ];
   const out: Record<string, unknown> = {};
   for (const [from, to] of map) if (o[from] !== undefined) out[to] = o[from];

@@ -542,11 +542,16 @@ describe('pagedllm serve flags', () => {
       engine: { maxModelLen: 256, maxNumSeqs: 4, enablePrefixCaching: false, seed: 7 },
     });
     expect(parseServeArgs([], { PAGEDLLM_API_KEY: 'k' })!.apiKey).toBe('k');
-    expect(parseServeArgs(['--device', 'cuda:1', '--gpu-memory-utilization', '0.8', '--enforce-eager'], {})!.engine).toMatchObject({
+    expect(
+      parseServeArgs(['--device', 'cuda:1', '--gpu-memory-utilization', '0.8', '--enforce-eager', '--dtype', 'half'], {})!
+        .engine,
+    ).toMatchObject({
       device: 'cuda:1',
       gpuMemoryUtilization: 0.8,
       enforceEager: true,
+      dtype: 'half',
     });
+    expect(() => parseServeArgs(['--dtype', 'float32'], {})).toThrow(/--dtype must be one of auto, bfloat16, float16, half/);
     expect(() => parseServeArgs(['--gpu-memory-utilization', '1.2'], {})).toThrow(/gpu-memory-utilization/);
     expect(() => parseServeArgs(['--port', 'x'], {})).toThrow(/--port/);
     expect(() => parseServeArgs(['--bogus'], {})).toThrow(/bogus/);

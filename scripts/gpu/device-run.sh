@@ -142,6 +142,8 @@ if [ "$MODE" = profile ]; then
   run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   [ -n "${AB:-}" ] && PAGEDLLM_CUDA_ATTENTION=core run_ours 128x512-core --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   run_ours b1 --batch 1 --input-len 128 --output-len 128
+  run_ours 128x512-f16 --dtype float16 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
+  run_ours b1-f16 --dtype float16 --batch 1 --input-len 128 --output-len 128
   [ -z "${LITE:-}" ] && run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
   NCU=/usr/local/cuda/bin/ncu
   for what in ${NCU_STEPS:-"decode 3600"}; do

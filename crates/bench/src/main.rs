@@ -32,6 +32,7 @@ struct Args {
     max_num_seqs: Option<usize>,
     max_model_len: Option<usize>,
     enforce_eager: bool,
+    dtype: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -50,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         max_num_seqs: None,
         max_model_len: None,
         enforce_eager: false,
+        dtype: "auto".into(),
     };
     let mut it = std::env::args().skip(1);
     match it.next().as_deref() {
@@ -85,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-num-seqs" => a.max_num_seqs = Some(num(val()?)?),
             "--max-model-len" => a.max_model_len = Some(num(val()?)?),
             "--enforce-eager" => a.enforce_eager = true,
+            "--dtype" => a.dtype = val()?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -202,6 +205,7 @@ fn main() {
         device: args.device.clone(),
         gpu_memory_utilization: args.gpu_memory_utilization,
         enforce_eager: args.enforce_eager,
+        dtype: args.dtype.clone(),
         ..Default::default()
     };
     if let Some(b) = args.kv_cache_bytes {

@@ -40,6 +40,28 @@ pub struct EngineConfig {
     pub gpu_memory_utilization: f64,
     /// GPU backends: run every step eagerly, without CUDA graphs (vLLM's `--enforce-eager`).
     pub enforce_eager: bool,
+    /// GPU backends: weights, activations and KV cache type: `auto` (the checkpoint's: f16 for f16 models,
+    /// else bf16), `bfloat16` or `float16` (vLLM's `--dtype`; `half` = float16). The CPU backend computes in f32.
+    pub dtype: String,
+}
+
+/// A parsed `dtype` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DtypeChoice {
+    Auto,
+    Bfloat16,
+    Float16,
+}
+
+impl DtypeChoice {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(Self::Auto),
+            "bfloat16" | "bf16" => Ok(Self::Bfloat16),
+            "float16" | "half" | "fp16" | "f16" => Ok(Self::Float16),
+            _ => Err(format!("unknown dtype {s:?}; expected auto, bfloat16 or float16")),
+        }
+    }
 }
 
 /// A parsed `device` setting.
@@ -78,13 +100,24 @@ impl Default for EngineConfig {
             device: "cpu".into(),
             gpu_memory_utilization: 0.9,
             enforce_eager: false,
+            dtype: "auto".into(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Device;
+    use super::{Device, DtypeChoice};
+
+    #[test]
+    fn dtype_strings() {
+        assert_eq!(DtypeChoice::parse("auto"), Ok(DtypeChoice::Auto));
+        assert_eq!(DtypeChoice::parse("BFloat16"), Ok(DtypeChoice::Bfloat16));
+        assert_eq!(DtypeChoice::parse("half"), Ok(DtypeChoice::Float16));
+        assert!(DtypeChoice::parse("float32")
+            .unwrap_err()
+            .contains("bfloat16 or float16"));
+    }
 
     #[test]
     fn device_strings() {

@@ -10,11 +10,11 @@
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use pagedllm_engine::model::device_weights::{decoder_shape, weight_bf16};
+use pagedllm_engine::model::device_weights::{decoder_shape, weight_16};
 use pagedllm_engine::model::llama::LlamaModel;
 use pagedllm_engine::model::{ModelConfig, RopeScaling, WeightStore};
 use pagedllm_engine::runner::{build_input_batch, ScheduledSeq};
-use pagedllm_kernels::cuda::{CudaDecoder, CudaOptions};
+use pagedllm_kernels::cuda::{ActivationDtype, CudaDecoder, CudaOptions};
 use pagedllm_kernels::WeightMatrix;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -150,9 +150,16 @@ struct Pair {
     vocab: usize,
 }
 
-fn gpu_decoder(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize, enforce_eager: bool) -> CudaDecoder {
+fn gpu_decoder(
+    cfg: &ModelConfig,
+    ws: &WeightStore,
+    num_blocks: usize,
+    enforce_eager: bool,
+    dtype: ActivationDtype,
+) -> CudaDecoder {
     let opts = CudaOptions {
         ordinal: 0,
+        dtype,
         gpu_memory_utilization: 0.9,
         block_size: BLOCK,
         max_num_batched_tokens: 4096,
@@ -161,16 +168,20 @@ fn gpu_decoder(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize, enforce_e
         num_blocks_override: Some(num_blocks),
         enforce_eager,
     };
-    let mut fetch = |n: &str, r: usize, c: usize| weight_bf16(ws, n, r, c);
+    let mut fetch = |n: &str, r: usize, c: usize, t: ActivationDtype| weight_16(ws, n, r, c, t);
     let mut gpu = CudaDecoder::load(&opts, &decoder_shape(cfg, ws), &mut fetch).unwrap();
     gpu.poison(true).unwrap();
     gpu
 }
 
 fn pair(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize) -> Pair {
+    pair_in(cfg, ws, num_blocks, ActivationDtype::Bf16)
+}
+
+fn pair_in(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize, dtype: ActivationDtype) -> Pair {
     let cpu = LlamaModel::new(cfg, ws).unwrap();
     let cpu_kv = cpu.new_kv_cache(num_blocks, BLOCK);
-    let gpu = gpu_decoder(cfg, ws, num_blocks, true);
+    let gpu = gpu_decoder(cfg, ws, num_blocks, true, dtype);
     Pair {
         cpu,
         cpu_kv,
@@ -261,37 +272,55 @@ const TOL: f64 = 0.1;
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
 fn decoder_matches_cpu_on_chunked_prefill_and_decode() {
-    for (ci, case) in CASES.iter().enumerate() {
+    for ci in 0..CASES.len() {
         for trial in 0..2u64 {
-            let mut rng = ChaCha8Rng::seed_from_u64(1000 * ci as u64 + trial);
-            let cfg = config(case);
-            let ws = weights(&cfg, &mut rng, 1.0);
-            let num_blocks = 200;
-            let mut p = pair(&cfg, &ws, num_blocks);
-            // Trial 1 has long prompts: many 64-key tiles and query tiles per chunk in the prefill kernel.
-            let (n, max_len) = if trial == 0 {
-                (rng.random_range(1..=6), 120)
-            } else {
-                (rng.random_range(1..=4), 700)
-            };
-            let mut seqs = random_seqs(&mut rng, n, max_len, num_blocks, cfg.vocab_size);
-            // Prompt = all but the last 8 tokens, in two chunks; then 8 decode steps.
-            let first: Vec<usize> = seqs.iter().map(|s| rng.random_range(1..=s.tokens.len() - 8)).collect();
-            let e1 = step(&mut p, &mut seqs, &first, "prefill chunk 1");
-            let second: Vec<usize> = seqs.iter().map(|s| s.tokens.len() - 8 - s.done).collect();
-            let e2 = step(&mut p, &mut seqs, &second, "prefill chunk 2 (reads chunk 1's blocks)");
-            let mut e3 = 0f64;
-            for _ in 0..8 {
-                e3 = e3.max(step(&mut p, &mut seqs, &vec![1; n], "decode"));
-            }
-            println!(
-                "{} trial {trial}: {n} seqs, rel err prefill1 {e1:.2e} prefill2 {e2:.2e} decode {e3:.2e}",
-                case.name
-            );
-            for (e, what) in [(e1, "prefill 1"), (e2, "prefill 2"), (e3, "decode")] {
-                assert!(e < TOL, "{} {what}: relative error {e:.3e} over {TOL}", case.name);
-            }
+            chunked_prefill_and_decode(ci, trial, ActivationDtype::Bf16, TOL);
         }
+    }
+}
+
+/// f16 weights, activations and KV cache (more mantissa than bf16: the errors are smaller).
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn decoder_in_float16_matches_cpu_on_chunked_prefill_and_decode() {
+    for ci in 0..CASES.len() {
+        chunked_prefill_and_decode(ci, 1, ActivationDtype::F16, TOL);
+    }
+}
+
+/// Prompt = all but the last 8 tokens, in two chunks (the second reads the first's blocks); then 8 decode steps.
+/// Trial 1 has long prompts: many KV tiles and query tiles per chunk in the attention kernel.
+fn chunked_prefill_and_decode(ci: usize, trial: u64, dtype: ActivationDtype, tol: f64) {
+    let case = &CASES[ci];
+    let mut rng = ChaCha8Rng::seed_from_u64(1000 * ci as u64 + trial);
+    let cfg = config(case);
+    let ws = weights(&cfg, &mut rng, 1.0);
+    let num_blocks = 200;
+    let mut p = pair_in(&cfg, &ws, num_blocks, dtype);
+    let (n, max_len) = if trial == 0 {
+        (rng.random_range(1..=6), 120)
+    } else {
+        (rng.random_range(1..=4), 700)
+    };
+    let mut seqs = random_seqs(&mut rng, n, max_len, num_blocks, cfg.vocab_size);
+    let first: Vec<usize> = seqs.iter().map(|s| rng.random_range(1..=s.tokens.len() - 8)).collect();
+    let e1 = step(&mut p, &mut seqs, &first, "prefill chunk 1");
+    let second: Vec<usize> = seqs.iter().map(|s| s.tokens.len() - 8 - s.done).collect();
+    let e2 = step(&mut p, &mut seqs, &second, "prefill chunk 2 (reads chunk 1's blocks)");
+    let mut e3 = 0f64;
+    for _ in 0..8 {
+        e3 = e3.max(step(&mut p, &mut seqs, &vec![1; n], "decode"));
+    }
+    println!(
+        "{} {dtype:?} trial {trial}: {n} seqs, rel err prefill1 {e1:.2e} prefill2 {e2:.2e} decode {e3:.2e}",
+        case.name
+    );
+    for (e, what) in [(e1, "prefill 1"), (e2, "prefill 2"), (e3, "decode")] {
+        assert!(
+            e < tol,
+            "{} {dtype:?} {what}: relative error {e:.3e} over {tol}",
+            case.name
+        );
     }
 }
 
@@ -320,13 +349,14 @@ fn decoder_matches_cpu_for_batches_of_1_to_256() {
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
 fn decode_graphs_give_the_eager_results_at_padded_batch_sizes() {
-    for case in [&CASES[1], &CASES[3]] {
+    let (bf16, f16) = (ActivationDtype::Bf16, ActivationDtype::F16);
+    for (case, dtype) in [(&CASES[1], bf16), (&CASES[3], bf16), (&CASES[3], f16)] {
         let cfg = config(case);
         let mut rng = ChaCha8Rng::seed_from_u64(99);
         let ws = weights(&cfg, &mut rng, 1.0);
         let num_blocks = 300;
-        let mut eager = gpu_decoder(&cfg, &ws, num_blocks, true);
-        let mut graphs = gpu_decoder(&cfg, &ws, num_blocks, false);
+        let mut eager = gpu_decoder(&cfg, &ws, num_blocks, true, dtype);
+        let mut graphs = gpu_decoder(&cfg, &ws, num_blocks, false, dtype);
         // Batch sizes that hit a captured size exactly and ones that pad (3 -> 4, 13 -> 16, 37 -> 40).
         for &n in &[1usize, 3, 13, 37] {
             let mut seqs = random_seqs(&mut rng, n, 40, num_blocks, cfg.vocab_size);
@@ -364,7 +394,7 @@ fn decode_graphs_give_the_eager_results_at_padded_batch_sizes() {
                     worst = worst.max(compare(&out[0], &out[1], cfg.vocab_size, "graph vs eager"));
                 }
             }
-            println!("{} batch {n}: graph vs eager rel err {worst:.2e}", case.name);
+            println!("{} {dtype:?} batch {n}: graph vs eager rel err {worst:.2e}", case.name);
             assert!(
                 worst < 2e-2,
                 "{} batch {n}: graph replay differs from eager by {worst:.3e}",

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use pagedllm_kernels::cpu::KvCache;
 
-use crate::config::{Device, EngineConfig};
+use crate::config::{Device, DtypeChoice, EngineConfig};
 use crate::error::{EngineError, Result};
 use crate::loader::{load_model, GenerationDefaults};
-use crate::model::device_weights::{decoder_shape, weight_bf16};
+use crate::model::device_weights::{auto_dtype, decoder_shape, weight_16};
 use crate::model::llama::LlamaModel;
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
+use pagedllm_kernels::cuda::ActivationDtype;
 
 use super::core::EngineCore;
 use super::stats::ModelInfo;
@@ -92,6 +93,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
     eos.dedup();
 
     let device = Device::parse(&config.device).map_err(|m| EngineError::invalid("device", m))?;
+    let dtype_choice = DtypeChoice::parse(&config.dtype).map_err(|m| EngineError::invalid("dtype", m))?;
     let requested_len = match config.max_model_len {
         Some(m) if m == 0 || m > mc.max_position_embeddings => {
             return Err(EngineError::invalid(
@@ -110,8 +112,14 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         Device::Cpu => None,
         Device::Cuda(ordinal) => {
             check_block_size(config)?;
+            let dtype = match dtype_choice {
+                DtypeChoice::Auto => auto_dtype(&loaded.weights),
+                DtypeChoice::Bfloat16 => ActivationDtype::Bf16,
+                DtypeChoice::Float16 => ActivationDtype::F16,
+            };
             let opts = pagedllm_kernels::cuda::CudaOptions {
                 ordinal,
+                dtype,
                 gpu_memory_utilization: config.gpu_memory_utilization,
                 block_size: config.block_size,
                 max_num_batched_tokens: config.max_num_batched_tokens,
@@ -121,7 +129,9 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
                 enforce_eager: config.enforce_eager,
             };
             let shape = decoder_shape(&mc, &loaded.weights);
-            let mut fetch = |name: &str, rows: usize, cols: usize| weight_bf16(&loaded.weights, name, rows, cols);
+            let mut fetch = |name: &str, rows: usize, cols: usize, dtype: ActivationDtype| {
+                weight_16(&loaded.weights, name, rows, cols, dtype)
+            };
             let dec = pagedllm_kernels::cuda::CudaDecoder::load(&opts, &shape, &mut fetch)
                 .map_err(|e| EngineError::Backend(e.to_string()))?;
             Some(dec)
@@ -151,10 +161,11 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         // vLLM's start-up line: what the profile left for the KV cache and how many full-length requests fit.
         let plan = dec.kv_plan();
         eprintln!(
-            "pagedllm: {} ({}): {:.2} GiB in use after loading and profiling; KV cache {:.2} GiB = {} blocks of {} \
-             tokens under gpu_memory_utilization {}; maximum concurrency for {max_model_len}-token requests: {:.2}x",
+            "pagedllm: {} ({}, {}): {:.2} GiB in use after loading and profiling; KV cache {:.2} GiB = {} blocks of \
+             {} tokens under gpu_memory_utilization {}; maximum concurrency for {max_model_len}-token requests: {:.2}x",
             dec.device_name(),
             config.device,
+            dec.dtype().name(),
             plan.in_use_bytes as f64 / (1u64 << 30) as f64,
             plan.kv_bytes as f64 / (1u64 << 30) as f64,
             plan.num_blocks,

@@ -1,9 +1,8 @@
 //! Hands the model's weights to a GPU backend: the decoder's shape from the `ModelConfig`, and each tensor as
-//! row-major bf16 (bf16 files are passed through; f16/f32 and GGUF quantized tensors are dequantized to bf16 at
-//! load, which keeps one GPU kernel set; quantized GPU kernels come later).
+//! row-major bf16 or f16 bits (a tensor already in that type is passed through; others — f32, the other 16-bit
+//! type, GGUF quantized — are dequantized and rounded at load; quantized GPU kernels come later).
 
-use half::bf16;
-use pagedllm_kernels::cuda::DecoderShape;
+use pagedllm_kernels::cuda::{ActivationDtype, DecoderShape};
 use pagedllm_kernels::{quant, GgmlType};
 use rayon::prelude::*;
 
@@ -27,8 +26,23 @@ pub fn decoder_shape(c: &ModelConfig, weights: &WeightStore) -> DecoderShape {
     }
 }
 
-/// Tensor `name` as `rows x cols` bf16 values (1-D tensors are asked for as `1 x len`).
-pub fn weight_bf16(weights: &WeightStore, name: &str, rows: usize, cols: usize) -> Result<Vec<bf16>, String> {
+/// The GPU type `auto` picks for a checkpoint: f16 when its embedding table is stored in f16 (an f16 model),
+/// else bf16 (bf16 and f32 checkpoints, GGUF), as vLLM's `--dtype auto` follows the checkpoint's dtype.
+pub fn auto_dtype(weights: &WeightStore) -> ActivationDtype {
+    match weights.matrix("model.embed_tokens.weight") {
+        Ok(w) if w.dtype == GgmlType::F16 => ActivationDtype::F16,
+        _ => ActivationDtype::Bf16,
+    }
+}
+
+/// Tensor `name` as `rows x cols` values encoded in `dtype` (1-D tensors are asked for as `1 x len`).
+pub fn weight_16(
+    weights: &WeightStore,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    dtype: ActivationDtype,
+) -> Result<Vec<u16>, String> {
     let w = weights.matrix(name).map_err(|e| e.to_string())?;
     if w.rows * w.cols != rows * cols || (rows > 1 && (w.rows, w.cols) != (rows, cols)) {
         return Err(format!(
@@ -36,20 +50,24 @@ pub fn weight_bf16(weights: &WeightStore, name: &str, rows: usize, cols: usize) 
             w.rows, w.cols
         ));
     }
-    let mut out = vec![bf16::ZERO; rows * cols];
-    let dtype = w.dtype;
+    let mut out = vec![0u16; rows * cols];
+    let src = w.dtype;
+    let same = matches!(
+        (src, dtype),
+        (GgmlType::BF16, ActivationDtype::Bf16) | (GgmlType::F16, ActivationDtype::F16)
+    );
     out.par_chunks_mut(w.cols).enumerate().for_each_init(
         || Vec::new(),
         |row: &mut Vec<f32>, (r, dst)| {
-            if dtype == GgmlType::BF16 {
+            if same {
                 for (d, b) in dst.iter_mut().zip(w.row(r).chunks_exact(2)) {
-                    *d = bf16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+                    *d = u16::from_le_bytes([b[0], b[1]]);
                 }
             } else {
                 row.resize(dst.len(), 0.0);
-                quant::dequantize_row(dtype, w.row(r), row);
+                quant::dequantize_row(src, w.row(r), row);
                 for (d, &x) in dst.iter_mut().zip(row.iter()) {
-                    *d = bf16::from_f32(x);
+                    *d = dtype.encode(x);
                 }
             }
         },

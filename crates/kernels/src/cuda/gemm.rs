@@ -1,5 +1,5 @@
 //! GEMMs through cuBLASLt: `y[T, N] = x[T, K] * W[N, K]^T` with row-major activations and HF-layout weights,
-//! bf16 inputs, f32 accumulation, bf16 or f32 output.
+//! bf16 or f16 inputs (the decoder's `ActivationDtype`), f32 accumulation, output in the input type or f32.
 //!
 //! `PAGEDLLM_CUDA_GEMV=1` sends products of `T <= GEMV_MAX_T` tokens to our own `gemv` kernel instead. It is
 //! off by default because it measured slower: Llama-3-8B shape, H200, batch-1 decode 173.9 tok/s with it vs
@@ -18,10 +18,12 @@ use cudarc::cublaslt::sys;
 
 use super::device::{Arg, DeviceBuffer, Gpu};
 use super::error::CudaError;
+use super::ActivationDtype;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum OutType {
-    Bf16,
+    /// The activation type (bf16 or f16, as the inputs).
+    Act,
     F32,
 }
 
@@ -38,6 +40,8 @@ const GEMV_MAX_T: usize = 4;
 
 pub(crate) struct Gemm {
     use_gemv: bool,
+    /// cuBLASLt's type of inputs (and of `OutType::Act` outputs).
+    input_type: sys::cudaDataType_t,
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer<u8>,
     plans: HashMap<(usize, usize, usize, OutType), Plan>,
@@ -57,10 +61,16 @@ fn blas_err(context: &str) -> impl FnOnce(cudarc::cublaslt::result::CublasError)
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Gemm {
-    pub fn new() -> Result<Self, CudaError> {
+    pub fn new(dtype: ActivationDtype) -> Result<Self, CudaError> {
         let handle = lt::create_handle().map_err(blas_err("creating the cuBLASLt handle"))?;
+        let input_type = match dtype {
+            ActivationDtype::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
+            ActivationDtype::F16 => sys::cudaDataType_t::CUDA_R_16F,
+        };
         Ok(Self {
-            use_gemv: std::env::var("PAGEDLLM_CUDA_GEMV").is_ok_and(|v| v == "1"),
+            // The gemv kernel is bf16 only.
+            use_gemv: dtype == ActivationDtype::Bf16 && std::env::var("PAGEDLLM_CUDA_GEMV").is_ok_and(|v| v == "1"),
+            input_type,
             handle,
             workspace: DeviceBuffer::alloc(WORKSPACE_BYTES, "the cuBLASLt workspace")?,
             plans: HashMap::new(),
@@ -71,9 +81,9 @@ impl Gemm {
         let key = (n, t, k, out);
         if !self.plans.contains_key(&key) {
             let ctx = "planning a matmul";
-            let bf16 = sys::cudaDataType_t::CUDA_R_16BF;
+            let half = self.input_type;
             let out_ty = match out {
-                OutType::Bf16 => bf16,
+                OutType::Act => half,
                 OutType::F32 => sys::cudaDataType_t::CUDA_R_32F,
             };
             // SAFETY: descriptor calls with valid arguments; each created object is owned by the Plan.
@@ -92,8 +102,8 @@ impl Gemm {
                 )
                 .map_err(blas_err(ctx))?;
                 // A = W: column-major [K, N] (ld K), used transposed; B = x: column-major [K, T]; C: [N, T].
-                let a = lt::create_matrix_layout(bf16, k as u64, n as u64, k as i64).map_err(blas_err(ctx))?;
-                let b = lt::create_matrix_layout(bf16, k as u64, t as u64, k as i64).map_err(blas_err(ctx))?;
+                let a = lt::create_matrix_layout(half, k as u64, n as u64, k as i64).map_err(blas_err(ctx))?;
+                let b = lt::create_matrix_layout(half, k as u64, t as u64, k as i64).map_err(blas_err(ctx))?;
                 let c = lt::create_matrix_layout(out_ty, n as u64, t as u64, n as i64).map_err(blas_err(ctx))?;
                 let pref = lt::create_matmul_pref().map_err(blas_err(ctx))?;
                 let ws = WORKSPACE_BYTES;
@@ -107,7 +117,7 @@ impl Gemm {
                 let heuristic = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref);
                 let _ = lt::destroy_matmul_pref(pref);
                 let heuristic = heuristic.map_err(|e| CudaError::Blas {
-                    context: format!("finding a bf16 matmul algorithm for [{t} x {k}] x [{n} x {k}]^T"),
+                    context: format!("finding a 16-bit matmul algorithm for [{t} x {k}] x [{n} x {k}]^T"),
                     message: format!("{e:?}"),
                 })?;
                 Plan {
@@ -141,7 +151,7 @@ impl Gemm {
         }
         if self.use_gemv && t <= GEMV_MAX_T && k % 8 == 0 {
             let kernel = match out {
-                OutType::Bf16 => "gemv_bf16",
+                OutType::Act => "gemv_bf16",
                 OutType::F32 => "gemv_f32",
             };
             const WARPS: usize = 8; // GEMV_WARPS: one output row per warp
@@ -185,7 +195,7 @@ impl Gemm {
             )
         }
         .map_err(|e| CudaError::Blas {
-            context: format!("bf16 matmul [{t} x {k}] x [{n} x {k}]^T"),
+            context: format!("16-bit matmul [{t} x {k}] x [{n} x {k}]^T"),
             message: format!("{e:?}"),
         })
     }

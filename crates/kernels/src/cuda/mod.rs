@@ -1,8 +1,8 @@
-//! The CUDA backend: a Llama-family decoder on one NVIDIA GPU, bf16 weights and activations.
+//! The CUDA backend: a Llama-family decoder on one NVIDIA GPU, bf16 or f16 weights, activations and KV cache.
 //!
 //! What it guarantees: the same contract as the CPU backend — one flattened varlen [`InputBatch`] per step,
 //! a paged KV cache addressed only through block tables and the slot mapping, logits (or sampled tokens) for
-//! `logits_indices` rows. GEMMs go through cuBLASLt (bf16 in, f32 accumulate); everything around them is our
+//! `logits_indices` rows. GEMMs go through cuBLASLt (bf16/f16 in, f32 accumulate); everything around them is our
 //! own kernels in `kernels/*.cu`, compiled to PTX by build.rs and loaded with cudarc (dynamic loading: a
 //! CPU-only build needs no CUDA toolkit, a CUDA build runs on machines without a GPU until one is asked for).
 //!
@@ -21,7 +21,7 @@ mod shape;
 pub use error::CudaError;
 pub use memory_plan::{plan_kv_blocks, KvPlan};
 pub use sample_params::{DeviceSample, DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS};
-pub use shape::{CudaOptions, DecoderShape};
+pub use shape::{ActivationDtype, CudaOptions, DecoderShape};
 
 #[cfg(feature = "cuda")]
 mod decoder;
@@ -44,5 +44,6 @@ pub use unavailable::CudaDecoder;
 /// Whether this build has the CUDA backend compiled in.
 pub const COMPILED: bool = cfg!(feature = "cuda");
 
-/// Weight fetcher for [`CudaDecoder::load`]: tensor name, expected `[rows, cols]` -> row-major bf16 values.
-pub type FetchWeight<'a> = dyn FnMut(&str, usize, usize) -> Result<Vec<half::bf16>, String> + 'a;
+/// Weight fetcher for [`CudaDecoder::load`]: tensor name, expected `[rows, cols]`, the GPU's 16-bit type ->
+/// row-major values encoded in that type (bf16 or f16 bits).
+pub type FetchWeight<'a> = dyn FnMut(&str, usize, usize, ActivationDtype) -> Result<Vec<u16>, String> + 'a;

@@ -112,6 +112,8 @@ impl DecoderShape {
 pub struct CudaOptions {
     /// CUDA device ordinal (`cuda:N`).
     pub ordinal: usize,
+    /// Weights, activations and KV cache in bf16 or f16.
+    pub dtype: ActivationDtype,
     /// Fraction of the GPU's memory this engine may use (weights + activations + KV cache), as in vLLM.
     pub gpu_memory_utilization: f64,
     pub block_size: usize,
@@ -124,4 +126,36 @@ pub struct CudaOptions {
     pub num_blocks_override: Option<usize>,
     /// Run every step eagerly (no CUDA graphs).
     pub enforce_eager: bool,
+}
+
+/// The 16-bit float type of weights, activations and the KV cache on the GPU (vLLM's `--dtype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ActivationDtype {
+    #[default]
+    Bf16,
+    F16,
+}
+
+impl ActivationDtype {
+    /// Suffix of the kernel entry points built for this type (`add_rms_norm_bf16`, `add_rms_norm_f16`).
+    pub fn kernel_suffix(self) -> &'static str {
+        match self {
+            ActivationDtype::Bf16 => "bf16",
+            ActivationDtype::F16 => "f16",
+        }
+    }
+    /// The name vLLM and HF use (`bfloat16`, `float16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationDtype::Bf16 => "bfloat16",
+            ActivationDtype::F16 => "float16",
+        }
+    }
+    /// 16-bit encoding of `x` in this type (round to nearest even).
+    pub fn encode(self, x: f32) -> u16 {
+        match self {
+            ActivationDtype::Bf16 => half::bf16::from_f32(x).to_bits(),
+            ActivationDtype::F16 => half::f16::from_f32(x).to_bits(),
+        }
+    }
 }

@@ -1,6 +1,9 @@
 //! The CUDA backend of a build without the `cuda` feature: the same API, every constructor refuses.
 
-use super::{CudaError, CudaOptions, DecoderShape, DeviceSample, DeviceSampleParams, FetchWeight, KvPlan, TokenEdit};
+use super::{
+    ActivationDtype, CudaError, CudaOptions, DecoderShape, DeviceSample, DeviceSampleParams, FetchWeight, KvPlan,
+    TokenEdit,
+};
 use crate::InputBatch;
 
 /// Uninhabited: no value can exist, so the methods below need no body.
@@ -11,6 +14,9 @@ impl CudaDecoder {
         Err(CudaError::Unavailable(
             "this build of pagedllm has no CUDA backend (rebuild with the `cuda` feature)".into(),
         ))
+    }
+    pub fn dtype(&self) -> ActivationDtype {
+        match *self {}
     }
     pub fn device_name(&self) -> &str {
         match *self {}

@@ -1,4 +1,4 @@
-//! `CudaDecoder`: a Llama-family decoder resident on one GPU — bf16 weights (q|k|v and gate|up fused so each
+//! `CudaDecoder`: a Llama-family decoder resident on one GPU — bf16 or f16 weights (q|k|v and gate|up fused so each
 //! sub-layer is one GEMM), the paged KV cache, persistent step-input and activation buffers sized for the
 //! largest step, and the forward pass over one flattened varlen batch.
 //!
@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
-use half::bf16;
 
 use super::device::{driver_err, Arg, DeviceBuffer, Gpu};
 use super::error::CudaError;
@@ -19,8 +18,8 @@ use super::gemm::{Gemm, OutType};
 use super::graph_sizes::{bucket_for, capture_sizes};
 use super::memory_plan::{plan_kv_blocks, KvPlan};
 use super::{
-    CudaOptions, DecoderShape, DeviceSample, DeviceSampleParams, FetchWeight, TokenEdit, MAX_DEVICE_TOKEN_EDITS,
-    MAX_DEVICE_TOP_LOGPROBS,
+    ActivationDtype, CudaOptions, DecoderShape, DeviceSample, DeviceSampleParams, FetchWeight, TokenEdit,
+    MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS,
 };
 use crate::InputBatch;
 
@@ -31,18 +30,21 @@ mod weights;
 
 use graphs::StepGraph;
 use step::{flash_shared_bytes, StepShape, ATTENTION_PART_BLOCKS, FLASH_PART_ROWS};
-use weights::{upload_weight, weight};
+use weights::{upload_weight, weight, Fetch16};
+
+/// One bf16 or f16 value (per `CudaOptions::dtype`), as raw bits: buffers are typed by size, the kernels by name.
+type Half = u16;
 
 struct Layer {
-    input_norm: DeviceBuffer<bf16>,
+    input_norm: DeviceBuffer<Half>,
     /// `[q_dim + 2 kv_dim, hidden]`: q, k, v projections stacked.
-    qkv: DeviceBuffer<bf16>,
-    qkv_bias: Option<DeviceBuffer<bf16>>,
-    o_proj: DeviceBuffer<bf16>,
-    post_norm: DeviceBuffer<bf16>,
+    qkv: DeviceBuffer<Half>,
+    qkv_bias: Option<DeviceBuffer<Half>>,
+    o_proj: DeviceBuffer<Half>,
+    post_norm: DeviceBuffer<Half>,
     /// `[2 inter, hidden]`: gate then up.
-    gate_up: DeviceBuffer<bf16>,
-    down: DeviceBuffer<bf16>,
+    gate_up: DeviceBuffer<Half>,
+    down: DeviceBuffer<Half>,
 }
 
 /// Step inputs, uploaded each step into the same addresses (what CUDA graphs will replay against).
@@ -64,15 +66,15 @@ struct Inputs {
 
 /// Activations for up to `max_tokens` tokens.
 struct Activations {
-    residual: DeviceBuffer<bf16>,
-    normed: DeviceBuffer<bf16>,
-    qkv: DeviceBuffer<bf16>,
-    attn: DeviceBuffer<bf16>,
-    delta: DeviceBuffer<bf16>,
-    gate_up: DeviceBuffer<bf16>,
-    act: DeviceBuffer<bf16>,
+    residual: DeviceBuffer<Half>,
+    normed: DeviceBuffer<Half>,
+    qkv: DeviceBuffer<Half>,
+    attn: DeviceBuffer<Half>,
+    delta: DeviceBuffer<Half>,
+    gate_up: DeviceBuffer<Half>,
+    act: DeviceBuffer<Half>,
     /// Final-normed hidden states of the logits rows.
-    last_hidden: DeviceBuffer<bf16>,
+    last_hidden: DeviceBuffer<Half>,
     /// `[logits_capacity, vocab]` f32.
     logits: DeviceBuffer<f32>,
     sampled_ids: DeviceBuffer<u32>,
@@ -95,14 +97,14 @@ pub struct CudaDecoder {
     gemm: Gemm,
     shape: DecoderShape,
     opts: CudaOptions,
-    embed: DeviceBuffer<bf16>,
+    embed: DeviceBuffer<Half>,
     /// None when tied to `embed`.
-    lm_head: Option<DeviceBuffer<bf16>>,
-    final_norm: DeviceBuffer<bf16>,
+    lm_head: Option<DeviceBuffer<Half>>,
+    final_norm: DeviceBuffer<Half>,
     layers: Vec<Layer>,
     inv_freq: DeviceBuffer<f32>,
     /// K then V of every layer: `[layers][2][num_blocks * block_size * kv_dim]`.
-    kv: DeviceBuffer<bf16>,
+    kv: DeviceBuffer<Half>,
     num_blocks: usize,
     inputs: Inputs,
     act: Activations,
@@ -120,6 +122,34 @@ pub struct CudaDecoder {
     /// keeps every step on the CUDA-core kernel, for A/B measurements.
     flash_attention: bool,
     scratch: HostScratch,
+    kernels: KernelNames,
+}
+
+/// Entry points of the kernels a step launches, for this model's head dim and 16-bit type (built once, so a
+/// step formats no names).
+struct KernelNames {
+    add_rms_norm: String,
+    rope_qkv_cache: String,
+    silu_mul: String,
+    attention: String,
+    attention_combine: String,
+    flash_attention: String,
+    flash_attention_combine: String,
+}
+
+impl KernelNames {
+    fn new(shape: &DecoderShape, dtype: ActivationDtype) -> Self {
+        let (hd, t) = (shape.head_dim, dtype.kernel_suffix());
+        KernelNames {
+            add_rms_norm: format!("add_rms_norm_{t}"),
+            rope_qkv_cache: format!("rope_qkv_cache_{t}"),
+            silu_mul: format!("silu_mul_{t}"),
+            attention: format!("paged_attention_hd{hd}_{t}"),
+            attention_combine: format!("attention_combine_hd{hd}_{t}"),
+            flash_attention: format!("flash_attention_hd{hd}_{t}"),
+            flash_attention_combine: format!("flash_attention_combine_hd{hd}_{t}"),
+        }
+    }
 }
 
 /// Host-side staging reused across steps (so the decode path allocates nothing per step).
@@ -149,15 +179,18 @@ impl CudaDecoder {
         }
         let gpu = Gpu::new(opts.ordinal)?;
         if shape.flash_q_tile().is_some() {
-            let kernel = format!("flash_attention_hd{}_bf16", shape.head_dim);
+            let kernel = format!("flash_attention_hd{}_{}", shape.head_dim, opts.dtype.kernel_suffix());
             gpu.set_max_dynamic_shared(&kernel, flash_shared_bytes(shape.head_dim))?;
         }
         gpu.bind()?;
-        let gemm = Gemm::new()?;
+        let gemm = Gemm::new(opts.dtype)?;
         let s = shape;
         let (h, inter, q_dim, kv_dim, qkv_dim) =
             (s.hidden_size, s.intermediate_size, s.q_dim(), s.kv_dim(), s.qkv_dim());
 
+        let dtype = opts.dtype;
+        let mut fetch16 = |name: &str, rows: usize, cols: usize| fetch(name, rows, cols, dtype);
+        let fetch: &mut Fetch16<'_> = &mut fetch16;
         let embed = weight(&gpu, fetch, "model.embed_tokens.weight", s.vocab_size, h)?;
         let mut layers = Vec::with_capacity(s.num_layers);
         for l in 0..s.num_layers {
@@ -297,6 +330,7 @@ impl CudaDecoder {
             graph_sizes: Vec::new(),
             flash_attention: std::env::var("PAGEDLLM_CUDA_ATTENTION").map_or(true, |v| v != "core"),
             scratch: HostScratch::default(),
+            kernels: KernelNames::new(shape, opts.dtype),
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,
@@ -379,6 +413,11 @@ impl CudaDecoder {
         self.flash_attention && self.shape.flash_q_tile().is_some()
     }
 
+    /// The 16-bit type of weights, activations and KV cache.
+    pub fn dtype(&self) -> ActivationDtype {
+        self.opts.dtype
+    }
+
     pub fn device_name(&self) -> &str {
         &self.gpu.name
     }
@@ -442,7 +481,7 @@ impl CudaDecoder {
             for l in 0..self.shape.num_layers {
                 let (k, v) = self.kv_layer(l);
                 self.gpu.launch(
-                    "copy_kv_blocks_bf16",
+                    "copy_kv_blocks",
                     (chunk.len() as u32, 1, 1),
                     256,
                     &[

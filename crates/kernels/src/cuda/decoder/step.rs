@@ -22,7 +22,7 @@ fn attention_splits(tiles: usize, kv_heads: usize) -> usize {
 const FLASH_KEYS: usize = 32;
 const FLASH_STAGES: usize = 4;
 
-/// Dynamic shared memory of the tensor-core kernel: a K and a V tile per stage, rows padded to `hd + 8` bf16.
+/// Dynamic shared memory of the tensor-core kernel: a K and a V tile per stage, rows padded to `hd + 8` elements.
 pub(super) fn flash_shared_bytes(head_dim: usize) -> usize {
     FLASH_STAGES * 2 * FLASH_KEYS * (head_dim + 8) * 2
 }
@@ -144,7 +144,7 @@ impl CudaDecoder {
         let a = &self.act;
         let tt = t as u32;
         g.launch(
-            "embedding_bf16",
+            "embedding_gather",
             (tt, 1, 1),
             128,
             &[
@@ -156,7 +156,7 @@ impl CudaDecoder {
         )?;
         let norm = |g: &Gpu, delta: u64, weight: u64, out: u64, rows_ptr: u64, rows: u32, write: bool| {
             g.launch(
-                "add_rms_norm_bf16",
+                &self.kernels.add_rms_norm,
                 (rows, 1, 1),
                 256,
                 &[
@@ -171,10 +171,9 @@ impl CudaDecoder {
                 ],
             )
         };
-        let attention = format!("paged_attention_hd{}_bf16", s.head_dim);
-        let combine = format!("attention_combine_hd{}_bf16", s.head_dim);
-        let flash = format!("flash_attention_hd{}_bf16", s.head_dim);
-        let flash_combine = format!("flash_attention_combine_hd{}_bf16", s.head_dim);
+        let k = &self.kernels;
+        let (attention, combine) = (&k.attention, &k.attention_combine);
+        let (flash, flash_combine) = (&k.flash_attention, &k.flash_attention_combine);
         let splits = attention_splits(tiles, s.num_kv_heads);
         let flash_splits = flash_splits(flash_tiles, s.num_kv_heads, t, s.num_heads);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
@@ -190,11 +189,11 @@ impl CudaDecoder {
                 t,
                 qkv_dim,
                 h,
-                OutType::Bf16,
+                OutType::Act,
             )?;
             let (k_cache, v_cache) = self.kv_layer(l);
             g.launch(
-                "rope_qkv_cache_bf16",
+                &k.rope_qkv_cache,
                 (tt, (s.num_heads + s.num_kv_heads) as u32, 1),
                 (s.head_dim / 2) as u32,
                 &[
@@ -212,7 +211,7 @@ impl CudaDecoder {
             )?;
             if tiles > 0 {
                 g.launch(
-                    &attention,
+                    attention,
                     (tiles as u32, s.num_kv_heads as u32, splits as u32),
                     128,
                     &[
@@ -239,7 +238,7 @@ impl CudaDecoder {
                 )?;
                 if splits > 1 {
                     g.launch(
-                        &combine,
+                        combine,
                         (tiles as u32, s.num_kv_heads as u32, 1),
                         128,
                         &[
@@ -261,7 +260,7 @@ impl CudaDecoder {
                 let tile_offset = (tiles * std::mem::size_of::<u32>()) as u64;
                 let (tile_seq, tile_q0) = (inp.tile_seq.ptr() + tile_offset, inp.tile_q0.ptr() + tile_offset);
                 g.launch_with_shared(
-                    &flash,
+                    flash,
                     (flash_tiles as u32, s.num_kv_heads as u32, flash_splits as u32),
                     128,
                     flash_shared_bytes(s.head_dim) as u32,
@@ -289,7 +288,7 @@ impl CudaDecoder {
                 )?;
                 if flash_splits > 1 {
                     g.launch(
-                        &flash_combine,
+                        flash_combine,
                         (flash_tiles as u32, s.num_kv_heads as u32, 1),
                         128,
                         &[
@@ -315,7 +314,7 @@ impl CudaDecoder {
                 t,
                 h,
                 q_dim,
-                OutType::Bf16,
+                OutType::Act,
             )?;
             norm(g, a.delta.ptr(), layer.post_norm.ptr(), a.normed.ptr(), 0, tt, true)?;
             self.gemm.matmul(
@@ -326,10 +325,10 @@ impl CudaDecoder {
                 t,
                 2 * inter,
                 h,
-                OutType::Bf16,
+                OutType::Act,
             )?;
             g.launch(
-                "silu_mul_bf16",
+                &k.silu_mul,
                 (inter.div_ceil(8 * 256) as u32, t.min(65_535) as u32, 1),
                 256,
                 &[
@@ -347,7 +346,7 @@ impl CudaDecoder {
                 t,
                 h,
                 inter,
-                OutType::Bf16,
+                OutType::Act,
             )?;
         }
         // Final residual add + norm on the logits rows only.

@@ -1,12 +1,15 @@
-//! Uploading weights: each tensor fetched from the loader as bf16, copied to its place on the GPU, and dropped
-//! before the next one (host memory never holds more than one tensor).
+//! Uploading weights: each tensor fetched from the loader in the GPU's 16-bit type, copied to its place on the
+//! GPU, and dropped before the next one (host memory never holds more than one tensor).
 
 use super::*;
 
+/// The loader's fetcher with the GPU's 16-bit type bound (see `FetchWeight`).
+pub(super) type Fetch16<'a> = dyn FnMut(&str, usize, usize) -> Result<Vec<Half>, String> + 'a;
+
 pub(super) fn upload_weight(
     gpu: &Gpu,
-    fetch: &mut FetchWeight<'_>,
-    dst: &DeviceBuffer<bf16>,
+    fetch: &mut Fetch16<'_>,
+    dst: &DeviceBuffer<Half>,
     offset: usize,
     name: &str,
     rows: usize,
@@ -26,11 +29,11 @@ pub(super) fn upload_weight(
 
 pub(super) fn weight(
     gpu: &Gpu,
-    fetch: &mut FetchWeight<'_>,
+    fetch: &mut Fetch16<'_>,
     name: &str,
     rows: usize,
     cols: usize,
-) -> Result<DeviceBuffer<bf16>, CudaError> {
+) -> Result<DeviceBuffer<Half>, CudaError> {
     let buf = DeviceBuffer::alloc(rows * cols, name)?;
     upload_weight(gpu, fetch, &buf, 0, name, rows, cols)?;
     Ok(buf)

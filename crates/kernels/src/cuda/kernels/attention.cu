@@ -11,25 +11,25 @@
 // Rows are dealt to warps round-robin (a decode's few rows run on all warps at once).
 // Scores: lane j of a warp scores key j of the tile for one row at a time (q rows sit in shared memory as f32);
 // online softmax per row with warp reductions; then lane l accumulates output dims l, l + 32, ... with each
-// key's probability broadcast by shuffle. f32 throughout, bf16 in and out.
+// key's probability broadcast by shuffle. f32 throughout, bf16 or f16 in and out.
 #include "common.cuh"
 
 #define ATTN_WARPS 4
 
-template <int HD, int KT, int ROWS>
-__device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const bf16* __restrict__ k_cache,
-                                const bf16* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+template <typename T, int HD, int KT, int ROWS>
+__device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* __restrict__ k_cache,
+                                const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                 int max_blocks_per_seq, const int* __restrict__ seq_lens,
                                 const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
-                                const int* __restrict__ tile_q0, int q_tile, bf16* __restrict__ out, int num_heads,
+                                const int* __restrict__ tile_q0, int q_tile, T* __restrict__ out, int num_heads,
                                 int num_kv_heads, int block_size, float scale, int splits,
                                 float* __restrict__ part_acc, float* __restrict__ part_ml) {
   constexpr int DPL = HD / 32;                 // output dims per lane
   constexpr int RPW = ROWS / ATTN_WARPS;       // rows per warp
   constexpr int KPAD = HD + 2;                 // K row stride in smem (bf16): odd word stride, no bank conflicts
   __shared__ float sq[ROWS][HD];
-  __shared__ bf16 sk[KT][KPAD];
-  __shared__ bf16 sv[KT][HD];
+  __shared__ T sk[KT][KPAD];
+  __shared__ T sv[KT][HD];
 
   const int tile = blockIdx.x, kvh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -100,10 +100,9 @@ __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const 
       const int key = k0 + lane;
       if (lane < KT && key < min(ctx[i], ctx_max)) {
         float dot = 0.f;
-        const __nv_bfloat162* krow = reinterpret_cast<const __nv_bfloat162*>(&sk[lane][0]);
 #pragma unroll 8
         for (int d2 = 0; d2 < HD / 2; d2++) {
-          const float2 kf = __bfloat1622float2(krow[d2]);
+          const float2 kf = to_f32x2(&sk[lane][2 * d2]);
           dot += sq[r][2 * d2] * kf.x + sq[r][2 * d2 + 1] * kf.y;
         }
         score = dot;
@@ -146,17 +145,17 @@ __device__ void paged_attention(const bf16* __restrict__ q, int q_stride, const 
     const int r = i * ATTN_WARPS + warp;
     if (r >= rows) continue;
     const int t = t0 + r / group, h = kvh * group + r % group;
-    bf16* orow = out + (size_t)t * num_heads * HD + h * HD;
+    T* orow = out + (size_t)t * num_heads * HD + h * HD;
     const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
 #pragma unroll
-    for (int j = 0; j < DPL; j++) orow[lane + 32 * j] = to_bf16(acc[i][j] * inv);
+    for (int j = 0; j < DPL; j++) orow[lane + 32 * j] = from_f32<T>(acc[i][j] * inv);
   }
 }
 
 // Merges the `splits` partial softmaxes of each (tile, kv head) into the output (flash-decoding's second pass).
-template <int HD, int ROWS>
+template <typename T, int HD, int ROWS>
 __device__ void attention_combine(const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
-                                  const int* __restrict__ tile_q0, int q_tile, bf16* __restrict__ out,
+                                  const int* __restrict__ tile_q0, int q_tile, T* __restrict__ out,
                                   int num_heads, int num_kv_heads, int splits, const float* __restrict__ part_acc,
                                   const float* __restrict__ part_ml) {
   const int tile = blockIdx.x, kvh = blockIdx.y;
@@ -182,28 +181,31 @@ __device__ void attention_combine(const int* __restrict__ query_start_loc, const
       }
     }
     const int t = t0 + r / group, h = kvh * group + r % group;
-    out[(size_t)t * num_heads * HD + h * HD + d] = to_bf16(L > 0.f ? v / L : 0.f);
+    out[(size_t)t * num_heads * HD + h * HD + d] = from_f32<T>(L > 0.f ? v / L : 0.f);
   }
 }
 
-#define DEFINE_ATTENTION(HD, KT, ROWS)                                                                         \
-  extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) paged_attention_hd##HD##_bf16(                 \
-      const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const uint32_t* block_tables,     \
+#define DEFINE_ATTENTION(T, HD, KT, ROWS)                                                                      \
+  extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) paged_attention_hd##HD##_##T(                  \
+      const T* q, int q_stride, const T* k_cache, const T* v_cache, const uint32_t* block_tables,              \
       int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
-      const int* tile_q0, int q_tile, bf16* out, int num_heads, int num_kv_heads, int block_size,             \
-      float scale, int splits, float* part_acc, float* part_ml) {                                              \
-    paged_attention<HD, KT, ROWS>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,  \
-                                  query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads, num_kv_heads,    \
-                                  block_size, scale, splits, part_acc, part_ml);                               \
+      const int* tile_q0, int q_tile, T* out, int num_heads, int num_kv_heads, int block_size, float scale,     \
+      int splits, float* part_acc, float* part_ml) {                                                           \
+    paged_attention<T, HD, KT, ROWS>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq,         \
+                                     seq_lens, query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads,     \
+                                     num_kv_heads, block_size, scale, splits, part_acc, part_ml);              \
   }                                                                                                            \
-  extern "C" __global__ void attention_combine_hd##HD##_bf16(                                                  \
-      const int* query_start_loc, const int* tile_seq, const int* tile_q0, int q_tile, bf16* out,             \
-      int num_heads, int num_kv_heads, int splits, const float* part_acc, const float* part_ml) {             \
-    attention_combine<HD, ROWS>(query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads, num_kv_heads,     \
-                                splits, part_acc, part_ml);                                                    \
+  extern "C" __global__ void attention_combine_hd##HD##_##T(                                                   \
+      const int* query_start_loc, const int* tile_seq, const int* tile_q0, int q_tile, T* out, int num_heads, \
+      int num_kv_heads, int splits, const float* part_acc, const float* part_ml) {                             \
+    attention_combine<T, HD, ROWS>(query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads, num_kv_heads,  \
+                                   splits, part_acc, part_ml);                                                 \
   }
 
 // ROWS query rows per block (tokens x GQA group); the host picks q_tile = max(1, ROWS / group).
-DEFINE_ATTENTION(64, 32, 32)
-DEFINE_ATTENTION(128, 32, 32)
-DEFINE_ATTENTION(256, 16, 16)
+DEFINE_ATTENTION(bf16, 64, 32, 32)
+DEFINE_ATTENTION(bf16, 128, 32, 32)
+DEFINE_ATTENTION(bf16, 256, 16, 16)
+DEFINE_ATTENTION(f16, 64, 32, 32)
+DEFINE_ATTENTION(f16, 128, 32, 32)
+DEFINE_ATTENTION(f16, 256, 16, 16)

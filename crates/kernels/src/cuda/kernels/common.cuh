@@ -1,14 +1,39 @@
-// Shared helpers for pagedllm's CUDA kernels: bf16 <-> f32, warp and block reductions.
-// Activations are bf16 in memory; every kernel computes in f32 and rounds once when it stores.
+// Shared helpers for pagedllm's CUDA kernels: 16-bit float <-> f32, warp and block reductions.
+// Activations are bf16 or f16 in memory (each kernel is a template over the type T, instantiated as
+// `<name>_bf16` and `<name>_f16`); every kernel computes in f32 and rounds once when it stores.
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <stdint.h>
 
 typedef __nv_bfloat16 bf16;
+typedef __half f16;
 
 __device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(f16 x) { return __half2float(x); }
 __device__ __forceinline__ bf16 to_bf16(float x) { return __float2bfloat16(x); }
 __device__ __forceinline__ float round_bf16(float x) { return to_f32(to_bf16(x)); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+  return __float2bfloat16(x);
+}
+template <>
+__device__ __forceinline__ f16 from_f32<f16>(float x) {
+  return __float2half(x);
+}
+// x rounded to T's precision, back in f32.
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+  return to_f32(from_f32<T>(x));
+}
+// Two consecutive T values (4-byte aligned) as f32.
+__device__ __forceinline__ float2 to_f32x2(const bf16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ float2 to_f32x2(const f16* p) { return __half22float2(*reinterpret_cast<const __half2*>(p)); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -1,8 +1,9 @@
-// Embedding gather: out[t, :] = table[ids[t], :]. One block per token, 16-byte copies (hidden % 8 == 0).
+// Embedding gather: out[t, :] = table[ids[t], :]. One block per token, 16-byte copies (hidden % 8 == 0). A byte
+// copy, so one kernel serves bf16 and f16 tables.
 #include "common.cuh"
 
-extern "C" __global__ void embedding_bf16(const bf16* __restrict__ table, const uint32_t* __restrict__ ids,
-                                          bf16* __restrict__ out, int hidden) {
+extern "C" __global__ void embedding_gather(const uint16_t* __restrict__ table, const uint32_t* __restrict__ ids,
+                                            uint16_t* __restrict__ out, int hidden) {
   const int t = blockIdx.x;
   const uint4* src = reinterpret_cast<const uint4*>(table + (size_t)ids[t] * hidden);
   uint4* dst = reinterpret_cast<uint4*>(out + (size_t)t * hidden);

@@ -26,31 +26,44 @@
 #define FLASH_KEYS 32   // keys per shared K/V tile
 #define FLASH_STAGES 4  // tiles in flight; dynamic shared memory = flash_shared_bytes() in decoder/step.rs
 
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+// D += A B for one 16x16 (A, row-major) by 16x8 (B, column-major) tile of T = bf16 or f16, f32 accumulate.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bf16) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, f16) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
-// Four transposed 8x8 bf16 matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* row) {
+// Four transposed 8x8 16-bit matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
 
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+// Two f32 as one 32-bit register of T (the lower index in the low half, as mma fragments hold them).
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, bf16) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, f16) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
 
-__device__ __forceinline__ uint32_t load_u32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t load_u32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // 16 bytes global -> shared without a register round trip; `valid == false` writes zeros.
-__device__ __forceinline__ void cp_async16(bf16* smem, const bf16* gmem, bool valid) {
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
 }
@@ -60,20 +73,20 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <int HD>
-__device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const bf16* __restrict__ k_cache,
-                                const bf16* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
+template <typename T, int HD>
+__device__ void flash_attention(const T* __restrict__ q, int q_stride, const T* __restrict__ k_cache,
+                                const T* __restrict__ v_cache, const uint32_t* __restrict__ block_tables,
                                 int max_blocks_per_seq, const int* __restrict__ seq_lens,
                                 const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
-                                const int* __restrict__ tile_q0, bf16* __restrict__ out, int num_heads,
+                                const int* __restrict__ tile_q0, T* __restrict__ out, int num_heads,
                                 int num_kv_heads, int block_size, float scale, int splits, int num_tokens,
                                 float* __restrict__ part_acc, float* __restrict__ part_ml) {
   constexpr int BN = FLASH_KEYS;
   constexpr int STRIDE = HD + 8;  // shared row stride (bf16): 16-byte rows, word stride = 4 mod 32
   constexpr int TILE = BN * STRIDE;
-  // Stage st: K tile at [2 st * TILE], V tile at [(2 st + 1) * TILE] (FLASH_STAGES * 2 * TILE bf16 in all).
+  // Stage st: K tile at [2 st * TILE], V tile at [(2 st + 1) * TILE] (FLASH_STAGES * 2 * TILE elements in all).
   extern __shared__ __align__(16) unsigned char flash_smem[];
-  bf16* const smem = reinterpret_cast<bf16*>(flash_smem);
+  T* const smem = reinterpret_cast<T*>(flash_smem);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, tig = lane & 3;  // mma fragment coordinates: row group, thread in group
@@ -102,8 +115,8 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
   // Q fragments (A operand, row-major 16 x HD): registers for the whole sweep.
   uint32_t qf[HD / 16][4];
   {
-    const bf16* q0 = q + (size_t)(t0 + r0 / group) * q_stride + (kvh * group + r0 % group) * HD;
-    const bf16* q1 = q + (size_t)(t0 + r1 / group) * q_stride + (kvh * group + r1 % group) * HD;
+    const T* q0 = q + (size_t)(t0 + r0 / group) * q_stride + (kvh * group + r0 % group) * HD;
+    const T* q1 = q + (size_t)(t0 + r1 / group) * q_stride + (kvh * group + r1 % group) * HD;
 #pragma unroll
     for (int ks = 0; ks < HD / 16; ks++) {
       const int c = ks * 16 + tig * 2;
@@ -123,8 +136,8 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
   // Keys k0 .. k0 + BN of this kv head into stage `st` (zeros past the split); the caller commits the group.
   auto load_tile = [&](int st, int k0) {
     constexpr int CHUNKS = HD / 8;
-    bf16* tk = smem + 2 * st * TILE;
-    bf16* tv = tk + TILE;
+    T* tk = smem + 2 * st * TILE;
+    T* tv = tk + TILE;
     for (int i = threadIdx.x; i < BN * CHUNKS; i += FLASH_WARPS * 32) {
       const int kk = i / CHUNKS, c = i % CHUNKS;
       const int key = k0 + kk;
@@ -155,8 +168,8 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
     cp_async_commit();
     cp_async_wait<FLASH_STAGES - 1>();
     __syncthreads();  // tile `it` is in shared memory for every warp
-    const bf16* tk = smem + 2 * (it % FLASH_STAGES) * TILE;
-    const bf16* tv = tk + TILE;
+    const T* tk = smem + 2 * (it % FLASH_STAGES) * TILE;
+    const T* tv = tk + TILE;
     if (warp_active && warp_ctx > k0) {  // warp-uniform: skip tiles past every row of this warp
       // S = Q K^T for 16 rows x BN keys.
       float sc[BN / 8][4];
@@ -166,8 +179,8 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
       for (int ks = 0; ks < HD / 16; ks++) {
 #pragma unroll
         for (int nt = 0; nt < BN / 8; nt++) {
-          const bf16* kr = &tk[(nt * 8 + g) * STRIDE + ks * 16 + tig * 2];
-          mma_16816(sc[nt], qf[ks], load_u32(kr), load_u32(kr + 8));
+          const T* kr = &tk[(nt * 8 + g) * STRIDE + ks * 16 + tig * 2];
+          mma_16816(sc[nt], qf[ks], load_u32(kr), load_u32(kr + 8), T());
         }
       }
       // Mask past each row's context, scale into the log2 domain, and take the tile's row maxima.
@@ -216,17 +229,17 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
       // O += P V, 16 keys per k-step; the S accumulators of key tiles 2kk, 2kk + 1 are P's A fragment.
 #pragma unroll
       for (int kk = 0; kk < BN / 16; kk++) {
-        const uint32_t pa[4] = {pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]),
-                                pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                                pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+        const uint32_t pa[4] = {pack2(sc[2 * kk][0], sc[2 * kk][1], T()), pack2(sc[2 * kk][2], sc[2 * kk][3], T()),
+                                pack2(sc[2 * kk + 1][0], sc[2 * kk + 1][1], T()),
+                                pack2(sc[2 * kk + 1][2], sc[2 * kk + 1][3], T())};
         // Lanes 0-15 address keys kk*16 + 0..15 at dims dt*8; lanes 16-31 the same keys at dims dt*8 + 8.
         const int vrow = kk * 16 + (lane & 15);
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt += 2) {
           uint32_t vb[4];
           ldmatrix_x4_trans(vb, &tv[vrow * STRIDE + dt * 8 + (lane >> 4) * 8]);
-          mma_16816(o[dt], pa, vb[0], vb[1]);
-          mma_16816(o[dt + 1], pa, vb[2], vb[3]);
+          mma_16816(o[dt], pa, vb[0], vb[1], T());
+          mma_16816(o[dt + 1], pa, vb[2], vb[3], T());
         }
       }
     }
@@ -262,23 +275,23 @@ __device__ void flash_attention(const bf16* __restrict__ q, int q_stride, const 
   const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
   const int out_stride = num_heads * HD;
   if (valid0) {
-    bf16* orow = out + (size_t)(t0 + r0 / group) * out_stride + (kvh * group + r0 % group) * HD;
+    T* orow = out + (size_t)(t0 + r0 / group) * out_stride + (kvh * group + r0 % group) * HD;
 #pragma unroll
     for (int dt = 0; dt < HD / 8; dt++)
-      *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack_bf16x2(o[dt][0] * inv0, o[dt][1] * inv0);
+      *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack2(o[dt][0] * inv0, o[dt][1] * inv0, T());
   }
   if (valid1) {
-    bf16* orow = out + (size_t)(t0 + r1 / group) * out_stride + (kvh * group + r1 % group) * HD;
+    T* orow = out + (size_t)(t0 + r1 / group) * out_stride + (kvh * group + r1 % group) * HD;
 #pragma unroll
     for (int dt = 0; dt < HD / 8; dt++)
-      *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack_bf16x2(o[dt][2] * inv1, o[dt][3] * inv1);
+      *reinterpret_cast<uint32_t*>(orow + dt * 8 + tig * 2) = pack2(o[dt][2] * inv1, o[dt][3] * inv1, T());
   }
 }
 
 // Merges the `splits` partials of each (tile, kv head) into the output (FlashDecoding's second pass).
-template <int HD>
+template <typename T, int HD>
 __device__ void flash_attention_combine(const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
-                                        const int* __restrict__ tile_q0, bf16* __restrict__ out, int num_heads,
+                                        const int* __restrict__ tile_q0, T* __restrict__ out, int num_heads,
                                         int num_kv_heads, int splits, int num_tokens,
                                         const float* __restrict__ part_acc, const float* __restrict__ part_ml) {
   const int tile = blockIdx.x, kvh = blockIdx.y;
@@ -305,26 +318,28 @@ __device__ void flash_attention_combine(const int* __restrict__ query_start_loc,
       }
     }
     const int t = t0 + r / group, h = kvh * group + r % group;
-    out[(size_t)t * num_heads * HD + h * HD + d] = to_bf16(L > 0.f ? v / L : 0.f);
+    out[(size_t)t * num_heads * HD + h * HD + d] = from_f32<T>(L > 0.f ? v / L : 0.f);
   }
 }
 
-#define DEFINE_FLASH_ATTENTION(HD)                                                                             \
-  extern "C" __global__ void __launch_bounds__(FLASH_WARPS * 32) flash_attention_hd##HD##_bf16(                \
-      const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const uint32_t* block_tables,     \
+#define DEFINE_FLASH_ATTENTION(T, HD)                                                                          \
+  extern "C" __global__ void __launch_bounds__(FLASH_WARPS * 32) flash_attention_hd##HD##_##T(                 \
+      const T* q, int q_stride, const T* k_cache, const T* v_cache, const uint32_t* block_tables,              \
       int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
-      const int* tile_q0, bf16* out, int num_heads, int num_kv_heads, int block_size, float scale, int splits, \
+      const int* tile_q0, T* out, int num_heads, int num_kv_heads, int block_size, float scale, int splits,    \
       int num_tokens, float* part_acc, float* part_ml) {                                                       \
-    flash_attention<HD>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,            \
-                        query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, block_size, scale,  \
-                        splits, num_tokens, part_acc, part_ml);                                                \
+    flash_attention<T, HD>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,         \
+                           query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, block_size,      \
+                           scale, splits, num_tokens, part_acc, part_ml);                                     \
   }                                                                                                            \
-  extern "C" __global__ void flash_attention_combine_hd##HD##_bf16(                                            \
-      const int* query_start_loc, const int* tile_seq, const int* tile_q0, bf16* out, int num_heads,          \
+  extern "C" __global__ void flash_attention_combine_hd##HD##_##T(                                             \
+      const int* query_start_loc, const int* tile_seq, const int* tile_q0, T* out, int num_heads,             \
       int num_kv_heads, int splits, int num_tokens, const float* part_acc, const float* part_ml) {             \
-    flash_attention_combine<HD>(query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, splits,     \
-                                num_tokens, part_acc, part_ml);                                                \
+    flash_attention_combine<T, HD>(query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, splits,  \
+                                   num_tokens, part_acc, part_ml);                                             \
   }
 
-DEFINE_FLASH_ATTENTION(64)
-DEFINE_FLASH_ATTENTION(128)
+DEFINE_FLASH_ATTENTION(bf16, 64)
+DEFINE_FLASH_ATTENTION(bf16, 128)
+DEFINE_FLASH_ATTENTION(f16, 64)
+DEFINE_FLASH_ATTENTION(f16, 128)

@@ -1,5 +1,5 @@
 // Fused residual add + RMSNorm, after HF's LlamaRMSNorm (statistics in f32, the normalized value rounded to
-// bf16 before the weight multiplies it).
+// the activation type before the weight multiplies it). Entry points add_rms_norm_bf16 / add_rms_norm_f16.
 //
 // One block per output row r. The source row is rows[r] when `rows` is given (the final norm runs on the
 // logits rows only), else r. With `delta`, the residual row becomes residual + delta (rounded to bf16) and is
@@ -11,10 +11,10 @@
 #define NORM_THREADS 256
 #define NORM_CHUNKS 4  // 16-byte chunks per thread: hidden up to 8192
 
-extern "C" __global__ void __launch_bounds__(NORM_THREADS)
-    add_rms_norm_bf16(bf16* __restrict__ residual, const bf16* __restrict__ delta, const bf16* __restrict__ weight,
-                      bf16* __restrict__ out, const uint32_t* __restrict__ rows, int hidden, float eps,
-                      int write_residual) {
+template <typename T>
+__device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ delta, const T* __restrict__ weight,
+                             T* __restrict__ out, const uint32_t* __restrict__ rows, int hidden, float eps,
+                             int write_residual) {
   const int r = blockIdx.x;
   const size_t src = (size_t)(rows ? rows[r] : r) * hidden;
   const int chunks = hidden / 8;
@@ -25,15 +25,15 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     const int chunk = threadIdx.x + c * NORM_THREADS;
     if (chunk < chunks) {
       uint4 xr = reinterpret_cast<const uint4*>(residual + src)[chunk];
-      const bf16* xb = reinterpret_cast<const bf16*>(&xr);
+      const T* xb = reinterpret_cast<const T*>(&xr);
       if (delta) {
         uint4 dr = reinterpret_cast<const uint4*>(delta + src)[chunk];
-        const bf16* db = reinterpret_cast<const bf16*>(&dr);
+        const T* db = reinterpret_cast<const T*>(&dr);
         uint4 sum;
-        bf16* sb = reinterpret_cast<bf16*>(&sum);
+        T* sb = reinterpret_cast<T*>(&sum);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-          sb[j] = to_bf16(to_f32(xb[j]) + to_f32(db[j]));
+          sb[j] = from_f32<T>(to_f32(xb[j]) + to_f32(db[j]));
           v[c][j] = to_f32(sb[j]);
         }
         if (write_residual) reinterpret_cast<uint4*>(residual + src)[chunk] = sum;
@@ -51,12 +51,21 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     const int chunk = threadIdx.x + c * NORM_THREADS;
     if (chunk < chunks) {
       uint4 wr = reinterpret_cast<const uint4*>(weight)[chunk];
-      const bf16* wb = reinterpret_cast<const bf16*>(&wr);
+      const T* wb = reinterpret_cast<const T*>(&wr);
       uint4 o;
-      bf16* ob = reinterpret_cast<bf16*>(&o);
+      T* ob = reinterpret_cast<T*>(&o);
 #pragma unroll
-      for (int j = 0; j < 8; j++) ob[j] = to_bf16(round_bf16(v[c][j] * inv) * to_f32(wb[j]));
+      for (int j = 0; j < 8; j++) ob[j] = from_f32<T>(round_to<T>(v[c][j] * inv) * to_f32(wb[j]));
       reinterpret_cast<uint4*>(out + (size_t)r * hidden)[chunk] = o;
     }
   }
 }
+
+#define ADD_RMS_NORM(T)                                                                                         \
+  extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                                   \
+      add_rms_norm_##T(T* residual, const T* delta, const T* weight, T* out, const uint32_t* rows, int hidden, \
+                       float eps, int write_residual) {                                                        \
+    add_rms_norm<T>(residual, delta, weight, out, rows, hidden, eps, write_residual);                          \
+  }
+ADD_RMS_NORM(bf16)
+ADD_RMS_NORM(f16)

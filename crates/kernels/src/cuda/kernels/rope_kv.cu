@@ -8,41 +8,40 @@
 // their v head (every launch is one short round, the decode case is latency-bound).
 #include "common.cuh"
 
-extern "C" __global__ void rope_qkv_cache_bf16(bf16* __restrict__ qkv, const bf16* __restrict__ bias,
-                                               const int* __restrict__ positions,
-                                               const float* __restrict__ inv_freq,
-                                               const long long* __restrict__ slot_mapping,
-                                               bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
-                                               int num_heads, int num_kv_heads, int hd) {
+template <typename T>
+__device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, const int* __restrict__ positions,
+                               const float* __restrict__ inv_freq, const long long* __restrict__ slot_mapping,
+                               T* __restrict__ k_cache, T* __restrict__ v_cache, int num_heads, int num_kv_heads,
+                               int hd) {
   const int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int half = hd / 2;
   const int q_dim = num_heads * hd, kv_dim = num_kv_heads * hd;
-  bf16* row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+  T* row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
   const long long slot = slot_mapping[t];
   const int base = head * hd;  // q heads then k heads are contiguous in the row
   float x1 = to_f32(row[base + i]), x2 = to_f32(row[base + i + half]);
   if (bias) {
-    x1 = round_bf16(x1 + to_f32(bias[base + i]));
-    x2 = round_bf16(x2 + to_f32(bias[base + i + half]));
+    x1 = round_to<T>(x1 + to_f32(bias[base + i]));
+    x2 = round_to<T>(x2 + to_f32(bias[base + i + half]));
   }
   float s, c;
   sincosf((float)positions[t] * inv_freq[i], &s, &c);
-  const bf16 o1 = to_bf16(x1 * c - x2 * s), o2 = to_bf16(x2 * c + x1 * s);
+  const T o1 = from_f32<T>(x1 * c - x2 * s), o2 = from_f32<T>(x2 * c + x1 * s);
   row[base + i] = o1;
   row[base + i + half] = o2;
   if (head >= num_heads) {
     const int kvh = head - num_heads;
     const int vat = q_dim + kv_dim + kvh * hd;
-    bf16 v1 = row[vat + i], v2 = row[vat + i + half];
+    T v1 = row[vat + i], v2 = row[vat + i + half];
     if (bias) {
-      v1 = to_bf16(to_f32(v1) + to_f32(bias[vat + i]));
-      v2 = to_bf16(to_f32(v2) + to_f32(bias[vat + i + half]));
+      v1 = from_f32<T>(to_f32(v1) + to_f32(bias[vat + i]));
+      v2 = from_f32<T>(to_f32(v2) + to_f32(bias[vat + i + half]));
       row[vat + i] = v1;
       row[vat + i + half] = v2;
     }
     if (slot >= 0) {
-      bf16* kd = k_cache + (size_t)slot * kv_dim + kvh * hd;
-      bf16* vd = v_cache + (size_t)slot * kv_dim + kvh * hd;
+      T* kd = k_cache + (size_t)slot * kv_dim + kvh * hd;
+      T* vd = v_cache + (size_t)slot * kv_dim + kvh * hd;
       kd[i] = o1;
       kd[i + half] = o2;
       vd[i] = v1;
@@ -51,9 +50,19 @@ extern "C" __global__ void rope_qkv_cache_bf16(bf16* __restrict__ qkv, const bf1
   }
 }
 
+#define ROPE_QKV_CACHE(T)                                                                                     \
+  extern "C" __global__ void rope_qkv_cache_##T(T* qkv, const T* bias, const int* positions,                 \
+                                                const float* inv_freq, const long long* slot_mapping,         \
+                                                T* k_cache, T* v_cache, int num_heads, int num_kv_heads,      \
+                                                int hd) {                                                     \
+    rope_qkv_cache<T>(qkv, bias, positions, inv_freq, slot_mapping, k_cache, v_cache, num_heads, num_kv_heads, hd); \
+  }
+ROPE_QKV_CACHE(bf16)
+ROPE_QKV_CACHE(f16)
+
 // Copies whole KV blocks (copy-on-write of a shared partial block): pairs[2j] -> pairs[2j + 1].
-// One block per pair; `block_elems` = block_size * num_kv_heads * hd.
-extern "C" __global__ void copy_kv_blocks_bf16(bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
+// One block per pair; `block_elems` = block_size * num_kv_heads * hd 16-bit elements (bf16 or f16 alike).
+extern "C" __global__ void copy_kv_blocks(uint16_t* __restrict__ k_cache, uint16_t* __restrict__ v_cache,
                                                const uint32_t* __restrict__ pairs, int block_elems) {
   const size_t from = (size_t)pairs[2 * blockIdx.x] * block_elems, to = (size_t)pairs[2 * blockIdx.x + 1] * block_elems;
   for (int i = threadIdx.x; i < block_elems; i += blockDim.x) {
