@@ -4,7 +4,7 @@
 #   .gpu-bin/pagedllm-bench    stripped release build with --features cuda
 #   .gpu-bin/gpu_decoder       the decoder-vs-CPU test binary (crates/engine/tests/gpu_decoder.rs)
 #   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
-# Usage: scripts/gpu/device-run.sh check|measure|profile|stash-model   (results under $OUT, a summary table printed last)
+# Usage: scripts/gpu/device-run.sh check|measure|profile|stash-model|parity-wide   (results under $OUT, a summary table printed last)
 #   check:   kernel tests vs the CPU backend; parity vs HF on random llama-1b, qwen2-0.5b, smollm2-135m,
 #            llama-8b checkpoints (--peaked); a short speed smoke test.
 #   measure: copy bandwidth, single-stream decode, 128 x 512/128 and 1000 x 1024/128 on llama-8b, each beside
@@ -74,6 +74,21 @@ smollm2_parity() {
     --reference .gpu-model-b/ref-bf16.json --reference-fp32 .gpu-model-b/ref-fp32.json \
     --out "$OUT/parity-smollm2-real.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
 }
+
+if [ "$MODE" = parity-wide ]; then
+  # llama-1b --peaked with 32 prompts (the check mode's 8 leave the greedy-agreement figure at the mercy of one or
+  # two early divergences): GPU bf16, GPU f16 and the CPU backend (f32), each against HF bf16 and fp32.
+  dir=$(make_model llama-1b -peaked)
+  for dt in bf16 fp32; do
+    python3 $BIN/hf_peer.py reference --model "$dir" --out "$dir/ref32-$dt.json" --dtype $dt --prompts 32 --prompt-len 32 --steps 32 >>"$OUT/peer.log" 2>&1
+  done
+  for run in "cuda bfloat16" "cuda float16" "cpu auto"; do
+    set -- $run
+    log "parity llama-1b-peaked x32 prompts: $1 $2"
+    timeout 200 $BIN/pagedllm-bench parity --device $1 --dtype $2 --model "$dir" --reference "$dir/ref32-bf16.json" \
+      --reference-fp32 "$dir/ref32-fp32.json" --out "$OUT/parity-llama-1b-x32-$1-$2.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+  done
+fi
 
 if [ "$MODE" = stash-model ]; then
   mkdir -p /tmp/smol && cp .gpu-model-a/smollm2.part-a /tmp/smol/ && ls -la /tmp/smol

@@ -142,6 +142,7 @@ impl Totals {
 pub fn run(args: &[String]) -> Result<bool, String> {
     let (mut model, mut reference, mut reference32, mut out) = (None, None, None, None);
     let mut device = "cpu".to_string();
+    let mut dtype = "auto".to_string();
     let (mut lp_tol, mut greedy_min) = (0.05f64, 0.9f64);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -152,6 +153,7 @@ pub fn run(args: &[String]) -> Result<bool, String> {
             "--reference-fp32" => reference32 = Some(val()?),
             "--out" => out = Some(val()?),
             "--device" => device = val()?,
+            "--dtype" => dtype = val()?,
             "--logprob-tolerance" => lp_tol = val()?.parse().map_err(|e| format!("{e}"))?,
             "--greedy-min-match" => greedy_min = val()?.parse().map_err(|e| format!("{e}"))?,
             _ => return Err(format!("unknown flag {flag}")),
@@ -175,6 +177,7 @@ pub fn run(args: &[String]) -> Result<bool, String> {
         .unwrap_or(1);
     let config = EngineConfig {
         device: device.clone(),
+        dtype: dtype.clone(),
         max_num_seqs: 3 * r.items.len().max(1),
         max_model_len: Some((longest + 16).next_multiple_of(16)),
         // Every teacher-forced position must be computed, never served from the cache.
