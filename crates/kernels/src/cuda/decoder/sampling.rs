@@ -109,10 +109,10 @@ impl CudaDecoder {
         for (r, p) in rows.iter().enumerate() {
             if ids[r] as usize >= vocab {
                 return Err(CudaError::Unsupported(format!(
-                    "no token can be sampled in row {r}: every logit is -inf after processing"
+                    "no token can be sampled in row {r}: the logits contain NaN or every logit is -inf after processing"
                 )));
             }
-            let k = p.num_top_logprobs.max(0) as usize;
+            let k = (p.num_top_logprobs.max(0) as usize).min(vocab);
             let base = r * MAX_DEVICE_TOP_LOGPROBS;
             out.push(DeviceSample {
                 token: ids[r],

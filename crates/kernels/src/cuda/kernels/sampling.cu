@@ -17,7 +17,7 @@
 #define SAMPLE_THREADS 1024  // the block reductions below assume exactly 32 warps
 #define MAX_TOP_LOGPROBS 20
 #define FIXED_ONE 1099511627776.0  // 2^40
-#define NO_TOKEN 0xffffffffu       // nothing could be sampled (every logit -inf after processing)
+#define NO_TOKEN 0xffffffffu       // nothing could be sampled (NaN logits, or every logit -inf after processing)
 
 // Mirrors `DeviceSampleParams` in decoder/sampling.rs (48 bytes).
 struct SampleParams {
@@ -51,9 +51,11 @@ __device__ __forceinline__ uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
 }
 
 __device__ __forceinline__ float gumbel(uint64_t seed, uint32_t i) {
-  // 24 random bits -> u in (0, 1).
-  const float u = ((float)(mix64(seed ^ (0x9e3779b97f4a7c15ull * (i + 1))) >> 40) + 0.5f) * (1.0f / 16777216.0f);
-  return -__logf(-__logf(u));
+  // 23 random bits -> u in [2^-24, 1 - 2^-24]: (x + 0.5) is exact below 2^23, so u never rounds to 1 (with 24
+  // bits, x = 2^24 - 1 gave u == 1 and +inf noise: a uniformly random token ~V / 2^24 of the time). Accurate
+  // logf: near u = 1, -log(u) ~ 6e-8 is below __logf's absolute error.
+  const float u = ((float)(mix64(seed ^ (0x9e3779b97f4a7c15ull * (i + 1))) >> 41) + 0.5f) * (1.0f / 8388608.0f);
+  return -logf(-logf(u));
 }
 
 // Float -> unsigned key with the same order (larger float, larger key), and back.
@@ -71,7 +73,10 @@ struct Best {
 };
 
 __device__ __forceinline__ Best better(Best a, Best b) {
-  // Ties go to the lower id (as the CPU sampler's argmax does).
+  // Ties go to the lower id (as the CPU sampler's argmax does). NaN loses to everything (and between NaNs the
+  // lower id wins), so the order is total and every lane of a reduction ends with the same answer.
+  const bool an = a.score != a.score, bn = b.score != b.score;
+  if (an || bn) return (an && bn) ? (b.id < a.id ? b : a) : (an ? b : a);
   return (b.score > a.score || (b.score == a.score && b.id < a.id)) ? b : a;
 }
 
@@ -386,7 +391,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 
   // 4. The sampled token's raw log-prob and rank (count of raw logits >= its raw logit).
   const int token = best.id;
-  const bool none = best.score == -INFINITY || token >= vocab;
+  // NaN anywhere in the raw row makes the log-sum-exp NaN: refused like the CPU sampler does (uniform per block).
+  const bool none = best.score == -INFINITY || best.score != best.score || token >= vocab || lse != lse;
   __syncthreads();
   if (threadIdx.x == 0) s_raw = none ? 0.f : row[token];
   __syncthreads();
