@@ -152,7 +152,7 @@ impl KernelNames {
     }
 }
 
-/// Host-side staging reused across steps (so the decode path allocates nothing per step).
+/// Host-side staging reused across steps (so a step's staging allocates nothing once the vectors have grown).
 #[derive(Default)]
 struct HostScratch {
     ids: Vec<u32>,
@@ -160,6 +160,9 @@ struct HostScratch {
     slots: Vec<i64>,
     /// 0, 1, 2, ...: query starts, logits rows and tiles of a padded decode.
     iota: Vec<u32>,
+    /// Attention tiles of an eager step (see `fill_tiles`).
+    tile_seq: Vec<u32>,
+    tile_q0: Vec<u32>,
 }
 
 /// Copy-on-write pairs uploaded per launch.

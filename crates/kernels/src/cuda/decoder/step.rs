@@ -86,14 +86,16 @@ impl CudaDecoder {
         self.launch_body(shape)
     }
 
-    /// Attention tiles of a batch as (sequence, first query offset) lists, and how many lead the lists. With
-    /// a head dim the tensor-core kernel serves, every sequence is tiled for it (`flash_q_tile` tokens per
-    /// tile; a decode is one tile) and none lead; otherwise every sequence goes to the CUDA-core kernel in
-    /// runs of `attention_q_tile`, and all lead.
-    pub(super) fn tiles(&self, batch: &InputBatch) -> (Vec<u32>, Vec<u32>, usize) {
+    /// Fills the host scratch with the batch's attention tiles as (sequence, first query offset) lists and
+    /// returns how many lead the lists. With a head dim the tensor-core kernel serves, every sequence is tiled
+    /// for it (`flash_q_tile` tokens per tile; a decode is one tile) and none lead; otherwise every sequence goes
+    /// to the CUDA-core kernel in runs of `attention_q_tile`, and all lead.
+    pub(super) fn fill_tiles(&mut self, batch: &InputBatch) -> usize {
         let flash = self.shape.flash_q_tile().filter(|_| self.flash_attention);
         let step = flash.unwrap_or_else(|| self.shape.attention_q_tile());
-        let (mut seq, mut q0) = (Vec::new(), Vec::new());
+        let (seq, q0) = (&mut self.scratch.tile_seq, &mut self.scratch.tile_q0);
+        seq.clear();
+        q0.clear();
         for s in 0..batch.num_seqs() {
             let len = (batch.query_start_loc[s + 1] - batch.query_start_loc[s]) as usize;
             for start in (0..len).step_by(step) {
@@ -101,12 +103,16 @@ impl CudaDecoder {
                 q0.push(start as u32);
             }
         }
-        let leading = if flash.is_some() { 0 } else { seq.len() };
-        (seq, q0, leading)
+        if flash.is_some() {
+            0
+        } else {
+            seq.len()
+        }
     }
 
     pub(super) fn upload_batch(&mut self, batch: &InputBatch) -> Result<StepShape, CudaError> {
-        let (tile_seq, tile_q0, core_tiles) = self.tiles(batch);
+        let core_tiles = self.fill_tiles(batch);
+        let (tile_seq, tile_q0) = (&self.scratch.tile_seq, &self.scratch.tile_q0);
         let g = &self.gpu;
         let inp = &self.inputs;
         g.upload(inp.tokens.ptr(), &batch.token_ids)?;
@@ -116,8 +122,8 @@ impl CudaDecoder {
         g.upload(inp.seq_lens.ptr(), &batch.seq_lens)?;
         g.upload(inp.block_tables.ptr(), &batch.block_tables)?;
         g.upload(inp.logits_indices.ptr(), &batch.logits_indices)?;
-        g.upload(inp.tile_seq.ptr(), &tile_seq)?;
-        g.upload(inp.tile_q0.ptr(), &tile_q0)?;
+        g.upload(inp.tile_seq.ptr(), tile_seq)?;
+        g.upload(inp.tile_q0.ptr(), tile_q0)?;
         Ok(StepShape {
             tokens: batch.num_tokens(),
             width: batch.max_blocks_per_seq,
