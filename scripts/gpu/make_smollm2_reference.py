@@ -14,20 +14,15 @@ is made here (torch is not on the GPU machine's path to this model) and carried 
 import argparse
 import json
 import os
+import sys
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-PROMPTS = [
-    "The capital of France is",
-    "Hello, my name is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "1, 2, 3, 4, 5,",
-    "Water boils at a temperature of",
-    "The quick brown fox",
-]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from make_parity_fixture import PROMPTS as FIXTURE_PROMPTS  # noqa: E402  (the CPU parity fixture's prompts)
+
+PROMPTS = FIXTURE_PROMPTS + ["Water boils at a temperature of", "The quick brown fox"]
 
 
 @torch.inference_mode()

@@ -57,8 +57,7 @@ impl CudaDecoder {
         StepShape {
             tokens: size,
             width: self.max_blocks_per_seq,
-            tiles: if self.uses_flash_attention() { 0 } else { size },
-            flash_tiles: if self.uses_flash_attention() { size } else { 0 },
+            tiles: size,
             logits_rows: size,
         }
     }

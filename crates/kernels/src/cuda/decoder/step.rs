@@ -49,10 +49,8 @@ pub(super) struct StepShape {
     pub tokens: usize,
     /// Block-table row width.
     pub width: usize,
-    /// Tiles of the CUDA-core attention kernel (head dim 256), listed first in the tile buffers.
+    /// Attention tiles (for the tensor-core kernel when `uses_flash_attention`, else the CUDA-core one).
     pub tiles: usize,
-    /// Tiles of the tensor-core attention kernel, listed after them.
-    pub flash_tiles: usize,
     pub logits_rows: usize,
 }
 
@@ -86,13 +84,15 @@ impl CudaDecoder {
         self.launch_body(shape)
     }
 
-    /// Fills the host scratch with the batch's attention tiles as (sequence, first query offset) lists and
-    /// returns how many lead the lists. With a head dim the tensor-core kernel serves, every sequence is tiled
-    /// for it (`flash_q_tile` tokens per tile; a decode is one tile) and none lead; otherwise every sequence goes
-    /// to the CUDA-core kernel in runs of `attention_q_tile`, and all lead.
-    pub(super) fn fill_tiles(&mut self, batch: &InputBatch) -> usize {
-        let flash = self.shape.flash_q_tile().filter(|_| self.flash_attention);
-        let step = flash.unwrap_or_else(|| self.shape.attention_q_tile());
+    /// Fills the host scratch with the batch's attention tiles as (sequence, first query offset) lists: runs of
+    /// `flash_q_tile` tokens for the tensor-core kernel (a decode is one tile), else of `attention_q_tile` for
+    /// the CUDA-core kernel (head dim 256, or `PAGEDLLM_CUDA_ATTENTION=core`).
+    pub(super) fn fill_tiles(&mut self, batch: &InputBatch) {
+        let step = if self.uses_flash_attention() {
+            self.shape.flash_q_tile().unwrap_or(1)
+        } else {
+            self.shape.attention_q_tile()
+        };
         let (seq, q0) = (&mut self.scratch.tile_seq, &mut self.scratch.tile_q0);
         seq.clear();
         q0.clear();
@@ -103,15 +103,10 @@ impl CudaDecoder {
                 q0.push(start as u32);
             }
         }
-        if flash.is_some() {
-            0
-        } else {
-            seq.len()
-        }
     }
 
     pub(super) fn upload_batch(&mut self, batch: &InputBatch) -> Result<StepShape, CudaError> {
-        let core_tiles = self.fill_tiles(batch);
+        self.fill_tiles(batch);
         let (tile_seq, tile_q0) = (&self.scratch.tile_seq, &self.scratch.tile_q0);
         let g = &self.gpu;
         let inp = &self.inputs;
@@ -127,8 +122,7 @@ impl CudaDecoder {
         Ok(StepShape {
             tokens: batch.num_tokens(),
             width: batch.max_blocks_per_seq,
-            tiles: core_tiles,
-            flash_tiles: tile_seq.len() - core_tiles,
+            tiles: tile_seq.len(),
             logits_rows: batch.logits_indices.len(),
         })
     }
@@ -140,7 +134,6 @@ impl CudaDecoder {
             tokens: t,
             width,
             tiles,
-            flash_tiles,
             logits_rows,
         } = shape;
         let g = &self.gpu;
@@ -180,8 +173,12 @@ impl CudaDecoder {
         let k = &self.kernels;
         let (attention, combine) = (&k.attention, &k.attention_combine);
         let (flash, flash_combine) = (&k.flash_attention, &k.flash_attention_combine);
-        let splits = attention_splits(tiles, s.num_kv_heads);
-        let flash_splits = flash_splits(flash_tiles, s.num_kv_heads, t, s.num_heads);
+        let flash_on = self.uses_flash_attention();
+        let splits = if flash_on {
+            flash_splits(tiles, s.num_kv_heads, t, s.num_heads)
+        } else {
+            attention_splits(tiles, s.num_kv_heads)
+        };
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             // Layer 0 normalizes the embeddings; later layers first add the previous MLP output.
@@ -215,7 +212,7 @@ impl CudaDecoder {
                     Arg::I32(s.head_dim as i32),
                 ],
             )?;
-            if tiles > 0 {
+            if tiles > 0 && !flash_on {
                 g.launch(
                     attention,
                     (tiles as u32, s.num_kv_heads as u32, splits as u32),
@@ -262,12 +259,11 @@ impl CudaDecoder {
                     )?;
                 }
             }
-            if flash_tiles > 0 {
-                let tile_offset = (tiles * std::mem::size_of::<u32>()) as u64;
-                let (tile_seq, tile_q0) = (inp.tile_seq.ptr() + tile_offset, inp.tile_q0.ptr() + tile_offset);
+            if tiles > 0 && flash_on {
+                let (tile_seq, tile_q0) = (inp.tile_seq.ptr(), inp.tile_q0.ptr());
                 g.launch_with_shared(
                     flash,
-                    (flash_tiles as u32, s.num_kv_heads as u32, flash_splits as u32),
+                    (tiles as u32, s.num_kv_heads as u32, splits as u32),
                     128,
                     flash_shared_bytes(s.head_dim) as u32,
                     &[
@@ -286,16 +282,16 @@ impl CudaDecoder {
                         Arg::I32(s.num_kv_heads as i32),
                         Arg::I32(self.opts.block_size as i32),
                         Arg::F32(scale),
-                        Arg::I32(flash_splits as i32),
+                        Arg::I32(splits as i32),
                         Arg::I32(t as i32),
                         Arg::Ptr(a.flash_part_acc.ptr()),
                         Arg::Ptr(a.flash_part_ml.ptr()),
                     ],
                 )?;
-                if flash_splits > 1 {
+                if splits > 1 {
                     g.launch(
                         flash_combine,
-                        (flash_tiles as u32, s.num_kv_heads as u32, 1),
+                        (tiles as u32, s.num_kv_heads as u32, 1),
                         128,
                         &[
                             Arg::Ptr(inp.query_start_loc.ptr()),
@@ -304,7 +300,7 @@ impl CudaDecoder {
                             Arg::Ptr(a.attn.ptr()),
                             Arg::I32(s.num_heads as i32),
                             Arg::I32(s.num_kv_heads as i32),
-                            Arg::I32(flash_splits as i32),
+                            Arg::I32(splits as i32),
                             Arg::I32(t as i32),
                             Arg::Ptr(a.flash_part_acc.ptr()),
                             Arg::Ptr(a.flash_part_ml.ptr()),
