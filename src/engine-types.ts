@@ -41,8 +41,11 @@ export const llmOptionsSchema = z
     gpuMemoryUtilization: z.number().gt(0, 'must be > 0').max(1, 'must be <= 1'),
     /** GPU: run every step eagerly, without CUDA graphs. */
     enforceEager: z.boolean(),
-    /** GPU: weights, activations and KV cache type (vLLM's `--dtype`): `auto` (the checkpoint's), `bfloat16`, `float16`/`half`. */
-    dtype: z.enum(['auto', 'bfloat16', 'float16', 'half']),
+    /**
+     * GPU: weights, activations and KV cache type (vLLM's `--dtype`): `auto` (the checkpoint's), `bfloat16`,
+     * `float16`/`half`, or `float32`/`float` (the reference type: exact f32, twice the memory, slower).
+     */
+    dtype: z.enum(['auto', 'bfloat16', 'float16', 'half', 'float32', 'float']),
   })
   .partial()
   .strict();

@@ -45,7 +45,7 @@ describe('loading', () => {
     expect((bad as ValidationError).param).toBe('device');
     const frac = await LLM.create({ ...TEST_ENGINE, gpuMemoryUtilization: 1.5 }).then(() => undefined, (e: unknown) => e);
     expect((frac as ValidationError).param).toBe('gpuMemoryUtilization');
-    const dtype = await LLM.create({ ...TEST_ENGINE, dtype: 'float32' as 'auto' }).then(() => undefined, (e: unknown) => e);
+    const dtype = await LLM.create({ ...TEST_ENGINE, dtype: 'int8' as 'auto' }).then(() => undefined, (e: unknown) => e);
     expect((dtype as ValidationError).param).toBe('dtype');
     // The npm package's default build has no CUDA backend (PAGEDLLM_CUDA=1 builds one); without a GPU the CUDA
     // build refuses too. Either way the error names the cause and nothing crashes.

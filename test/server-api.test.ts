@@ -551,7 +551,8 @@ describe('pagedllm serve flags', () => {
       enforceEager: true,
       dtype: 'half',
     });
-    expect(() => parseServeArgs(['--dtype', 'float32'], {})).toThrow(/--dtype must be one of auto, bfloat16, float16, half/);
+    expect(parseServeArgs(['--dtype', 'float32'], {})!.engine.dtype).toBe('float32');
+    expect(() => parseServeArgs(['--dtype', 'int8'], {})).toThrow(/--dtype must be one of auto, bfloat16, float16, half, float32, float/);
     expect(() => parseServeArgs(['--gpu-memory-utilization', '1.2'], {})).toThrow(/gpu-memory-utilization/);
     expect(() => parseServeArgs(['--port', 'x'], {})).toThrow(/--port/);
     expect(() => parseServeArgs(['--bogus'], {})).toThrow(/bogus/);

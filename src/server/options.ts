@@ -76,7 +76,7 @@ model and engine:
   --device D                      cpu (default), cuda or cuda:N (a build with the CUDA backend)
   --gpu-memory-utilization F      GPU memory share for weights + activations + KV cache (default 0.9)
   --enforce-eager                 GPU: no CUDA graphs
-  --dtype T                       GPU: auto (default: the checkpoint's), bfloat16, float16 or half
+  --dtype T                       GPU: auto (default: the checkpoint's), bfloat16, float16 (half) or float32 (float)
   --enable-prefix-caching / --no-enable-prefix-caching
   --chat-template FILE|TEMPLATE   a Jinja chat template file, or the template itself
   --seed N                        default seed for requests that set none
@@ -183,7 +183,7 @@ export function parseServeArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   }
   if (v['enforce-eager']) engine.enforceEager = true;
   if (v.dtype !== undefined) {
-    const dtypes = ['auto', 'bfloat16', 'float16', 'half'] as const;
+    const dtypes = ['auto', 'bfloat16', 'float16', 'half', 'float32', 'float'] as const;
     const d = dtypes.find((t) => t === v.dtype);
     if (!d) throw new UsageError(`--dtype must be one of ${dtypes.join(', ')}, got '${v.dtype}'`);
     engine.dtype = d;

@@ -11,7 +11,7 @@
 //! PASS means the engine is at least as close to float32 as HF-bf16 is (mean and max within 10%), or within
 //! `--logprob-tolerance` outright, and its greedy tokens agree with float32's at least as often as HF-bf16's
 //! do (within 0.1) or at `--greedy-min-match`. Without an fp32 file, PASS is the plain thresholds against the
-//! bf16 reference. All requests go in at once (batched, as served). Prints one JSON document; exit 1 on FAIL.
+//! one reference (an fp32 engine run, `--dtype float32`, is held to them against HF's fp32 reference). All requests go in at once (batched, as served). Prints one JSON document; exit 1 on FAIL.
 
 use pagedllm_engine::engine::{LLMEngine, RequestStream};
 use pagedllm_engine::{EngineConfig, SamplingParams};
@@ -219,7 +219,7 @@ pub fn run(args: &[String]) -> Result<bool, String> {
         vs16.total += item.greedy.len();
         let mut entry = json!({
             "prompt_len": item.prompt.len(),
-            "vs_bf16": {"max": d16.0, "mean": d16.1, "greedy_match": agree(&tokens, &item.greedy) as f64 / item.greedy.len().max(1) as f64,
+            "vs_reference": {"max": d16.0, "mean": d16.1, "greedy_match": agree(&tokens, &item.greedy) as f64 / item.greedy.len().max(1) as f64,
                         "first_greedy_difference": tokens.iter().zip(&item.greedy).position(|(a, b)| a != b)},
         });
         if let (Some(r32), Some(s32)) = (&r32, scored32) {
@@ -245,7 +245,10 @@ pub fn run(args: &[String]) -> Result<bool, String> {
     let (pass, criterion) = match &r32 {
         None => (
             plain,
-            "vs the bf16 reference: max |dlogprob| <= tolerance and greedy match >= minimum".to_string(),
+            format!(
+                "vs the {} reference: max |dlogprob| <= tolerance and greedy match >= minimum",
+                r.dtype
+            ),
         ),
         Some(_) => {
             let lp_ok = vs32_prompt.max <= lp_tol.max(1.1 * hf16_vs32.max)
@@ -261,7 +264,7 @@ pub fn run(args: &[String]) -> Result<bool, String> {
         "reference": reference,
         "reference_dtype": r.dtype,
         "reference_fp32": reference32,
-        "vs_bf16": vs16.json(),
+        "vs_reference": vs16.json(),
         "vs_fp32": r32.as_ref().map(|_| vs32.json()),
         "vs_fp32_prompt_positions": r32.as_ref().map(|_| vs32_prompt.json()),
         "hf_bf16_vs_fp32_prompt_positions": r32.as_ref().map(|_| hf16_vs32.json()),
@@ -286,7 +289,8 @@ pub fn run(args: &[String]) -> Result<bool, String> {
         String::new()
     };
     eprintln!(
-        "parity {model} on {device}: vs bf16 max |dlogprob| {:.4} mean {:.4}, greedy {:.3}{floor}: {}",
+        "parity {model} on {device} (dtype {dtype}): vs HF {} max |dlogprob| {:.4} mean {:.4}, greedy {:.3}{floor}: {}",
+        r.dtype,
         vs16.max,
         vs16.mean(),
         vs16.greedy(),

@@ -41,7 +41,8 @@ pub struct EngineConfig {
     /// GPU backends: run every step eagerly, without CUDA graphs (vLLM's `--enforce-eager`).
     pub enforce_eager: bool,
     /// GPU backends: weights, activations and KV cache type: `auto` (the checkpoint's: f16 for f16 models,
-    /// else bf16), `bfloat16` or `float16` (vLLM's `--dtype`; `half` = float16). The CPU backend computes in f32.
+    /// else bf16), `bfloat16`, `float16` (`half`) or `float32` (`float`; the reference type: exact f32 GEMMs, half
+    /// the speed and twice the memory), as vLLM's `--dtype`. The CPU backend computes in f32.
     pub dtype: String,
 }
 
@@ -51,6 +52,7 @@ pub enum DtypeChoice {
     Auto,
     Bfloat16,
     Float16,
+    Float32,
 }
 
 impl DtypeChoice {
@@ -59,7 +61,10 @@ impl DtypeChoice {
             "auto" | "" => Ok(Self::Auto),
             "bfloat16" | "bf16" => Ok(Self::Bfloat16),
             "float16" | "half" | "fp16" | "f16" => Ok(Self::Float16),
-            _ => Err(format!("unknown dtype {s:?}; expected auto, bfloat16 or float16")),
+            "float32" | "float" | "fp32" | "f32" => Ok(Self::Float32),
+            _ => Err(format!(
+                "unknown dtype {s:?}; expected auto, bfloat16, float16 or float32"
+            )),
         }
     }
 }
@@ -114,9 +119,11 @@ mod tests {
         assert_eq!(DtypeChoice::parse("auto"), Ok(DtypeChoice::Auto));
         assert_eq!(DtypeChoice::parse("BFloat16"), Ok(DtypeChoice::Bfloat16));
         assert_eq!(DtypeChoice::parse("half"), Ok(DtypeChoice::Float16));
-        assert!(DtypeChoice::parse("float32")
+        assert_eq!(DtypeChoice::parse("float32"), Ok(DtypeChoice::Float32));
+        assert_eq!(DtypeChoice::parse("float"), Ok(DtypeChoice::Float32));
+        assert!(DtypeChoice::parse("int8")
             .unwrap_err()
-            .contains("bfloat16 or float16"));
+            .contains("bfloat16, float16 or float32"));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use pagedllm_engine::model::device_weights::{decoder_shape, weight_16};
+use pagedllm_engine::model::device_weights::{decoder_shape, device_weight};
 use pagedllm_engine::model::llama::LlamaModel;
 use pagedllm_engine::model::{ModelConfig, RopeScaling, WeightStore};
 use pagedllm_engine::runner::{build_input_batch, ScheduledSeq};
@@ -168,7 +168,7 @@ fn gpu_decoder(
         num_blocks_override: Some(num_blocks),
         enforce_eager,
     };
-    let mut fetch = |n: &str, r: usize, c: usize, t: ActivationDtype| weight_16(ws, n, r, c, t);
+    let mut fetch = |n: &str, r: usize, c: usize, t: ActivationDtype| device_weight(ws, n, r, c, t);
     let mut gpu = CudaDecoder::load(&opts, &decoder_shape(cfg, ws), &mut fetch).unwrap();
     gpu.poison(true).unwrap();
     gpu
@@ -288,6 +288,21 @@ fn decoder_in_float16_matches_cpu_on_chunked_prefill_and_decode() {
     }
 }
 
+/// f32 weights, activations and KV cache (the reference type): every kernel must agree with the f32 CPU backend
+/// to summation-order noise, which leaves no room for a wrong rounding or a misplaced element that bf16's
+/// tolerance could hide.
+const TOL_F32: f64 = 1e-3;
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn decoder_in_float32_matches_cpu_to_rounding_noise() {
+    for ci in 0..CASES.len() {
+        for trial in 0..2u64 {
+            chunked_prefill_and_decode(ci, trial, ActivationDtype::F32, TOL_F32);
+        }
+    }
+}
+
 /// Prompt = all but the last 8 tokens, in two chunks (the second reads the first's blocks); then 8 decode steps.
 /// Trial 1 has long prompts: many KV tiles and query tiles per chunk in the attention kernel.
 fn chunked_prefill_and_decode(ci: usize, trial: u64, dtype: ActivationDtype, tol: f64) {
@@ -349,8 +364,8 @@ fn decoder_matches_cpu_for_batches_of_1_to_256() {
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
 fn decode_graphs_give_the_eager_results_at_padded_batch_sizes() {
-    let (bf16, f16) = (ActivationDtype::Bf16, ActivationDtype::F16);
-    for (case, dtype) in [(&CASES[1], bf16), (&CASES[3], bf16), (&CASES[3], f16)] {
+    let (bf16, f16, f32) = (ActivationDtype::Bf16, ActivationDtype::F16, ActivationDtype::F32);
+    for (case, dtype) in [(&CASES[1], bf16), (&CASES[3], bf16), (&CASES[3], f16), (&CASES[2], f32)] {
         let cfg = config(case);
         let mut rng = ChaCha8Rng::seed_from_u64(99);
         let ws = weights(&cfg, &mut rng, 1.0);

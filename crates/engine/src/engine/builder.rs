@@ -9,7 +9,7 @@ use pagedllm_kernels::cpu::KvCache;
 use crate::config::{Device, DtypeChoice, EngineConfig};
 use crate::error::{EngineError, Result};
 use crate::loader::{load_model, GenerationDefaults};
-use crate::model::device_weights::{auto_dtype, decoder_shape, weight_16};
+use crate::model::device_weights::{auto_dtype, decoder_shape, device_weight};
 use crate::model::llama::LlamaModel;
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -116,6 +116,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
                 DtypeChoice::Auto => auto_dtype(&loaded.weights),
                 DtypeChoice::Bfloat16 => ActivationDtype::Bf16,
                 DtypeChoice::Float16 => ActivationDtype::F16,
+                DtypeChoice::Float32 => ActivationDtype::F32,
             };
             let opts = pagedllm_kernels::cuda::CudaOptions {
                 ordinal,
@@ -130,7 +131,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             };
             let shape = decoder_shape(&mc, &loaded.weights);
             let mut fetch = |name: &str, rows: usize, cols: usize, dtype: ActivationDtype| {
-                weight_16(&loaded.weights, name, rows, cols, dtype)
+                device_weight(&loaded.weights, name, rows, cols, dtype)
             };
             let dec = pagedllm_kernels::cuda::CudaDecoder::load(&opts, &shape, &mut fetch)
                 .map_err(|e| EngineError::Backend(e.to_string()))?;

@@ -1,6 +1,7 @@
 //! Hands the model's weights to a GPU backend: the decoder's shape from the `ModelConfig`, and each tensor as
-//! row-major bf16 or f16 bits (a tensor already in that type is passed through; others — f32, the other 16-bit
-//! type, GGUF quantized — are dequantized and rounded at load; quantized GPU kernels come later).
+//! row-major values in the GPU's float type (bf16, f16 or f32 little-endian bytes; a tensor already in that type
+//! is passed through, others — another float type, GGUF quantized — are dequantized and rounded at load;
+//! quantized GPU kernels come later).
 
 use pagedllm_kernels::cuda::{ActivationDtype, DecoderShape};
 use pagedllm_kernels::{quant, GgmlType};
@@ -36,13 +37,13 @@ pub fn auto_dtype(weights: &WeightStore) -> ActivationDtype {
 }
 
 /// Tensor `name` as `rows x cols` values encoded in `dtype` (1-D tensors are asked for as `1 x len`).
-pub fn weight_16(
+pub fn device_weight(
     weights: &WeightStore,
     name: &str,
     rows: usize,
     cols: usize,
     dtype: ActivationDtype,
-) -> Result<Vec<u16>, String> {
+) -> Result<Vec<u8>, String> {
     let w = weights.matrix(name).map_err(|e| e.to_string())?;
     if w.rows * w.cols != rows * cols || (rows > 1 && (w.rows, w.cols) != (rows, cols)) {
         return Err(format!(
@@ -50,27 +51,61 @@ pub fn weight_16(
             w.rows, w.cols
         ));
     }
-    let mut out = vec![0u16; rows * cols];
+    let size = dtype.bytes();
+    let mut out = vec![0u8; rows * cols * size];
     let src = w.dtype;
     let same = matches!(
         (src, dtype),
-        (GgmlType::BF16, ActivationDtype::Bf16) | (GgmlType::F16, ActivationDtype::F16)
+        (GgmlType::BF16, ActivationDtype::Bf16)
+            | (GgmlType::F16, ActivationDtype::F16)
+            | (GgmlType::F32, ActivationDtype::F32)
     );
-    out.par_chunks_mut(w.cols).enumerate().for_each_init(
+    out.par_chunks_mut(w.cols * size).enumerate().for_each_init(
         || Vec::new(),
         |row: &mut Vec<f32>, (r, dst)| {
             if same {
-                for (d, b) in dst.iter_mut().zip(w.row(r).chunks_exact(2)) {
-                    *d = u16::from_le_bytes([b[0], b[1]]);
-                }
+                dst.copy_from_slice(w.row(r));
             } else {
-                row.resize(dst.len(), 0.0);
+                row.resize(w.cols, 0.0);
                 quant::dequantize_row(src, w.row(r), row);
-                for (d, &x) in dst.iter_mut().zip(row.iter()) {
-                    *d = dtype.encode(x);
+                for (d, &x) in dst.chunks_exact_mut(size).zip(row.iter()) {
+                    dtype.encode_into(x, d);
                 }
             }
         },
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pagedllm_kernels::{Storage, WeightMatrix};
+
+    #[test]
+    fn weights_arrive_encoded_in_the_asked_type() {
+        let values: Vec<f32> = (0..12).map(|i| i as f32 * 0.375 - 2.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut store = WeightStore::default();
+        store.insert(
+            "w",
+            WeightMatrix::new(GgmlType::F32, 3, 4, Storage::Owned(std::sync::Arc::new(bytes))).unwrap(),
+        );
+        for dtype in [ActivationDtype::Bf16, ActivationDtype::F16, ActivationDtype::F32] {
+            let bytes = device_weight(&store, "w", 3, 4, dtype).unwrap();
+            assert_eq!(bytes.len(), 12 * dtype.bytes());
+            let back: Vec<f32> = bytes
+                .chunks_exact(dtype.bytes())
+                .map(|b| match dtype {
+                    ActivationDtype::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    ActivationDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    ActivationDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                })
+                .collect();
+            assert_eq!(back, values, "{dtype:?}"); // multiples of 1/8 in [-2, 2.2]: exact in every type
+        }
+        assert!(device_weight(&store, "w", 4, 3, ActivationDtype::F32)
+            .unwrap_err()
+            .contains("expected [4, 3]"));
+    }
 }

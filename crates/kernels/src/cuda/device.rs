@@ -15,6 +15,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::error::CudaError;
 use super::ptx::MODULES;
+use super::ActivationDtype;
 
 pub(crate) fn driver_err(context: impl Into<String>) -> impl FnOnce(DriverError) -> CudaError {
     let context = context.into();
@@ -74,6 +75,36 @@ impl<T> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         // SAFETY: allocated by malloc_sync and freed once; errors at teardown cannot be acted on.
         let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// An allocation of `len` values of the decoder's float type (2 or 4 bytes each, per `ActivationDtype`):
+/// weights, activations and the KV cache, whose element size is known only at run time.
+pub(crate) struct FloatBuffer {
+    buf: DeviceBuffer<u8>,
+    elem: usize,
+}
+
+impl FloatBuffer {
+    pub fn alloc(len: usize, dtype: ActivationDtype, what: &str) -> Result<Self, CudaError> {
+        Ok(Self {
+            buf: DeviceBuffer::alloc(len * dtype.bytes(), what)?,
+            elem: dtype.bytes(),
+        })
+    }
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+    /// Values held.
+    pub fn len(&self) -> usize {
+        self.buf.len() / self.elem
+    }
+    /// Device address of value `i`.
+    pub fn at(&self, i: usize) -> u64 {
+        self.buf.at(i * self.elem)
+    }
+    pub fn ptr(&self) -> u64 {
+        self.buf.ptr()
     }
 }
 

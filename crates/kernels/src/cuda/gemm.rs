@@ -1,5 +1,6 @@
 //! GEMMs through cuBLASLt: `y[T, N] = x[T, K] * W[N, K]^T` with row-major activations and HF-layout weights,
-//! bf16 or f16 inputs (the decoder's `ActivationDtype`), f32 accumulation, output in the input type or f32.
+//! bf16, f16 or f32 inputs (the decoder's `ActivationDtype`), f32 accumulation (true f32 products for f32
+//! inputs: the compute type is CUBLAS_COMPUTE_32F, never the TF32 one), output in the input type or f32.
 //!
 //! `PAGEDLLM_CUDA_GEMV=1` sends products of `T <= GEMV_MAX_T` tokens to our own `gemv` kernel instead. It is
 //! off by default because it measured slower: Llama-3-8B shape, H200, batch-1 decode 173.9 tok/s with it vs
@@ -22,7 +23,7 @@ use super::ActivationDtype;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum OutType {
-    /// The activation type (bf16 or f16, as the inputs).
+    /// The activation type (as the inputs).
     Act,
     F32,
 }
@@ -66,6 +67,7 @@ impl Gemm {
         let input_type = match dtype {
             ActivationDtype::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
             ActivationDtype::F16 => sys::cudaDataType_t::CUDA_R_16F,
+            ActivationDtype::F32 => sys::cudaDataType_t::CUDA_R_32F,
         };
         Ok(Self {
             // The gemv kernel is bf16 only.
@@ -81,9 +83,9 @@ impl Gemm {
         let key = (n, t, k, out);
         if !self.plans.contains_key(&key) {
             let ctx = "planning a matmul";
-            let half = self.input_type;
+            let input = self.input_type;
             let out_ty = match out {
-                OutType::Act => half,
+                OutType::Act => input,
                 OutType::F32 => sys::cudaDataType_t::CUDA_R_32F,
             };
             // SAFETY: descriptor calls with valid arguments; each created object is owned by the Plan.
@@ -102,8 +104,8 @@ impl Gemm {
                 )
                 .map_err(blas_err(ctx))?;
                 // A = W: column-major [K, N] (ld K), used transposed; B = x: column-major [K, T]; C: [N, T].
-                let a = lt::create_matrix_layout(half, k as u64, n as u64, k as i64).map_err(blas_err(ctx))?;
-                let b = lt::create_matrix_layout(half, k as u64, t as u64, k as i64).map_err(blas_err(ctx))?;
+                let a = lt::create_matrix_layout(input, k as u64, n as u64, k as i64).map_err(blas_err(ctx))?;
+                let b = lt::create_matrix_layout(input, k as u64, t as u64, k as i64).map_err(blas_err(ctx))?;
                 let c = lt::create_matrix_layout(out_ty, n as u64, t as u64, n as i64).map_err(blas_err(ctx))?;
                 let pref = lt::create_matmul_pref().map_err(blas_err(ctx))?;
                 let ws = WORKSPACE_BYTES;
@@ -117,7 +119,7 @@ impl Gemm {
                 let heuristic = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref);
                 let _ = lt::destroy_matmul_pref(pref);
                 let heuristic = heuristic.map_err(|e| CudaError::Blas {
-                    context: format!("finding a 16-bit matmul algorithm for [{t} x {k}] x [{n} x {k}]^T"),
+                    context: format!("finding a {input:?} matmul algorithm for [{t} x {k}] x [{n} x {k}]^T"),
                     message: format!("{e:?}"),
                 })?;
                 Plan {

@@ -1,4 +1,5 @@
-//! The CUDA backend: a Llama-family decoder on one NVIDIA GPU, bf16 or f16 weights, activations and KV cache.
+//! The CUDA backend: a Llama-family decoder on one NVIDIA GPU, bf16 or f16 (or, as a reference, f32) weights,
+//! activations and KV cache.
 //!
 //! What it guarantees: the same contract as the CPU backend — one flattened varlen [`InputBatch`] per step,
 //! a paged KV cache addressed only through block tables and the slot mapping, logits (or sampled tokens) for
@@ -44,6 +45,6 @@ pub use unavailable::CudaDecoder;
 /// Whether this build has the CUDA backend compiled in.
 pub const COMPILED: bool = cfg!(feature = "cuda");
 
-/// Weight fetcher for [`CudaDecoder::load`]: tensor name, expected `[rows, cols]`, the GPU's 16-bit type ->
-/// row-major values encoded in that type (bf16 or f16 bits).
-pub type FetchWeight<'a> = dyn FnMut(&str, usize, usize, ActivationDtype) -> Result<Vec<u16>, String> + 'a;
+/// Weight fetcher for [`CudaDecoder::load`]: tensor name, expected `[rows, cols]`, the GPU's float type ->
+/// row-major values encoded in that type (little-endian bytes, `rows * cols * dtype.bytes()` of them).
+pub type FetchWeight<'a> = dyn FnMut(&str, usize, usize, ActivationDtype) -> Result<Vec<u8>, String> + 'a;

@@ -33,9 +33,10 @@ impl DecoderShape {
         (self.attention_rows() / (self.num_heads / self.num_kv_heads).max(1)).max(1)
     }
     /// Query tokens per tile of the tensor-core attention kernel (flash_attention.cu: 64 rows of (token, query
-    /// head of the GQA group)), or `None` for head dims it does not serve.
-    pub fn flash_q_tile(&self) -> Option<usize> {
-        matches!(self.head_dim, 64 | 128).then(|| (64 / (self.num_heads / self.num_kv_heads).max(1)).max(1))
+    /// head of the GQA group)), or `None` for head dims or types it does not serve.
+    pub fn flash_q_tile(&self, dtype: ActivationDtype) -> Option<usize> {
+        (matches!(self.head_dim, 64 | 128) && dtype.has_tensor_core_attention())
+            .then(|| (64 / (self.num_heads / self.num_kv_heads).max(1)).max(1))
     }
     pub fn q_dim(&self) -> usize {
         self.num_heads * self.head_dim
@@ -58,9 +59,9 @@ impl DecoderShape {
         let embed = self.vocab_size * h;
         embed + per_layer * self.num_layers + h + if self.tie_word_embeddings { 0 } else { embed }
     }
-    /// Bytes of K and V for one token across all layers, bf16.
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.num_layers * self.kv_dim() * 2
+    /// Bytes of K and V for one token across all layers.
+    pub fn kv_bytes_per_token(&self, dtype: ActivationDtype) -> usize {
+        2 * self.num_layers * self.kv_dim() * dtype.bytes()
     }
     /// Why this shape cannot run on the CUDA kernels, if it cannot.
     pub fn check(&self) -> Result<(), String> {
@@ -112,7 +113,7 @@ impl DecoderShape {
 pub struct CudaOptions {
     /// CUDA device ordinal (`cuda:N`).
     pub ordinal: usize,
-    /// Weights, activations and KV cache in bf16 or f16.
+    /// Weights, activations and KV cache in bf16, f16 or f32.
     pub dtype: ActivationDtype,
     /// Fraction of the GPU's memory this engine may use (weights + activations + KV cache), as in vLLM.
     pub gpu_memory_utilization: f64,
@@ -128,34 +129,73 @@ pub struct CudaOptions {
     pub enforce_eager: bool,
 }
 
-/// The 16-bit float type of weights, activations and the KV cache on the GPU (vLLM's `--dtype`).
+/// The float type of weights, activations and the KV cache on the GPU (vLLM's `--dtype`). bf16 and f16 are the
+/// serving types; f32 is the reference type (GEMMs in true f32 — no TF32 — and attention on CUDA cores), for
+/// checking the engine against an f32 run of another implementation, as vLLM's `--dtype float32` is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ActivationDtype {
     #[default]
     Bf16,
     F16,
+    F32,
 }
 
 impl ActivationDtype {
-    /// Suffix of the kernel entry points built for this type (`add_rms_norm_bf16`, `add_rms_norm_f16`).
+    /// Suffix of the kernel entry points built for this type (`add_rms_norm_bf16`, `_f16`, `_f32`).
     pub fn kernel_suffix(self) -> &'static str {
         match self {
             ActivationDtype::Bf16 => "bf16",
             ActivationDtype::F16 => "f16",
+            ActivationDtype::F32 => "f32",
         }
     }
-    /// The name vLLM and HF use (`bfloat16`, `float16`).
+    /// The name vLLM and HF use (`bfloat16`, `float16`, `float32`).
     pub fn name(self) -> &'static str {
         match self {
             ActivationDtype::Bf16 => "bfloat16",
             ActivationDtype::F16 => "float16",
+            ActivationDtype::F32 => "float32",
         }
     }
-    /// 16-bit encoding of `x` in this type (round to nearest even).
-    pub fn encode(self, x: f32) -> u16 {
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
         match self {
-            ActivationDtype::Bf16 => half::bf16::from_f32(x).to_bits(),
-            ActivationDtype::F16 => half::f16::from_f32(x).to_bits(),
+            ActivationDtype::Bf16 | ActivationDtype::F16 => 2,
+            ActivationDtype::F32 => 4,
+        }
+    }
+    /// Whether attention can run on the tensor-core kernel (mma.sync takes 16-bit inputs only).
+    pub fn has_tensor_core_attention(self) -> bool {
+        self != ActivationDtype::F32
+    }
+    /// Appends `x` in this type's little-endian encoding (16-bit types round to nearest even).
+    pub fn encode_into(self, x: f32, out: &mut [u8]) {
+        match self {
+            ActivationDtype::Bf16 => out.copy_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
+            ActivationDtype::F16 => out.copy_from_slice(&half::f16::from_f32(x).to_le_bytes()),
+            ActivationDtype::F32 => out.copy_from_slice(&x.to_le_bytes()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActivationDtype;
+
+    #[test]
+    fn encodings_round_trip_in_their_type() {
+        let x = 1.0 + 1.0 / 1024.0; // exact in f16 and f32, rounds to 1.0 in bf16
+        let mut two = [0u8; 2];
+        let mut four = [0u8; 4];
+        ActivationDtype::Bf16.encode_into(x, &mut two);
+        assert_eq!(half::bf16::from_le_bytes(two).to_f32(), 1.0);
+        ActivationDtype::F16.encode_into(x, &mut two);
+        assert_eq!(half::f16::from_le_bytes(two).to_f32(), x);
+        ActivationDtype::F32.encode_into(x, &mut four);
+        assert_eq!(f32::from_le_bytes(four), x);
+        for t in [ActivationDtype::Bf16, ActivationDtype::F16, ActivationDtype::F32] {
+            assert_eq!(t.bytes(), if t == ActivationDtype::F32 { 4 } else { 2 });
+            assert_eq!(t.has_tensor_core_attention(), t.bytes() == 2);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `CudaDecoder`: a Llama-family decoder resident on one GPU — bf16 or f16 weights (q|k|v and gate|up fused so each
+//! `CudaDecoder`: a Llama-family decoder resident on one GPU — bf16, f16 or f32 weights (q|k|v and gate|up fused so each
 //! sub-layer is one GEMM), the paged KV cache, persistent step-input and activation buffers sized for the
 //! largest step, and the forward pass over one flattened varlen batch.
 //!
@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 
-use super::device::{driver_err, Arg, DeviceBuffer, Gpu};
+use super::device::{driver_err, Arg, DeviceBuffer, FloatBuffer, Gpu};
 use super::error::CudaError;
 use super::gemm::{Gemm, OutType};
 use super::graph_sizes::{bucket_for, capture_sizes};
@@ -30,21 +30,18 @@ mod weights;
 
 use graphs::StepGraph;
 use step::{flash_shared_bytes, StepShape, ATTENTION_PART_BLOCKS, FLASH_PART_ROWS};
-use weights::{upload_weight, weight, Fetch16};
-
-/// One bf16 or f16 value (per `CudaOptions::dtype`), as raw bits: buffers are typed by size, the kernels by name.
-type Half = u16;
+use weights::{upload_weight, weight, FetchTyped};
 
 struct Layer {
-    input_norm: DeviceBuffer<Half>,
+    input_norm: FloatBuffer,
     /// `[q_dim + 2 kv_dim, hidden]`: q, k, v projections stacked.
-    qkv: DeviceBuffer<Half>,
-    qkv_bias: Option<DeviceBuffer<Half>>,
-    o_proj: DeviceBuffer<Half>,
-    post_norm: DeviceBuffer<Half>,
+    qkv: FloatBuffer,
+    qkv_bias: Option<FloatBuffer>,
+    o_proj: FloatBuffer,
+    post_norm: FloatBuffer,
     /// `[2 inter, hidden]`: gate then up.
-    gate_up: DeviceBuffer<Half>,
-    down: DeviceBuffer<Half>,
+    gate_up: FloatBuffer,
+    down: FloatBuffer,
 }
 
 /// Step inputs, uploaded each step into the same addresses (what CUDA graphs will replay against).
@@ -66,15 +63,15 @@ struct Inputs {
 
 /// Activations for up to `max_tokens` tokens.
 struct Activations {
-    residual: DeviceBuffer<Half>,
-    normed: DeviceBuffer<Half>,
-    qkv: DeviceBuffer<Half>,
-    attn: DeviceBuffer<Half>,
-    delta: DeviceBuffer<Half>,
-    gate_up: DeviceBuffer<Half>,
-    act: DeviceBuffer<Half>,
+    residual: FloatBuffer,
+    normed: FloatBuffer,
+    qkv: FloatBuffer,
+    attn: FloatBuffer,
+    delta: FloatBuffer,
+    gate_up: FloatBuffer,
+    act: FloatBuffer,
     /// Final-normed hidden states of the logits rows.
-    last_hidden: DeviceBuffer<Half>,
+    last_hidden: FloatBuffer,
     /// `[logits_capacity, vocab]` f32.
     logits: DeviceBuffer<f32>,
     sampled_ids: DeviceBuffer<u32>,
@@ -97,14 +94,14 @@ pub struct CudaDecoder {
     gemm: Gemm,
     shape: DecoderShape,
     opts: CudaOptions,
-    embed: DeviceBuffer<Half>,
+    embed: FloatBuffer,
     /// None when tied to `embed`.
-    lm_head: Option<DeviceBuffer<Half>>,
-    final_norm: DeviceBuffer<Half>,
+    lm_head: Option<FloatBuffer>,
+    final_norm: FloatBuffer,
     layers: Vec<Layer>,
     inv_freq: DeviceBuffer<f32>,
     /// K then V of every layer: `[layers][2][num_blocks * block_size * kv_dim]`.
-    kv: DeviceBuffer<Half>,
+    kv: FloatBuffer,
     num_blocks: usize,
     inputs: Inputs,
     act: Activations,
@@ -125,7 +122,7 @@ pub struct CudaDecoder {
     kernels: KernelNames,
 }
 
-/// Entry points of the kernels a step launches, for this model's head dim and 16-bit type (built once, so a
+/// Entry points of the kernels a step launches, for this model's head dim and float type (built once, so a
 /// step formats no names).
 struct KernelNames {
     add_rms_norm: String,
@@ -181,7 +178,7 @@ impl CudaDecoder {
             ));
         }
         let gpu = Gpu::new(opts.ordinal)?;
-        if shape.flash_q_tile().is_some() {
+        if shape.flash_q_tile(opts.dtype).is_some() {
             let kernel = format!("flash_attention_hd{}_{}", shape.head_dim, opts.dtype.kernel_suffix());
             gpu.set_max_dynamic_shared(&kernel, flash_shared_bytes(shape.head_dim))?;
         }
@@ -192,13 +189,13 @@ impl CudaDecoder {
             (s.hidden_size, s.intermediate_size, s.q_dim(), s.kv_dim(), s.qkv_dim());
 
         let dtype = opts.dtype;
-        let mut fetch16 = |name: &str, rows: usize, cols: usize| fetch(name, rows, cols, dtype);
-        let fetch: &mut Fetch16<'_> = &mut fetch16;
-        let embed = weight(&gpu, fetch, "model.embed_tokens.weight", s.vocab_size, h)?;
+        let mut fetch_typed = |name: &str, rows: usize, cols: usize| fetch(name, rows, cols, dtype);
+        let fetch: &mut FetchTyped<'_> = &mut fetch_typed;
+        let embed = weight(&gpu, fetch, dtype, "model.embed_tokens.weight", s.vocab_size, h)?;
         let mut layers = Vec::with_capacity(s.num_layers);
         for l in 0..s.num_layers {
             let p = format!("model.layers.{l}");
-            let qkv = DeviceBuffer::alloc(qkv_dim * h, "qkv weights")?;
+            let qkv = FloatBuffer::alloc(qkv_dim * h, dtype, "qkv weights")?;
             upload_weight(&gpu, fetch, &qkv, 0, &format!("{p}.self_attn.q_proj.weight"), q_dim, h)?;
             upload_weight(
                 &gpu,
@@ -219,7 +216,7 @@ impl CudaDecoder {
                 h,
             )?;
             let qkv_bias = if s.attention_bias {
-                let b = DeviceBuffer::alloc(qkv_dim, "qkv bias")?;
+                let b = FloatBuffer::alloc(qkv_dim, dtype, "qkv bias")?;
                 upload_weight(&gpu, fetch, &b, 0, &format!("{p}.self_attn.q_proj.bias"), 1, q_dim)?;
                 upload_weight(&gpu, fetch, &b, q_dim, &format!("{p}.self_attn.k_proj.bias"), 1, kv_dim)?;
                 upload_weight(
@@ -235,7 +232,7 @@ impl CudaDecoder {
             } else {
                 None
             };
-            let gate_up = DeviceBuffer::alloc(2 * inter * h, "gate/up weights")?;
+            let gate_up = FloatBuffer::alloc(2 * inter * h, dtype, "gate/up weights")?;
             upload_weight(&gpu, fetch, &gate_up, 0, &format!("{p}.mlp.gate_proj.weight"), inter, h)?;
             upload_weight(
                 &gpu,
@@ -247,20 +244,27 @@ impl CudaDecoder {
                 h,
             )?;
             layers.push(Layer {
-                input_norm: weight(&gpu, fetch, &format!("{p}.input_layernorm.weight"), 1, h)?,
+                input_norm: weight(&gpu, fetch, dtype, &format!("{p}.input_layernorm.weight"), 1, h)?,
                 qkv,
                 qkv_bias,
-                o_proj: weight(&gpu, fetch, &format!("{p}.self_attn.o_proj.weight"), h, q_dim)?,
-                post_norm: weight(&gpu, fetch, &format!("{p}.post_attention_layernorm.weight"), 1, h)?,
+                o_proj: weight(&gpu, fetch, dtype, &format!("{p}.self_attn.o_proj.weight"), h, q_dim)?,
+                post_norm: weight(
+                    &gpu,
+                    fetch,
+                    dtype,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    1,
+                    h,
+                )?,
                 gate_up,
-                down: weight(&gpu, fetch, &format!("{p}.mlp.down_proj.weight"), h, inter)?,
+                down: weight(&gpu, fetch, dtype, &format!("{p}.mlp.down_proj.weight"), h, inter)?,
             });
         }
-        let final_norm = weight(&gpu, fetch, "model.norm.weight", 1, h)?;
+        let final_norm = weight(&gpu, fetch, dtype, "model.norm.weight", 1, h)?;
         let lm_head = if s.tie_word_embeddings {
             None
         } else {
-            Some(weight(&gpu, fetch, "lm_head.weight", s.vocab_size, h)?)
+            Some(weight(&gpu, fetch, dtype, "lm_head.weight", s.vocab_size, h)?)
         };
         let inv_freq = DeviceBuffer::alloc(s.rope_inv_freq.len(), "RoPE frequencies")?;
         gpu.upload(inv_freq.ptr(), &s.rope_inv_freq)?;
@@ -270,7 +274,11 @@ impl CudaDecoder {
         let max_blocks_per_seq = opts.max_model_len.div_ceil(opts.block_size) + 1;
         // Sampling needs one row per sequence; prompt log-probs stream through in chunks of this many rows.
         let logits_capacity = max_seqs.max(256).min(max_tokens.max(max_seqs));
-        let flash_rows = if s.flash_q_tile().is_some() { FLASH_PART_ROWS } else { 1 };
+        let flash_rows = if s.flash_q_tile(dtype).is_some() {
+            FLASH_PART_ROWS
+        } else {
+            1
+        };
         let inputs = Inputs {
             tokens: DeviceBuffer::alloc(max_tokens, "step inputs")?,
             positions: DeviceBuffer::alloc(max_tokens, "step inputs")?,
@@ -286,14 +294,14 @@ impl CudaDecoder {
             token_edits: DeviceBuffer::alloc(MAX_DEVICE_TOKEN_EDITS, "sampling inputs")?,
         };
         let act = Activations {
-            residual: DeviceBuffer::alloc(max_tokens * h, "activations")?,
-            normed: DeviceBuffer::alloc(max_tokens * h, "activations")?,
-            qkv: DeviceBuffer::alloc(max_tokens * qkv_dim, "activations")?,
-            attn: DeviceBuffer::alloc(max_tokens * q_dim, "activations")?,
-            delta: DeviceBuffer::alloc(max_tokens * h, "activations")?,
-            gate_up: DeviceBuffer::alloc(max_tokens * 2 * inter, "activations")?,
-            act: DeviceBuffer::alloc(max_tokens * inter, "activations")?,
-            last_hidden: DeviceBuffer::alloc(max_tokens * h, "activations")?,
+            residual: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
+            normed: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
+            qkv: FloatBuffer::alloc(max_tokens * qkv_dim, dtype, "activations")?,
+            attn: FloatBuffer::alloc(max_tokens * q_dim, dtype, "activations")?,
+            delta: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
+            gate_up: FloatBuffer::alloc(max_tokens * 2 * inter, dtype, "activations")?,
+            act: FloatBuffer::alloc(max_tokens * inter, dtype, "activations")?,
+            last_hidden: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
             logits: DeviceBuffer::alloc(logits_capacity * s.vocab_size, "logits")?,
             sampled_ids: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
             sampled_logprobs: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
@@ -308,7 +316,8 @@ impl CudaDecoder {
             flash_part_acc: DeviceBuffer::alloc(flash_rows * s.head_dim, "attention partials")?,
             flash_part_ml: DeviceBuffer::alloc(flash_rows * 2, "attention partials")?,
         };
-        let bytes_per_block = 2 * s.num_layers * opts.block_size * kv_dim * 2;
+        let bytes_per_block = opts.block_size * s.kv_bytes_per_token(dtype);
+        let values_per_block = bytes_per_block / dtype.bytes();
         let mut dec = Self {
             gpu,
             gemm,
@@ -320,7 +329,7 @@ impl CudaDecoder {
             layers,
             inv_freq,
             // A one-block cache for the profile step (every block table entry points at block 0).
-            kv: DeviceBuffer::alloc(bytes_per_block / 2, "the profiling KV block")?,
+            kv: FloatBuffer::alloc(values_per_block, dtype, "the profiling KV block")?,
             num_blocks: 1,
             inputs,
             act,
@@ -345,8 +354,8 @@ impl CudaDecoder {
         };
         dec.profile_step()?;
         let (free, total) = dec.gpu.mem_info()?;
-        dec.kv = DeviceBuffer::alloc(1, "placeholder")?; // release the profiling block before planning
-        let in_use = total - free - bytes_per_block / 2;
+        dec.kv = FloatBuffer::alloc(1, dtype, "placeholder")?; // release the profiling block before planning
+        let in_use = total - free - bytes_per_block;
         let plan = match opts.num_blocks_override {
             Some(n) => KvPlan {
                 total_bytes: total,
@@ -359,7 +368,7 @@ impl CudaDecoder {
             None => plan_kv_blocks(total, in_use, opts.gpu_memory_utilization, bytes_per_block)
                 .map_err(CudaError::OutOfMemory)?,
         };
-        dec.kv = DeviceBuffer::alloc(plan.num_blocks * bytes_per_block / 2, "the KV cache")?;
+        dec.kv = FloatBuffer::alloc(plan.num_blocks * values_per_block, dtype, "the KV cache")?;
         dec.num_blocks = plan.num_blocks;
         dec.plan = plan;
         if !opts.enforce_eager {
@@ -413,10 +422,10 @@ impl CudaDecoder {
 
     /// Whether attention runs on the tensor-core kernel (flash_attention.cu) for this model.
     pub(super) fn uses_flash_attention(&self) -> bool {
-        self.flash_attention && self.shape.flash_q_tile().is_some()
+        self.flash_attention && self.shape.flash_q_tile(self.opts.dtype).is_some()
     }
 
-    /// The 16-bit type of weights, activations and KV cache.
+    /// The float type of weights, activations and KV cache.
     pub fn dtype(&self) -> ActivationDtype {
         self.opts.dtype
     }
@@ -468,7 +477,8 @@ impl CudaDecoder {
     /// Copies whole KV blocks `(from, to)` in every layer (copy-on-write of shared partial blocks).
     pub fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<(), CudaError> {
         self.gpu.bind()?;
-        let block_elems = self.opts.block_size * self.shape.kv_dim();
+        // The kernel copies 16-bit words, whatever the float type.
+        let block_words = self.opts.block_size * self.shape.kv_dim() * self.opts.dtype.bytes() / 2;
         for chunk in pairs.chunks(MAX_BLOCK_PAIRS) {
             if let Some(&(a, b)) = chunk
                 .iter()
@@ -491,7 +501,7 @@ impl CudaDecoder {
                         Arg::Ptr(k),
                         Arg::Ptr(v),
                         Arg::Ptr(self.inputs.block_pairs.ptr()),
-                        Arg::I32(block_elems as i32),
+                        Arg::I32(block_words as i32),
                     ],
                 )?;
             }

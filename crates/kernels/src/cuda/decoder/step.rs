@@ -89,7 +89,7 @@ impl CudaDecoder {
     /// the CUDA-core kernel (head dim 256, or `PAGEDLLM_CUDA_ATTENTION=core`).
     pub(super) fn fill_tiles(&mut self, batch: &InputBatch) {
         let step = if self.uses_flash_attention() {
-            self.shape.flash_q_tile().unwrap_or(1)
+            self.shape.flash_q_tile(self.opts.dtype).unwrap_or(1)
         } else {
             self.shape.attention_q_tile()
         };
@@ -150,7 +150,8 @@ impl CudaDecoder {
                 Arg::Ptr(self.embed.ptr()),
                 Arg::Ptr(inp.tokens.ptr()),
                 Arg::Ptr(a.residual.ptr()),
-                Arg::I32(h as i32),
+                // The gather copies 16-bit words.
+                Arg::I32((h * self.opts.dtype.bytes() / 2) as i32),
             ],
         )?;
         let norm = |g: &Gpu, delta: u64, weight: u64, out: u64, rows_ptr: u64, rows: u32, write: bool| {

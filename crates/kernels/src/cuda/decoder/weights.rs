@@ -1,24 +1,26 @@
-//! Uploading weights: each tensor fetched from the loader in the GPU's 16-bit type, copied to its place on the
+//! Uploading weights: each tensor fetched from the loader in the GPU's float type, copied to its place on the
 //! GPU, and dropped before the next one (host memory never holds more than one tensor).
 
 use super::*;
 
-/// The loader's fetcher with the GPU's 16-bit type bound (see `FetchWeight`).
-pub(super) type Fetch16<'a> = dyn FnMut(&str, usize, usize) -> Result<Vec<Half>, String> + 'a;
+/// The loader's fetcher with the GPU's float type bound (see `FetchWeight`): little-endian encoded values.
+pub(super) type FetchTyped<'a> = dyn FnMut(&str, usize, usize) -> Result<Vec<u8>, String> + 'a;
 
+/// Fetches `name` (`rows x cols` values) and copies it to value `offset` of `dst`.
 pub(super) fn upload_weight(
     gpu: &Gpu,
-    fetch: &mut Fetch16<'_>,
-    dst: &DeviceBuffer<Half>,
+    fetch: &mut FetchTyped<'_>,
+    dst: &FloatBuffer,
     offset: usize,
     name: &str,
     rows: usize,
     cols: usize,
 ) -> Result<(), CudaError> {
     let host = fetch(name, rows, cols).map_err(CudaError::Weights)?;
-    if host.len() != rows * cols {
+    let value_bytes = dst.bytes() / dst.len().max(1);
+    if offset + rows * cols > dst.len() || host.len() != rows * cols * value_bytes {
         return Err(CudaError::Weights(format!(
-            "`{name}` has {} values, expected {rows} x {cols}",
+            "`{name}` came as {} bytes, expected {rows} x {cols} values of {value_bytes} bytes",
             host.len()
         )));
     }
@@ -29,12 +31,13 @@ pub(super) fn upload_weight(
 
 pub(super) fn weight(
     gpu: &Gpu,
-    fetch: &mut Fetch16<'_>,
+    fetch: &mut FetchTyped<'_>,
+    dtype: ActivationDtype,
     name: &str,
     rows: usize,
     cols: usize,
-) -> Result<DeviceBuffer<Half>, CudaError> {
-    let buf = DeviceBuffer::alloc(rows * cols, name)?;
+) -> Result<FloatBuffer, CudaError> {
+    let buf = FloatBuffer::alloc(rows * cols, dtype, name)?;
     upload_weight(gpu, fetch, &buf, 0, name, rows, cols)?;
     Ok(buf)
 }

@@ -11,7 +11,8 @@
 // Rows are dealt to warps round-robin (a decode's few rows run on all warps at once).
 // Scores: lane j of a warp scores key j of the tile for one row at a time (q rows sit in shared memory as f32);
 // online softmax per row with warp reductions; then lane l accumulates output dims l, l + 32, ... with each
-// key's probability broadcast by shuffle. f32 throughout, bf16 or f16 in and out.
+// key's probability broadcast by shuffle. f32 throughout, bf16, f16 or f32 in and out (f32 runs here only: the
+// tensor-core kernel takes 16-bit types).
 #include "common.cuh"
 
 #define ATTN_WARPS 4
@@ -26,10 +27,12 @@ __device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* 
                                 float* __restrict__ part_acc, float* __restrict__ part_ml) {
   constexpr int DPL = HD / 32;                 // output dims per lane
   constexpr int RPW = ROWS / ATTN_WARPS;       // rows per warp
-  constexpr int KPAD = HD + 2;                 // K row stride in smem (bf16): odd word stride, no bank conflicts
+  // K row stride in shared memory: two values of padding (an odd word stride for 16-bit types, no bank
+  // conflicts; f32 rows stay 8-byte aligned for to_f32x2).
+  constexpr int KPAD = HD + 2;
   __shared__ float sq[ROWS][HD];
   __shared__ T sk[KT][KPAD];
-  __shared__ T sv[KT][HD];
+  __shared__ alignas(sizeof(Pack8<T>)) T sv[KT][HD];
 
   const int tile = blockIdx.x, kvh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -73,22 +76,28 @@ __device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* 
 
   for (int k0 = k_begin; k0 < ctx_max; k0 += KT) {
     __syncthreads();  // previous tile fully consumed (and sq written, on the first pass)
-    // Load K and V rows k0 .. k0 + KT of this kv head, 16 bytes per thread-iteration.
+    // Load K and V rows k0 .. k0 + KT of this kv head, one 8-value pack per thread-iteration.
     constexpr int CHUNKS = HD / 8;
+    constexpr int WORDS = sizeof(Pack8<T>) / 4;
     for (int i = threadIdx.x; i < KT * CHUNKS; i += blockDim.x) {
       const int kk = i / CHUNKS, c = i % CHUNKS;
       const int key = k0 + kk;
-      uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+      Pack8<T> kp, vp;
       if (key < ctx_max) {
         const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
         const size_t off = slot * kv_stride + kvh * HD + c * 8;
-        kv4 = *reinterpret_cast<const uint4*>(k_cache + off);
-        vv4 = *reinterpret_cast<const uint4*>(v_cache + off);
+        kp = *reinterpret_cast<const Pack8<T>*>(k_cache + off);
+        vp = *reinterpret_cast<const Pack8<T>*>(v_cache + off);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) kp.v[j] = vp.v[j] = from_f32<T>(0.f);
       }
-      // sk rows are 4-byte aligned only (odd word stride): store as four 32-bit words.
+      // sk rows are 4-byte aligned only (the padded stride): store as 32-bit words.
       uint32_t* kd = reinterpret_cast<uint32_t*>(&sk[kk][c * 8]);
-      kd[0] = kv4.x; kd[1] = kv4.y; kd[2] = kv4.z; kd[3] = kv4.w;
-      *reinterpret_cast<uint4*>(&sv[kk][c * 8]) = vv4;
+      const uint32_t* ks = reinterpret_cast<const uint32_t*>(&kp);
+#pragma unroll
+      for (int w = 0; w < WORDS; w++) kd[w] = ks[w];
+      *reinterpret_cast<Pack8<T>*>(&sv[kk][c * 8]) = vp;
     }
     __syncthreads();
 #pragma unroll
@@ -209,3 +218,7 @@ DEFINE_ATTENTION(bf16, 256, 16, 16)
 DEFINE_ATTENTION(f16, 64, 32, 32)
 DEFINE_ATTENTION(f16, 128, 32, 32)
 DEFINE_ATTENTION(f16, 256, 16, 16)
+// f32 halves the keys per shared tile to stay within 48 KiB of static shared memory.
+DEFINE_ATTENTION(f32, 64, 16, 32)
+DEFINE_ATTENTION(f32, 128, 16, 32)
+DEFINE_ATTENTION(f32, 256, 8, 16)

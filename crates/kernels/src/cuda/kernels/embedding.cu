@@ -1,5 +1,6 @@
-// Embedding gather: out[t, :] = table[ids[t], :]. One block per token, 16-byte copies (hidden % 8 == 0). A byte
-// copy, so one kernel serves bf16 and f16 tables.
+// Embedding gather: out[t, :] = table[ids[t], :]. One block per token, 16-byte copies. A byte copy, so one kernel
+// serves every activation type: `hidden` counts 16-bit words (the hidden size, doubled for f32 tables), a
+// multiple of 8.
 #include "common.cuh"
 
 extern "C" __global__ void embedding_gather(const uint16_t* __restrict__ table, const uint32_t* __restrict__ ids,

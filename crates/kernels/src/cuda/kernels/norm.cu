@@ -1,15 +1,15 @@
 // Fused residual add + RMSNorm, after HF's LlamaRMSNorm (statistics in f32, the normalized value rounded to
-// the activation type before the weight multiplies it). Entry points add_rms_norm_bf16 / add_rms_norm_f16.
+// the activation type before the weight multiplies it). Entry points add_rms_norm_{bf16,f16,f32}.
 //
 // One block per output row r. The source row is rows[r] when `rows` is given (the final norm runs on the
-// logits rows only), else r. With `delta`, the residual row becomes residual + delta (rounded to bf16) and is
-// written back when `write_residual` is set; the norm then runs on that sum. Rows are read with 16-byte loads
-// and kept in registers between the two passes (hidden <= NORM_THREADS * 8 * NORM_CHUNKS), so each element
-// is loaded once: at one token per step this kernel is latency-bound, not bandwidth-bound.
+// logits rows only), else r. With `delta`, the residual row becomes residual + delta (rounded to the activation
+// type) and is written back when `write_residual` is set; the norm then runs on that sum. Rows are read in
+// 8-value packs (16-byte loads) and kept in registers between the two passes (hidden <= NORM_THREADS * 8 *
+// NORM_CHUNKS), so each element is loaded once: at one token per step this kernel is latency-bound, not bandwidth-bound.
 #include "common.cuh"
 
 #define NORM_THREADS 256
-#define NORM_CHUNKS 4  // 16-byte chunks per thread: hidden up to 8192
+#define NORM_CHUNKS 4  // 8-value packs per thread: hidden up to 8192
 
 template <typename T>
 __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ delta, const T* __restrict__ weight,
@@ -24,22 +24,19 @@ __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ del
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int chunk = threadIdx.x + c * NORM_THREADS;
     if (chunk < chunks) {
-      uint4 xr = reinterpret_cast<const uint4*>(residual + src)[chunk];
-      const T* xb = reinterpret_cast<const T*>(&xr);
+      const Pack8<T> x = reinterpret_cast<const Pack8<T>*>(residual + src)[chunk];
       if (delta) {
-        uint4 dr = reinterpret_cast<const uint4*>(delta + src)[chunk];
-        const T* db = reinterpret_cast<const T*>(&dr);
-        uint4 sum;
-        T* sb = reinterpret_cast<T*>(&sum);
+        const Pack8<T> d = reinterpret_cast<const Pack8<T>*>(delta + src)[chunk];
+        Pack8<T> sum;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-          sb[j] = from_f32<T>(to_f32(xb[j]) + to_f32(db[j]));
-          v[c][j] = to_f32(sb[j]);
+          sum.v[j] = from_f32<T>(to_f32(x.v[j]) + to_f32(d.v[j]));
+          v[c][j] = to_f32(sum.v[j]);
         }
-        if (write_residual) reinterpret_cast<uint4*>(residual + src)[chunk] = sum;
+        if (write_residual) reinterpret_cast<Pack8<T>*>(residual + src)[chunk] = sum;
       } else {
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[c][j] = to_f32(xb[j]);
+        for (int j = 0; j < 8; j++) v[c][j] = to_f32(x.v[j]);
       }
 #pragma unroll
       for (int j = 0; j < 8; j++) sumsq += v[c][j] * v[c][j];
@@ -50,13 +47,11 @@ __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ del
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int chunk = threadIdx.x + c * NORM_THREADS;
     if (chunk < chunks) {
-      uint4 wr = reinterpret_cast<const uint4*>(weight)[chunk];
-      const T* wb = reinterpret_cast<const T*>(&wr);
-      uint4 o;
-      T* ob = reinterpret_cast<T*>(&o);
+      const Pack8<T> w = reinterpret_cast<const Pack8<T>*>(weight)[chunk];
+      Pack8<T> o;
 #pragma unroll
-      for (int j = 0; j < 8; j++) ob[j] = from_f32<T>(round_to<T>(v[c][j] * inv) * to_f32(wb[j]));
-      reinterpret_cast<uint4*>(out + (size_t)r * hidden)[chunk] = o;
+      for (int j = 0; j < 8; j++) o.v[j] = from_f32<T>(round_to<T>(v[c][j] * inv) * to_f32(w.v[j]));
+      reinterpret_cast<Pack8<T>*>(out + (size_t)r * hidden)[chunk] = o;
     }
   }
 }
@@ -69,3 +64,4 @@ __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ del
   }
 ADD_RMS_NORM(bf16)
 ADD_RMS_NORM(f16)
+ADD_RMS_NORM(f32)

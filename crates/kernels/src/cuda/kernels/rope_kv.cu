@@ -59,9 +59,11 @@ __device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, 
   }
 ROPE_QKV_CACHE(bf16)
 ROPE_QKV_CACHE(f16)
+ROPE_QKV_CACHE(f32)
 
 // Copies whole KV blocks (copy-on-write of a shared partial block): pairs[2j] -> pairs[2j + 1].
-// One block per pair; `block_elems` = block_size * num_kv_heads * hd 16-bit elements (bf16 or f16 alike).
+// One block per pair; `block_elems` = a block's bytes / 2 (block_size * num_kv_heads * hd values of 2 or 4 bytes),
+// so one kernel serves every activation type.
 extern "C" __global__ void copy_kv_blocks(uint16_t* __restrict__ k_cache, uint16_t* __restrict__ v_cache,
                                                const uint32_t* __restrict__ pairs, int block_elems) {
   const size_t from = (size_t)pairs[2 * blockIdx.x] * block_elems, to = (size_t)pairs[2 * blockIdx.x + 1] * block_elems;
