@@ -131,4 +131,18 @@ export interface EngineStats {
   /** Most sequences in any one step so far. */
   maxBatchSeqs: number;
   maxBatchTokens: number;
+  /** Engine-thread seconds per phase of a step, summed over steps. */
+  stepPhaseSeconds: StepPhaseSeconds;
+}
+
+export interface StepPhaseSeconds {
+  schedule: number;
+  prepare: number;
+  /** Batch built, uploaded and launched (on the CPU backend, including the forward pass). */
+  launch: number;
+  /** Waiting for the device's forward, sampling and copy back. */
+  wait: number;
+  hostSampling: number;
+  update: number;
+  outputs: number;
 }

@@ -42,7 +42,13 @@ describe('LLM (real engine)', () => {
       expect(out!.outputs[0]!.tokenIds).toHaveLength(8);
       expect(out!.outputs[0]!.finishReason).toBe('length');
     }
-    expect(llm.stats().maxBatchSeqs).toBeGreaterThan(1);
+    const stats = llm.stats();
+    expect(stats.maxBatchSeqs).toBeGreaterThan(1);
+    // Every step spends engine-thread time somewhere; on the CPU backend the forward counts as launch.
+    const phases = stats.stepPhaseSeconds;
+    expect(phases.launch).toBeGreaterThan(0);
+    expect(phases.schedule).toBeGreaterThan(0);
+    for (const v of Object.values(phases)) expect(v).toBeGreaterThanOrEqual(0);
   });
 
   it('reports the model it loaded', () => {

@@ -1,14 +1,20 @@
 //! `pagedllm-bench throughput`: offline throughput of the engine on token-id prompts (vLLM's
 //! `benchmark_throughput` random workload). For each batch size B it submits B requests of `--input-len`
 //! random token ids, each generating exactly `--output-len` tokens (greedy, EOS ignored), all at once, and
-//! reports wall time, output tokens/s, decode tokens/s (after every request has its first token) and TTFT.
-//! Prints one JSON document (machine, command, config, results) to stdout or `--out`.
+//! reports wall time, output tokens/s, decode tokens/s (after every request has its first token) and TTFT,
+//! and per engine step: where the engine thread's time went (`EngineStats::step_phase_seconds`) and how many
+//! heap allocations the process made. Prints one JSON document (machine, command, config, results) to stdout
+//! or `--out`.
 //!
 //! `--device cuda[:N]` runs the GPU backend (build with `--features cuda`); `--model` may then be an HF
 //! checkpoint directory without a tokenizer (random-weight shapes from `hf_peer.py make-model`): prompts are
 //! token ids, so no tokenizer is needed.
 
+mod alloc_count;
 mod parity;
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
 
 use std::time::Instant;
 
@@ -115,6 +121,8 @@ pub(crate) fn submit_token_ids(
 fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usize, seed: u64) -> serde_json::Value {
     let vocab = engine.model_info().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let stats0 = engine.stats();
+    let allocs0 = alloc_count::allocations();
     let start = Instant::now();
     let mut streams: Vec<_> = (0..batch)
         .map(|_| {
@@ -142,6 +150,20 @@ fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usi
         }
     }
     let wall = start.elapsed().as_secs_f64();
+    let allocs = alloc_count::allocations() - allocs0;
+    let stats1 = engine.stats();
+    let steps = (stats1.steps - stats0.steps).max(1) as f64;
+    let (p0, p1) = (&stats0.step_phase_seconds, &stats1.step_phase_seconds);
+    let ms = |a: f64, b: f64| (b - a) * 1e3 / steps;
+    let per_step_ms = json!({
+        "schedule": ms(p0.schedule, p1.schedule),
+        "prepare": ms(p0.prepare, p1.prepare),
+        "launch": ms(p0.launch, p1.launch),
+        "wait": ms(p0.wait, p1.wait),
+        "host_sampling": ms(p0.host_sampling, p1.host_sampling),
+        "update": ms(p0.update, p1.update),
+        "outputs": ms(p0.outputs, p1.outputs),
+    });
     ttft.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let last_first_token = ttft.last().copied().unwrap_or(0.0);
     // Decode phase: from the moment every request has its first token to the end.
@@ -158,6 +180,9 @@ fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usi
         "decode_tokens_per_s": decode_tokens as f64 / decode_time,
         "ttft_p50_s": ttft.get(ttft.len() / 2).copied(),
         "ttft_max_s": last_first_token,
+        "engine_steps": steps as u64,
+        "step_phase_ms": per_step_ms,
+        "allocations_per_step": allocs as f64 / steps,
     })
 }
 

@@ -6,6 +6,7 @@
 //! With `n > 1` the engine submits one request; when its prompt is done the scheduler forks `n - 1` children that
 //! share its KV blocks (copy on write of the partial last block). Children are ordinary requests afterwards.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::sampling_params::SamplingParams;
@@ -131,9 +132,17 @@ impl Request {
         }
     }
 
-    /// Tokens `[start, end)` of prompt + output.
-    pub fn tokens(&self, start: usize, end: usize) -> Vec<u32> {
-        (start..end).map(|i| self.token_at(i)).collect()
+    /// Tokens `[start, end)` of prompt + output: borrowed when the range lies in one of them (every prompt chunk
+    /// and decode), copied only when it spans both (recomputing after a preemption).
+    pub fn tokens(&self, start: usize, end: usize) -> Cow<'_, [u32]> {
+        let p = self.prompt_token_ids.len();
+        if end <= p {
+            Cow::Borrowed(&self.prompt_token_ids[start..end])
+        } else if start >= p {
+            Cow::Borrowed(&self.output_token_ids[start - p..end - p])
+        } else {
+            Cow::Owned((start..end).map(|i| self.token_at(i)).collect())
+        }
     }
 
     /// Samples still to fork from this request once its prompt is computed.
@@ -147,5 +156,31 @@ impl Request {
 
     pub fn is_finished(&self) -> bool {
         self.status.is_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ranges_borrow_unless_they_span_prompt_and_output() {
+        let mut r = Request::new(
+            1,
+            vec![1, 2, 3],
+            Arc::new(SamplingParams::default()),
+            8,
+            Arc::new(vec![]),
+            0,
+        );
+        r.output_token_ids = vec![4, 5];
+        assert!(matches!(r.tokens(0, 3), Cow::Borrowed(&[1, 2, 3])));
+        assert!(matches!(r.tokens(3, 5), Cow::Borrowed(&[4, 5])));
+        assert!(matches!(r.tokens(4, 5), Cow::Borrowed(&[5])));
+        assert!(matches!(r.tokens(2, 2), Cow::Borrowed(&[])));
+        let spanning = r.tokens(1, 5);
+        assert!(matches!(spanning, Cow::Owned(_)));
+        assert_eq!(&*spanning, &[2, 3, 4, 5]);
+        assert_eq!(&*r.tokens(0, 5), &[1, 2, 3, 4, 5]);
     }
 }

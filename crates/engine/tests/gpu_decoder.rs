@@ -226,7 +226,7 @@ fn step(p: &mut Pair, seqs: &mut [Seq], counts: &[usize], what: &str) -> f64 {
         .filter(|(_, (_, &n))| n > 0)
         .map(|(i, (s, &n))| ScheduledSeq {
             request_id: i as u64,
-            token_ids: s.tokens[s.done..s.done + n].to_vec(),
+            token_ids: s.tokens[s.done..s.done + n].into(),
             start_pos: s.done,
             block_table: &s.blocks,
             sample: false,
@@ -388,7 +388,7 @@ fn decode_graphs_give_the_eager_results_at_padded_batch_sizes() {
                     .enumerate()
                     .map(|(i, (s, &c))| ScheduledSeq {
                         request_id: i as u64,
-                        token_ids: s.tokens[s.done..s.done + c].to_vec(),
+                        token_ids: s.tokens[s.done..s.done + c].into(),
                         start_pos: s.done,
                         block_table: &s.blocks,
                         sample: true,

@@ -3,7 +3,7 @@
 //! freely: sequence `b` owns tokens `query_start_loc[b]..query_start_loc[b+1]`, which sit at the END of its
 //! context of `seq_lens[b]` tokens (earlier ones are already in the paged KV cache, maybe from the prefix cache).
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct InputBatch {
     /// `[T]` token ids of every scheduled token, sequence after sequence.
     pub token_ids: Vec<u32>,

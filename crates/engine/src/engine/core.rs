@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc::UnboundedSender;
@@ -40,15 +41,33 @@ pub(crate) struct EngineCore {
     runner: ModelRunner,
     tokenizer: Option<Arc<Tokenizer>>,
     eos_token_ids: Arc<Vec<u32>>,
-    groups: HashMap<String, RequestGroup>,
+    /// Live requests by external id (an `Arc<str>`, so the per-token lookups below copy no strings).
+    groups: HashMap<Arc<str>, RequestGroup>,
     /// Sequence id -> (external request id, sample index).
-    seq_owner: HashMap<RequestId, (String, usize)>,
+    seq_owner: HashMap<RequestId, (Arc<str>, usize)>,
     /// Seeds requests that set none (from the engine's `--seed` when given).
     seed_rng: rand_chacha::ChaCha8Rng,
     arrivals: u64,
     stats: EngineStats,
     /// Rows and edits of the device sampler, reused across steps.
     device_batch: DeviceSamplingBatch,
+    scratch: StepScratch,
+}
+
+/// A step's working arrays, kept across steps so that, once grown, a step allocates nothing for them.
+#[derive(Default)]
+struct StepScratch {
+    /// Sampling request -> its logits row.
+    rows_of: HashMap<RequestId, usize>,
+    /// (sampling id, logits row) per sampled token, and the tokens.
+    jobs: Vec<(RequestId, usize)>,
+    sampled: Vec<SampledToken>,
+    /// (sampling id, token) for the scheduler.
+    pairs: Vec<(RequestId, u32)>,
+    /// Sampling id -> index in `jobs`.
+    by_seq: HashMap<RequestId, usize>,
+    /// Requests that got a token or finished this step.
+    touched: Vec<Arc<str>>,
 }
 
 impl EngineCore {
@@ -74,6 +93,7 @@ impl EngineCore {
             arrivals: 0,
             stats: EngineStats::default(),
             device_batch: DeviceSamplingBatch::default(),
+            scratch: StepScratch::default(),
         }
     }
 
@@ -111,8 +131,9 @@ impl EngineCore {
             return;
         }
         self.stats.prompt_tokens_total += prompt_len;
-        self.seq_owner.insert(id, (p.external_id.clone(), 0));
-        self.groups.insert(p.external_id, group);
+        let key: Arc<str> = Arc::from(p.external_id);
+        self.seq_owner.insert(id, (key.clone(), 0));
+        self.groups.insert(key, group);
     }
 
     fn sample_rng(&mut self, params: &SamplingParams, index: usize) -> SequenceRng {
@@ -138,7 +159,7 @@ impl EngineCore {
 
     /// Ends every live request with the error `make_error` gives (a failed step, or shutdown).
     pub fn fail_all(&mut self, make_error: impl Fn() -> crate::error::EngineError) {
-        let ids: Vec<String> = self.groups.keys().cloned().collect();
+        let ids: Vec<Arc<str>> = self.groups.keys().cloned().collect();
         for id in ids {
             if let Some(g) = self.groups.get(&id) {
                 let _ = g.tx.send(Err(make_error()));
@@ -160,7 +181,10 @@ impl EngineCore {
 
     /// One engine step. Returns the external ids of requests that finished in it.
     pub fn step(&mut self) -> Result<Vec<String>> {
+        let t_start = Instant::now();
         let out = self.scheduler.schedule();
+        let t_scheduled = Instant::now();
+        self.stats.step_phase_seconds.schedule += (t_scheduled - t_start).as_secs_f64();
         self.stats.steps += 1;
         let now = now_secs();
         for &(parent, child) in &out.forked {
@@ -228,7 +252,11 @@ impl EngineCore {
                     })
             })
             && device_edits_fit(edit_bound);
-        let (jobs, sampled) = if on_device {
+        let t_prepared_rows;
+        let mut sc = std::mem::take(&mut self.scratch);
+        sc.jobs.clear();
+        sc.sampled.clear();
+        if on_device {
             // Rows in the order of the sequences that sample (the layout's order).
             self.device_batch.clear();
             for s in out.scheduled.iter().filter(|s| !s.sample_ids.is_empty()) {
@@ -247,19 +275,22 @@ impl EngineCore {
                 };
                 self.device_batch.push(&req.params, &history, vocab, &mut state.rng);
             }
+            t_prepared_rows = Instant::now();
             let step = self
                 .runner
                 .execute_and_sample(&seqs, &out.blocks_to_copy, &self.device_batch)?;
             drop(seqs);
-            let rows_of: HashMap<RequestId, usize> = step.layout.sample_rows.iter().copied().collect();
-            let mut jobs: Vec<(RequestId, usize)> = Vec::new();
-            let mut sampled: Vec<SampledToken> = Vec::new();
+            let phases = &mut self.stats.step_phase_seconds;
+            phases.launch += step.timing.launch;
+            phases.wait += step.timing.wait;
+            sc.rows_of.clear();
+            sc.rows_of.extend(step.layout.sample_rows.iter().copied());
             for s in &out.scheduled {
-                if let Some(&row) = rows_of.get(&s.request_id) {
+                if let Some(&row) = sc.rows_of.get(&s.request_id) {
                     for &sid in &s.sample_ids {
                         let d = &step.samples[row];
-                        jobs.push((sid, row));
-                        sampled.push(SampledToken {
+                        sc.jobs.push((sid, row));
+                        sc.sampled.push(SampledToken {
                             token: d.token,
                             logprob: d.logprob,
                             rank: d.rank as usize,
@@ -268,27 +299,42 @@ impl EngineCore {
                     }
                 }
             }
-            (jobs, sampled)
+            self.runner.recycle(step.layout);
         } else {
+            t_prepared_rows = Instant::now();
             let logits = self.runner.execute(&seqs, &out.blocks_to_copy)?;
             drop(seqs);
+            let t_host = Instant::now();
             self.host_prompt_logprobs(&logits)?;
-            self.host_sample(&out.scheduled, &logits)?
-        };
+            self.host_sample(&out.scheduled, &logits, &mut sc)?;
+            let phases = &mut self.stats.step_phase_seconds;
+            phases.launch += logits.timing.launch;
+            phases.wait += logits.timing.wait;
+            phases.host_sampling += t_host.elapsed().as_secs_f64();
+            self.runner.recycle(logits.layout);
+        }
+        self.stats.step_phase_seconds.prepare += (t_prepared_rows - t_scheduled).as_secs_f64();
+        let t_update = Instant::now();
 
         // 4. Append tokens, token-level stops, free finished requests' blocks.
-        let pairs: Vec<(RequestId, u32)> = jobs.iter().zip(&sampled).map(|((sid, _), t)| (*sid, t.token)).collect();
-        let update = self.scheduler.update_from_output(&out, &pairs);
+        sc.pairs.clear();
+        sc.pairs
+            .extend(sc.jobs.iter().zip(&sc.sampled).map(|((sid, _), t)| (*sid, t.token)));
+        let update = self.scheduler.update_from_output(&out, &sc.pairs);
         self.stats.generation_tokens_total += update.new_tokens.len() as u64;
+        let t_outputs = Instant::now();
+        self.stats.step_phase_seconds.update += (t_outputs - t_update).as_secs_f64();
 
         // 5. Detokenize, find stop strings, send deltas.
-        let by_seq: HashMap<RequestId, usize> = jobs.iter().enumerate().map(|(i, (sid, _))| (*sid, i)).collect();
-        let mut touched: Vec<String> = Vec::new();
+        sc.by_seq.clear();
+        sc.by_seq
+            .extend(sc.jobs.iter().enumerate().map(|(i, (sid, _))| (*sid, i)));
+        sc.touched.clear();
         for &(sid, token) in &update.new_tokens {
             let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else {
                 continue;
             };
-            let st = &sampled[by_seq[&sid]];
+            let st = &sc.sampled[sc.by_seq[&sid]];
             let group = self.groups.get_mut(&ext).expect("group");
             let lps = group
                 .params
@@ -299,7 +345,7 @@ impl EngineCore {
                     .finish_request(sid, FinishReason::Stop, Some(StopReason::String(stop.clone())));
                 group.finish_sample(idx, FinishReason::Stop, Some(StopReason::String(stop)));
             }
-            touched.push(ext);
+            sc.touched.push(ext);
         }
         for &(sid, reason) in &update.finished {
             let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else {
@@ -313,22 +359,24 @@ impl EngineCore {
                 }
                 g.finish_sample(idx, reason, stop_reason);
             }
-            touched.push(ext);
+            sc.touched.push(ext);
         }
-        touched.sort();
-        touched.dedup();
+        sc.touched.sort();
+        sc.touched.dedup();
         let mut finished = Vec::new();
-        for ext in touched {
+        for ext in sc.touched.drain(..) {
             let Some(g) = self.groups.get_mut(&ext) else { continue };
             if g.is_finished() {
                 self.retire(&ext);
-                finished.push(ext);
+                finished.push(ext.to_string());
             } else if !g.flush() {
                 // The caller went away without aborting: free its work now.
                 self.abort(&ext);
-                finished.push(ext);
+                finished.push(ext.to_string());
             }
         }
+        self.stats.step_phase_seconds.outputs += t_outputs.elapsed().as_secs_f64();
+        self.scratch = sc;
         Ok(finished)
     }
 
@@ -348,19 +396,16 @@ impl EngineCore {
     }
 
     /// Host sampling: every sampling id reads its scheduled request's last row (forked children share it).
-    /// Returns the (sampling id, row) jobs and one sampled token per job.
-    fn host_sample(
-        &mut self,
-        scheduled: &[ScheduledRequest],
-        logits: &StepLogits,
-    ) -> Result<(Vec<(RequestId, usize)>, Vec<SampledToken>)> {
-        let mut jobs: Vec<(RequestId, usize)> = Vec::new();
-        let rows_of: HashMap<RequestId, usize> = logits.layout.sample_rows.iter().copied().collect();
+    /// Fills `sc.jobs` with (sampling id, row) and `sc.sampled` with one sampled token per job.
+    fn host_sample(&mut self, scheduled: &[ScheduledRequest], logits: &StepLogits, sc: &mut StepScratch) -> Result<()> {
+        sc.rows_of.clear();
+        sc.rows_of.extend(logits.layout.sample_rows.iter().copied());
         for s in scheduled {
-            if let Some(&row) = rows_of.get(&s.request_id) {
-                jobs.extend(s.sample_ids.iter().map(|&sid| (sid, row)));
+            if let Some(&row) = sc.rows_of.get(&s.request_id) {
+                sc.jobs.extend(s.sample_ids.iter().map(|&sid| (sid, row)));
             }
         }
+        let jobs = &sc.jobs;
         let mut rngs: Vec<SequenceRng> = jobs
             .iter()
             .map(|(sid, _)| {
@@ -394,7 +439,8 @@ impl EngineCore {
                 s.rng = rng;
             }
         }
-        Ok((jobs, sampled))
+        sc.sampled.extend(sampled);
+        Ok(())
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -29,6 +29,29 @@ pub struct EngineStats {
     pub max_batch_seqs: usize,
     /// Most tokens in any one step so far.
     pub max_batch_tokens: usize,
+    /// Where the engine thread's step time went, summed over all steps (what a later overlap of host work with
+    /// the device's step would hide).
+    pub step_phase_seconds: StepPhaseSeconds,
+}
+
+/// Seconds per phase of `EngineCore::step`, summed over steps.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepPhaseSeconds {
+    /// The scheduler's decision.
+    pub schedule: f64,
+    /// The step's sequences and sampling rows gathered from the requests.
+    pub prepare: f64,
+    /// The flattened batch built, uploaded and launched (on the CPU backend this includes the forward pass).
+    pub launch: f64,
+    /// Waiting for the device: the forward's remaining time, sampling, and the copy back of tokens or logits.
+    pub wait: f64,
+    /// Host sampling and prompt log-probs (host path only).
+    pub host_sampling: f64,
+    /// Tokens appended, stops checked, finished requests' blocks freed.
+    pub update: f64,
+    /// Detokenizing and sending each request's delta.
+    pub outputs: f64,
 }
 
 /// Static facts about the loaded model and the engine's capacity (logged at start, shown by `/v1/models`).

@@ -2,15 +2,19 @@
 //! tables, slot mapping, logits indices) from the scheduled sequences. Pure and unit-tested: every backend
 //! consumes exactly these arrays, so their layout is checked here once.
 
+use std::borrow::Cow;
+
 use pagedllm_kernels::InputBatch;
 
 use crate::request::RequestId;
 
 /// One sequence's share of a step, as the runner needs it.
+#[derive(Clone)]
 pub struct ScheduledSeq<'a> {
     pub request_id: RequestId,
-    /// Tokens computed this step (prompt chunk, recompute, or the one decode token).
-    pub token_ids: Vec<u32>,
+    /// Tokens computed this step (prompt chunk, recompute, or the one decode token), usually borrowed from the
+    /// request.
+    pub token_ids: Cow<'a, [u32]>,
     /// Position of `token_ids[0]` (= tokens already in the KV cache).
     pub start_pos: usize,
     pub block_table: &'a [u32],
@@ -30,20 +34,33 @@ pub struct BatchLayout {
 }
 
 pub fn build_input_batch(seqs: &[ScheduledSeq<'_>], block_size: usize) -> (InputBatch, BatchLayout) {
-    let num_tokens: usize = seqs.iter().map(|s| s.token_ids.len()).sum();
-    let max_blocks = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
-    let mut b = InputBatch {
-        token_ids: Vec::with_capacity(num_tokens),
-        positions: Vec::with_capacity(num_tokens),
-        query_start_loc: Vec::with_capacity(seqs.len() + 1),
-        seq_lens: Vec::with_capacity(seqs.len()),
-        block_tables: vec![0; seqs.len() * max_blocks],
-        max_blocks_per_seq: max_blocks,
-        slot_mapping: Vec::with_capacity(num_tokens),
-        logits_indices: Vec::new(),
-        block_size,
-    };
+    let mut b = InputBatch::default();
     let mut layout = BatchLayout::default();
+    build_input_batch_into(seqs, block_size, &mut b, &mut layout);
+    (b, layout)
+}
+
+/// [`build_input_batch`] into existing arrays (cleared first): the engine reuses one batch and layout across
+/// steps, so building a step allocates nothing once they have grown.
+pub fn build_input_batch_into(
+    seqs: &[ScheduledSeq<'_>],
+    block_size: usize,
+    b: &mut InputBatch,
+    layout: &mut BatchLayout,
+) {
+    let max_blocks = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
+    b.token_ids.clear();
+    b.positions.clear();
+    b.query_start_loc.clear();
+    b.seq_lens.clear();
+    b.block_tables.clear();
+    b.block_tables.resize(seqs.len() * max_blocks, 0);
+    b.max_blocks_per_seq = max_blocks;
+    b.slot_mapping.clear();
+    b.logits_indices.clear();
+    b.block_size = block_size;
+    layout.sample_rows.clear();
+    layout.prompt_logprob_rows.clear();
     b.query_start_loc.push(0);
     for (i, s) in seqs.iter().enumerate() {
         let first_row = b.token_ids.len();
@@ -74,7 +91,6 @@ pub fn build_input_batch(seqs: &[ScheduledSeq<'_>], block_size: usize) -> (Input
             b.logits_indices.push((b.token_ids.len() - 1) as u32);
         }
     }
-    (b, layout)
 }
 
 #[cfg(test)]
@@ -89,7 +105,7 @@ mod tests {
             // Prefill chunk of 3 tokens at positions 2..5 of a prompt of 6, with prompt log-probs for 2..5.
             ScheduledSeq {
                 request_id: 10,
-                token_ids: vec![1, 2, 3],
+                token_ids: vec![1, 2, 3].into(),
                 start_pos: 2,
                 block_table: &t0,
                 sample: false,
@@ -98,7 +114,7 @@ mod tests {
             // Decode at position 4 (second block, offset 0).
             ScheduledSeq {
                 request_id: 11,
-                token_ids: vec![9],
+                token_ids: vec![9].into(),
                 start_pos: 4,
                 block_table: &t1,
                 sample: true,
@@ -118,5 +134,11 @@ mod tests {
         assert_eq!(layout.prompt_logprob_rows, vec![(10, 2, 0, 3)]);
         assert_eq!(layout.sample_rows, vec![(11, 3)]);
         assert_eq!(b.logits_indices, vec![0, 1, 2, 3]);
+
+        // Rebuilding into used arrays (a bigger step first) gives the same batch.
+        let bigger = [seqs[0].clone(), seqs[1].clone(), seqs[0].clone()];
+        let (mut b2, mut layout2) = build_input_batch(&bigger, 4);
+        build_input_batch_into(&seqs, 4, &mut b2, &mut layout2);
+        assert_eq!((b2, layout2), (b, layout));
     }
 }

@@ -5,21 +5,32 @@
 //! Backends: the CPU (`LlamaModel` + `KvCache`, f32 activations) and CUDA (`CudaDecoder`, bf16 on one GPU).
 //! Which one runs is decided once, at build time of the engine; both take the same flattened `InputBatch`.
 
+use std::time::Instant;
+
 use pagedllm_kernels::cpu::KvCache;
 use pagedllm_kernels::cuda::CudaDecoder;
+use pagedllm_kernels::InputBatch;
 
 use crate::error::{EngineError, Result};
 use crate::model::llama::LlamaModel;
 use crate::sampler::DeviceSamplingBatch;
 use pagedllm_kernels::cuda::DeviceSample;
 
-use super::batch_builder::{build_input_batch, BatchLayout, ScheduledSeq};
+use super::batch_builder::{build_input_batch_into, BatchLayout, ScheduledSeq};
 
 /// The logits of one step: `rows x vocab_size`, laid out as `layout` says.
 pub struct StepLogits {
     pub logits: Vec<f32>,
     pub vocab_size: usize,
     pub layout: BatchLayout,
+    pub timing: StepTiming,
+}
+
+/// Host seconds of one step in the runner: building and launching the batch, then waiting for what comes back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepTiming {
+    pub launch: f64,
+    pub wait: f64,
 }
 
 impl StepLogits {
@@ -35,6 +46,7 @@ impl StepLogits {
 pub struct StepSamples {
     pub samples: Vec<DeviceSample>,
     pub layout: BatchLayout,
+    pub timing: StepTiming,
 }
 
 enum Backend {
@@ -46,6 +58,10 @@ pub struct ModelRunner {
     backend: Backend,
     block_size: usize,
     vocab_size: usize,
+    /// The step's flattened batch, rebuilt in place each step.
+    batch: InputBatch,
+    /// A layout handed back by the engine after its last step (see `recycle`), refilled by the next.
+    spare_layout: BatchLayout,
 }
 
 fn cuda_err(e: pagedllm_kernels::cuda::CudaError) -> EngineError {
@@ -60,6 +76,8 @@ impl ModelRunner {
             backend: Backend::Cpu { model, kv },
             block_size,
             vocab_size,
+            batch: InputBatch::default(),
+            spare_layout: BatchLayout::default(),
         }
     }
 
@@ -68,11 +86,18 @@ impl ModelRunner {
             backend: Backend::Cuda(Box::new(decoder)),
             block_size,
             vocab_size,
+            batch: InputBatch::default(),
+            spare_layout: BatchLayout::default(),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// Takes back a step's layout once the engine is done with it, so the next step reuses its arrays.
+    pub fn recycle(&mut self, layout: BatchLayout) {
+        self.spare_layout = layout;
     }
 
     /// Whether `execute_and_sample` is available (the backend samples on its device).
@@ -85,7 +110,9 @@ impl ModelRunner {
         seqs: &[ScheduledSeq<'_>],
         blocks_to_copy: &[(u32, u32)],
     ) -> Result<(BatchLayout, Option<Vec<f32>>)> {
-        let (batch, layout) = build_input_batch(seqs, self.block_size);
+        let mut layout = std::mem::take(&mut self.spare_layout);
+        build_input_batch_into(seqs, self.block_size, &mut self.batch, &mut layout);
+        let batch = &self.batch;
         if cfg!(debug_assertions) {
             batch.check();
         }
@@ -95,14 +122,14 @@ impl ModelRunner {
                 if !blocks_to_copy.is_empty() {
                     kv.copy_blocks(blocks_to_copy);
                 }
-                let logits = if empty { Vec::new() } else { model.forward(&batch, kv)? };
+                let logits = if empty { Vec::new() } else { model.forward(batch, kv)? };
                 Ok((layout, Some(logits)))
             }
             Backend::Cuda(dec) => {
                 if !blocks_to_copy.is_empty() {
                     dec.copy_blocks(blocks_to_copy).map_err(cuda_err)?;
                 }
-                dec.forward(&batch).map_err(cuda_err)?;
+                dec.forward(batch).map_err(cuda_err)?;
                 Ok((layout, None))
             }
         }
@@ -111,7 +138,9 @@ impl ModelRunner {
     /// Copies whole KV blocks (copy on write of a shared partial block), runs the forward pass and returns the
     /// logits rows on the host.
     pub fn execute(&mut self, seqs: &[ScheduledSeq<'_>], blocks_to_copy: &[(u32, u32)]) -> Result<StepLogits> {
+        let t0 = Instant::now();
         let (layout, logits) = self.run(seqs, blocks_to_copy)?;
+        let t1 = Instant::now();
         let logits = match (logits, &mut self.backend) {
             (Some(l), _) => l,
             (None, Backend::Cuda(dec)) => {
@@ -127,6 +156,10 @@ impl ModelRunner {
             logits,
             vocab_size: self.vocab_size,
             layout,
+            timing: StepTiming {
+                launch: (t1 - t0).as_secs_f64(),
+                wait: t1.elapsed().as_secs_f64(),
+            },
         })
     }
 
@@ -139,7 +172,9 @@ impl ModelRunner {
         blocks_to_copy: &[(u32, u32)],
         batch: &DeviceSamplingBatch,
     ) -> Result<StepSamples> {
+        let t0 = Instant::now();
         let (layout, _) = self.run(seqs, blocks_to_copy)?;
+        let t1 = Instant::now();
         let Backend::Cuda(dec) = &mut self.backend else {
             return Err(EngineError::Internal(
                 "execute_and_sample on a backend that samples on the host".into(),
@@ -155,6 +190,13 @@ impl ModelRunner {
             )));
         }
         let samples = dec.sample(rows, &batch.edits).map_err(cuda_err)?;
-        Ok(StepSamples { samples, layout })
+        Ok(StepSamples {
+            samples,
+            layout,
+            timing: StepTiming {
+                launch: (t1 - t0).as_secs_f64(),
+                wait: t1.elapsed().as_secs_f64(),
+            },
+        })
     }
 }

@@ -1,6 +1,8 @@
 //! What one scheduler step hands to the model runner (`SchedulerOutput`), what the scheduler reports back after
 //! the step's samples arrive (`UpdateResult`), and its counters (`SchedulerStats`).
 
+use smallvec::SmallVec;
+
 use crate::request::{FinishReason, Request, RequestId};
 
 /// One request's share of a step: compute KV for positions `[start_pos, start_pos + num_new_tokens)`.
@@ -12,8 +14,9 @@ pub struct ScheduledRequest {
     pub start_pos: usize,
     /// Requests that sample a token from the logits of this chunk's last position: empty for a non-final
     /// prefill chunk, `[request_id]` normally, and `[parent, children...]` on the step that forks `n > 1`
-    /// samples (the children are not computed; they share the parent's KV and logits).
-    pub sample_ids: Vec<RequestId>,
+    /// samples (the children are not computed; they share the parent's KV and logits). Inline storage for the
+    /// usual one id, so a step allocates nothing per request for it.
+    pub sample_ids: SmallVec<[RequestId; 2]>,
     /// The chunk starts inside the prompt (prompt-logprob positions may be in it).
     pub is_prefill: bool,
 }

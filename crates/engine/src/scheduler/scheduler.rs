@@ -18,6 +18,7 @@
 //! `schedule` advances nothing but prefix hits; `update_from_output` advances `num_computed_tokens`, appends the
 //! sampled tokens and applies token-level stops. The two must alternate.
 
+use smallvec::SmallVec;
 use std::collections::{HashMap, HashSet};
 
 use super::output::{ScheduledRequest, SchedulerOutput, SchedulerStats, UpdateResult};
@@ -225,7 +226,7 @@ impl Scheduler {
             request_id: r.id,
             num_new_tokens,
             start_pos: r.num_computed_tokens,
-            sample_ids: Vec::new(),
+            sample_ids: SmallVec::new(),
             is_prefill: r.num_computed_tokens < r.num_prompt_tokens(),
         }
     }

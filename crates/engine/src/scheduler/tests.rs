@@ -39,7 +39,7 @@ fn chunked_prefill_then_decode() {
     let chunks: Vec<_> = (0..4).map(|_| h.step().0.scheduled[0].clone()).collect();
     let got: Vec<_> = chunks
         .iter()
-        .map(|s| (s.start_pos, s.num_new_tokens, s.sample_ids.clone(), s.is_prefill))
+        .map(|s| (s.start_pos, s.num_new_tokens, s.sample_ids.to_vec(), s.is_prefill))
         .collect();
     assert_eq!(
         got,
@@ -199,7 +199,7 @@ fn n_samples_fork_share_blocks_and_copy_on_write() {
     assert_eq!(out.forked.len(), 2);
     assert!(out.forked.iter().all(|&(parent, _)| parent == p));
     let children: Vec<_> = out.forked.iter().map(|&(_, c)| c).collect();
-    assert_eq!(out.scheduled[0].sample_ids, vec![p, children[0], children[1]]);
+    assert_eq!(out.scheduled[0].sample_ids.to_vec(), vec![p, children[0], children[1]]);
     assert_eq!(update.new_tokens.len(), 3);
     for (k, &c) in children.iter().enumerate() {
         let r = h.sched.request(c).unwrap();

@@ -17,7 +17,7 @@ fn identical_rows(p: &mut Pair, rows: usize) -> Vec<f32> {
         .enumerate()
         .map(|(i, b)| ScheduledSeq {
             request_id: i as u64,
-            token_ids: vec![7],
+            token_ids: vec![7].into(),
             start_pos: 0,
             block_table: b,
             sample: true,
