@@ -46,6 +46,10 @@ for name, hf_name, label in [("128x512", "128x512", "128 requests of 512 in / 12
 runs = {n: load(f"pagedllm-{n}.json") for n in ["b1", "128x512", "1000x1024"]}
 out["engine_config"] = runs["128x512"]["engine_config"]
 out["kv_blocks"] = {n: r["model"]["numKvBlocks"] for n, r in runs.items()}
+# Where the engine thread's step time went and how many heap allocations a step made (absent in runs made
+# before pagedllm-bench reported them).
+out["per_engine_step"] = {n: {k: r["results"][0].get(k) for k in ("engine_steps", "step_phase_ms", "allocations_per_step")}
+                          for n, r in runs.items()}
 parity = {}
 for f in sorted(os.listdir(d)):
     if f.startswith("parity-") and f.endswith(".json"):
