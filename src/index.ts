@@ -35,4 +35,5 @@ export {
   type EngineStats,
   type LLMOptions,
   type ModelInfo,
+  type StepPhaseSeconds,
 } from './engine-types.js';

@@ -131,7 +131,7 @@ PY
     local name=$1; shift
     log "pagedllm $name"
     timeout 400 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --out "$OUT/pagedllm-$name.json" "$@" 2>&1 \
-      | grep -E '^\{"(allocations_per_step|batch)|^loaded|^error' | tee -a "$OUT/summary.txt"
+      | grep -E '^\{"(batch|engine_steps)|^loaded|^error' | tee -a "$OUT/summary.txt"
   }
   run_ours b1 --batch 1 --input-len 128 --output-len 128
   run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
@@ -158,7 +158,7 @@ if [ "$MODE" = profile ]; then
     local name=$1; shift
     log "pagedllm $name"
     timeout 400 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --out "$OUT/pagedllm-$name.json" "$@" 2>&1 \
-      | grep -E '^\{"(allocations_per_step|batch)|^loaded|^error' | tee -a "$OUT/summary.txt"
+      | grep -E '^\{"(batch|engine_steps)|^loaded|^error' | tee -a "$OUT/summary.txt"
   }
   run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   [ -n "${AB:-}" ] && PAGEDLLM_CUDA_ATTENTION=core run_ours 128x512-core --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192

@@ -48,8 +48,11 @@ out["engine_config"] = runs["128x512"]["engine_config"]
 out["kv_blocks"] = {n: r["model"]["numKvBlocks"] for n, r in runs.items()}
 # Where the engine thread's step time went and how many heap allocations a step made (absent in runs made
 # before pagedllm-bench reported them).
-out["per_engine_step"] = {n: {k: r["results"][0].get(k) for k in ("engine_steps", "step_phase_ms", "allocations_per_step")}
-                          for n, r in runs.items()}
+def per_step(r):
+    x = r["results"][0]
+    return {"engine_steps": x.get("engine_steps"), "step_phase_ms": x.get("step_phase_ms"),
+            "process_allocations_per_step": x.get("process_allocations_per_step", x.get("allocations_per_step"))}
+out["per_engine_step"] = {n: per_step(r) for n, r in runs.items()}
 parity = {}
 for f in sorted(os.listdir(d)):
     if f.startswith("parity-") and f.endswith(".json"):

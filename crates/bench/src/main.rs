@@ -3,7 +3,7 @@
 //! random token ids, each generating exactly `--output-len` tokens (greedy, EOS ignored), all at once, and
 //! reports wall time, output tokens/s, decode tokens/s (after every request has its first token) and TTFT,
 //! and per engine step: where the engine thread's time went (`EngineStats::step_phase_seconds`) and how many
-//! heap allocations the process made. Prints one JSON document (machine, command, config, results) to stdout
+//! heap allocations the whole process made (engine thread and this consumer). Prints one JSON document (machine, command, config, results) to stdout
 //! or `--out`.
 //!
 //! `--device cuda[:N]` runs the GPU backend (build with `--features cuda`); `--model` may then be an HF
@@ -121,7 +121,7 @@ pub(crate) fn submit_token_ids(
 fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usize, seed: u64) -> serde_json::Value {
     let vocab = engine.model_info().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let stats0 = engine.stats();
+    let stats0 = settled_stats(engine);
     let allocs0 = alloc_count::allocations();
     let start = Instant::now();
     let mut streams: Vec<_> = (0..batch)
@@ -150,9 +150,10 @@ fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usi
         }
     }
     let wall = start.elapsed().as_secs_f64();
+    let stats1 = settled_stats(engine);
     let allocs = alloc_count::allocations() - allocs0;
-    let stats1 = engine.stats();
-    let steps = (stats1.steps - stats0.steps).max(1) as f64;
+    let engine_steps = stats1.steps - stats0.steps;
+    let steps = engine_steps.max(1) as f64;
     let (p0, p1) = (&stats0.step_phase_seconds, &stats1.step_phase_seconds);
     let ms = |a: f64, b: f64| (b - a) * 1e3 / steps;
     let per_step_ms = json!({
@@ -180,10 +181,24 @@ fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usi
         "decode_tokens_per_s": decode_tokens as f64 / decode_time,
         "ttft_p50_s": ttft.get(ttft.len() / 2).copied(),
         "ttft_max_s": last_first_token,
-        "engine_steps": steps as u64,
+        "engine_steps": engine_steps,
         "step_phase_ms": per_step_ms,
-        "allocations_per_step": allocs as f64 / steps,
+        // Whole process: the engine thread's and this consumer's (prompts, streams, received deltas).
+        "process_allocations_per_step": allocs as f64 / steps,
     })
+}
+
+/// The engine's counters once it is idle: they are published after each step, so right after the last output
+/// arrives they may not yet include the step that sent it.
+fn settled_stats(engine: &LLMEngine) -> pagedllm_engine::engine::EngineStats {
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let s = engine.stats();
+        if (s.num_running == 0 && s.num_waiting == 0) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn machine() -> serde_json::Value {

@@ -74,6 +74,17 @@ const CASES: &[Case] = &[
         llama3_rope: false,
         tied: true,
     },
+    // Head dim 256 runs on the CUDA-core attention kernel in every type.
+    Case {
+        name: "gqa2-hd256",
+        hidden: 512,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 256,
+        bias: false,
+        llama3_rope: false,
+        tied: true,
+    },
 ];
 
 fn config(c: &Case) -> ModelConfig {
@@ -416,6 +427,44 @@ fn decode_graphs_give_the_eager_results_at_padded_batch_sizes() {
                 case.name
             );
         }
+    }
+}
+
+/// Copy-on-write of KV blocks (what a forked `n > 1` request does with its shared partial block): after a
+/// prefill, copy sequence 0's blocks to fresh ones on both backends and decode a fork that reads only the copies.
+/// The GPU cache starts NaN-poisoned, so a copy that moves too few bytes (e.g. half of each f32 block) shows up.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn copied_kv_blocks_serve_a_fork_in_every_type() {
+    for dtype in [ActivationDtype::Bf16, ActivationDtype::F16, ActivationDtype::F32] {
+        let case = &CASES[3];
+        let cfg = config(case);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let ws = weights(&cfg, &mut rng, 1.0);
+        let num_blocks = 120;
+        let mut p = pair_in(&cfg, &ws, num_blocks, dtype);
+        let mut seqs = random_seqs(&mut rng, 2, 60, num_blocks, cfg.vocab_size);
+        let prompt: Vec<usize> = seqs.iter().map(|s| s.tokens.len() - 8).collect();
+        step(&mut p, &mut seqs, &prompt, "prefill");
+        let used: std::collections::HashSet<u32> = seqs.iter().flat_map(|s| s.blocks.iter().copied()).collect();
+        let fresh: Vec<u32> = (1..num_blocks as u32).filter(|b| !used.contains(b)).collect();
+        let pairs: Vec<(u32, u32)> = seqs[0].blocks.iter().copied().zip(fresh.iter().copied()).collect();
+        p.gpu.copy_blocks(&pairs).unwrap();
+        p.cpu_kv.copy_blocks(&pairs);
+        let fork = Seq {
+            tokens: seqs[0].tokens.clone(),
+            blocks: pairs.iter().map(|&(_, to)| to).collect(),
+            done: seqs[0].done,
+        };
+        // The fork replaces sequence 0: its decodes read only the copied blocks.
+        seqs[0] = fork;
+        let mut worst = 0f64;
+        for _ in 0..4 {
+            worst = worst.max(step(&mut p, &mut seqs, &[1, 1], "decode after copy"));
+        }
+        let tol = if dtype == ActivationDtype::F32 { TOL_F32 } else { TOL };
+        println!("{} {dtype:?}: fork on copied blocks, rel err {worst:.2e}", case.name);
+        assert!(worst < tol, "{dtype:?}: decode on copied blocks differs by {worst:.3e}");
     }
 }
 

@@ -108,4 +108,20 @@ mod tests {
             .unwrap_err()
             .contains("expected [4, 3]"));
     }
+
+    #[test]
+    fn weights_already_in_the_asked_type_pass_through_bit_for_bit() {
+        // Bit patterns that a decode/encode round trip through f32 would not keep: a NaN payload and -0.
+        let words: [u16; 4] = [0x7fc1, 0x8000, 0x3c00, 0x1234];
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        for (src, dtype) in [
+            (GgmlType::BF16, ActivationDtype::Bf16),
+            (GgmlType::F16, ActivationDtype::F16),
+        ] {
+            let mut store = WeightStore::default();
+            let m = WeightMatrix::new(src, 2, 2, Storage::Owned(std::sync::Arc::new(bytes.clone()))).unwrap();
+            store.insert("w", m);
+            assert_eq!(device_weight(&store, "w", 2, 2, dtype).unwrap(), bytes, "{dtype:?}");
+        }
+    }
 }

@@ -135,10 +135,37 @@ mod tests {
         assert_eq!(layout.sample_rows, vec![(11, 3)]);
         assert_eq!(b.logits_indices, vec![0, 1, 2, 3]);
 
-        // Rebuilding into used arrays (a bigger step first) gives the same batch.
-        let bigger = [seqs[0].clone(), seqs[1].clone(), seqs[0].clone()];
-        let (mut b2, mut layout2) = build_input_batch(&bigger, 4);
+        // Rebuilding into used arrays gives the same batch: first a different step with more tokens, wider block
+        // tables and other rows, whose leftovers must not survive.
+        let wide = [9u32, 8, 7, 6, 5];
+        let other = [ScheduledSeq {
+            request_id: 12,
+            token_ids: vec![4; 9].into(),
+            start_pos: 8,
+            block_table: &wide,
+            sample: true,
+            prompt_logprob_positions: 8..12,
+        }];
+        let (mut b2, mut layout2) = build_input_batch(&other, 4);
+        assert_eq!(b2.max_blocks_per_seq, 5);
         build_input_batch_into(&seqs, 4, &mut b2, &mut layout2);
-        assert_eq!((b2, layout2), (b, layout));
+        assert_eq!((&b2, &layout2), (&b, &layout));
+        // A short block table is padded with zeros, not with the previous step's entries.
+        let one = [2u32];
+        let mixed = [
+            ScheduledSeq {
+                request_id: 13,
+                token_ids: vec![3].into(),
+                start_pos: 1,
+                block_table: &one,
+                sample: true,
+                prompt_logprob_positions: 0..0,
+            },
+            seqs[1].clone(),
+        ];
+        build_input_batch_into(&other, 4, &mut b2, &mut layout2);
+        build_input_batch_into(&mixed, 4, &mut b2, &mut layout2);
+        assert_eq!(b2.block_tables, vec![2, 0, 5, 6]);
+        assert_eq!((b2, layout2), build_input_batch(&mixed, 4));
     }
 }

@@ -99,6 +99,10 @@ impl FloatBuffer {
     pub fn len(&self) -> usize {
         self.buf.len() / self.elem
     }
+    /// Bytes per value.
+    pub fn value_bytes(&self) -> usize {
+        self.elem
+    }
     /// Device address of value `i`.
     pub fn at(&self, i: usize) -> u64 {
         self.buf.at(i * self.elem)

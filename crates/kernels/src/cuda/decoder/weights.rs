@@ -16,9 +16,15 @@ pub(super) fn upload_weight(
     rows: usize,
     cols: usize,
 ) -> Result<(), CudaError> {
+    if offset + rows * cols > dst.len() {
+        return Err(CudaError::Weights(format!(
+            "`{name}` ({rows} x {cols}) does not fit at value {offset} of a {}-value buffer",
+            dst.len()
+        )));
+    }
     let host = fetch(name, rows, cols).map_err(CudaError::Weights)?;
-    let value_bytes = dst.bytes() / dst.len().max(1);
-    if offset + rows * cols > dst.len() || host.len() != rows * cols * value_bytes {
+    let value_bytes = dst.value_bytes();
+    if host.len() != rows * cols * value_bytes {
         return Err(CudaError::Weights(format!(
             "`{name}` came as {} bytes, expected {rows} x {cols} values of {value_bytes} bytes",
             host.len()

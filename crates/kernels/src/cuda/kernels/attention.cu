@@ -31,7 +31,7 @@ __device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* 
   // conflicts; f32 rows stay 8-byte aligned for to_f32x2).
   constexpr int KPAD = HD + 2;
   __shared__ float sq[ROWS][HD];
-  __shared__ T sk[KT][KPAD];
+  __shared__ alignas(16) T sk[KT][KPAD];
   __shared__ alignas(sizeof(Pack8<T>)) T sv[KT][HD];
 
   const int tile = blockIdx.x, kvh = blockIdx.y;
