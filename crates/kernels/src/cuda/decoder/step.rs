@@ -30,9 +30,12 @@ pub(super) fn flash_shared_bytes(head_dim: usize) -> usize {
 /// Split-KV partial rows (one per split, token and query head) the tensor-core kernel may write.
 pub(super) const FLASH_PART_ROWS: usize = 1 << 16;
 
-/// Attention blocks a step aims for: several waves of the GPU's ~132 SMs x 3 resident blocks, so a ragged
-/// decode grid (sequences of different lengths) leaves no SM idle for long.
-const FLASH_TARGET_BLOCKS: usize = 2048;
+/// Attention blocks a step aims for: ~2.6 waves of the GPU's ~132 SMs x 3 resident blocks, so a ragged decode grid
+/// (sequences of different lengths) leaves no SM idle for long, while grids already that large run unsplit (no
+/// partials, no combine pass). Measured on an H200 (Llama-3-8B shape, interleaved builds in one call,
+/// bench/results/gpu-ab-flash-target-blocks-h200-2026-11-21/): 1024 decodes 3.5% faster than 2048 at batches 32 and
+/// 128; 4096 is 7% slower at batch 32.
+const FLASH_TARGET_BLOCKS: usize = 1024;
 
 /// KV splits for the tensor-core kernel: enough blocks to fill the GPU evenly, at most 16, and no more
 /// partial rows than the buffer holds. Prefill-sized grids run unsplit.
@@ -410,9 +413,11 @@ mod tests {
                 }
             }
         }
-        // Llama-3-8B: one decode spreads over 16 splits, 128 decodes over 2, an 8192-token prefill not at all.
+        // Llama-3-8B: one decode spreads over 16 splits, 32 decodes over 4, 128 decodes and an 8192-token
+        // prefill not at all.
         assert_eq!(flash_splits(1, 8, 1, 32), 16);
-        assert_eq!(flash_splits(128, 8, 128, 32), 2);
+        assert_eq!(flash_splits(32, 8, 32, 32), 4);
+        assert_eq!(flash_splits(128, 8, 128, 32), 1);
         assert_eq!(flash_splits(512, 8, 8192, 32), 1);
     }
 }
