@@ -256,7 +256,7 @@ impl EngineCore {
         let mut sc = std::mem::take(&mut self.scratch);
         sc.jobs.clear();
         sc.sampled.clear();
-        if on_device {
+        let timing = if on_device {
             // Rows in the order of the sequences that sample (the layout's order).
             self.device_batch.clear();
             for s in out.scheduled.iter().filter(|s| !s.sample_ids.is_empty()) {
@@ -280,9 +280,6 @@ impl EngineCore {
                 .runner
                 .execute_and_sample(&seqs, &out.blocks_to_copy, &self.device_batch)?;
             drop(seqs);
-            let phases = &mut self.stats.step_phase_seconds;
-            phases.launch += step.timing.launch;
-            phases.wait += step.timing.wait;
             sc.rows_of.clear();
             sc.rows_of.extend(step.layout.sample_rows.iter().copied());
             for s in &out.scheduled {
@@ -300,6 +297,7 @@ impl EngineCore {
                 }
             }
             self.runner.recycle(step.layout);
+            step.timing
         } else {
             t_prepared_rows = Instant::now();
             let logits = self.runner.execute(&seqs, &out.blocks_to_copy)?;
@@ -307,13 +305,14 @@ impl EngineCore {
             let t_host = Instant::now();
             self.host_prompt_logprobs(&logits)?;
             self.host_sample(&out.scheduled, &logits, &mut sc)?;
-            let phases = &mut self.stats.step_phase_seconds;
-            phases.launch += logits.timing.launch;
-            phases.wait += logits.timing.wait;
-            phases.host_sampling += t_host.elapsed().as_secs_f64();
+            self.stats.step_phase_seconds.host_sampling += t_host.elapsed().as_secs_f64();
             self.runner.recycle(logits.layout);
-        }
-        self.stats.step_phase_seconds.prepare += (t_prepared_rows - t_scheduled).as_secs_f64();
+            logits.timing
+        };
+        let phases = &mut self.stats.step_phase_seconds;
+        phases.prepare += (t_prepared_rows - t_scheduled).as_secs_f64();
+        phases.launch += timing.launch;
+        phases.wait += timing.wait;
         let t_update = Instant::now();
 
         // 4. Append tokens, token-level stops, free finished requests' blocks.
