@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A/B(/C...) of builds of pagedllm-bench on the GPU machine, interleaved in one call (same machine, same model):
 #   bash scripts/gpu/ab-binaries.sh A_BIN B_BIN [C_BIN ...]   (results under $OUT; llama-8b random bf16)
+#   FULL=1 ...: single stream, 128 x 512/128 and 1000 x 1024/128, two interleaved rounds (a refactor's A/B)
 # Used to decide whether a change is kept: build each variant here, carry them all, compare in one call.
 set -uo pipefail
 BINS=("$@")
@@ -14,6 +15,19 @@ run() { # label, binary, args...
   timeout 200 $bin throughput --device cuda --model $dir --out "$OUT/$label.json" "$@" 2>&1 | grep -E '^\{"batch' \
     | python3 -c "import sys,json; d=json.loads(sys.stdin.read()); print('$label', round(d['output_tokens_per_s'],1), 'out tok/s; decode', round(d['decode_tokens_per_s'],1), d.get('step_phase_ms'))"
 }
+if [ -n "${FULL:-}" ]; then
+  # The three workloads a refactor must keep (single stream, 128 x 512/128, 1000 x 1024/128 with 256 running),
+  # each binary in turn within a round, two rounds.
+  for round in 1 2; do
+    for i in "${!BINS[@]}"; do
+      run "$(label_of $i)-b1-r$round" "${BINS[$i]}" --batch 1 --input-len 128 --output-len 128
+      run "$(label_of $i)-128x512-r$round" "${BINS[$i]}" --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
+      run "$(label_of $i)-1000x1024-r$round" "${BINS[$i]}" --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 \
+        --max-num-batched-tokens 8192 --no-warmup
+    done
+  done
+  exit 0
+fi
 for round in 1 2; do
   for i in "${!BINS[@]}"; do
     run "$(label_of $i)-128x512-r$round" "${BINS[$i]}" --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192

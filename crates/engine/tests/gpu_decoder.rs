@@ -1,21 +1,24 @@
-//! GPU tests of the CUDA decoder against the CPU backend (f32 activations, the same bf16-rounded weights).
+//! GPU tests of the CUDA backend against the CPU backend: the one model definition (`LlamaModel`) run on both
+//! (the CPU in f32 activations, the same bf16-rounded weights).
 //! They need a CUDA GPU, so they are `#[ignore]`d: CI builds them (with `--features cuda`) and skips them; the
 //! device run (`scripts/gpu/device-run.sh`) runs them with `--ignored`.
 //!
 //! Every case draws fresh random weights and batches: GQA ratios 1/4/8, head dims 64 and 128, Qwen2 biases,
-//! llama3 RoPE scaling, untied heads; block tables are shuffled (non-contiguous) block ids; prompts are
+//! llama3 RoPE scaling, Qwen3 qk-norm, untied heads; block tables are shuffled (non-contiguous) block ids; prompts are
 //! prefilled in two chunks so the second reads the first's blocks (what a prefix-cache hit looks like to the
 //! kernels); decode steps follow; lengths cross block boundaries; batches of 1 to 256 sequences. Buffers and
 //! the KV cache are poisoned with NaN before each run, so an unwritten output or a wrong index shows.
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use pagedllm_engine::model::device_weights::{decoder_shape, device_weight};
+use pagedllm_engine::model::device_weights::model_shape;
 use pagedllm_engine::model::llama::LlamaModel;
 use pagedllm_engine::model::{ModelConfig, RopeScaling, WeightStore};
 use pagedllm_engine::runner::{build_input_batch, ScheduledSeq};
-use pagedllm_kernels::cuda::{ActivationDtype, CudaDecoder, CudaOptions};
-use pagedllm_kernels::WeightMatrix;
+use pagedllm_kernels::backend::Backend;
+use pagedllm_kernels::cpu::CpuBackend;
+use pagedllm_kernels::cuda::{ActivationDtype, CudaBackend, CudaError, CudaOptions, DeviceSample, DeviceSampleParams, TokenEdit};
+use pagedllm_kernels::{InputBatch, WeightMatrix};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,6 +34,7 @@ struct Case {
     bias: bool,
     llama3_rope: bool,
     tied: bool,
+    qk_norm: bool,
 }
 
 const CASES: &[Case] = &[
@@ -43,6 +47,7 @@ const CASES: &[Case] = &[
         bias: false,
         llama3_rope: false,
         tied: true,
+        qk_norm: false,
     },
     Case {
         name: "gqa4-hd64-qwen2-bias",
@@ -53,6 +58,7 @@ const CASES: &[Case] = &[
         bias: true,
         llama3_rope: false,
         tied: true,
+        qk_norm: false,
     },
     Case {
         name: "gqa8-hd128-llama3-untied",
@@ -63,6 +69,7 @@ const CASES: &[Case] = &[
         bias: false,
         llama3_rope: true,
         tied: false,
+        qk_norm: false,
     },
     Case {
         name: "gqa4-hd128",
@@ -73,6 +80,19 @@ const CASES: &[Case] = &[
         bias: false,
         llama3_rope: false,
         tied: true,
+        qk_norm: false,
+    },
+    // Qwen3: per-head q/k RMSNorm before RoPE (in the rope kernel's block reduction).
+    Case {
+        name: "gqa4-hd128-qwen3-qknorm",
+        hidden: 512,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 128,
+        bias: false,
+        llama3_rope: false,
+        tied: false,
+        qk_norm: true,
     },
     // Head dim 256 runs on the CUDA-core attention kernel in every type.
     Case {
@@ -84,12 +104,20 @@ const CASES: &[Case] = &[
         bias: false,
         llama3_rope: false,
         tied: true,
+        qk_norm: false,
     },
 ];
 
 fn config(c: &Case) -> ModelConfig {
     ModelConfig {
-        architecture: if c.bias { "qwen2" } else { "llama" }.into(),
+        architecture: if c.qk_norm {
+            "qwen3"
+        } else if c.bias {
+            "qwen2"
+        } else {
+            "llama"
+        }
+        .into(),
         hidden_size: c.hidden,
         intermediate_size: 2 * c.hidden + 64,
         num_hidden_layers: 2,
@@ -112,6 +140,7 @@ fn config(c: &Case) -> ModelConfig {
         max_position_embeddings: 4096,
         tie_word_embeddings: c.tied,
         attention_bias: c.bias,
+        qk_norm: c.qk_norm,
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -143,6 +172,10 @@ fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightSt
             put(format!("{p}.self_attn.k_proj.bias"), 1, kv, 0.5, 0.0, rng);
             put(format!("{p}.self_attn.v_proj.bias"), 1, kv, 0.5, 0.0, rng);
         }
+        if cfg.qk_norm {
+            put(format!("{p}.self_attn.q_norm.weight"), 1, hd, 0.3, 1.0, rng);
+            put(format!("{p}.self_attn.k_norm.weight"), 1, hd, 0.3, 1.0, rng);
+        }
         put(format!("{p}.mlp.gate_proj.weight"), i, h, 0.1, 0.0, rng);
         put(format!("{p}.mlp.up_proj.weight"), i, h, 0.1, 0.0, rng);
         put(format!("{p}.mlp.down_proj.weight"), h, i, 0.05, 0.0, rng);
@@ -154,10 +187,45 @@ fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightSt
     ws
 }
 
+/// The model on one backend, driven as the engine's runner drives it.
+struct On<B> {
+    model: LlamaModel,
+    backend: B,
+}
+
+impl<B: Backend> On<B> {
+    fn forward(&mut self, batch: &InputBatch) -> Result<(), B::Error> {
+        let mut batch = batch.clone();
+        let model = &self.model;
+        self.backend.run_step(&mut batch, &mut |b| model.forward(b))
+    }
+    fn logits_to_host(&mut self, out: &mut Vec<f32>) -> Result<(), B::Error> {
+        self.backend.logits_to_host(out)
+    }
+    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<(), B::Error> {
+        self.backend.copy_blocks(pairs)
+    }
+    /// Forward, then the logits.
+    fn logits(&mut self, batch: &InputBatch) -> Vec<f32> {
+        self.forward(batch).unwrap_or_else(|e| panic!("forward: {e}"));
+        let mut out = Vec::new();
+        self.logits_to_host(&mut out).unwrap_or_else(|e| panic!("logits: {e}"));
+        out
+    }
+}
+
+impl On<CudaBackend> {
+    fn sample(&mut self, rows: &[DeviceSampleParams], edits: &[TokenEdit]) -> Result<Vec<DeviceSample>, CudaError> {
+        self.backend.sample(rows, edits)
+    }
+    fn poison(&mut self, kv: bool) -> Result<(), CudaError> {
+        self.backend.poison(kv)
+    }
+}
+
 struct Pair {
-    cpu: LlamaModel,
-    cpu_kv: pagedllm_kernels::cpu::KvCache,
-    gpu: CudaDecoder,
+    cpu: On<CpuBackend>,
+    gpu: On<CudaBackend>,
     vocab: usize,
 }
 
@@ -167,7 +235,7 @@ fn gpu_decoder(
     num_blocks: usize,
     enforce_eager: bool,
     dtype: ActivationDtype,
-) -> CudaDecoder {
+) -> On<CudaBackend> {
     let opts = CudaOptions {
         ordinal: 0,
         dtype,
@@ -179,8 +247,10 @@ fn gpu_decoder(
         num_blocks_override: Some(num_blocks),
         enforce_eager,
     };
-    let mut fetch = |n: &str, r: usize, c: usize, t: ActivationDtype| device_weight(ws, n, r, c, t);
-    let mut gpu = CudaDecoder::load(&opts, &decoder_shape(cfg, ws), &mut fetch).unwrap();
+    let mut backend = CudaBackend::new(&opts, &model_shape(cfg)).unwrap();
+    let model = LlamaModel::load(cfg, ws, &mut backend).unwrap();
+    backend.finish_load(&mut |b| model.forward(b)).unwrap();
+    let mut gpu = On { model, backend };
     gpu.poison(true).unwrap();
     gpu
 }
@@ -190,12 +260,11 @@ fn pair(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize) -> Pair {
 }
 
 fn pair_in(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize, dtype: ActivationDtype) -> Pair {
-    let cpu = LlamaModel::new(cfg, ws).unwrap();
-    let cpu_kv = cpu.new_kv_cache(num_blocks, BLOCK);
+    let mut backend = CpuBackend::new(LlamaModel::kv_layout(cfg), num_blocks, BLOCK, cfg.max_position_embeddings);
+    let model = LlamaModel::load(cfg, ws, &mut backend).unwrap();
     let gpu = gpu_decoder(cfg, ws, num_blocks, true, dtype);
     Pair {
-        cpu,
-        cpu_kv,
+        cpu: On { model, backend },
         gpu,
         vocab: cfg.vocab_size,
     }
@@ -246,11 +315,9 @@ fn step(p: &mut Pair, seqs: &mut [Seq], counts: &[usize], what: &str) -> f64 {
         .collect();
     let (batch, _) = build_input_batch(&scheduled, BLOCK);
     batch.check();
-    let cpu = p.cpu.forward(&batch, &mut p.cpu_kv).unwrap();
+    let cpu = p.cpu.logits(&batch);
     p.gpu.poison(false).unwrap();
-    p.gpu.forward(&batch).unwrap();
-    let mut gpu = Vec::new();
-    p.gpu.logits_to_host(&mut gpu).unwrap();
+    let gpu = p.gpu.logits(&batch);
     drop(scheduled);
     for (s, &n) in seqs.iter_mut().zip(counts) {
         s.done += n;
@@ -450,7 +517,7 @@ fn copied_kv_blocks_serve_a_fork_in_every_type() {
         let fresh: Vec<u32> = (1..num_blocks as u32).filter(|b| !used.contains(b)).collect();
         let pairs: Vec<(u32, u32)> = seqs[0].blocks.iter().copied().zip(fresh.iter().copied()).collect();
         p.gpu.copy_blocks(&pairs).unwrap();
-        p.cpu_kv.copy_blocks(&pairs);
+        p.cpu.copy_blocks(&pairs).unwrap();
         let fork = Seq {
             tokens: seqs[0].tokens.clone(),
             blocks: pairs.iter().map(|&(_, to)| to).collect(),

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use pagedllm_kernels::cpu::KvCache;
+use pagedllm_kernels::cpu::{CpuBackend, KvCache};
+use pagedllm_kernels::cuda::CudaBackend;
 
 use crate::config::{Device, DtypeChoice, EngineConfig};
 use crate::error::{EngineError, Result};
 use crate::loader::{load_model, GenerationDefaults};
-use crate::model::device_weights::{auto_dtype, decoder_shape, device_weight};
+use crate::model::device_weights::{auto_dtype, model_shape};
 use crate::model::llama::LlamaModel;
-use crate::runner::ModelRunner;
+use crate::runner::{ModelOn, ModelRunner};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use pagedllm_kernels::cuda::ActivationDtype;
@@ -129,17 +130,15 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
                 num_blocks_override: config.num_gpu_blocks_override,
                 enforce_eager: config.enforce_eager,
             };
-            let shape = decoder_shape(&mc, &loaded.weights);
-            let mut fetch = |name: &str, rows: usize, cols: usize, dtype: ActivationDtype| {
-                device_weight(&loaded.weights, name, rows, cols, dtype)
-            };
-            let dec = pagedllm_kernels::cuda::CudaDecoder::load(&opts, &shape, &mut fetch)
-                .map_err(|e| EngineError::Backend(e.to_string()))?;
-            Some(dec)
+            let gpu_err = |e: pagedllm_kernels::cuda::CudaError| EngineError::Backend(e.to_string());
+            let mut backend = CudaBackend::new(&opts, &model_shape(&mc)).map_err(gpu_err)?;
+            let model = LlamaModel::load(&mc, &loaded.weights, &mut backend)?;
+            backend.finish_load(&mut |b| model.forward(b)).map_err(gpu_err)?;
+            Some(ModelOn { model, backend })
         }
     };
     let num_blocks = match &cuda {
-        Some(dec) => dec.num_kv_blocks(),
+        Some(on_gpu) => on_gpu.backend.num_kv_blocks(),
         None => num_kv_blocks(config, &mc)?,
     };
     let kv_capacity = (num_blocks - 1) * config.block_size;
@@ -158,7 +157,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         // Unset: the model's context, capped to what the KV cache can hold (a CPU byte budget is often smaller).
         None => mc.max_position_embeddings.min(kv_capacity),
     };
-    if let Some(dec) = &cuda {
+    if let Some(ModelOn { backend: dec, .. }) = &cuda {
         // vLLM's start-up line: what the profile left for the KV cache and how many full-length requests fit.
         let plan = dec.kv_plan();
         eprintln!(
@@ -185,12 +184,21 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         .map_err(|e| EngineError::Internal(format!("building the compute thread pool: {e}")))?;
 
     let device_name = match &cuda {
-        Some(dec) => format!("{} ({})", config.device, dec.device_name()),
+        Some(on_gpu) => format!("{} ({})", config.device, on_gpu.backend.device_name()),
         None => "cpu".to_string(),
     };
     let runner = match cuda {
-        Some(dec) => ModelRunner::new_cuda(dec, mc.vocab_size, config.block_size),
-        None => ModelRunner::new(LlamaModel::new(&mc, &loaded.weights)?, num_blocks, config.block_size),
+        Some(on_gpu) => ModelRunner::new_cuda(on_gpu, config.block_size),
+        None => {
+            let mut backend = CpuBackend::new(
+                LlamaModel::kv_layout(&mc),
+                num_blocks,
+                config.block_size,
+                mc.max_position_embeddings,
+            );
+            let model = LlamaModel::load(&mc, &loaded.weights, &mut backend)?;
+            ModelRunner::new(ModelOn { model, backend }, config.block_size)
+        }
     };
     let scheduler = Scheduler::new(SchedulerConfig::from_engine(config, max_model_len, num_blocks))?;
     let usable_blocks = num_blocks - 1;

@@ -16,7 +16,7 @@ use super::qk_unpermute::{arch_is_permuted, unpermute_qk};
 use super::{gguf_rope, push_unique, GenerationDefaults, LoadedModel, ModelFormat, ModelSourceInfo};
 
 /// Architectures whose GGUF tensors this loader maps (Mistral GGUFs use "llama").
-const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
+const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// Loads a `.gguf` file.
 pub fn load_gguf(path: &Path, name: String) -> Result<LoadedModel> {
@@ -186,6 +186,7 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         max_position_embeddings: req_u64(file, &k("context_length"))? as usize,
         tie_word_embeddings: file.tensor_info("output.weight").is_none(),
         attention_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
+        qk_norm: file.tensor_info("blk.0.attn_q_norm.weight").is_some(),
         bos_token_id,
         eos_token_ids,
         architecture: arch,
@@ -214,6 +215,8 @@ pub fn hf_tensor_name(gguf: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_norm" => "post_attention_layernorm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",

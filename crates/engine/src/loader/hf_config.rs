@@ -15,6 +15,7 @@ const ARCHITECTURE_CLASSES: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("MistralForCausalLM", "mistral"),
     ("Qwen2ForCausalLM", "qwen2"),
+    ("Qwen3ForCausalLM", "qwen3"),
 ];
 
 /// A token id or a list of them (transformers accepts both for `eos_token_id`).
@@ -97,6 +98,7 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
         tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
         attention_bias: raw.attention_bias.unwrap_or(arch == "qwen2"),
+        qk_norm: arch == "qwen3",
         bos_token_id: raw.bos_token_id,
         eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
         architecture: arch,

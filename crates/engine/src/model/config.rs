@@ -1,4 +1,4 @@
-//! `ModelConfig`: the switches that tell Llama-family models apart (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2).
+//! `ModelConfig`: the switches that tell Llama-family models apart (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2, Qwen3).
 //! Filled from GGUF metadata or an HF `config.json` by the loaders; read by the model and the memory planner.
 
 use serde::{Deserialize, Serialize};
@@ -37,13 +37,16 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// Qwen2: bias on q/k/v projections.
     pub attention_bias: bool,
+    /// Qwen3: per-head RMSNorm of q and k before RoPE (`self_attn.q_norm` / `k_norm`, `head_dim` weights).
+    #[serde(default)]
+    pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
 
 impl ModelConfig {
     /// The architectures the Llama model file implements.
-    pub const SUPPORTED_ARCHITECTURES: &'static [&'static str] = &["llama", "mistral", "qwen2"];
+    pub const SUPPORTED_ARCHITECTURES: &'static [&'static str] = &["llama", "mistral", "qwen2", "qwen3"];
 
     /// RoPE inverse frequencies (`head_dim / 2`) with this model's scaling applied; shared by every backend.
     pub fn rope_inv_freq(&self) -> Vec<f32> {

@@ -1,5 +1,6 @@
-//! Model definitions. One Llama-family model file covers Llama 2/3/3.1, SmolLM2, Mistral and Qwen2 through
-//! `ModelConfig` switches; `WeightStore` is what loaders hand to it.
+//! Model definitions, each written once against the backend ops (`pagedllm_kernels::backend`), so every backend
+//! runs the same forward. One Llama-family model file covers Llama 2/3/3.1, SmolLM2, Mistral, Qwen2 and Qwen3
+//! through `ModelConfig` switches; `WeightStore` is what loaders hand to it.
 
 pub mod config;
 pub mod device_weights;

@@ -5,4 +5,4 @@ pub mod batch_builder;
 pub mod model_runner;
 
 pub use batch_builder::{build_input_batch, BatchLayout, ScheduledSeq};
-pub use model_runner::{ModelRunner, StepLogits};
+pub use model_runner::{ModelOn, ModelRunner, StepLogits};

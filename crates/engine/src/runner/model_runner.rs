@@ -2,19 +2,20 @@
 //! the logits rows the sampler needs — or, on a backend that samples on its device, the sampled tokens. The
 //! engine never touches KV memory except through here.
 //!
-//! Backends: the CPU (`LlamaModel` + `KvCache`, f32 activations) and CUDA (`CudaDecoder`, bf16 on one GPU).
-//! Which one runs is decided once, at build time of the engine; both take the same flattened `InputBatch`.
+//! The model is one definition (`LlamaModel`) run on one of the backends: the CPU (`CpuBackend`, f32
+//! activations) or CUDA (`CudaBackend`, bf16/f16/f32 on one GPU, which can also sample). Which one runs is
+//! decided once, when the engine is built; both take the same flattened `InputBatch`.
 
 use std::time::Instant;
 
-use pagedllm_kernels::cpu::KvCache;
-use pagedllm_kernels::cuda::CudaDecoder;
+use pagedllm_kernels::backend::Backend;
+use pagedllm_kernels::cpu::CpuBackend;
+use pagedllm_kernels::cuda::{CudaBackend, DeviceSample};
 use pagedllm_kernels::InputBatch;
 
 use crate::error::{EngineError, Result};
 use crate::model::llama::LlamaModel;
 use crate::sampler::DeviceSamplingBatch;
-use pagedllm_kernels::cuda::DeviceSample;
 
 use super::batch_builder::{build_input_batch_into, BatchLayout, ScheduledSeq};
 
@@ -49,13 +50,37 @@ pub struct StepSamples {
     pub timing: StepTiming,
 }
 
-enum Backend {
-    Cpu { model: LlamaModel, kv: KvCache },
-    Cuda(Box<CudaDecoder>),
+/// The model and the backend it was loaded onto.
+pub struct ModelOn<B> {
+    pub model: LlamaModel,
+    pub backend: B,
+}
+
+impl<B: Backend> ModelOn<B> {
+    /// Copy-on-write block copies, then one step of the model over `batch`.
+    fn step(&mut self, batch: &mut InputBatch, blocks_to_copy: &[(u32, u32)]) -> Result<()> {
+        let err = |e: B::Error| EngineError::Backend(e.to_string());
+        if !blocks_to_copy.is_empty() {
+            self.backend.copy_blocks(blocks_to_copy).map_err(err)?;
+        }
+        let model = &self.model;
+        self.backend.run_step(batch, &mut |b| model.forward(b)).map_err(err)
+    }
+
+    fn logits(&mut self, out: &mut Vec<f32>) -> Result<()> {
+        self.backend
+            .logits_to_host(out)
+            .map_err(|e| EngineError::Backend(e.to_string()))
+    }
+}
+
+enum Device {
+    Cpu(ModelOn<CpuBackend>),
+    Cuda(Box<ModelOn<CudaBackend>>),
 }
 
 pub struct ModelRunner {
-    backend: Backend,
+    device: Device,
     block_size: usize,
     vocab_size: usize,
     /// The step's flattened batch, rebuilt in place each step.
@@ -69,21 +94,21 @@ fn cuda_err(e: pagedllm_kernels::cuda::CudaError) -> EngineError {
 }
 
 impl ModelRunner {
-    pub fn new(model: LlamaModel, num_blocks: usize, block_size: usize) -> Self {
-        let kv = model.new_kv_cache(num_blocks, block_size);
-        let vocab_size = model.config().vocab_size;
-        Self {
-            backend: Backend::Cpu { model, kv },
-            block_size,
-            vocab_size,
-            batch: InputBatch::default(),
-            spare_layout: BatchLayout::default(),
-        }
+    pub fn new(on_cpu: ModelOn<CpuBackend>, block_size: usize) -> Self {
+        Self::with_device(Device::Cpu(on_cpu), block_size)
     }
 
-    pub fn new_cuda(decoder: CudaDecoder, vocab_size: usize, block_size: usize) -> Self {
+    pub fn new_cuda(on_gpu: ModelOn<CudaBackend>, block_size: usize) -> Self {
+        Self::with_device(Device::Cuda(Box::new(on_gpu)), block_size)
+    }
+
+    fn with_device(device: Device, block_size: usize) -> Self {
+        let vocab_size = match &device {
+            Device::Cpu(m) => m.model.config().vocab_size,
+            Device::Cuda(m) => m.model.config().vocab_size,
+        };
         Self {
-            backend: Backend::Cuda(Box::new(decoder)),
+            device,
             block_size,
             vocab_size,
             batch: InputBatch::default(),
@@ -102,56 +127,33 @@ impl ModelRunner {
 
     /// Whether `execute_and_sample` is available (the backend samples on its device).
     pub fn samples_on_device(&self) -> bool {
-        matches!(self.backend, Backend::Cuda(_))
+        matches!(self.device, Device::Cuda(_))
     }
 
-    fn run(
-        &mut self,
-        seqs: &[ScheduledSeq<'_>],
-        blocks_to_copy: &[(u32, u32)],
-    ) -> Result<(BatchLayout, Option<Vec<f32>>)> {
+    fn run(&mut self, seqs: &[ScheduledSeq<'_>], blocks_to_copy: &[(u32, u32)]) -> Result<BatchLayout> {
         let mut layout = std::mem::take(&mut self.spare_layout);
         build_input_batch_into(seqs, self.block_size, &mut self.batch, &mut layout);
-        let batch = &self.batch;
         if cfg!(debug_assertions) {
-            batch.check();
+            self.batch.check();
         }
-        let empty = batch.logits_indices.is_empty() && batch.num_tokens() == 0;
-        match &mut self.backend {
-            Backend::Cpu { model, kv } => {
-                if !blocks_to_copy.is_empty() {
-                    kv.copy_blocks(blocks_to_copy);
-                }
-                let logits = if empty { Vec::new() } else { model.forward(batch, kv)? };
-                Ok((layout, Some(logits)))
-            }
-            Backend::Cuda(dec) => {
-                if !blocks_to_copy.is_empty() {
-                    dec.copy_blocks(blocks_to_copy).map_err(cuda_err)?;
-                }
-                dec.forward(batch).map_err(cuda_err)?;
-                Ok((layout, None))
-            }
+        match &mut self.device {
+            Device::Cpu(m) => m.step(&mut self.batch, blocks_to_copy)?,
+            Device::Cuda(m) => m.step(&mut self.batch, blocks_to_copy)?,
         }
+        Ok(layout)
     }
 
     /// Copies whole KV blocks (copy on write of a shared partial block), runs the forward pass and returns the
     /// logits rows on the host.
     pub fn execute(&mut self, seqs: &[ScheduledSeq<'_>], blocks_to_copy: &[(u32, u32)]) -> Result<StepLogits> {
         let t0 = Instant::now();
-        let (layout, logits) = self.run(seqs, blocks_to_copy)?;
+        let layout = self.run(seqs, blocks_to_copy)?;
         let t1 = Instant::now();
-        let logits = match (logits, &mut self.backend) {
-            (Some(l), _) => l,
-            (None, Backend::Cuda(dec)) => {
-                let mut out = Vec::new();
-                dec.logits_to_host(&mut out).map_err(cuda_err)?;
-                out
-            }
-            (None, Backend::Cpu { .. }) => {
-                return Err(EngineError::Internal("the CPU backend returned no logits".into()))
-            }
-        };
+        let mut logits = Vec::new();
+        match &mut self.device {
+            Device::Cpu(m) => m.logits(&mut logits)?,
+            Device::Cuda(m) => m.logits(&mut logits)?,
+        }
         Ok(StepLogits {
             logits,
             vocab_size: self.vocab_size,
@@ -173,9 +175,9 @@ impl ModelRunner {
         batch: &DeviceSamplingBatch,
     ) -> Result<StepSamples> {
         let t0 = Instant::now();
-        let (layout, _) = self.run(seqs, blocks_to_copy)?;
+        let layout = self.run(seqs, blocks_to_copy)?;
         let t1 = Instant::now();
-        let Backend::Cuda(dec) = &mut self.backend else {
+        let Device::Cuda(on_gpu) = &mut self.device else {
             return Err(EngineError::Internal(
                 "execute_and_sample on a backend that samples on the host".into(),
             ));
@@ -189,7 +191,7 @@ impl ModelRunner {
                 layout.prompt_logprob_rows.len()
             )));
         }
-        let samples = dec.sample(rows, &batch.edits).map_err(cuda_err)?;
+        let samples = on_gpu.backend.sample(rows, &batch.edits).map_err(cuda_err)?;
         Ok(StepSamples {
             samples,
             layout,

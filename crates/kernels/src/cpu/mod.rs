@@ -1,12 +1,15 @@
 //! The CPU backend: multi-threaded (rayon) kernels over f32 activations, reading weights in their stored
-//! format. Each kernel is one module; `vec` holds the vectorizable primitives they share.
+//! format. Each kernel is one module; `vec` holds the vectorizable primitives they share; `backend` puts them behind
+//! the backend ops a model is written against.
 
 pub mod activation;
 pub mod attention;
+mod backend;
 pub mod kv_cache;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod vec;
 
+pub use backend::{CpuBackend, CpuError};
 pub use kv_cache::KvCache;

@@ -1,28 +1,20 @@
-//! What the CUDA decoder needs to know about a model and a deployment, in plain numbers (the engine's
+//! What the CUDA backend needs to know about a model and a deployment, in plain numbers (the engine's
 //! `ModelConfig` and `EngineConfig` are translated into these, so this crate does not depend on the engine).
 
-/// The shape of a Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2).
+use crate::backend::KvLayout;
+
+/// What the CUDA backend needs to know about a model before its weights arrive: the KV layout (which sizes the
+/// cache, the attention kernels and their partials) and the vocabulary (the logits and sampling buffers).
 #[derive(Clone, Debug, PartialEq)]
-pub struct DecoderShape {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
+pub struct ModelShape {
+    pub layout: KvLayout,
     pub vocab_size: usize,
-    pub rms_norm_eps: f32,
-    /// RoPE inverse frequencies (`head_dim / 2`), with any scaling (llama3, linear) already applied.
-    pub rope_inv_freq: Vec<f32>,
-    /// Qwen2's q/k/v biases.
-    pub attention_bias: bool,
-    pub tie_word_embeddings: bool,
 }
 
-impl DecoderShape {
+impl ModelShape {
     /// Query rows one attention block holds (see attention.cu).
     pub fn attention_rows(&self) -> usize {
-        if self.head_dim == 256 {
+        if self.layout.heads.head_dim == 256 {
             16
         } else {
             32
@@ -30,51 +22,32 @@ impl DecoderShape {
     }
     /// Query tokens per attention tile: as many as fill `attention_rows` with whole GQA groups.
     pub fn attention_q_tile(&self) -> usize {
-        (self.attention_rows() / (self.num_heads / self.num_kv_heads).max(1)).max(1)
+        (self.attention_rows() / self.group()).max(1)
     }
     /// Query tokens per tile of the tensor-core attention kernel (flash_attention.cu: 64 rows of (token, query
     /// head of the GQA group)), or `None` for head dims or types it does not serve.
     pub fn flash_q_tile(&self, dtype: ActivationDtype) -> Option<usize> {
-        (matches!(self.head_dim, 64 | 128) && dtype.has_tensor_core_attention())
-            .then(|| (64 / (self.num_heads / self.num_kv_heads).max(1)).max(1))
+        (matches!(self.layout.heads.head_dim, 64 | 128) && dtype.has_tensor_core_attention())
+            .then(|| (64 / self.group()).max(1))
     }
-    pub fn q_dim(&self) -> usize {
-        self.num_heads * self.head_dim
+    fn group(&self) -> usize {
+        let h = self.layout.heads;
+        (h.num_heads / h.num_kv_heads.max(1)).max(1)
     }
     pub fn kv_dim(&self) -> usize {
-        self.num_kv_heads * self.head_dim
-    }
-    /// Width of the fused q|k|v projection.
-    pub fn qkv_dim(&self) -> usize {
-        self.q_dim() + 2 * self.kv_dim()
-    }
-    /// Parameters the GPU holds (the LM head counted once when tied).
-    pub fn num_params(&self) -> usize {
-        let (h, i) = (self.hidden_size, self.intermediate_size);
-        let per_layer = h * self.qkv_dim()
-            + self.q_dim() * h
-            + 3 * h * i
-            + 2 * h
-            + if self.attention_bias { self.qkv_dim() } else { 0 };
-        let embed = self.vocab_size * h;
-        embed + per_layer * self.num_layers + h + if self.tie_word_embeddings { 0 } else { embed }
+        self.layout.heads.kv_dim()
     }
     /// Bytes of K and V for one token across all layers.
     pub fn kv_bytes_per_token(&self, dtype: ActivationDtype) -> usize {
-        2 * self.num_layers * self.kv_dim() * dtype.bytes()
+        2 * self.layout.num_layers * self.kv_dim() * dtype.bytes()
     }
     /// Why this shape cannot run on the CUDA kernels, if it cannot.
     pub fn check(&self) -> Result<(), String> {
-        if ![64, 128, 256].contains(&self.head_dim) {
+        let h = self.layout.heads;
+        if ![64, 128, 256].contains(&h.head_dim) {
             return Err(format!(
                 "head_dim {} (the CUDA attention kernel has 64, 128 and 256)",
-                self.head_dim
-            ));
-        }
-        if self.hidden_size % 8 != 0 || self.hidden_size > 8192 {
-            return Err(format!(
-                "hidden_size {} (the CUDA kernels take multiples of 8 up to 8192)",
-                self.hidden_size
+                h.head_dim
             ));
         }
         if self.vocab_size % 4 != 0 {
@@ -83,25 +56,18 @@ impl DecoderShape {
                 self.vocab_size
             ));
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if h.num_kv_heads == 0 || h.num_heads % h.num_kv_heads != 0 {
             return Err(format!(
                 "{} heads are not a multiple of {} KV heads",
-                self.num_heads, self.num_kv_heads
+                h.num_heads, h.num_kv_heads
             ));
         }
         // The attention kernel holds one GQA group's query rows in a block (32 rows, 16 at head_dim 256).
-        let max_group = if self.head_dim == 256 { 16 } else { 32 };
-        if self.num_heads / self.num_kv_heads > max_group {
+        let max_group = if h.head_dim == 256 { 16 } else { 32 };
+        if self.group() > max_group {
             return Err(format!(
                 "{} query heads per KV head (the CUDA attention kernel holds {max_group})",
-                self.num_heads / self.num_kv_heads
-            ));
-        }
-        if self.rope_inv_freq.len() != self.head_dim / 2 {
-            return Err(format!(
-                "{} RoPE frequencies for head_dim {}",
-                self.rope_inv_freq.len(),
-                self.head_dim
+                self.group()
             ));
         }
         Ok(())

@@ -2,14 +2,16 @@
 // writing k and v into the paged KV cache through the slot mapping (slot < 0: a padding token, not written).
 //
 // qkv row t: [q (num_heads * hd) | k (num_kv_heads * hd) | v (num_kv_heads * hd)]. `bias` (Qwen2) is added
-// first when given. Cache layout per layer: [num_blocks * block_size, num_kv_heads, hd], so a slot's row is
+// first when given, then (Qwen3: `q_norm`/`k_norm` given) each q and k head is RMS-normed over its hd values
+// as HF does it: normalized in f32, rounded to T, times the weight, rounded to T. Cache layout per layer: [num_blocks * block_size, num_kv_heads, hd], so a slot's row is
 // contiguous. Angles are position * inv_freq[i] (llama3 / linear scaling folded into inv_freq on the host).
 // Grid (T, num_heads + num_kv_heads), hd / 2 threads: one rotation pair per thread; kv-head blocks also copy
 // their v head (every launch is one short round, the decode case is latency-bound).
 #include "common.cuh"
 
 template <typename T>
-__device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, const int* __restrict__ positions,
+__device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, const T* __restrict__ q_norm,
+                               const T* __restrict__ k_norm, float norm_eps, const int* __restrict__ positions,
                                const float* __restrict__ inv_freq, const long long* __restrict__ slot_mapping,
                                T* __restrict__ k_cache, T* __restrict__ v_cache, int num_heads, int num_kv_heads,
                                int hd) {
@@ -23,6 +25,13 @@ __device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, 
   if (bias) {
     x1 = round_to<T>(x1 + to_f32(bias[base + i]));
     x2 = round_to<T>(x2 + to_f32(bias[base + i + half]));
+  }
+  // Uniform per block (both weights are given or neither), so block_sum's barriers are safe.
+  const T* norm_w = head < num_heads ? q_norm : k_norm;
+  if (norm_w) {
+    const float inv = rsqrtf(block_sum(x1 * x1 + x2 * x2) / (float)hd + norm_eps);
+    x1 = round_to<T>(round_to<T>(x1 * inv) * to_f32(norm_w[i]));
+    x2 = round_to<T>(round_to<T>(x2 * inv) * to_f32(norm_w[i + half]));
   }
   float s, c;
   sincosf((float)positions[t] * inv_freq[i], &s, &c);
@@ -51,11 +60,12 @@ __device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, 
 }
 
 #define ROPE_QKV_CACHE(T)                                                                                     \
-  extern "C" __global__ void rope_qkv_cache_##T(T* qkv, const T* bias, const int* positions,                 \
-                                                const float* inv_freq, const long long* slot_mapping,         \
-                                                T* k_cache, T* v_cache, int num_heads, int num_kv_heads,      \
-                                                int hd) {                                                     \
-    rope_qkv_cache<T>(qkv, bias, positions, inv_freq, slot_mapping, k_cache, v_cache, num_heads, num_kv_heads, hd); \
+  extern "C" __global__ void rope_qkv_cache_##T(T* qkv, const T* bias, const T* q_norm, const T* k_norm,     \
+                                                float norm_eps, const int* positions, const float* inv_freq,  \
+                                                const long long* slot_mapping, T* k_cache, T* v_cache,        \
+                                                int num_heads, int num_kv_heads, int hd) {                    \
+    rope_qkv_cache<T>(qkv, bias, q_norm, k_norm, norm_eps, positions, inv_freq, slot_mapping, k_cache, v_cache, \
+                      num_heads, num_kv_heads, hd);                                                           \
   }
 ROPE_QKV_CACHE(bf16)
 ROPE_QKV_CACHE(f16)

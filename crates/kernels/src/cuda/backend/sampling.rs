@@ -2,25 +2,29 @@
 
 use super::*;
 
-impl CudaDecoder {
-    pub(super) fn lm_head(&mut self, first_row: usize, rows: usize) -> Result<(), CudaError> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed).ptr();
-        let x = self.act.last_hidden.at(first_row * self.shape.hidden_size);
-        let (v, h) = (self.shape.vocab_size, self.shape.hidden_size);
+impl CudaBackend {
+    /// The LM head the forward asked for, on logits rows `first_row..first_row + rows`, into the logits buffer.
+    fn run_lm_head(&mut self, first_row: usize, rows: usize) -> Result<(), CudaError> {
+        let Some(head) = self.head else {
+            return Err(CudaError::Unsupported("the model's forward ran no LM head".into()));
+        };
+        let value_bytes = self.opts.dtype.bytes();
+        let x = head.hidden + (first_row * head.hidden_size * value_bytes) as u64;
+        let (v, h) = (self.shape.vocab_size, head.hidden_size);
         self.gemm
-            .matmul(&self.gpu, x, head, self.act.logits.ptr(), rows, v, h, OutType::F32)
+            .matmul(&self.gpu, x, head.weight, self.scratch.logits.ptr(), rows, v, h, OutType::F32)
     }
 
     /// The logits rows of the last forward, `[rows, vocab]` f32, into `out` (resized).
-    pub fn logits_to_host(&mut self, out: &mut Vec<f32>) -> Result<(), CudaError> {
+    pub(super) fn copy_logits_to_host(&mut self, out: &mut Vec<f32>) -> Result<(), CudaError> {
         self.gpu.bind()?;
         let (rows, v) = (self.num_logits_rows, self.shape.vocab_size);
         out.resize(rows * v, 0.0);
         let mut r = 0;
         while r < rows {
             let n = (rows - r).min(self.logits_capacity);
-            self.lm_head(r, n)?;
-            self.gpu.download(&mut out[r * v..(r + n) * v], self.act.logits.ptr())?;
+            self.run_lm_head(r, n)?;
+            self.gpu.download(&mut out[r * v..(r + n) * v], self.scratch.logits.ptr())?;
             r += n;
         }
         Ok(())
@@ -68,9 +72,9 @@ impl CudaDecoder {
         if n == 0 {
             return Ok(Vec::new());
         }
-        self.lm_head(0, n)?;
+        self.run_lm_head(0, n)?;
         let g = &self.gpu;
-        let a = &self.act;
+        let a = &self.scratch;
         g.upload(self.inputs.sample_params.ptr(), rows)?;
         g.upload(self.inputs.token_edits.ptr(), edits)?;
         g.launch(

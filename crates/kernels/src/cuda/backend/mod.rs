@@ -1,11 +1,13 @@
-//! `CudaDecoder`: a Llama-family decoder resident on one GPU — bf16, f16 or f32 weights (q|k|v and gate|up fused so each
-//! sub-layer is one GEMM), the paged KV cache, persistent step-input and activation buffers sized for the
-//! largest step, and the forward pass over one flattened varlen batch.
+//! `CudaBackend`: the backend ops (`crate::backend::Backend`) on one GPU — bf16, f16 or f32 weights (fused
+//! parts uploaded into one matrix, so q|k|v and gate|up are one GEMM each), the paged KV cache, persistent
+//! step-input, activation and sampling buffers sized for the largest step.
 //!
-//! Start-up follows vLLM: load weights, run one profile step of `max_num_batched_tokens` tokens, then give the
-//! KV cache what `gpu_memory_utilization` leaves (see `memory_plan`). Per step the host uploads the batch's
-//! index arrays into the persistent buffers and launches; the only synchronizations are the copies back of
-//! logits or sampled tokens.
+//! Start-up follows vLLM: `new` binds the GPU, the model uploads its weights and allocates its activations
+//! through the ops, then `finish_load` runs one profile step of `max_num_batched_tokens` tokens with the model's
+//! forward, gives the KV cache what `gpu_memory_utilization` leaves (see `memory_plan`) and captures the decode
+//! graphs by running that same forward under stream capture. Per step the host uploads the batch's index arrays
+//! into the persistent buffers and launches (or replays a graph); the only synchronizations are the copies back
+//! of logits or sampled tokens.
 
 use std::collections::HashMap;
 
@@ -18,33 +20,22 @@ use super::gemm::{Gemm, OutType};
 use super::graph_sizes::{bucket_for, capture_sizes};
 use super::memory_plan::{plan_kv_blocks, KvPlan};
 use super::{
-    ActivationDtype, CudaOptions, DecoderShape, DeviceSample, DeviceSampleParams, FetchWeight, TokenEdit,
-    MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS,
+    ActivationDtype, CudaOptions, DeviceSample, DeviceSampleParams, ModelShape, TokenEdit, MAX_DEVICE_TOKEN_EDITS,
+    MAX_DEVICE_TOP_LOGPROBS,
 };
+use crate::backend::{Backend, Forward, Rows, TensorId, WeightId};
 use crate::InputBatch;
 
 mod graphs;
+mod ops;
 mod sampling;
 mod step;
 mod weights;
 
 use graphs::StepGraph;
 use step::{flash_shared_bytes, StepShape, ATTENTION_PART_BLOCKS, FLASH_PART_ROWS};
-use weights::{upload_weight, weight, FetchTyped};
 
-struct Layer {
-    input_norm: FloatBuffer,
-    /// `[q_dim + 2 kv_dim, hidden]`: q, k, v projections stacked.
-    qkv: FloatBuffer,
-    qkv_bias: Option<FloatBuffer>,
-    o_proj: FloatBuffer,
-    post_norm: FloatBuffer,
-    /// `[2 inter, hidden]`: gate then up.
-    gate_up: FloatBuffer,
-    down: FloatBuffer,
-}
-
-/// Step inputs, uploaded each step into the same addresses (what CUDA graphs will replay against).
+/// Step inputs, uploaded each step into the same addresses (what CUDA graphs replay against).
 struct Inputs {
     tokens: DeviceBuffer<u32>,
     positions: DeviceBuffer<u32>,
@@ -61,17 +52,8 @@ struct Inputs {
     token_edits: DeviceBuffer<TokenEdit>,
 }
 
-/// Activations for up to `max_tokens` tokens.
-struct Activations {
-    residual: FloatBuffer,
-    normed: FloatBuffer,
-    qkv: FloatBuffer,
-    attn: FloatBuffer,
-    delta: FloatBuffer,
-    gate_up: FloatBuffer,
-    act: FloatBuffer,
-    /// Final-normed hidden states of the logits rows.
-    last_hidden: FloatBuffer,
+/// The backend's own working buffers: attention partials, logits and what sampling writes.
+struct Scratch {
     /// `[logits_capacity, vocab]` f32.
     logits: DeviceBuffer<f32>,
     sampled_ids: DeviceBuffer<u32>,
@@ -89,28 +71,38 @@ struct Activations {
     flash_part_ml: DeviceBuffer<f32>,
 }
 
-pub struct CudaDecoder {
+/// The LM head the last forward asked for (`Backend::lm_head`): run when logits or samples are wanted, in
+/// chunks of `logits_capacity` rows.
+#[derive(Clone, Copy)]
+struct PendingHead {
+    hidden: u64,
+    weight: u64,
+    hidden_size: usize,
+}
+
+pub struct CudaBackend {
     gpu: Gpu,
     gemm: Gemm,
-    shape: DecoderShape,
+    shape: ModelShape,
     opts: CudaOptions,
-    embed: FloatBuffer,
-    /// None when tied to `embed`.
-    lm_head: Option<FloatBuffer>,
-    final_norm: FloatBuffer,
-    layers: Vec<Layer>,
-    inv_freq: DeviceBuffer<f32>,
+    weights: Vec<FloatBuffer>,
+    vectors: Vec<FloatBuffer>,
+    ropes: Vec<DeviceBuffer<f32>>,
+    acts: Vec<FloatBuffer>,
     /// K then V of every layer: `[layers][2][num_blocks * block_size * kv_dim]`.
     kv: FloatBuffer,
     num_blocks: usize,
     inputs: Inputs,
-    act: Activations,
+    scratch: Scratch,
     max_tokens: usize,
     max_seqs: usize,
     max_blocks_per_seq: usize,
     logits_capacity: usize,
-    /// Logits rows of the last forward (their final-normed hidden states are in `act.last_hidden`).
+    /// The step the ops are launched for (set by `run_step` and by graph capture).
+    step: StepShape,
+    /// Logits rows of the last forward.
     num_logits_rows: usize,
+    head: Option<PendingHead>,
     plan: KvPlan,
     /// Decode-step graphs by padded batch size (empty with `enforce_eager`).
     graphs: HashMap<usize, StepGraph>,
@@ -118,7 +110,7 @@ pub struct CudaDecoder {
     /// Attention on the tensor-core kernel where the head dim allows (default); `PAGEDLLM_CUDA_ATTENTION=core`
     /// keeps every step on the CUDA-core kernel, for A/B measurements.
     flash_attention: bool,
-    scratch: HostScratch,
+    host: HostScratch,
     kernels: KernelNames,
 }
 
@@ -135,8 +127,8 @@ struct KernelNames {
 }
 
 impl KernelNames {
-    fn new(shape: &DecoderShape, dtype: ActivationDtype) -> Self {
-        let (hd, t) = (shape.head_dim, dtype.kernel_suffix());
+    fn new(shape: &ModelShape, dtype: ActivationDtype) -> Self {
+        let (hd, t) = (shape.layout.heads.head_dim, dtype.kernel_suffix());
         KernelNames {
             add_rms_norm: format!("add_rms_norm_{t}"),
             rope_qkv_cache: format!("rope_qkv_cache_{t}"),
@@ -165,9 +157,10 @@ struct HostScratch {
 /// Copy-on-write pairs uploaded per launch.
 const MAX_BLOCK_PAIRS: usize = 4096;
 
-impl CudaDecoder {
-    /// Uploads the weights, profiles the largest step and sizes the KV cache.
-    pub fn load(opts: &CudaOptions, shape: &DecoderShape, fetch: &mut FetchWeight<'_>) -> Result<Self, CudaError> {
+impl CudaBackend {
+    /// Binds the GPU and allocates the step buffers; the model then uploads its weights through the ops, and
+    /// `finish_load` sizes the KV cache.
+    pub fn new(opts: &CudaOptions, shape: &ModelShape) -> Result<Self, CudaError> {
         shape
             .check()
             .map_err(|m| CudaError::Unsupported(format!("the CUDA backend cannot run this model: {m}")))?;
@@ -177,104 +170,21 @@ impl CudaDecoder {
                 "block_size, max_num_batched_tokens, max_num_seqs and max_model_len must be positive".into(),
             ));
         }
+        let dtype = opts.dtype;
         let gpu = Gpu::new(opts.ordinal)?;
-        if shape.flash_q_tile(opts.dtype).is_some() {
-            let kernel = format!("flash_attention_hd{}_{}", shape.head_dim, opts.dtype.kernel_suffix());
-            gpu.set_max_dynamic_shared(&kernel, flash_shared_bytes(shape.head_dim))?;
+        let hd = shape.layout.heads.head_dim;
+        if shape.flash_q_tile(dtype).is_some() {
+            let kernel = format!("flash_attention_hd{hd}_{}", dtype.kernel_suffix());
+            gpu.set_max_dynamic_shared(&kernel, flash_shared_bytes(hd))?;
         }
         gpu.bind()?;
-        let gemm = Gemm::new(opts.dtype)?;
-        let s = shape;
-        let (h, inter, q_dim, kv_dim, qkv_dim) =
-            (s.hidden_size, s.intermediate_size, s.q_dim(), s.kv_dim(), s.qkv_dim());
-
-        let dtype = opts.dtype;
-        let mut fetch_typed = |name: &str, rows: usize, cols: usize| fetch(name, rows, cols, dtype);
-        let fetch: &mut FetchTyped<'_> = &mut fetch_typed;
-        let embed = weight(&gpu, fetch, dtype, "model.embed_tokens.weight", s.vocab_size, h)?;
-        let mut layers = Vec::with_capacity(s.num_layers);
-        for l in 0..s.num_layers {
-            let p = format!("model.layers.{l}");
-            let qkv = FloatBuffer::alloc(qkv_dim * h, dtype, "qkv weights")?;
-            upload_weight(&gpu, fetch, &qkv, 0, &format!("{p}.self_attn.q_proj.weight"), q_dim, h)?;
-            upload_weight(
-                &gpu,
-                fetch,
-                &qkv,
-                q_dim * h,
-                &format!("{p}.self_attn.k_proj.weight"),
-                kv_dim,
-                h,
-            )?;
-            upload_weight(
-                &gpu,
-                fetch,
-                &qkv,
-                (q_dim + kv_dim) * h,
-                &format!("{p}.self_attn.v_proj.weight"),
-                kv_dim,
-                h,
-            )?;
-            let qkv_bias = if s.attention_bias {
-                let b = FloatBuffer::alloc(qkv_dim, dtype, "qkv bias")?;
-                upload_weight(&gpu, fetch, &b, 0, &format!("{p}.self_attn.q_proj.bias"), 1, q_dim)?;
-                upload_weight(&gpu, fetch, &b, q_dim, &format!("{p}.self_attn.k_proj.bias"), 1, kv_dim)?;
-                upload_weight(
-                    &gpu,
-                    fetch,
-                    &b,
-                    q_dim + kv_dim,
-                    &format!("{p}.self_attn.v_proj.bias"),
-                    1,
-                    kv_dim,
-                )?;
-                Some(b)
-            } else {
-                None
-            };
-            let gate_up = FloatBuffer::alloc(2 * inter * h, dtype, "gate/up weights")?;
-            upload_weight(&gpu, fetch, &gate_up, 0, &format!("{p}.mlp.gate_proj.weight"), inter, h)?;
-            upload_weight(
-                &gpu,
-                fetch,
-                &gate_up,
-                inter * h,
-                &format!("{p}.mlp.up_proj.weight"),
-                inter,
-                h,
-            )?;
-            layers.push(Layer {
-                input_norm: weight(&gpu, fetch, dtype, &format!("{p}.input_layernorm.weight"), 1, h)?,
-                qkv,
-                qkv_bias,
-                o_proj: weight(&gpu, fetch, dtype, &format!("{p}.self_attn.o_proj.weight"), h, q_dim)?,
-                post_norm: weight(
-                    &gpu,
-                    fetch,
-                    dtype,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    1,
-                    h,
-                )?,
-                gate_up,
-                down: weight(&gpu, fetch, dtype, &format!("{p}.mlp.down_proj.weight"), h, inter)?,
-            });
-        }
-        let final_norm = weight(&gpu, fetch, dtype, "model.norm.weight", 1, h)?;
-        let lm_head = if s.tie_word_embeddings {
-            None
-        } else {
-            Some(weight(&gpu, fetch, dtype, "lm_head.weight", s.vocab_size, h)?)
-        };
-        let inv_freq = DeviceBuffer::alloc(s.rope_inv_freq.len(), "RoPE frequencies")?;
-        gpu.upload(inv_freq.ptr(), &s.rope_inv_freq)?;
-
+        let gemm = Gemm::new(dtype)?;
         let max_tokens = opts.max_num_batched_tokens;
         let max_seqs = opts.max_num_seqs.max(1);
         let max_blocks_per_seq = opts.max_model_len.div_ceil(opts.block_size) + 1;
         // Sampling needs one row per sequence; prompt log-probs stream through in chunks of this many rows.
         let logits_capacity = max_seqs.max(256).min(max_tokens.max(max_seqs));
-        let flash_rows = if s.flash_q_tile(dtype).is_some() {
+        let flash_rows = if shape.flash_q_tile(dtype).is_some() {
             FLASH_PART_ROWS
         } else {
             1
@@ -293,56 +203,47 @@ impl CudaDecoder {
             sample_params: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
             token_edits: DeviceBuffer::alloc(MAX_DEVICE_TOKEN_EDITS, "sampling inputs")?,
         };
-        let act = Activations {
-            residual: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
-            normed: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
-            qkv: FloatBuffer::alloc(max_tokens * qkv_dim, dtype, "activations")?,
-            attn: FloatBuffer::alloc(max_tokens * q_dim, dtype, "activations")?,
-            delta: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
-            gate_up: FloatBuffer::alloc(max_tokens * 2 * inter, dtype, "activations")?,
-            act: FloatBuffer::alloc(max_tokens * inter, dtype, "activations")?,
-            last_hidden: FloatBuffer::alloc(max_tokens * h, dtype, "activations")?,
-            logits: DeviceBuffer::alloc(logits_capacity * s.vocab_size, "logits")?,
+        let v = shape.vocab_size;
+        let scratch = Scratch {
+            logits: DeviceBuffer::alloc(logits_capacity * v, "logits")?,
             sampled_ids: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
             sampled_logprobs: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
             sampled_ranks: DeviceBuffer::alloc(logits_capacity, "sampled tokens")?,
             top_ids: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
             top_logprobs: DeviceBuffer::alloc(logits_capacity * MAX_DEVICE_TOP_LOGPROBS, "sampled tokens")?,
-            part_acc: DeviceBuffer::alloc(
-                ATTENTION_PART_BLOCKS * s.attention_rows() * s.head_dim,
-                "attention partials",
-            )?,
-            part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * s.attention_rows() * 2, "attention partials")?,
-            flash_part_acc: DeviceBuffer::alloc(flash_rows * s.head_dim, "attention partials")?,
+            part_acc: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * shape.attention_rows() * hd, "attention partials")?,
+            part_ml: DeviceBuffer::alloc(ATTENTION_PART_BLOCKS * shape.attention_rows() * 2, "attention partials")?,
+            flash_part_acc: DeviceBuffer::alloc(flash_rows * hd, "attention partials")?,
             flash_part_ml: DeviceBuffer::alloc(flash_rows * 2, "attention partials")?,
         };
-        let bytes_per_block = opts.block_size * s.kv_bytes_per_token(dtype);
+        let bytes_per_block = opts.block_size * shape.kv_bytes_per_token(dtype);
         let values_per_block = bytes_per_block / dtype.bytes();
-        let mut dec = Self {
+        Ok(Self {
             gpu,
             gemm,
-            shape: s.clone(),
+            shape: shape.clone(),
             opts: opts.clone(),
-            embed,
-            lm_head,
-            final_norm,
-            layers,
-            inv_freq,
+            weights: Vec::new(),
+            vectors: Vec::new(),
+            ropes: Vec::new(),
+            acts: Vec::new(),
             // A one-block cache for the profile step (every block table entry points at block 0).
             kv: FloatBuffer::alloc(values_per_block, dtype, "the profiling KV block")?,
             num_blocks: 1,
             inputs,
-            act,
+            scratch,
             max_tokens,
             max_seqs,
             max_blocks_per_seq,
             logits_capacity,
+            step: StepShape::default(),
             num_logits_rows: 0,
+            head: None,
             graphs: HashMap::new(),
             graph_sizes: Vec::new(),
             flash_attention: std::env::var("PAGEDLLM_CUDA_ATTENTION").map_or(true, |v| v != "core"),
-            scratch: HostScratch::default(),
-            kernels: KernelNames::new(shape, opts.dtype),
+            host: HostScratch::default(),
+            kernels: KernelNames::new(shape, dtype),
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,
@@ -351,35 +252,42 @@ impl CudaDecoder {
                 bytes_per_block,
                 num_blocks: 0,
             },
-        };
-        dec.profile_step()?;
-        let (free, total) = dec.gpu.mem_info()?;
-        dec.kv = FloatBuffer::alloc(1, dtype, "placeholder")?; // release the profiling block before planning
+        })
+    }
+
+    /// After the model is loaded: profiles its largest step, sizes the KV cache from what is left, and
+    /// captures the decode graphs of `forward` (unless `enforce_eager`).
+    pub fn finish_load(&mut self, forward: &mut Forward<'_, Self>) -> Result<(), CudaError> {
+        self.profile_step(forward)?;
+        let (free, total) = self.gpu.mem_info()?;
+        let dtype = self.opts.dtype;
+        let bytes_per_block = self.plan.bytes_per_block;
+        self.kv = FloatBuffer::alloc(1, dtype, "placeholder")?; // release the profiling block before planning
         let in_use = total - free - bytes_per_block;
-        let plan = match opts.num_blocks_override {
+        let plan = match self.opts.num_blocks_override {
             Some(n) => KvPlan {
                 total_bytes: total,
                 in_use_bytes: in_use,
-                budget_bytes: (total as f64 * opts.gpu_memory_utilization) as usize,
+                budget_bytes: (total as f64 * self.opts.gpu_memory_utilization) as usize,
                 kv_bytes: n * bytes_per_block,
                 bytes_per_block,
                 num_blocks: n,
             },
-            None => plan_kv_blocks(total, in_use, opts.gpu_memory_utilization, bytes_per_block)
+            None => plan_kv_blocks(total, in_use, self.opts.gpu_memory_utilization, bytes_per_block)
                 .map_err(CudaError::OutOfMemory)?,
         };
-        dec.kv = FloatBuffer::alloc(plan.num_blocks * values_per_block, dtype, "the KV cache")?;
-        dec.num_blocks = plan.num_blocks;
-        dec.plan = plan;
-        if !opts.enforce_eager {
-            dec.capture_decode_graphs()?;
+        self.kv = FloatBuffer::alloc(plan.num_blocks * (bytes_per_block / dtype.bytes()), dtype, "the KV cache")?;
+        self.num_blocks = plan.num_blocks;
+        self.plan = plan;
+        if !self.opts.enforce_eager {
+            self.capture_decode_graphs(forward)?;
         }
-        Ok(dec)
+        Ok(())
     }
 
     /// One step of `max_tokens` tokens (sequences of at most `max_model_len`), writing no KV, plus the LM
     /// head and sampler on the largest row count: peak activation memory is then in use for the planner.
-    fn profile_step(&mut self) -> Result<(), CudaError> {
+    fn profile_step(&mut self, forward: &mut Forward<'_, Self>) -> Result<(), CudaError> {
         let per_seq = self.opts.max_model_len.min(self.max_tokens);
         let num_seqs = self.max_tokens.div_ceil(per_seq).min(self.max_seqs);
         // No sequence may exceed max_model_len (its block table would be too short).
@@ -406,7 +314,7 @@ impl CudaDecoder {
                 .extend(std::iter::repeat_n(0, self.max_blocks_per_seq));
             batch.logits_indices.push(batch.token_ids.len() as u32 - 1);
         }
-        self.forward(&batch)?;
+        self.run_step(&mut batch, forward)?;
         let rows = self.num_logits_rows;
         // The sampler's heaviest path (truncation and log-prob lists) runs once here too.
         let heavy = DeviceSampleParams {
@@ -446,20 +354,13 @@ impl CudaDecoder {
     /// bytes — NaN in bf16 and f32 — so anything a step reads without writing it first shows up as NaN.
     pub fn poison(&mut self, kv: bool) -> Result<(), CudaError> {
         self.gpu.bind()?;
-        let a = &self.act;
-        let bufs: [(u64, usize); 11] = [
-            (a.part_acc.ptr(), a.part_acc.bytes()),
-            (a.part_ml.ptr(), a.part_ml.bytes()),
-            (a.residual.ptr(), a.residual.bytes()),
-            (a.normed.ptr(), a.normed.bytes()),
-            (a.qkv.ptr(), a.qkv.bytes()),
-            (a.attn.ptr(), a.attn.bytes()),
-            (a.delta.ptr(), a.delta.bytes()),
-            (a.gate_up.ptr(), a.gate_up.bytes()),
-            (a.act.ptr(), a.act.bytes()),
-            (a.last_hidden.ptr(), a.last_hidden.bytes()),
-            (a.logits.ptr(), a.logits.bytes()),
+        let s = &self.scratch;
+        let mut bufs: Vec<(u64, usize)> = vec![
+            (s.part_acc.ptr(), s.part_acc.bytes()),
+            (s.part_ml.ptr(), s.part_ml.bytes()),
+            (s.logits.ptr(), s.logits.bytes()),
         ];
+        bufs.extend(self.acts.iter().map(|a| (a.ptr(), a.bytes())));
         for (ptr, bytes) in bufs {
             self.gpu.fill_bytes(ptr, 0xFF, bytes)?;
         }
@@ -474,39 +375,20 @@ impl CudaDecoder {
         (self.kv.at(2 * layer * per), self.kv.at((2 * layer + 1) * per))
     }
 
-    /// Copies whole KV blocks `(from, to)` in every layer (copy-on-write of shared partial blocks).
-    pub fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<(), CudaError> {
-        self.gpu.bind()?;
-        // The kernel copies 16-bit words, whatever the float type.
-        let block_words = self.opts.block_size * self.shape.kv_dim() * self.opts.dtype.bytes() / 2;
-        for chunk in pairs.chunks(MAX_BLOCK_PAIRS) {
-            if let Some(&(a, b)) = chunk
-                .iter()
-                .find(|&&(a, b)| a as usize >= self.num_blocks || b as usize >= self.num_blocks)
-            {
-                return Err(CudaError::Unsupported(format!(
-                    "KV block copy {a} -> {b} is outside {} blocks",
-                    self.num_blocks
-                )));
-            }
-            let flat: Vec<u32> = chunk.iter().flat_map(|&(a, b)| [a, b]).collect();
-            self.gpu.upload(self.inputs.block_pairs.ptr(), &flat)?;
-            for l in 0..self.shape.num_layers {
-                let (k, v) = self.kv_layer(l);
-                self.gpu.launch(
-                    "copy_kv_blocks",
-                    (chunk.len() as u32, 1, 1),
-                    256,
-                    &[
-                        Arg::Ptr(k),
-                        Arg::Ptr(v),
-                        Arg::Ptr(self.inputs.block_pairs.ptr()),
-                        Arg::I32(block_words as i32),
-                    ],
-                )?;
-            }
+    fn act(&self, t: TensorId) -> u64 {
+        self.acts[t.index as usize].ptr()
+    }
+
+    fn weight(&self, w: WeightId) -> u64 {
+        self.weights[w.index as usize].ptr()
+    }
+
+    /// Rows of `t` in the step being launched.
+    fn rows(&self, t: TensorId) -> usize {
+        match t.rows {
+            Rows::Tokens => self.step.tokens,
+            Rows::Logits => self.step.logits_rows,
         }
-        Ok(())
     }
 
     fn check_batch(&self, b: &InputBatch) -> Result<(), CudaError> {

@@ -3,20 +3,20 @@
 
 use super::*;
 
-/// A captured decode step. The graph only refers to the decoder's own persistent buffers.
+/// A captured decode step. The graph only refers to the backend's own persistent buffers.
 pub(super) struct StepGraph(pub(super) CudaGraph);
-// SAFETY: the graph is launched only from the thread that owns the decoder (one at a time), on its stream.
+// SAFETY: the graph is launched only from the thread that owns the backend (one at a time), on its stream.
 unsafe impl Send for StepGraph {}
 
-impl CudaDecoder {
+impl CudaBackend {
     /// A decode step padded to `size` sequences, in the fixed layout its graph was captured with: full-width
     /// block tables; padding sequences have one token, no KV write, context 1 (they read block 0 and are
     /// never sampled).
     pub(super) fn upload_padded_decode(&mut self, batch: &InputBatch, size: usize) -> Result<(), CudaError> {
         let n = batch.num_tokens();
         let w = self.max_blocks_per_seq;
-        // Host staging reuses the decoder's scratch vectors: a decode step allocates nothing on the host.
-        let sc = &mut self.scratch;
+        // Host staging reuses the backend's scratch vectors: a decode step allocates nothing on the host.
+        let sc = &mut self.host;
         let padded = |out: &mut Vec<u32>, v: &[u32], fill: u32| {
             out.clear();
             out.extend_from_slice(v);
@@ -62,10 +62,10 @@ impl CudaDecoder {
         }
     }
 
-    /// Captures one decode-step graph per padded batch size (vLLM's CUDA-graph scheme; `--enforce-eager`
-    /// skips this). Each capture is preceded by an eager run of the same shape, which creates the cuBLASLt
-    /// plans outside the capture.
-    pub(super) fn capture_decode_graphs(&mut self) -> Result<(), CudaError> {
+    /// Captures one decode-step graph of the model's `forward` per padded batch size (vLLM's CUDA-graph scheme;
+    /// `--enforce-eager` skips this). Each capture is preceded by an eager run of the same shape, which creates
+    /// the cuBLASLt plans outside the capture.
+    pub(super) fn capture_decode_graphs(&mut self, forward: &mut Forward<'_, Self>) -> Result<(), CudaError> {
         let sizes = capture_sizes(self.max_seqs.min(self.max_tokens));
         for &size in &sizes {
             let dummy = InputBatch {
@@ -80,14 +80,15 @@ impl CudaDecoder {
                 block_size: self.opts.block_size,
             };
             self.upload_padded_decode(&dummy, size)?;
-            let shape = self.decode_shape(size);
-            self.launch_body(shape)?;
+            self.step = self.decode_shape(size);
+            self.num_logits_rows = size;
+            forward(self)?;
             self.gpu.synchronize()?;
             let stream = self.gpu.stream.clone();
             stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
                 .map_err(driver_err("starting a graph capture"))?;
-            let body = self.launch_body(shape);
+            let body = forward(self);
             let graph = stream
                 .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
                 .map_err(driver_err("capturing a decode graph"));

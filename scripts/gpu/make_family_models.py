@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Random-weight HF checkpoints of the model families pagedllm serves, and HF transformers' reference outputs.
+
+Two uses (run where torch + transformers are: the GPU machine, or a CPU wheel here):
+
+  tiny  --out DIR [--families a,b]   scaled-down configs of each family (2 layers, hidden 64, vocab 512), float32
+        weights, plus HF's float32 greedy continuations and teacher-forced log-probs for random token-id prompts
+        in hf_peer.py's reference format (ref-fp32.json). Committed as fixtures under
+        crates/engine/tests/fixtures/families/<family>/ and checked by crates/engine/tests/parity_families.rs,
+        so CI checks CPU parity without torch.
+  real  --family F --out DIR [--peaked]   one family at a real shape (bf16, random), for the GPU parity runs
+        (`hf_peer.py reference` then `pagedllm-bench parity` on it; see scripts/gpu/device-run.sh families).
+
+Prompts are 12 random token ids; 32 greedy steps: past every tiny config's sliding window (8), so windowed
+attention is exercised. Families without a class in the installed transformers are skipped with a message.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=256,
+            rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
+
+# family -> (config class, model class, tiny overrides, real-shape overrides)
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(rope_theta=10000.0, tie_word_embeddings=False), None),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1e6, tie_word_embeddings=True), None),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(rope_theta=1e6, tie_word_embeddings=False),
+              # Qwen3-0.6B
+              dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                   num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+                   rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(rope_theta=1e6, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=False),
+                  None),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(rope_theta=1e6, sliding_window=8,
+                                                            tie_word_embeddings=False), None),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               dict(rope_theta=10000.0, sliding_window=8, attn_logit_softcapping=50.0,
+                    final_logit_softcapping=30.0, query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh",
+                    tie_word_embeddings=True), None),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window=8, sliding_window_pattern=2,
+                    query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
+               None),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM",
+             dict(rope_theta=10000.0, partial_rotary_factor=0.75, tie_word_embeddings=False,
+                  original_max_position_embeddings=64,
+                  rope_scaling=dict(type="longrope", short_factor=[1.0 + 0.1 * i for i in range(6)],
+                                    long_factor=[1.5 + 0.2 * i for i in range(6)])), None),
+}
+
+
+def build(family, overrides, dtype, seed):
+    import transformers
+    cfg_name, model_name, tiny, _ = FAMILIES[family]
+    Config = getattr(transformers, cfg_name, None)
+    Model = getattr(transformers, model_name, None)
+    if Config is None or Model is None:
+        raise RuntimeError(f"transformers {transformers.__version__} has no {cfg_name}/{model_name}")
+    cfg = Config(**overrides)
+    cfg.torch_dtype = dtype
+    torch.manual_seed(seed)
+    model = Model(cfg).to(dtype).eval()
+    return model
+
+
+@torch.inference_mode()
+def reference(model, prompts, steps):
+    items = []
+    for ids in prompts:
+        x = torch.tensor([ids])
+        gen = model.generate(x, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0)
+        full = gen[0]
+        lp = torch.log_softmax(model(full[None]).logits[0].float(), -1)
+        tok_lp = lp[:-1].gather(-1, full[1:, None])[:, 0]
+        top = lp.topk(5, dim=-1)
+        p = len(ids)
+        items.append(dict(prompt=full[:p].tolist(), greedy=full[p:].tolist(),
+                          prompt_logprobs=[None] + tok_lp[:p - 1].tolist(), greedy_logprobs=tok_lp[p - 1:].tolist(),
+                          top5_ids=top.indices[p - 1:-1].tolist(), top5_logprobs=top.values[p - 1:-1].tolist()))
+    return items
+
+
+def tiny(a):
+    import transformers
+    names = a.families.split(",") if a.families else list(FAMILIES)
+    made = []
+    for fam in names:
+        overrides = dict(TINY, **FAMILIES[fam][2])
+        try:
+            model = build(fam, overrides, torch.float32, seed=len(made) + 1)
+        except Exception as e:  # a family this transformers lacks: say so, go on
+            print(json.dumps(dict(family=fam, skipped=str(e))), flush=True)
+            continue
+        if fam.startswith("gemma"):
+            # Random norm weights around 0 would make Gemma's (1 + w) norms trivial; spread them.
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if "norm" in n:
+                        p.normal_(0.0, 0.3)
+        d = os.path.join(a.out, fam)
+        model.generation_config.eos_token_id = None
+        model.save_pretrained(d, safe_serialization=True)
+        g = torch.Generator().manual_seed(100 + len(made))
+        prompts = [torch.randint(3, TINY["vocab_size"], (12,), generator=g).tolist() for _ in range(4)]
+        items = reference(model, prompts, 32)
+        with open(os.path.join(d, "ref-fp32.json"), "w") as f:
+            json.dump(dict(model=fam, dtype="fp32", steps=32, transformers=transformers.__version__, items=items), f)
+        made.append(fam)
+        print(json.dumps(dict(family=fam, out=d, params=sum(p.numel() for p in model.parameters()))), flush=True)
+    print(json.dumps(dict(verb="tiny", made=made)), flush=True)
+
+
+def real(a):
+    _, _, _, shape = FAMILIES[a.family]
+    if shape is None:
+        sys.exit(f"no real shape listed for {a.family}")
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = build(a.family, dict(shape, bos_token_id=1, eos_token_id=2), torch.bfloat16, seed=0)
+    if a.peaked:
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(8.0)
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(a.out, safe_serialization=True, max_shard_size="5GB")
+    print(json.dumps(dict(verb="real", family=a.family, out=a.out,
+                          params=sum(p.numel() for p in model.parameters()))), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="verb", required=True)
+    t = sub.add_parser("tiny")
+    t.add_argument("--out", required=True)
+    t.add_argument("--families", default="")
+    r = sub.add_parser("real")
+    r.add_argument("--family", required=True, choices=FAMILIES)
+    r.add_argument("--out", required=True)
+    r.add_argument("--peaked", action="store_true")
+    a = p.parse_args()
+    tiny(a) if a.verb == "tiny" else real(a)
+
+
+if __name__ == "__main__":
+    main()
