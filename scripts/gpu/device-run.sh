@@ -4,7 +4,7 @@
 #   .gpu-bin/pagedllm-bench    stripped release build with --features cuda
 #   .gpu-bin/gpu_decoder       the decoder-vs-CPU test binary (crates/engine/tests/gpu_decoder.rs)
 #   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
-# Usage: scripts/gpu/device-run.sh check|measure|profile|stash-model|parity-wide   (results under $OUT, a summary table printed last)
+# Usage: scripts/gpu/device-run.sh check|measure|profile|families|stash-model|parity-wide   (results under $OUT, a summary table printed last)
 #   check:   kernel tests vs the CPU backend; parity vs HF on the real SmolLM2 weights (when stashed) and on
 #            random smollm2-135m, qwen2-0.5b, llama-1b, llama-8b checkpoints (--peaked): GPU bf16 vs HF bf16/fp32,
 #            GPU f32 vs HF fp32 at the thresholds, and HF bf16 against itself (hf_bf16_spread.py).
@@ -93,6 +93,35 @@ if [ "$MODE" = parity-wide ]; then
     log "parity llama-1b-peaked x32 prompts: $1 $2"
     timeout 200 $BIN/pagedllm-bench parity --device $1 --dtype $2 --model "$dir" --reference "$dir/ref32-bf16.json" \
       --reference-fp32 "$dir/ref32-fp32.json" --out "$OUT/parity-llama-1b-x32-$1-$2.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+  done
+fi
+
+if [ "$MODE" = families ]; then
+  # The model families on the one model definition: tiny float32 checkpoints of each family with HF's references
+  # (committed as the CPU parity fixtures, crates/engine/tests/fixtures/families/), the kernel tests, and each
+  # family that has a real shape listed in make_family_models.py at that shape (random, --peaked) against HF.
+  log "tiny family checkpoints + HF fp32 references"
+  python3 scripts/gpu/make_family_models.py tiny --out "$OUT/families" 2>>"$OUT/peer.log" | tee -a "$OUT/summary.txt"
+  log "kernel tests (the model on the CUDA backend vs the CPU backend; graphs vs eager; GPU sampler)"
+  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
+  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
+  grep -E "rel err|test result|panicked" "$OUT/gpu_decoder.log" | tail -40 | tee -a "$OUT/summary.txt"
+  for fam in ${FAMILIES:-qwen3}; do
+    dir=$MODELS/$fam-real
+    python3 scripts/gpu/make_family_models.py real --family $fam --out "$dir" --peaked >>"$OUT/peer.log" 2>&1
+    for dt in bf16 fp32; do
+      python3 $BIN/hf_peer.py reference --model "$dir" --out "$dir/ref-$dt.json" --dtype $dt --prompts 8 --prompt-len 32 --steps 32 >>"$OUT/peer.log" 2>&1
+    done
+    log "parity $fam (real shape): GPU bf16 vs HF bf16 and fp32"
+    timeout 300 $BIN/pagedllm-bench parity --device cuda --model "$dir" --reference "$dir/ref-bf16.json" \
+      --reference-fp32 "$dir/ref-fp32.json" --out "$OUT/parity-$fam.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+    log "parity $fam (real shape): GPU f32 vs HF fp32 (0.05 at every position, 90% greedy)"
+    timeout 300 $BIN/pagedllm-bench parity --device cuda --dtype float32 --model "$dir" --reference "$dir/ref-fp32.json" \
+      --logprob-tolerance 0.05 --greedy-min-match 0.9 --out "$OUT/parity-f32-$fam.json" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+    log "HF bf16 against itself on $fam (SDPA vs eager attention)"
+    timeout 300 python3 scripts/gpu/hf_bf16_spread.py --model "$dir" --ref-bf16 "$dir/ref-bf16.json" \
+      --ref-fp32 "$dir/ref-fp32.json" --out "$OUT/hf-bf16-spread-$fam.json" 2>>"$OUT/peer.log" | tail -1 | tee -a "$OUT/summary.txt"
+    rm -rf "$dir"
   done
 fi
 

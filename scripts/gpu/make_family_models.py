@@ -23,7 +23,7 @@ import torch
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=256,
-            rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)
+            rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 # family -> (config class, model class, tiny overrides, real-shape overrides)
 FAMILIES = {
@@ -70,6 +70,25 @@ def build(family, overrides, dtype, seed):
     return model
 
 
+@torch.no_grad()
+def spread_weights(model, gemma):
+    """HF's init (std 0.02) leaves a tiny model's distributions nearly uniform, where a wrong kernel hardly moves a
+    log-prob. Re-draw: matrices ~ N(0, 1/fan_in), embeddings ~ N(0, 1), norms 1 + N(0, 0.2) (Gemma's `(1 + w)`
+    norms: w ~ N(0, 0.3)), the head 4x, so attention is far from uniform and the next token is peaked."""
+    g = torch.Generator().manual_seed(7)
+    for n, p in model.named_parameters():
+        if "norm" in n:
+            p.copy_((0.0 if gemma else 1.0) + torch.randn(p.shape, generator=g) * (0.3 if gemma else 0.2))
+        elif p.dim() == 2 and "embed" in n:
+            p.copy_(torch.randn(p.shape, generator=g))
+        elif p.dim() == 2:
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5 * (4.0 if "lm_head" in n else 1.0))
+        elif p.dim() == 3:  # stacked experts [experts, out, in]
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[2] ** 0.5)
+        else:  # biases
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
 @torch.inference_mode()
 def reference(model, prompts, steps):
     items = []
@@ -98,12 +117,7 @@ def tiny(a):
         except Exception as e:  # a family this transformers lacks: say so, go on
             print(json.dumps(dict(family=fam, skipped=str(e))), flush=True)
             continue
-        if fam.startswith("gemma"):
-            # Random norm weights around 0 would make Gemma's (1 + w) norms trivial; spread them.
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if "norm" in n:
-                        p.normal_(0.0, 0.3)
+        spread_weights(model, gemma=fam.startswith("gemma"))
         d = os.path.join(a.out, fam)
         model.generation_config.eos_token_id = None
         model.save_pretrained(d, safe_serialization=True)
