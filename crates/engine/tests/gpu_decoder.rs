@@ -35,6 +35,7 @@ struct Case {
     llama3_rope: bool,
     tied: bool,
     qk_norm: bool,
+    window: Option<usize>,
 }
 
 const CASES: &[Case] = &[
@@ -48,6 +49,7 @@ const CASES: &[Case] = &[
         llama3_rope: false,
         tied: true,
         qk_norm: false,
+        window: None,
     },
     Case {
         name: "gqa4-hd64-qwen2-bias",
@@ -59,6 +61,7 @@ const CASES: &[Case] = &[
         llama3_rope: false,
         tied: true,
         qk_norm: false,
+        window: None,
     },
     Case {
         name: "gqa8-hd128-llama3-untied",
@@ -70,6 +73,7 @@ const CASES: &[Case] = &[
         llama3_rope: true,
         tied: false,
         qk_norm: false,
+        window: None,
     },
     Case {
         name: "gqa4-hd128",
@@ -81,6 +85,7 @@ const CASES: &[Case] = &[
         llama3_rope: false,
         tied: true,
         qk_norm: false,
+        window: None,
     },
     // Qwen3: per-head q/k RMSNorm before RoPE (in the rope kernel's block reduction).
     Case {
@@ -93,6 +98,32 @@ const CASES: &[Case] = &[
         llama3_rope: false,
         tied: false,
         qk_norm: true,
+        window: None,
+    },
+    // Mistral: sliding-window attention (a window shorter than most contexts here, not a multiple of a key tile).
+    Case {
+        name: "gqa4-hd128-mistral-window40",
+        hidden: 512,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 128,
+        bias: false,
+        llama3_rope: false,
+        tied: false,
+        qk_norm: false,
+        window: Some(40),
+    },
+    Case {
+        name: "gqa2-hd64-mistral-window17",
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        bias: false,
+        llama3_rope: false,
+        tied: true,
+        qk_norm: false,
+        window: Some(17),
     },
     // Head dim 256 runs on the CUDA-core attention kernel in every type.
     Case {
@@ -105,6 +136,7 @@ const CASES: &[Case] = &[
         llama3_rope: false,
         tied: true,
         qk_norm: false,
+        window: None,
     },
 ];
 
@@ -112,6 +144,8 @@ fn config(c: &Case) -> ModelConfig {
     ModelConfig {
         architecture: if c.qk_norm {
             "qwen3"
+        } else if c.window.is_some() {
+            "mistral"
         } else if c.bias {
             "qwen2"
         } else {
@@ -141,6 +175,7 @@ fn config(c: &Case) -> ModelConfig {
         tie_word_embeddings: c.tied,
         attention_bias: c.bias,
         qk_norm: c.qk_norm,
+        sliding_window: c.window,
         bos_token_id: None,
         eos_token_ids: vec![],
     }

@@ -1,7 +1,7 @@
 //! CPU parity with HF transformers (float32) for every model family the one model definition serves.
 //!
 //! Fixtures: `tests/fixtures/families/<family>/` — a tiny random-weight checkpoint of the family's config
-//! (scaled down: 2 layers, hidden 64, vocab 512; safetensors in f32 + config.json) and HF's references for
+//! (scaled down: 2 layers, hidden 64, vocab 512, Mistral's window 8; safetensors in f32 + config.json) and HF's references for
 //! random token-id prompts in `hf_peer.py`'s format (`ref-fp32.json`), made on the GPU machine by
 //! `scripts/gpu/make_family_models.py tiny` (`scripts/gpu/device-run.sh families`). Per prompt: the engine's
 //! greedy continuation equals HF's for all 32 steps, and the teacher-forced log-prob of every token (prompt +
@@ -121,4 +121,10 @@ fn qwen2_matches_hf_float32() {
 #[test]
 fn qwen3_matches_hf_float32() {
     check_family("qwen3");
+}
+
+/// Sliding window 8 with 12-token prompts and 32 greedy steps: most positions see only part of their context.
+#[test]
+fn mistral_sliding_window_matches_hf_float32() {
+    check_family("mistral");
 }

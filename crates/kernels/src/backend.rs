@@ -104,6 +104,11 @@ pub struct QkNorm {
 pub struct AttentionSpec {
     /// Multiplies `q · k` (HF: `head_dim ** -0.5` unless the config says otherwise).
     pub scale: f32,
+    /// Sliding-window attention (Mistral, Gemma's local layers): a token at position `p` sees keys
+    /// `p + 1 - w ..= p`; earlier positions are never read, so their blocks may be freed.
+    pub sliding_window: Option<u32>,
+    /// Gemma 2's attention-logit soft-capping: `s -> c * tanh(s / c)` after scaling.
+    pub softcap: Option<f32>,
 }
 
 /// The gating activation of a GLU MLP: `out = act(gate) * up`.

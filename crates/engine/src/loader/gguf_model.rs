@@ -187,6 +187,8 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         tie_word_embeddings: file.tensor_info("output.weight").is_none(),
         attention_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
         qk_norm: file.tensor_info("blk.0.attn_q_norm.weight").is_some(),
+        // llama.cpp's converter writes Mistral as `llama` without its window (as llama.cpp runs it).
+        sliding_window: None,
         bos_token_id,
         eos_token_ids,
         architecture: arch,

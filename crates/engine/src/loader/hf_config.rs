@@ -56,6 +56,9 @@ struct RawConfig {
     tie_word_embeddings: Option<bool>,
     vocab_size: Option<usize>,
     attention_bias: Option<bool>,
+    sliding_window: Option<usize>,
+    /// Qwen2/Qwen3 carry a `sliding_window` that only applies when this is true.
+    use_sliding_window: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<TokenIds>,
 }
@@ -75,6 +78,16 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         )));
     }
     let head_dim = raw.head_dim.unwrap_or(hidden_size / num_attention_heads);
+    let sliding_window = match (arch.as_str(), raw.use_sliding_window) {
+        ("mistral", _) => raw.sliding_window,
+        (_, Some(true)) => {
+            return Err(err(format!(
+                "use_sliding_window = true (sliding-window attention on some {arch} layers) is not supported"
+            )))
+        }
+        // Llama has no sliding window; Qwen's `sliding_window` is inert while `use_sliding_window` is false.
+        _ => None,
+    };
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(err(format!("head dimension {head_dim} must be a positive even number")));
     }
@@ -99,6 +112,7 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
         attention_bias: raw.attention_bias.unwrap_or(arch == "qwen2"),
         qk_norm: arch == "qwen3",
+        sliding_window,
         bos_token_id: raw.bos_token_id,
         eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
         architecture: arch,

@@ -40,6 +40,9 @@ pub struct ModelConfig {
     /// Qwen3: per-head RMSNorm of q and k before RoPE (`self_attn.q_norm` / `k_norm`, `head_dim` weights).
     #[serde(default)]
     pub qk_norm: bool,
+    /// Mistral: sliding-window attention over the last this many positions (None: full attention).
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }

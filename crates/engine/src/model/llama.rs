@@ -1,7 +1,7 @@
 //! The Llama-family decoder (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2, Qwen3), after HF's `LlamaForCausalLM`:
 //! pre-norm blocks of RMSNorm -> GQA attention with rotate-half RoPE -> residual -> RMSNorm -> SwiGLU MLP ->
 //! residual, then a final norm and the LM head. The family's switches are data in `ModelConfig`: q/k/v biases
-//! (Qwen2), per-head q/k RMSNorm (Qwen3), tied embeddings, RoPE scaling.
+//! (Qwen2), per-head q/k RMSNorm (Qwen3), sliding-window attention (Mistral), tied embeddings, RoPE scaling.
 //!
 //! Written once against the backend ops (`pagedllm_kernels::backend::Backend`), so the CPU and the CUDA backend
 //! run this same forward: q|k|v and gate|up are fused into one product each, bias + qk-norm + RoPE + the paged
@@ -241,6 +241,8 @@ impl LlamaModel {
         };
         let attention = AttentionSpec {
             scale: 1.0 / (self.heads.head_dim as f32).sqrt(),
+            sliding_window: self.config.sliding_window.map(|w| w.min(u32::MAX as usize) as u32),
+            softcap: None,
         };
         b.embed(self.embed_tokens, a.residual)?;
         for (l, layer) in self.layers.iter().enumerate() {

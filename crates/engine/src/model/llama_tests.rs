@@ -48,6 +48,7 @@ fn tiny_config(attention_bias: bool, tie_word_embeddings: bool, rope_scaling: Ro
         tie_word_embeddings,
         attention_bias,
         qk_norm: false,
+        sliding_window: None,
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -208,14 +209,16 @@ fn reference(c: &ModelConfig, ws: &WeightStore, tokens: &[u32]) -> Vec<f64> {
             for hh in 0..nh {
                 let kh = hh / (nh / nkv);
                 let qv = &q[(i * nh + hh) * hd..][..hd];
-                let s: Vec<f64> = (0..=i)
+                // Mistral: only the last `sliding_window` positions.
+                let lo = c.sliding_window.map_or(0, |w| (i + 1).saturating_sub(w));
+                let s: Vec<f64> = (lo..=i)
                     .map(|j| (0..hd).map(|d| qv[d] * k[(j * nkv + kh) * hd + d]).sum::<f64>() / (hd as f64).sqrt())
                     .collect();
                 let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|v| (v - mx).exp()).sum();
                 for d in 0..hd {
-                    attn[(i * nh + hh) * hd + d] = (0..=i)
-                        .map(|j| (s[j] - mx).exp() / z * v[(j * nkv + kh) * hd + d])
+                    attn[(i * nh + hh) * hd + d] = (lo..=i)
+                        .map(|j| (s[j - lo] - mx).exp() / z * v[(j * nkv + kh) * hd + d])
                         .sum::<f64>();
                 }
             }
@@ -402,4 +405,32 @@ fn qwen3_qk_norm_matches_reference_across_chunks() {
     ws.tensors.remove("model.layers.1.self_attn.k_norm.weight");
     let err = on_cpu(&c, &ws, 4).err().unwrap().to_string();
     assert!(err.contains("model.layers.1.self_attn.k_norm.weight"), "{err}");
+}
+
+#[test]
+fn mistral_sliding_window_matches_reference_through_chunks_and_decodes() {
+    let mut c = tiny_config(false, false, RopeScaling::None);
+    c.architecture = "mistral".into();
+    c.sliding_window = Some(5);
+    let ws = random_weights(&c, 10);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let tokens = random_tokens(17, c.vocab_size, &mut rng);
+    let seq = Seq {
+        tokens: tokens.clone(),
+        table: vec![4, 1, 3, 0, 2],
+    };
+    let mut m = on_cpu(&c, &ws, 5).unwrap();
+    let mut logits = m.forward(&make_batch(&[(&seq, 0, 7)])).unwrap();
+    logits.extend(m.forward(&make_batch(&[(&seq, 7, 13)])).unwrap());
+    for p in 13..17 {
+        logits.extend(m.forward(&make_batch(&[(&seq, p, p + 1)])).unwrap());
+    }
+    let want = reference(&c, &ws, &tokens);
+    assert_close(&logits, &want, "mistral window 5");
+    // The window changes the result (so the comparison above is not vacuous).
+    let mut full = c.clone();
+    full.sliding_window = None;
+    let unwindowed = reference(&full, &ws, &tokens);
+    let v = c.vocab_size;
+    assert!(want[16 * v..].iter().zip(&unwindowed[16 * v..]).any(|(a, b)| (a - b).abs() > 1e-3));
 }

@@ -1,7 +1,9 @@
 //! Causal attention of a flattened varlen batch over the paged KV cache (vLLM's PagedAttention, on the CPU).
 //!
 //! Token `i` of sequence `b` (which owns `q_len` new tokens at the end of its `seq_lens[b]`-token context)
-//! sits at position `pos = seq_lens[b] - q_len + i` and attends to positions `0..=pos`, whose K/V live in
+//! sits at position `pos = seq_lens[b] - q_len + i` and attends to positions `0..=pos` — or, with a sliding
+//! window `w` (Mistral, Gemma's local layers), to `pos + 1 - w..=pos` only, the positions before never being
+//! read (their blocks may already be freed) — whose K/V live in
 //! slot `block_table[p / block_size] * block_size + p % block_size`. GQA: query head `h` reads KV head
 //! `h / (num_heads / num_kv_heads)`.
 //!
@@ -17,6 +19,7 @@ use rayon::prelude::*;
 
 use super::kv_cache::KvCache;
 use super::vec::{axpy, dot, has_avx2_fma, scale as scale_vec};
+use crate::backend::AttentionSpec;
 use crate::batch::InputBatch;
 
 /// Context positions per partition of the split path.
@@ -25,7 +28,8 @@ const PARTITION: usize = 512;
 /// Largest supported number of query heads per KV head.
 const MAX_GROUP: usize = 64;
 
-/// `out = softmax(q Kᵀ * scale) V` per token and head; `q`, `out`: `[T, num_heads, head_dim]`.
+/// `out = softmax(s) V` per token and head, `s = q Kᵀ * scale` (soft-capped to `c * tanh(s / c)` when
+/// `spec.softcap` is set, as Gemma 2 does); `q`, `out`: `[T, num_heads, head_dim]`.
 ///
 /// Panics if the arrays disagree with the batch and cache geometry (the model checks the batch first).
 pub fn paged_attention(
@@ -34,7 +38,7 @@ pub fn paged_attention(
     layer: usize,
     batch: &InputBatch,
     num_heads: usize,
-    scale: f32,
+    spec: &AttentionSpec,
     out: &mut [f32],
 ) {
     // Split contexts only when the (token, KV head) pairs alone cannot keep the threads busy.
@@ -44,7 +48,7 @@ pub fn paged_attention(
     } else {
         usize::MAX
     };
-    attention_impl(q, kv, layer, batch, num_heads, scale, out, partition)
+    attention_impl(q, kv, layer, batch, num_heads, spec, out, partition)
 }
 
 /// The cache geometry one (token, KV head) pair needs.
@@ -74,7 +78,7 @@ fn attention_impl(
     layer: usize,
     batch: &InputBatch,
     num_heads: usize,
-    scale: f32,
+    spec: &AttentionSpec,
     out: &mut [f32],
     // Context positions per partition; contexts of fewer than two partitions are not split.
     partition: usize,
@@ -111,6 +115,10 @@ fn attention_impl(
     }
     let (kc, vc) = (&kv.k[layer][..], &kv.v[layer][..]);
     let avx2 = has_avx2_fma();
+    let score = Score {
+        scale: spec.scale,
+        softcap: spec.softcap.unwrap_or(0.0),
+    };
 
     out.par_chunks_mut(group * hd).enumerate().for_each(|(job, out_g)| {
         let (tok, kh) = (job / nkv, job % nkv);
@@ -118,27 +126,30 @@ fn attention_impl(
         let q_start = batch.query_start_loc[b] as usize;
         let q_len = batch.query_start_loc[b + 1] as usize - q_start;
         let ctx = batch.seq_lens[b] as usize - q_len + (tok - q_start) + 1;
+        // The first position this token sees.
+        let lo = spec.sliding_window.map_or(0, |w| ctx.saturating_sub(w as usize));
         let table = batch.block_table(b);
         let q_g = &q[tok * num_heads * hd + kh * group * hd..][..group * hd];
         let run = |range: std::ops::Range<usize>, acc: &mut [f32], m: &mut [f32], l: &mut [f32]| {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU supports the features (checked above).
-                return unsafe { attend_part_avx2(q_g, kc, vc, table, geo, kh, range, scale, acc, m, l) };
+                return unsafe { attend_part_avx2(q_g, kc, vc, table, geo, kh, range, score, acc, m, l) };
             }
             let _ = avx2;
-            attend_part(q_g, kc, vc, table, geo, kh, range, scale, acc, m, l)
+            attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l)
         };
 
-        if ctx.div_ceil(partition) < 2 {
+        let n = ctx - lo;
+        if n.div_ceil(partition) < 2 {
             let (mut m, mut l) = ([0.0f32; MAX_GROUP], [0.0f32; MAX_GROUP]);
-            run(0..ctx, out_g, &mut m[..group], &mut l[..group]);
+            run(lo..ctx, out_g, &mut m[..group], &mut l[..group]);
             for (o, &l) in out_g.chunks_exact_mut(hd).zip(&l[..group]) {
                 scale_vec(o, 1.0 / l);
             }
             return;
         }
-        let parts: Vec<Partial> = (0..ctx.div_ceil(partition))
+        let parts: Vec<Partial> = (0..n.div_ceil(partition))
             .into_par_iter()
             .map(|i| {
                 let mut p = Partial {
@@ -147,7 +158,7 @@ fn attention_impl(
                     acc: vec![0.0; group * hd],
                 };
                 run(
-                    i * partition..((i + 1) * partition).min(ctx),
+                    lo + i * partition..(lo + (i + 1) * partition).min(ctx),
                     &mut p.acc,
                     &mut p.m,
                     &mut p.l,
@@ -181,12 +192,31 @@ unsafe fn attend_part_avx2(
     geo: Geo,
     kh: usize,
     range: std::ops::Range<usize>,
-    scale: f32,
+    score: Score,
     acc: &mut [f32],
     m: &mut [f32],
     l: &mut [f32],
 ) {
-    attend_part(q_g, kc, vc, table, geo, kh, range, scale, acc, m, l)
+    attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l)
+}
+
+/// How a raw `q · k` becomes a score: scaled, then soft-capped when `softcap > 0`.
+#[derive(Clone, Copy)]
+struct Score {
+    scale: f32,
+    softcap: f32,
+}
+
+impl Score {
+    #[inline(always)]
+    fn of(self, dot: f32) -> f32 {
+        let s = dot * self.scale;
+        if self.softcap > 0.0 {
+            self.softcap * (s / self.softcap).tanh()
+        } else {
+            s
+        }
+    }
 }
 
 /// The group's query heads `q_g` over context positions `range` of KV head `kh`: writes the max score `m`,
@@ -201,7 +231,7 @@ fn attend_part(
     geo: Geo,
     kh: usize,
     range: std::ops::Range<usize>,
-    scale: f32,
+    score: Score,
     acc: &mut [f32],
     m: &mut [f32],
     l: &mut [f32],
@@ -219,7 +249,7 @@ fn attend_part(
         for (i, p) in range.clone().enumerate() {
             let k = &kc[row_of(p)..][..hd];
             for h in 0..group {
-                s[h * n + i] = dot(&q_g[h * hd..(h + 1) * hd], k) * scale;
+                s[h * n + i] = score.of(dot(&q_g[h * hd..(h + 1) * hd], k));
             }
         }
         for h in 0..group {
@@ -295,7 +325,8 @@ mod tests {
         (batch, kv)
     }
 
-    fn reference(q: &[f32], kv: &KvCache, layer: usize, batch: &InputBatch, nh: usize, scale: f32) -> Vec<f64> {
+    fn reference(q: &[f32], kv: &KvCache, layer: usize, batch: &InputBatch, nh: usize, spec: &AttentionSpec) -> Vec<f64> {
+        let scale = spec.scale;
         let (hd, nkv, bs) = (kv.head_dim, kv.num_kv_heads, kv.block_size);
         let mut out = vec![0.0f64; q.len()];
         for b in 0..batch.num_seqs() {
@@ -311,15 +342,29 @@ mod tests {
                 for h in 0..nh {
                     let kh = h / (nh / nkv);
                     let qh = &q[(t * nh + h) * hd..][..hd];
+                    // Dense: every position, those outside the window masked (never skipped by range).
+                    let seen = |p: usize| spec.sliding_window.map_or(true, |w| pos - p < w as usize);
                     let scores: Vec<f64> = (0..=pos)
-                        .map(|p| (0..hd).map(|d| qh[d] as f64 * at(&kv.k[layer], p, kh, d)).sum::<f64>() * scale as f64)
+                        .map(|p| {
+                            let s = (0..hd).map(|d| qh[d] as f64 * at(&kv.k[layer], p, kh, d)).sum::<f64>()
+                                * scale as f64;
+                            let s = spec.softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh());
+                            if seen(p) {
+                                s
+                            } else {
+                                f64::NEG_INFINITY
+                            }
+                        })
                         .collect();
                     let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for d in 0..hd {
-                        out[(t * nh + h) * hd + d] =
-                            (0..=pos).map(|p| e[p] * at(&kv.v[layer], p, kh, d)).sum::<f64>() / z;
+                        out[(t * nh + h) * hd + d] = (0..=pos)
+                            .filter(|&p| seen(p))
+                            .map(|p| e[p] * at(&kv.v[layer], p, kh, d))
+                            .sum::<f64>()
+                            / z;
                     }
                 }
             }
@@ -328,15 +373,31 @@ mod tests {
     }
 
     fn check(seqs: &[(usize, usize)], nh: usize, nkv: usize, hd: usize, partition: usize, seed: u64) {
+        let spec = AttentionSpec {
+            scale: 1.0 / (hd as f32).sqrt(),
+            sliding_window: None,
+            softcap: None,
+        };
+        check_spec(seqs, nh, nkv, hd, partition, seed, &spec);
+    }
+
+    fn check_spec(
+        seqs: &[(usize, usize)],
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+        partition: usize,
+        seed: u64,
+        spec: &AttentionSpec,
+    ) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let (batch, kv) = build(seqs, 16, nkv, hd, &mut rng);
         let q: Vec<f32> = (0..batch.num_tokens() * nh * hd)
             .map(|_| rng.random_range(-2.0..2.0))
             .collect();
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![f32::NAN; q.len()];
-        attention_impl(&q, &kv, 1, &batch, nh, scale, &mut out, partition);
-        for (i, (a, b)) in out.iter().zip(reference(&q, &kv, 1, &batch, nh, scale)).enumerate() {
+        attention_impl(&q, &kv, 1, &batch, nh, spec, &mut out, partition);
+        for (i, (a, b)) in out.iter().zip(reference(&q, &kv, 1, &batch, nh, spec)).enumerate() {
             assert!(
                 (*a as f64 - b).abs() < 1e-5,
                 "seqs {seqs:?} nh {nh} nkv {nkv} hd {hd}: [{i}] {a} vs {b}"
@@ -364,5 +425,45 @@ mod tests {
         check(&[(300, 1), (97, 1)], 6, 2, 64, 32, 11);
         check(&[(40, 3)], 4, 4, 64, 16, 13);
         check(&[(129, 1)], 3, 1, 128, 16, 12);
+    }
+
+    #[test]
+    fn sliding_window_and_softcap_match_dense_reference() {
+        let seqs = [(21, 12), (0, 20), (69, 1), (5, 1), (0, 1)];
+        for (window, softcap) in [(Some(8u32), None), (Some(1), None), (None, Some(5.0f32)), (Some(16), Some(2.0))] {
+            let spec = AttentionSpec {
+                scale: 0.125,
+                sliding_window: window,
+                softcap,
+            };
+            check_spec(&seqs, 6, 2, 64, usize::MAX, 21, &spec);
+            // The split path starts its partitions at the window's first position.
+            check_spec(&[(300, 1), (40, 3)], 4, 2, 64, 16, 22, &spec);
+        }
+    }
+
+    #[test]
+    fn positions_before_the_window_are_never_read() {
+        // Poison every block except the ones the window covers: a read of a freed block would give NaN.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (batch, mut kv) = build(&[(100, 1)], 16, 2, 64, &mut rng);
+        let table = batch.block_table(0).to_vec();
+        let spec = AttentionSpec {
+            scale: 0.125,
+            sliding_window: Some(20),
+            softcap: None,
+        };
+        // Position 100 sees 81..=100: blocks 5 and 6 (positions 80..111); blocks 0..=4 are outside.
+        for &blk in &table[..5] {
+            for layer in 0..2 {
+                let (a, b) = (blk as usize * 16 * 128, (blk as usize + 1) * 16 * 128);
+                kv.k[layer][a..b].fill(f32::NAN);
+                kv.v[layer][a..b].fill(f32::NAN);
+            }
+        }
+        let q: Vec<f32> = (0..4 * 64).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut out = vec![0.0; q.len()];
+        attention_impl(&q, &kv, 1, &batch, 4, &spec, &mut out, usize::MAX);
+        assert!(out.iter().all(|v| v.is_finite()));
     }
 }

@@ -324,7 +324,7 @@ impl Backend for CpuBackend {
             self.q.extend_from_slice(&self.acts[qkv.index as usize][r * qkv.width..r * qkv.width + qd]);
         }
         let mut o = self.take(out);
-        attention::paged_attention(&self.q, &self.kv, layer, &self.batch, heads.num_heads, spec.scale, &mut o);
+        attention::paged_attention(&self.q, &self.kv, layer, &self.batch, heads.num_heads, &spec, &mut o);
         self.put(out, o);
         Ok(())
     }

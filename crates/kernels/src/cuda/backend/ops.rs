@@ -212,6 +212,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let splits = self.attention_splits();
+        // 0: no window / no cap (the kernels' convention).
+        let window = spec.sliding_window.map_or(0, |w| w.min(i32::MAX as u32) as i32);
+        let softcap = spec.softcap.unwrap_or(0.0);
         let (k_cache, v_cache) = self.kv_layer(layer);
         let inp = &self.inputs;
         let sc = &self.scratch;
@@ -242,6 +245,8 @@ impl Backend for CudaBackend {
                     Arg::I32(nkv),
                     Arg::I32(self.opts.block_size as i32),
                     Arg::F32(spec.scale),
+                    Arg::I32(window),
+                    Arg::F32(softcap),
                     Arg::I32(splits as i32),
                     Arg::I32(t as i32),
                     Arg::Ptr(sc.flash_part_acc.ptr()),
@@ -291,6 +296,8 @@ impl Backend for CudaBackend {
                 Arg::I32(nkv),
                 Arg::I32(self.opts.block_size as i32),
                 Arg::F32(spec.scale),
+                Arg::I32(window),
+                Arg::F32(softcap),
                 Arg::I32(splits as i32),
                 Arg::Ptr(sc.part_acc.ptr()),
                 Arg::Ptr(sc.part_ml.ptr()),

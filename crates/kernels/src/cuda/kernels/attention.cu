@@ -7,7 +7,9 @@
 // byte it reads. Earlier blocks may come from the prefix cache or earlier chunks: nothing assumes the keys were
 // computed in this step.
 //
-// Query token t of sequence s attends causally to the first ctx(t) = seq_lens[s] - (q_end(s) - 1 - t) tokens.
+// Query token t of sequence s attends causally to the first ctx(t) = seq_lens[s] - (q_end(s) - 1 - t) tokens
+// (with a sliding window w > 0, to the last w of them only; keys before the tile's first row's window are never
+// read). `softcap` > 0 caps scores to c * tanh(s / c) (Gemma 2).
 // Rows are dealt to warps round-robin (a decode's few rows run on all warps at once).
 // Scores: lane j of a warp scores key j of the tile for one row at a time (q rows sit in shared memory as f32);
 // online softmax per row with warp reductions; then lane l accumulates output dims l, l + 32, ... with each
@@ -23,8 +25,8 @@ __device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* 
                                 int max_blocks_per_seq, const int* __restrict__ seq_lens,
                                 const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
                                 const int* __restrict__ tile_q0, int q_tile, T* __restrict__ out, int num_heads,
-                                int num_kv_heads, int block_size, float scale, int splits,
-                                float* __restrict__ part_acc, float* __restrict__ part_ml) {
+                                int num_kv_heads, int block_size, float scale, int window, float softcap,
+                                int splits, float* __restrict__ part_acc, float* __restrict__ part_ml) {
   constexpr int DPL = HD / 32;                 // output dims per lane
   constexpr int RPW = ROWS / ATTN_WARPS;       // rows per warp
   // K row stride in shared memory: two values of padding (an odd word stride for 16-bit types, no bank
@@ -58,20 +60,24 @@ __device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* 
   }
 
   float m[RPW], l[RPW], acc[RPW][DPL];
-  int ctx[RPW];
+  int ctx[RPW], lo[RPW];
 #pragma unroll
   for (int i = 0; i < RPW; i++) {
     const int r = i * ATTN_WARPS + warp;
     m[i] = -INFINITY;
     l[i] = 0.f;
     ctx[i] = r < rows ? seq_len - (q_end - 1 - (t0 + r / group)) : 0;
+    lo[i] = window > 0 ? max(0, ctx[i] - window) : 0;
 #pragma unroll
     for (int j = 0; j < DPL; j++) acc[i][j] = 0.f;
   }
   // Keys this tile needs: up to the last token's context; split z of `splits` takes one KT-aligned range.
   const int ctx_all = seq_len - (q_end - 1 - (t0 + tokens - 1));
-  const int chunk = ((ctx_all + splits - 1) / splits + KT - 1) / KT * KT;
-  const int k_begin = blockIdx.z * chunk;
+  // The tile's first token has the earliest window start.
+  const int k_first = window > 0 ? max(0, seq_len - (q_end - 1 - t0) - window) : 0;
+  const int k_lo = k_first / KT * KT;
+  const int chunk = ((ctx_all - k_lo + splits - 1) / splits + KT - 1) / KT * KT;
+  const int k_begin = k_lo + blockIdx.z * chunk;
   const int ctx_max = min(ctx_all, k_begin + chunk);
 
   for (int k0 = k_begin; k0 < ctx_max; k0 += KT) {
@@ -83,7 +89,7 @@ __device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* 
       const int kk = i / CHUNKS, c = i % CHUNKS;
       const int key = k0 + kk;
       Pack8<T> kp, vp;
-      if (key < ctx_max) {
+      if (key < ctx_max && key >= k_first) {
         const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
         const size_t off = slot * kv_stride + kvh * HD + c * 8;
         kp = *reinterpret_cast<const Pack8<T>*>(k_cache + off);
@@ -107,14 +113,14 @@ __device__ void paged_attention(const T* __restrict__ q, int q_stride, const T* 
       // Score of key k0 + lane (lanes >= KT idle).
       float score = -INFINITY;
       const int key = k0 + lane;
-      if (lane < KT && key < min(ctx[i], ctx_max)) {
+      if (lane < KT && key < min(ctx[i], ctx_max) && key >= lo[i]) {
         float dot = 0.f;
 #pragma unroll 8
         for (int d2 = 0; d2 < HD / 2; d2++) {
           const float2 kf = to_f32x2(&sk[lane][2 * d2]);
           dot += sq[r][2 * d2] * kf.x + sq[r][2 * d2 + 1] * kf.y;
         }
-        score = dot;
+        score = softcap > 0.f ? softcap * tanhf(dot / softcap) : dot;
       }
       const float tile_max = warp_max(score);
       if (tile_max == -INFINITY) continue;  // every key of this tile is past this row's context
@@ -199,10 +205,10 @@ __device__ void attention_combine(const int* __restrict__ query_start_loc, const
       const T* q, int q_stride, const T* k_cache, const T* v_cache, const uint32_t* block_tables,              \
       int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
       const int* tile_q0, int q_tile, T* out, int num_heads, int num_kv_heads, int block_size, float scale,     \
-      int splits, float* part_acc, float* part_ml) {                                                           \
+      int window, float softcap, int splits, float* part_acc, float* part_ml) {                                                           \
     paged_attention<T, HD, KT, ROWS>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq,         \
                                      seq_lens, query_start_loc, tile_seq, tile_q0, q_tile, out, num_heads,     \
-                                     num_kv_heads, block_size, scale, splits, part_acc, part_ml);              \
+                                     num_kv_heads, block_size, scale, window, softcap, splits, part_acc, part_ml);              \
   }                                                                                                            \
   extern "C" __global__ void attention_combine_hd##HD##_##T(                                                   \
       const int* query_start_loc, const int* tile_seq, const int* tile_q0, int q_tile, T* out, int num_heads, \

@@ -14,7 +14,10 @@
 // in flight while the current one is multiplied (what keeps decode, a pure KV stream, near memory bandwidth).
 // Query token t attends to the first ctx(t) = seq_len - (q_end - 1 - t) keys of its sequence, so earlier blocks
 // from the prefix cache or from earlier chunks are read like any other; keys past a row's context are masked
-// and out-of-range keys are zero-filled so garbage never reaches P V. Warps whose rows all end before a KV
+// and out-of-range keys are zero-filled so garbage never reaches P V. With a sliding window w > 0 a row sees
+// only its last w keys (lo(t) = ctx(t) - w): the sweep starts at the tile's first row's bound, keys before it
+// are never read (their blocks may be freed), later rows mask theirs. `softcap` > 0 caps scores to
+// c * tanh(s / c) (Gemma 2). Warps whose rows all end before a KV
 // tile skip its math. With `splits > 1` each split covers a KV range and writes unnormalized partials, one row
 // per (split, token, query head), that flash_attention_combine merges (decode grids too small or too ragged to
 // fill the GPU's SMs evenly).
@@ -79,8 +82,9 @@ __device__ void flash_attention(const T* __restrict__ q, int q_stride, const T* 
                                 int max_blocks_per_seq, const int* __restrict__ seq_lens,
                                 const int* __restrict__ query_start_loc, const int* __restrict__ tile_seq,
                                 const int* __restrict__ tile_q0, T* __restrict__ out, int num_heads,
-                                int num_kv_heads, int block_size, float scale, int splits, int num_tokens,
-                                float* __restrict__ part_acc, float* __restrict__ part_ml) {
+                                int num_kv_heads, int block_size, float scale, int window, float softcap,
+                                int splits, int num_tokens, float* __restrict__ part_acc,
+                                float* __restrict__ part_ml) {
   constexpr int BN = FLASH_KEYS;
   constexpr int STRIDE = HD + 8;  // shared row stride (bf16): 16-byte rows, word stride = 4 mod 32
   constexpr int TILE = BN * STRIDE;
@@ -100,16 +104,21 @@ __device__ void flash_attention(const T* __restrict__ q, int q_stride, const T* 
   const int kv_stride = num_kv_heads * HD;
   const uint32_t* table = block_tables + (size_t)s * max_blocks_per_seq;
   auto ctx_of = [&](int r) { return seq_len - (q_end - 1 - (t0 + r / group)); };
+  auto lo_of = [&](int r) { return window > 0 ? max(0, ctx_of(r) - window) : 0; };
 
   const int r0 = warp * 16 + g, r1 = r0 + 8;
   const bool valid0 = r0 < rows, valid1 = r1 < rows;
   const int ctx0 = valid0 ? ctx_of(r0) : 0, ctx1 = valid1 ? ctx_of(r1) : 0;
+  const int lo0 = valid0 ? lo_of(r0) : 0, lo1 = valid1 ? lo_of(r1) : 0;
   const bool warp_active = warp * 16 < rows;
   const int warp_ctx = warp_active ? ctx_of(min(warp * 16 + 15, rows - 1)) : 0;  // rows ascend by token
-  // This split's keys: a BN-aligned share of the keys the tile's last row sees.
+  // This split's keys: a BN-aligned share of the keys from the tile's first row's window start (0 without a
+  // window) to the last row's context.
+  const int k_first = lo_of(0);
+  const int k_lo = k_first / BN * BN;
   const int k_end = ctx_of(rows - 1);
-  const int chunk = ((k_end + splits - 1) / splits + BN - 1) / BN * BN;
-  const int k_begin = blockIdx.z * chunk;
+  const int chunk = ((k_end - k_lo + splits - 1) / splits + BN - 1) / BN * BN;
+  const int k_begin = k_lo + blockIdx.z * chunk;
   const int k_stop = min(k_end, k_begin + chunk);
 
   // Q fragments (A operand, row-major 16 x HD): registers for the whole sweep.
@@ -141,7 +150,7 @@ __device__ void flash_attention(const T* __restrict__ q, int q_stride, const T* 
     for (int i = threadIdx.x; i < BN * CHUNKS; i += FLASH_WARPS * 32) {
       const int kk = i / CHUNKS, c = i % CHUNKS;
       const int key = k0 + kk;
-      const bool live = key < k_stop;
+      const bool live = key < k_stop && key >= k_first;
       size_t off = 0;
       if (live) {
         const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
@@ -190,8 +199,10 @@ __device__ void flash_attention(const T* __restrict__ q, int q_stride, const T* 
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           const int key = k0 + nt * 8 + tig * 2 + (e & 1);
-          const bool live = key < min(e < 2 ? ctx0 : ctx1, k_stop);
-          sc[nt][e] = live ? sc[nt][e] * scale_log2 : -INFINITY;
+          const bool live = key < min(e < 2 ? ctx0 : ctx1, k_stop) && key >= (e < 2 ? lo0 : lo1);
+          const float raw = softcap > 0.f ? softcap * tanhf(sc[nt][e] * scale / softcap) * 1.4426950408889634f
+                                          : sc[nt][e] * scale_log2;
+          sc[nt][e] = live ? raw : -INFINITY;
         }
         mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
         mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
@@ -326,11 +337,11 @@ __device__ void flash_attention_combine(const int* __restrict__ query_start_loc,
   extern "C" __global__ void __launch_bounds__(FLASH_WARPS * 32) flash_attention_hd##HD##_##T(                 \
       const T* q, int q_stride, const T* k_cache, const T* v_cache, const uint32_t* block_tables,              \
       int max_blocks_per_seq, const int* seq_lens, const int* query_start_loc, const int* tile_seq,            \
-      const int* tile_q0, T* out, int num_heads, int num_kv_heads, int block_size, float scale, int splits,    \
-      int num_tokens, float* part_acc, float* part_ml) {                                                       \
+      const int* tile_q0, T* out, int num_heads, int num_kv_heads, int block_size, float scale, int window,    \
+      float softcap, int splits, int num_tokens, float* part_acc, float* part_ml) {                                                       \
     flash_attention<T, HD>(q, q_stride, k_cache, v_cache, block_tables, max_blocks_per_seq, seq_lens,         \
                            query_start_loc, tile_seq, tile_q0, out, num_heads, num_kv_heads, block_size,      \
-                           scale, splits, num_tokens, part_acc, part_ml);                                     \
+                           scale, window, softcap, splits, num_tokens, part_acc, part_ml);                                  \
   }                                                                                                            \
   extern "C" __global__ void flash_attention_combine_hd##HD##_##T(                                             \
       const int* query_start_loc, const int* tile_seq, const int* tile_q0, T* out, int num_heads,             \
