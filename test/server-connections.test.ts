@@ -137,7 +137,8 @@ describe('large renders run off the event loop', () => {
   }
 
   it("one big render does not delay another request's stream", async () => {
-    // Calibrate: enough passes that the render alone takes at least 1.5 s on this machine.
+    // Calibrate: enough passes that the render alone takes about 1.5 s on this machine (at least 0.5 s: range()
+    // stops at 100,000 items, so a very fast machine may not reach 1.5 s).
     let passes = 500;
     let alone = await render(passes);
     expect(alone.status).toBe(200);
@@ -146,7 +147,7 @@ describe('large renders run off the event loop', () => {
       alone = await render(passes);
       expect(alone.status).toBe(200);
     }
-    expect(alone.ms).toBeGreaterThanOrEqual(1500);
+    expect(alone.ms).toBeGreaterThanOrEqual(500);
 
     const res = await fetch(`${server.url}/v1/completions`, {
       method: 'POST',
@@ -175,7 +176,7 @@ describe('large renders run off the event loop', () => {
     const during = arrivals.filter((t) => t >= renderStart && t <= renderEnd);
     const points = [renderStart, ...during, renderEnd];
     const maxGap = Math.max(...points.slice(1).map((t, i) => t - points[i]!));
-    // With the render on the event loop, the stream would stall for the whole render (>= 1.5 s).
+    // With the render on the event loop, the stream would stall for the whole render.
     expect(during.length, `chunks during a ${Math.round(concurrent.ms)} ms render`).toBeGreaterThan(3);
     expect(maxGap, `largest gap between chunks during the render`).toBeLessThan(alone.ms / 2);
   });
