@@ -19,12 +19,16 @@ export declare class Engine {
   /** `EngineStats` (camelCase). */
   stats(): any
   encode(text: string, addSpecialTokens: boolean): Array<number>
+  /** `encode` on a blocking thread. */
+  encodeAsync(text: string, addSpecialTokens: boolean): Promise<Array<number>>
   decode(ids: Array<number>, skipSpecialTokens: boolean): string
   /**
    * Renders `messagesJson` (`[{role, content}]`) with the model's chat template or `chatTemplate`;
    * `extraJson` holds extra template variables.
    */
   applyChatTemplate(messagesJson: string, addGenerationPrompt: boolean, chatTemplate?: string | undefined | null, extraJson?: string | undefined | null): string
+  /** `applyChatTemplate` on a blocking thread (parsing the messages JSON too). */
+  applyChatTemplateAsync(messagesJson: string, addGenerationPrompt: boolean, chatTemplate?: string | undefined | null, extraJson?: string | undefined | null): Promise<string>
   /** False after `close()` or when the engine thread has died. */
   isAlive(): boolean
   /** Aborts in-flight requests and stops the engine thread. Idempotent. */

@@ -30,6 +30,11 @@ export const llmOptionsSchema = z
     /** Context cap; defaults to the model's own. */
     maxModelLen: positiveInt,
     enablePrefixCaching: z.boolean(),
+    /**
+     * The prefix cache's block hash (vLLM's `--prefix-caching-hash-algo`): `sha256` (default; collision-resistant,
+     * so a crafted prompt cannot be served another prompt's KV) or `xxhash` (xxh3-128; faster, for trusted clients).
+     */
+    prefixCachingHashAlgo: z.enum(['sha256', 'xxhash']),
     schedulingPolicy: z.enum(['fcfs', 'priority']),
     /** CPU compute threads; defaults to all cores. */
     numThreads: positiveInt,
@@ -68,6 +73,7 @@ export function toEngineConfig(o: z.output<typeof llmOptionsSchema>): Record<str
     ['maxNumBatchedTokens', 'max_num_batched_tokens'],
     ['maxModelLen', 'max_model_len'],
     ['enablePrefixCaching', 'enable_prefix_caching'],
+    ['prefixCachingHashAlgo', 'prefix_caching_hash_algo'],
     ['schedulingPolicy', 'scheduling_policy'],
     ['numThreads', 'num_threads'],
     ['seed', 'seed'],

@@ -236,6 +236,18 @@ export class LLM {
     );
   }
 
+  /**
+   * `applyChatTemplate` off the event loop: the template is compiled and rendered on a blocking thread, so a large
+   * or slow render never delays other requests' streams. Same limits (fuel, output size) and errors.
+   */
+  async applyChatTemplateAsync(messages: ChatMessage[], opts: Omit<ChatOptions, keyof RequestOptions> = {}): Promise<string> {
+    const engine = this.live;
+    const extra = opts.chatTemplateKwargs === undefined ? null : JSON.stringify(opts.chatTemplateKwargs);
+    return nativeAsync(() =>
+      engine.applyChatTemplateAsync(JSON.stringify(messages), opts.addGenerationPrompt ?? true, opts.chatTemplate ?? null, extra),
+    );
+  }
+
   /** Applies the chat template to `messages` and generates the assistant's reply. */
   async chat(messages: ChatMessage[], params?: SamplingParamsInput, opts: ChatOptions = {}): Promise<RequestOutput> {
     const prompt = this.applyChatTemplate(messages, opts);
@@ -253,6 +265,12 @@ export class LLM {
   tokenize(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
     const engine = this.live;
     return native(() => engine.encode(text, opts.addSpecialTokens ?? true));
+  }
+
+  /** `tokenize` on a blocking thread (for large inputs: the event loop stays free). */
+  async tokenizeAsync(text: string, opts: { addSpecialTokens?: boolean } = {}): Promise<number[]> {
+    const engine = this.live;
+    return nativeAsync(() => engine.encodeAsync(text, opts.addSpecialTokens ?? true));
   }
 
   detokenize(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {

@@ -23,6 +23,8 @@ export interface NativeEngine {
   abort(requestId: string): boolean;
   stats(): unknown;
   encode(text: string, addSpecialTokens: boolean): number[];
+  /** `encode` on a blocking thread (large inputs must not stall the event loop). */
+  encodeAsync(text: string, addSpecialTokens: boolean): Promise<number[]>;
   decode(ids: number[], skipSpecialTokens: boolean): string;
   applyChatTemplate(
     messagesJson: string,
@@ -30,6 +32,13 @@ export interface NativeEngine {
     chatTemplate?: string | null,
     extraJson?: string | null,
   ): string;
+  /** `applyChatTemplate` on a blocking thread (compiling and rendering a template can take long). */
+  applyChatTemplateAsync(
+    messagesJson: string,
+    addGenerationPrompt: boolean,
+    chatTemplate?: string | null,
+    extraJson?: string | null,
+  ): Promise<string>;
   isAlive(): boolean;
   close(): void;
 }

@@ -338,12 +338,17 @@ describe('POST /v1/chat/completions', () => {
     expect(content.slice(0, -1).every((c) => c.choices[0]!.finish_reason === null && typeof c.choices[0]!.delta.content === 'string')).toBe(true);
   });
 
-  it('tool messages and an explicit chat_template are rendered', async () => {
-    const res = await post('/tokenize', {
+  it('tool messages and an explicit chat_template are rendered (with --trust-request-chat-template)', async () => {
+    const request = {
       messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: null }, { role: 'tool', content: 'result', tool_call_id: 't1' }],
       chat_template: '{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}',
       add_generation_prompt: false,
-    });
+    };
+    // Untrusted by default: refused on /tokenize and on chat, naming the field.
+    await expectError(await post('/tokenize', request), 400, 'chat_template', 'untrusted_chat_template');
+    await expectError(await post('/v1/chat/completions', { ...request, max_tokens: 1 }), 400, 'chat_template', 'untrusted_chat_template');
+    const { app: trusting } = createApp(llm, { disableLogRequests: true, trustRequestChatTemplate: true });
+    const res = await post('/tokenize', request, {}, trusting);
     const body = (await res.json()) as { tokens: number[] };
     expect(llm.detokenize(body.tokens)).toBe('[user:x][assistant:][tool:result]');
   });

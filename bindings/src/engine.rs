@@ -1,6 +1,8 @@
 //! The `Engine` class: owns an `LLMEngine` until `close()`. Every method takes JSON strings or plain values in and
 //! gives plain JS values out (the engine's serde types, camelCase), so this file holds no schema of its own.
-//! After `close()` every method fails with `engine_closed` (`isAlive()` answers false).
+//! After `close()` every method fails with `engine_closed` (`isAlive()` answers false). Work whose cost grows with
+//! the input (tokenizing, compiling and rendering a chat template) also comes as `...Async` methods that run on a
+//! blocking thread, so the server never stalls its event loop (and other requests' streams) on one big request.
 
 use napi::bindgen_prelude::spawn_blocking;
 use napi::Result;
@@ -79,6 +81,14 @@ impl Engine {
         guard(|| self.engine()?.encode(&text, add_special_tokens).map_err(engine_error))
     }
 
+    /// `encode` on a blocking thread.
+    #[napi]
+    pub async fn encode_async(&self, text: String, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let engine = self.engine()?.clone();
+        let encoded = joined(spawn_blocking(move || engine.encode(&text, add_special_tokens)).await)?;
+        encoded.map_err(engine_error)
+    }
+
     #[napi]
     pub fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> Result<String> {
         guard(|| self.engine()?.decode(&ids, skip_special_tokens).map_err(engine_error))
@@ -107,6 +117,29 @@ impl Engine {
                 )
                 .map_err(engine_error)
         })
+    }
+
+    /// `applyChatTemplate` on a blocking thread (parsing the messages JSON too).
+    #[napi]
+    pub async fn apply_chat_template_async(
+        &self,
+        messages_json: String,
+        add_generation_prompt: bool,
+        chat_template: Option<String>,
+        extra_json: Option<String>,
+    ) -> Result<String> {
+        let engine = self.engine()?.clone();
+        let rendered = joined(
+            spawn_blocking(move || -> Result<String> {
+                let messages: serde_json::Value = parse("messages", &messages_json)?;
+                let extra: Option<serde_json::Value> = extra_json.as_deref().map(|j| parse("extra", j)).transpose()?;
+                engine
+                    .apply_chat_template(&messages, add_generation_prompt, chat_template.as_deref(), extra.as_ref())
+                    .map_err(engine_error)
+            })
+            .await,
+        )?;
+        rendered
     }
 
     /// False after `close()` or when the engine thread has died.

@@ -1,7 +1,9 @@
 /**
  * `createApp(llm, options)`: the Hono application of the OpenAI-compatible server, without a socket (tests drive it
  * with `app.request()`; `startServer` puts it on one). Middleware, in order: X-Request-Id (echoed, generated when
- * absent), request log lines, API-key auth, body-size limit (413). One route module per resource is mounted with
+ * absent), request log lines, API-key auth, body-size limit (413, with `Connection: close`: the unread rest of the
+ * body would otherwise be taken as the next request on a keep-alive connection, or the server would cut the
+ * socket under a pooled client's next request). One route module per resource is mounted with
  * `app.route()`. Every error leaves as an OpenAI-shaped body with the right status; unknown paths are 404s.
  */
 
@@ -53,6 +55,7 @@ export function createApp(llm: LLM, input: ServerOptionsInput = {}): { app: Hono
           c,
           new HttpError(413, `the request body is larger than the limit of ${options.bodyLimitBytes} bytes (--max-body-bytes)`, {
             code: 'request_too_large',
+            headers: { Connection: 'close' },
           }),
         ),
     }),

@@ -49,7 +49,7 @@ export const badRequest = (message: string, param: string | null = null, code: s
 
 /** 400 for a request field whose feature the server does not implement (never silently ignored). */
 export const notSupported = (param: string, what: string): HttpError =>
-  new HttpError(400, `\`${param}\` ${what} is not supported yet`, { param, code: 'unsupported_parameter' });
+  new HttpError(400, `\`${param}\`${what === '' ? '' : ' ' + what} is not supported yet`, { param, code: 'unsupported_parameter' });
 
 /** `topP` -> `top_p`. */
 export function snakeCase(name: string): string {

@@ -18,6 +18,8 @@ export interface EngineJob {
   params: SamplingParamsInput;
   /** BOS etc. for text prompts (completions: true; chat prompts carry their own). */
   addSpecialTokens: boolean;
+  /** vLLM's `cache_salt`: prefix-cache isolation between tenants. */
+  cacheSalt?: string;
 }
 
 export interface JobChunk {
@@ -81,6 +83,7 @@ export async function startGeneration(
       signal: controller.signal,
       requestId: state.engineRequestId(opts.requestId),
       addSpecialTokens: job.addSpecialTokens,
+      ...(job.cacheSalt === undefined ? {} : { cacheSalt: job.cacheSalt }),
     }),
   );
   const pending = new Map<number, Promise<{ job: number; r: Settled }>>();

@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 
 import { UsageError, intFlag } from '../cli/args.js';
 import { DEFAULT_MODEL_FILE, type LLMOptions } from '../engine-types.js';
+import { DEFAULT_MAX_REQUEST_PROMPT_TOKENS, DEFAULT_MAX_WAITING } from './limits.js';
 
 export const DEFAULT_HOST = '127.0.0.1';
 export const DEFAULT_PORT = 8000;
@@ -24,6 +25,10 @@ export interface ServerOptions {
   servedModelName: string[];
   /** Most requests that may wait for their first token; one more is answered 503. null = unbounded. */
   maxWaiting: number | null;
+  /** Most prompt tokens in one request (summed over its prompts); more is a 400. */
+  maxRequestPromptTokens: number;
+  /** Render `chat_template` sent in a request (vLLM's `--trust-request-chat-template`); refused (400) when false. */
+  trustRequestChatTemplate: boolean;
   /** Seconds suggested in `Retry-After` when shedding load. */
   retryAfterSeconds: number;
   /** Largest accepted request body (413 above it). */
@@ -49,7 +54,9 @@ export function resolveServerOptions(input: ServerOptionsInput = {}): ServerOpti
     port: DEFAULT_PORT,
     apiKey: null,
     servedModelName: [],
-    maxWaiting: null,
+    maxWaiting: DEFAULT_MAX_WAITING,
+    maxRequestPromptTokens: DEFAULT_MAX_REQUEST_PROMPT_TOKENS,
+    trustRequestChatTemplate: false,
     retryAfterSeconds: 1,
     bodyLimitBytes: DEFAULT_BODY_LIMIT_BYTES,
     chatTemplate: null,
@@ -78,7 +85,10 @@ model and engine:
   --enforce-eager                 GPU: no CUDA graphs
   --dtype T                       GPU: auto (default: the checkpoint's), bfloat16, float16 (half) or float32 (float)
   --enable-prefix-caching / --no-enable-prefix-caching
+  --prefix-caching-hash-algo A    block hash of the prefix cache: sha256 (default, collision-resistant) or xxhash
+                                  (faster, 128-bit, not collision-resistant against crafted prompts)
   --chat-template FILE|TEMPLATE   a Jinja chat template file, or the template itself
+  --trust-request-chat-template   render \`chat_template\` sent in requests (default: refused with 400)
   --seed N                        default seed for requests that set none
 server:
   --host HOST                     address to listen on (default ${DEFAULT_HOST})
@@ -86,7 +96,8 @@ server:
   --api-key KEY                   require \`Authorization: Bearer KEY\` on /v1/*, /tokenize, /detokenize
                                   (also from $PAGEDLLM_API_KEY; /, /health, /version, /metrics stay open)
   --max-waiting N                 at most N requests wait for their first token; more get 503 + Retry-After
-                                  (default: unbounded)
+                                  (default ${DEFAULT_MAX_WAITING})
+  --max-request-prompt-tokens N   most prompt tokens in one request, summed over its prompts (default ${DEFAULT_MAX_REQUEST_PROMPT_TOKENS})
   --max-body-bytes N              largest request body, 413 above it (default ${DEFAULT_BODY_LIMIT_BYTES})
   --shutdown-timeout SECONDS      on SIGTERM/SIGINT, let in-flight requests finish this long (default ${DEFAULT_SHUTDOWN_TIMEOUT_MS / 1000})
   --disable-log-requests          no per-request log lines
@@ -108,6 +119,9 @@ const flags = {
   'enforce-eager': { type: 'boolean' },
   dtype: { type: 'string' },
   'enable-prefix-caching': { type: 'boolean' },
+  'prefix-caching-hash-algo': { type: 'string' },
+  'trust-request-chat-template': { type: 'boolean' },
+  'max-request-prompt-tokens': { type: 'string' },
   'no-enable-prefix-caching': { type: 'boolean' },
   'chat-template': { type: 'string' },
   seed: { type: 'string' },
@@ -190,6 +204,12 @@ export function parseServeArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   }
   if (v['enable-prefix-caching']) engine.enablePrefixCaching = true;
   if (v['no-enable-prefix-caching']) engine.enablePrefixCaching = false;
+  if (v['prefix-caching-hash-algo'] !== undefined) {
+    const algos = ['sha256', 'xxhash'] as const;
+    const a = algos.find((x) => x === v['prefix-caching-hash-algo']);
+    if (!a) throw new UsageError(`--prefix-caching-hash-algo must be one of ${algos.join(', ')}, got '${v['prefix-caching-hash-algo']}'`);
+    engine.prefixCachingHashAlgo = a;
+  }
 
   const apiKey = v['api-key'] ?? env.PAGEDLLM_API_KEY;
   return resolveServerOptions({
@@ -198,6 +218,8 @@ export function parseServeArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     apiKey: apiKey === undefined || apiKey === '' ? null : apiKey,
     servedModelName: servedNames(v['served-model-name'], positionals),
     maxWaiting: positive('max-waiting', intFlag('max-waiting', v['max-waiting']), 0),
+    maxRequestPromptTokens: positive('max-request-prompt-tokens', intFlag('max-request-prompt-tokens', v['max-request-prompt-tokens'])),
+    trustRequestChatTemplate: v['trust-request-chat-template'],
     bodyLimitBytes: positive('max-body-bytes', intFlag('max-body-bytes', v['max-body-bytes'])),
     chatTemplate: v['chat-template'] === undefined ? undefined : loadChatTemplate(v['chat-template']),
     disableLogRequests: v['disable-log-requests'],

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::kv::BlockHashAlgo;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SchedulingPolicy {
@@ -29,6 +31,9 @@ pub struct EngineConfig {
     /// Context cap; `None` = the model's own.
     pub max_model_len: Option<usize>,
     pub enable_prefix_caching: bool,
+    /// The prefix cache's block hash (vLLM's `--prefix-caching-hash-algo`): `sha256` (collision-resistant, the
+    /// default) or `xxhash` (faster; only for trusted clients).
+    pub prefix_caching_hash_algo: BlockHashAlgo,
     pub scheduling_policy: SchedulingPolicy,
     /// Compute threads for the CPU backend; `None` = all cores.
     pub num_threads: Option<usize>,
@@ -99,6 +104,7 @@ impl Default for EngineConfig {
             max_num_batched_tokens: 2048,
             max_model_len: None,
             enable_prefix_caching: true,
+            prefix_caching_hash_algo: BlockHashAlgo::Sha256,
             scheduling_policy: SchedulingPolicy::Fcfs,
             num_threads: None,
             seed: None,

@@ -14,7 +14,10 @@ import { toChatMessages } from '../chat-messages.js';
 import { badRequest, notSupported, toHttpError } from '../errors.js';
 import { startGeneration } from '../generation.js';
 import { type ChatTokenLogprob, chatLogprobs } from '../logprobs.js';
-import { parseBody, resolveModel } from '../request.js';
+import { tokenizePrompts } from '../prompt-tokens.js';
+import { readJson, resolveModel, validate } from '../request.js';
+import { refuseUnsupportedFields } from '../unsupported-fields.js';
+import { requestChatTemplate } from '../chat-template-trust.js';
 import { type ChatRequest, chatRequestSchema } from '../schemas/chat.js';
 import { samplingParamsFrom } from '../schemas/common.js';
 import { sseResponse } from '../sse.js';
@@ -46,9 +49,12 @@ interface ChoiceState {
 export function chatRoute(state: ServerState): Hono<AppEnv> {
   const route = new Hono<AppEnv>();
   route.post('/v1/chat/completions', async (c) => {
-    const body = await parseBody(c, chatRequestSchema);
+    const raw = await readJson(c);
+    const body = validate(chatRequestSchema, raw);
+    refuseUnsupportedFields(raw, 'chat');
     const model = resolveModel(state, body.model);
     refuseUnsupported(body);
+    const chatTemplate = requestChatTemplate(state, body.chat_template);
 
     const params = samplingParamsFrom(body);
     params.maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
@@ -59,19 +65,20 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
 
     let prompt: string;
     try {
-      prompt = state.llm.applyChatTemplate(toChatMessages(body.messages), {
+      prompt = await state.llm.applyChatTemplateAsync(toChatMessages(body.messages), {
         addGenerationPrompt: body.add_generation_prompt ?? true,
-        chatTemplate: body.chat_template ?? state.options.chatTemplate ?? undefined,
+        chatTemplate,
         chatTemplateKwargs: body.chat_template_kwargs ?? undefined,
       });
     } catch (err) {
       throw toHttpError(err, { promptParam: 'messages' });
     }
+    const [promptIds] = await tokenizePrompts(state, [prompt], { addSpecialTokens: false, param: 'messages' });
 
     const requestId = c.get('requestId');
     const id = `chatcmpl-${requestId}`;
     const created = Math.floor(Date.now() / 1000);
-    const gen = await startGeneration(state, [{ prompt, params, addSpecialTokens: false }], {
+    const gen = await startGeneration(state, [{ prompt: promptIds!, params, addSpecialTokens: false, cacheSalt: body.cache_salt ?? undefined }], {
       requestId,
       signal: c.req.raw.signal,
       promptParam: 'messages',

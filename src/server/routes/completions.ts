@@ -9,17 +9,31 @@ import { Hono } from 'hono';
 
 import type { Prompt } from '../../llm.js';
 import type { FinishReason, PositionLogprobs } from '../../outputs.js';
-import { notSupported } from '../errors.js';
+import { badRequest, notSupported } from '../errors.js';
+import { MAX_PROMPTS_PER_REQUEST } from '../limits.js';
 import { startGeneration, type JobChunk } from '../generation.js';
 import { CompletionLogprobsBuilder, type CompletionLogprobs, concatCompletionLogprobs, vllmPromptLogprobs } from '../logprobs.js';
-import { parseBody, resolveModel } from '../request.js';
+import { tokenizePrompts } from '../prompt-tokens.js';
+import { readJson, resolveModel, validate } from '../request.js';
 import { type CompletionRequest, completionRequestSchema } from '../schemas/completions.js';
 import { samplingParamsFrom } from '../schemas/common.js';
 import { sseResponse } from '../sse.js';
 import type { ServerState } from '../state.js';
 import type { AppEnv } from '../app-env.js';
+import { refuseUnsupportedFields } from '../unsupported-fields.js';
 
 export const DEFAULT_COMPLETION_MAX_TOKENS = 16;
+
+/**
+ * The prompt-count cap, checked before the schema: zod reports a failed union of prompt shapes with one generic
+ * message, which would hide why a long list was refused. (A flat array of numbers is ONE token-id prompt.)
+ */
+function refuseTooManyPrompts(raw: unknown): void {
+  const prompt = (raw as { prompt?: unknown } | null)?.prompt;
+  if (Array.isArray(prompt) && prompt.length > MAX_PROMPTS_PER_REQUEST && typeof prompt[0] !== 'number') {
+    throw badRequest(`invalid value for \`prompt\`: must have at most ${MAX_PROMPTS_PER_REQUEST} prompts, got ${prompt.length}`, 'prompt');
+  }
+}
 
 function promptsOf(prompt: CompletionRequest['prompt']): Prompt[] {
   if (typeof prompt === 'string') return [prompt];
@@ -47,7 +61,10 @@ interface JobState {
 export function completionsRoute(state: ServerState): Hono<AppEnv> {
   const route = new Hono<AppEnv>();
   route.post('/v1/completions', async (c) => {
-    const body = await parseBody(c, completionRequestSchema);
+    const raw = await readJson(c);
+    refuseTooManyPrompts(raw);
+    const body = validate(completionRequestSchema, raw);
+    refuseUnsupportedFields(raw, 'completions');
     const model = resolveModel(state, body.model);
     if (body.suffix) throw notSupported('suffix', '');
     const n = body.n ?? 1;
@@ -66,9 +83,11 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
     const id = `cmpl-${requestId}`;
     const created = Math.floor(Date.now() / 1000);
     const llm = state.llm;
+    const promptIds = await tokenizePrompts(state, prompts, { addSpecialTokens: true, param: 'prompt' });
+    const cacheSalt = body.cache_salt ?? undefined;
     const gen = await startGeneration(
       state,
-      prompts.map((prompt) => ({ prompt, params, addSpecialTokens: true })),
+      promptIds.map((prompt) => ({ prompt, params, addSpecialTokens: true, cacheSalt })),
       { requestId, signal: c.req.raw.signal, promptParam: 'prompt' },
     );
 

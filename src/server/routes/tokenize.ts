@@ -12,6 +12,7 @@ import { toHttpError } from '../errors.js';
 import { parseBody, readJson, resolveModel, validate } from '../request.js';
 import { detokenizeRequestSchema, tokenizeRequestSchema } from '../schemas/tokenize.js';
 import type { ServerState } from '../state.js';
+import { requestChatTemplate } from '../chat-template-trust.js';
 
 export function tokenizeRoute(state: ServerState): Hono<AppEnv> {
   const route = new Hono<AppEnv>();
@@ -26,16 +27,16 @@ export function tokenizeRoute(state: ServerState): Hono<AppEnv> {
       if (isChat) {
         const body = validate(messagesSchema, raw);
         resolveModel(state, body.model);
-        const text = llm.applyChatTemplate(toChatMessages(body.messages), {
+        const text = await llm.applyChatTemplateAsync(toChatMessages(body.messages), {
           addGenerationPrompt: body.add_generation_prompt ?? true,
-          chatTemplate: body.chat_template ?? state.options.chatTemplate ?? undefined,
+          chatTemplate: requestChatTemplate(state, body.chat_template),
           chatTemplateKwargs: body.chat_template_kwargs ?? undefined,
         });
-        tokens = llm.tokenize(text, { addSpecialTokens: body.add_special_tokens ?? false });
+        tokens = await llm.tokenizeAsync(text, { addSpecialTokens: body.add_special_tokens ?? false });
       } else {
         const body = validate(promptSchema, raw);
         resolveModel(state, body.model);
-        tokens = llm.tokenize(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
+        tokens = await llm.tokenizeAsync(body.prompt, { addSpecialTokens: body.add_special_tokens ?? true });
       }
     } catch (err) {
       throw toHttpError(err, { promptParam: isChat ? 'messages' : 'prompt' });

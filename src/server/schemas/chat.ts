@@ -3,6 +3,7 @@
 import { z } from 'zod';
 
 import { MAX_LOGPROBS } from '../../sampling-params.js';
+import { MAX_CONTENT_PARTS, MAX_MESSAGES } from '../limits.js';
 import { samplingFields } from './common.js';
 
 export const contentPartSchema = z.looseObject({
@@ -12,14 +13,19 @@ export const contentPartSchema = z.looseObject({
 
 export const chatMessageSchema = z.looseObject({
   role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
-  content: z.union([z.string(), z.array(contentPartSchema), z.null()], { error: 'must be a string or an array of content parts' }).optional(),
+  content: z.union([z.string(), z.array(contentPartSchema).max(MAX_CONTENT_PARTS, `must have at most ${MAX_CONTENT_PARTS} parts`), z.null()], { error: 'must be a string or an array of content parts' }).optional(),
   name: z.string().optional(),
   tool_call_id: z.string().optional(),
 });
 
+export const chatMessagesSchema = z
+  .array(chatMessageSchema)
+  .min(1, 'must not be empty')
+  .max(MAX_MESSAGES, `must have at most ${MAX_MESSAGES} messages`);
+
 export const chatRequestSchema = z.object({
   ...samplingFields,
-  messages: z.array(chatMessageSchema).min(1, 'must not be empty'),
+  messages: chatMessagesSchema,
   max_tokens: z.number().int('must be an integer').min(1, 'must be at least 1').nullish().describe('Deprecated by OpenAI; default: until the context is full.'),
   max_completion_tokens: z.number().int('must be an integer').min(1, 'must be at least 1').nullish(),
   logprobs: z.boolean().nullish(),

@@ -7,11 +7,25 @@
 
 import { z } from 'zod';
 
-import { MAX_LOGPROBS, type SamplingParamsInput, samplingParamsSchema } from '../../sampling-params.js';
+import { type SamplingParamsInput, samplingParamsSchema } from '../../sampling-params.js';
+import {
+  MAX_CACHE_SALT_LENGTH,
+  MAX_LOGIT_BIAS_ENTRIES,
+  MAX_LOGPROBS,
+  MAX_N,
+  MAX_STOP_STRINGS,
+  MAX_STOP_STRING_LENGTH,
+  MAX_STOP_TOKEN_IDS,
+} from '../limits.js';
 
 const S = samplingParamsSchema.shape;
 
 export const tokenIdArray = z.array(z.number().int('must be an integer').min(0, 'token ids must be >= 0'));
+
+const stopString = z
+  .string()
+  .min(1, 'stop strings must not be empty')
+  .max(MAX_STOP_STRING_LENGTH, `stop strings must be at most ${MAX_STOP_STRING_LENGTH} characters`);
 
 export const streamOptionsSchema = z.object({
   include_usage: z.boolean().nullish(),
@@ -20,7 +34,7 @@ export const streamOptionsSchema = z.object({
 
 export const samplingFields = {
   model: z.string().nullish().describe('A served model name (default: the first one).'),
-  n: S.n.unwrap().nullish(),
+  n: S.n.unwrap().max(MAX_N, `must be at most ${MAX_N}`).nullish(),
   temperature: S.temperature.unwrap().nullish(),
   top_p: S.topP.unwrap().nullish(),
   top_k: S.topK.unwrap().nullish(),
@@ -30,10 +44,13 @@ export const samplingFields = {
   presence_penalty: S.presencePenalty.unwrap().nullish(),
   logit_bias: z
     .record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100, 'must be in [-100, 100]').max(100, 'must be in [-100, 100]'))
+    .refine((bias) => Object.keys(bias).length <= MAX_LOGIT_BIAS_ENTRIES, `must have at most ${MAX_LOGIT_BIAS_ENTRIES} entries`)
     .nullish(),
   seed: S.seed.unwrap().nullish(),
-  stop: S.stop.unwrap().nullish(),
-  stop_token_ids: tokenIdArray.nullish(),
+  stop: z
+    .union([stopString, z.array(stopString).max(MAX_STOP_STRINGS, `must have at most ${MAX_STOP_STRINGS} stop strings`)])
+    .nullish(),
+  stop_token_ids: tokenIdArray.max(MAX_STOP_TOKEN_IDS, `must have at most ${MAX_STOP_TOKEN_IDS} entries`).nullish(),
   include_stop_str_in_output: z.boolean().nullish(),
   ignore_eos: z.boolean().nullish(),
   min_tokens: S.minTokens.unwrap().nullish(),
@@ -42,6 +59,12 @@ export const samplingFields = {
   user: z.string().nullish().describe('Accepted and ignored.'),
   stream: z.boolean().nullish(),
   stream_options: streamOptionsSchema.nullish(),
+  cache_salt: z
+    .string()
+    .min(1, 'must not be empty')
+    .max(MAX_CACHE_SALT_LENGTH, `must be at most ${MAX_CACHE_SALT_LENGTH} characters`)
+    .nullish()
+    .describe('Prefix-cache isolation (vLLM): requests with different salts never share cached KV blocks.'),
 };
 
 type SamplingFieldValues = { [K in keyof typeof samplingFields]?: z.output<(typeof samplingFields)[K]> };

@@ -2,7 +2,7 @@
 
 import { z } from 'zod';
 
-import { chatMessageSchema } from './chat.js';
+import { chatMessagesSchema } from './chat.js';
 import { tokenIdArray } from './common.js';
 
 export const tokenizeRequestSchema = z.union([
@@ -13,7 +13,7 @@ export const tokenizeRequestSchema = z.union([
   }),
   z.object({
     model: z.string().nullish(),
-    messages: z.array(chatMessageSchema).min(1, 'must not be empty'),
+    messages: chatMessagesSchema,
     add_generation_prompt: z.boolean().nullish().describe('Default true.'),
     add_special_tokens: z.boolean().nullish().describe('Default false: the template writes them.'),
     chat_template: z.string().nullish(),

@@ -17,7 +17,7 @@ use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use pagedllm_kernels::cuda::ActivationDtype;
 
-use super::core::EngineCore;
+use super::core::{EngineCore, InjectedFault};
 use super::stats::ModelInfo;
 
 pub(crate) struct EngineParts {
@@ -200,7 +200,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             ModelRunner::new(ModelOn { model, backend }, config.block_size)
         }
     };
-    let scheduler = Scheduler::new(SchedulerConfig::from_engine(config, max_model_len, num_blocks))?;
+    let scheduler = Scheduler::new(SchedulerConfig::from_engine(config, max_model_len, num_blocks))?
+        .with_block_hash_algo(config.prefix_caching_hash_algo);
     let usable_blocks = num_blocks - 1;
     let info = ModelInfo {
         name: loaded.source.name.clone(),
@@ -219,7 +220,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         num_threads: threads,
         device: device_name,
     };
-    let core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed);
+    let mut core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed);
+    core.inject_fault(InjectedFault::from_env());
     Ok(EngineParts {
         core,
         info,

@@ -52,6 +52,34 @@ pub(crate) struct EngineCore {
     /// Rows and edits of the device sampler, reused across steps.
     device_batch: DeviceSamplingBatch,
     scratch: StepScratch,
+    /// TEST ONLY: a sticky backend fault injected after this many steps (see `InjectedFault`).
+    injected_fault: Option<InjectedFault>,
+}
+
+/// TEST ONLY: makes every step after the first `after_steps` fail as a sticky device error would (the runner is
+/// not called), so tests can prove that a wedged backend takes the engine down instead of leaving it "healthy".
+/// Set by `PAGEDLLM_TEST_FAIL_STEPS_AFTER=N`, read once when the engine is built; never set in production.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InjectedFault {
+    pub after_steps: u64,
+}
+
+impl InjectedFault {
+    pub const ENV: &'static str = "PAGEDLLM_TEST_FAIL_STEPS_AFTER";
+
+    pub fn from_env() -> Option<Self> {
+        let value = std::env::var(Self::ENV).ok()?;
+        match value.trim().parse::<u64>() {
+            Ok(after_steps) => {
+                eprintln!("pagedllm: TEST ONLY: every engine step after step {after_steps} will fail ({})", Self::ENV);
+                Some(Self { after_steps })
+            }
+            Err(_) => {
+                eprintln!("pagedllm: ignoring {}={value:?} (expects a step count)", Self::ENV);
+                None
+            }
+        }
+    }
 }
 
 /// A step's working arrays, kept across steps so that, once grown, a step allocates nothing for them.
@@ -94,6 +122,24 @@ impl EngineCore {
             stats: EngineStats::default(),
             device_batch: DeviceSamplingBatch::default(),
             scratch: StepScratch::default(),
+            injected_fault: None,
+        }
+    }
+
+    /// TEST ONLY: see `InjectedFault`.
+    pub fn inject_fault(&mut self, fault: Option<InjectedFault>) {
+        self.injected_fault = fault;
+    }
+
+    /// TEST ONLY: the injected fault, checked where the step would call the runner.
+    fn check_injected_fault(&self) -> Result<()> {
+        match self.injected_fault {
+            Some(f) if self.stats.steps > f.after_steps => Err(crate::error::EngineError::Backend(format!(
+                "injected backend fault ({}={})",
+                InjectedFault::ENV,
+                f.after_steps
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -252,6 +298,7 @@ impl EngineCore {
                     })
             })
             && device_edits_fit(edit_bound);
+        self.check_injected_fault()?;
         let t_prepared_rows;
         let mut sc = std::mem::take(&mut self.scratch);
         sc.jobs.clear();

@@ -1,8 +1,10 @@
 //! `LLMEngine`: the thread-safe public handle. `start` loads the model and spawns the engine thread;
 //! `add_request` validates and tokenizes on the caller's thread (so bad input fails at once, naming the
 //! problem) and hands the request over a channel; each request gets its own output channel (`RequestStream`).
-//! A panic in a step is caught: live requests get an error and the engine keeps serving; if the thread dies
-//! anyway, `is_alive()` turns false and every call fails with `EngineError::Closed`.
+//! A panic or error in a step is caught: live requests get an error and the engine keeps serving. When
+//! `MAX_CONSECUTIVE_STEP_FAILURES` steps fail in a row (a sticky device error: the backend is wedged), the engine
+//! stops: in-flight requests get an error, the thread exits, `is_alive()` turns false and every call fails with
+//! `EngineError::Closed`, so health checks report it and a supervisor can restart the process.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,6 +23,11 @@ use super::builder::{build_engine, EngineParts};
 use super::core::{EngineCore, PreparedRequest};
 use super::request_group::now_secs;
 use super::{EngineStats, ModelInfo, Prompt, RequestInput, RequestOutput};
+
+/// Failed steps in a row after which the backend is taken to be wedged and the engine stops. One failure may be
+/// a bad batch (its requests fail, the rest of the engine goes on); several in a row, each with fresh requests,
+/// mean every step will fail.
+pub const MAX_CONSECUTIVE_STEP_FAILURES: u32 = 3;
 
 enum Command {
     Add(Box<PreparedRequest>),
@@ -345,6 +352,7 @@ fn engine_loop(
         }
     };
     let publish = |core: &EngineCore| *stats.lock().unwrap_or_else(|e| e.into_inner()) = core.stats();
+    let mut consecutive_failures = 0u32;
     loop {
         // Idle: block until a command arrives. Busy: take what is queued and step.
         let first = if core.has_work() {
@@ -373,18 +381,29 @@ fn engine_loop(
             break;
         }
         if core.has_work() {
-            match catch_unwind(AssertUnwindSafe(|| pool.install(|| core.step()))) {
-                Ok(Ok(done)) => forget(&done),
-                Ok(Err(e)) => {
-                    eprintln!("pagedllm: step failed: {e}");
-                    let msg = format!("step failed: {e}");
-                    core.fail_all(|| EngineError::Internal(msg.clone()));
-                    live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let failure = match catch_unwind(AssertUnwindSafe(|| pool.install(|| core.step()))) {
+                Ok(Ok(done)) => {
+                    forget(&done);
+                    consecutive_failures = 0;
+                    None
                 }
-                Err(_) => {
-                    eprintln!("pagedllm: a step panicked; failing the requests in flight");
-                    core.fail_all(|| EngineError::Internal("the engine step panicked".into()));
-                    live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                Ok(Err(e)) => Some(format!("step failed: {e}")),
+                Err(_) => Some("the engine step panicked".to_string()),
+            };
+            if let Some(msg) = failure {
+                consecutive_failures += 1;
+                let wedged = consecutive_failures >= MAX_CONSECUTIVE_STEP_FAILURES;
+                eprintln!("pagedllm: {msg}; failing the requests in flight ({consecutive_failures} failed step(s) in a row)");
+                let msg = if wedged {
+                    format!("{msg}; {consecutive_failures} steps failed in a row, the backend is wedged and the engine stopped")
+                } else {
+                    msg
+                };
+                core.fail_all(|| EngineError::Internal(msg.clone()));
+                live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                if wedged {
+                    eprintln!("pagedllm: {MAX_CONSECUTIVE_STEP_FAILURES} engine steps failed in a row: the backend is wedged; stopping the engine");
+                    break;
                 }
             }
         }

@@ -3,23 +3,45 @@
 //! just equal blocks. The request's `cache_salt` is an extra key of the first block only; the chain carries it
 //! into every later block, so requests with different salts never share a block.
 //!
-//! xxh3-128 over an unambiguous byte encoding: 128 bits make an accidental collision (which would silently
-//! serve wrong KV) negligible.
+//! The hash runs over an unambiguous byte encoding, with one of two functions (vLLM's
+//! `--prefix-caching-hash-algo`):
+//! - `sha256` (the default, as in vLLM since 0.10.2): collision-resistant, so a client cannot craft a prompt whose
+//!   blocks collide with another client's and be served their KV (or poison the cache for them).
+//! - `xxhash` (xxh3-128): several times faster, and an accidental collision is negligible, but it is not keyed,
+//!   so collisions can be constructed; for deployments whose clients are all trusted.
+//!
+//! Both fill a 32-byte `BlockHash` (xxh3 the first 16 bytes), so the cache's types do not depend on the choice.
 
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::request::Request;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlockHash(pub u128);
+pub struct BlockHash(pub [u8; 32]);
 
-/// Hash of one full block given its parent's hash (`None` for the first block of a sequence).
+/// Which function hashes prefix-cache blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockHashAlgo {
+    #[default]
+    Sha256,
+    Xxhash,
+}
+
+/// SHA-256 hash of one full block given its parent's hash (`None` for the first block of a sequence).
 pub fn hash_block(parent: Option<BlockHash>, tokens: &[u32], salt: Option<&str>) -> BlockHash {
-    let mut buf = Vec::with_capacity(1 + 16 + 4 + tokens.len() * 4 + 1 + salt.map_or(0, str::len));
+    hash_block_with(BlockHashAlgo::Sha256, parent, tokens, salt)
+}
+
+/// Hash of one full block with `algo`.
+pub fn hash_block_with(algo: BlockHashAlgo, parent: Option<BlockHash>, tokens: &[u32], salt: Option<&str>) -> BlockHash {
+    let mut buf = Vec::with_capacity(1 + 32 + 4 + tokens.len() * 4 + 1 + salt.map_or(0, str::len));
     match parent {
         Some(BlockHash(h)) => {
             buf.push(1);
-            buf.extend_from_slice(&h.to_le_bytes());
+            buf.extend_from_slice(&h);
         }
         None => buf.push(0),
     }
@@ -32,18 +54,28 @@ pub fn hash_block(parent: Option<BlockHash>, tokens: &[u32], salt: Option<&str>)
         buf.push(1);
         buf.extend_from_slice(s.as_bytes());
     }
-    BlockHash(xxh3_128(&buf))
+    let mut out = [0u8; 32];
+    match algo {
+        BlockHashAlgo::Sha256 => out.copy_from_slice(&Sha256::digest(&buf)),
+        BlockHashAlgo::Xxhash => out[..16].copy_from_slice(&xxh3_128(&buf).to_le_bytes()),
+    }
+    BlockHash(out)
 }
 
 /// Extends `hashes` (the request's chained block hashes so far) to cover every full block of its current
 /// tokens. Blocks already hashed are kept: tokens of a request never change, they are only appended.
 pub fn extend_block_hashes(hashes: &mut Vec<BlockHash>, request: &Request, block_size: usize) {
+    extend_block_hashes_with(BlockHashAlgo::Sha256, hashes, request, block_size)
+}
+
+/// `extend_block_hashes` with a chosen hash function.
+pub fn extend_block_hashes_with(algo: BlockHashAlgo, hashes: &mut Vec<BlockHash>, request: &Request, block_size: usize) {
     let num_full = request.num_tokens() / block_size;
     while hashes.len() < num_full {
         let i = hashes.len();
         let tokens = request.tokens(i * block_size, (i + 1) * block_size);
         let salt = if i == 0 { request.cache_salt.as_deref() } else { None };
-        hashes.push(hash_block(hashes.last().copied(), &tokens, salt));
+        hashes.push(hash_block_with(algo, hashes.last().copied(), &tokens, salt));
     }
 }
 
@@ -92,5 +124,24 @@ mod tests {
             extend_block_hashes(&mut inc, &r, 4);
         }
         assert_eq!(inc, plain);
+    }
+
+    #[test]
+    fn algorithms_differ_and_sha256_is_the_default() {
+        let a = hash_block_with(BlockHashAlgo::Sha256, None, &[1, 2, 3], Some("t"));
+        let b = hash_block_with(BlockHashAlgo::Xxhash, None, &[1, 2, 3], Some("t"));
+        assert_ne!(a, b);
+        assert_eq!(a, hash_block(None, &[1, 2, 3], Some("t")));
+        assert_eq!(BlockHashAlgo::default(), BlockHashAlgo::Sha256);
+        // xxh3 fills 16 bytes; SHA-256 all 32.
+        assert_eq!(&b.0[16..], &[0u8; 16]);
+        assert_ne!(&a.0[16..], &[0u8; 16]);
+        // The salt is part of the hash under both.
+        for algo in [BlockHashAlgo::Sha256, BlockHashAlgo::Xxhash] {
+            assert_ne!(hash_block_with(algo, None, &[1], Some("x")), hash_block_with(algo, None, &[1], Some("y")));
+            assert_ne!(hash_block_with(algo, None, &[1], Some("x")), hash_block_with(algo, None, &[1], None));
+        }
+        let algo: BlockHashAlgo = serde_json::from_str("\"xxhash\"").unwrap();
+        assert_eq!(algo, BlockHashAlgo::Xxhash);
     }
 }

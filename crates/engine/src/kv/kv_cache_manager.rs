@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use super::block_hash::{extend_block_hashes, BlockHash};
+use super::block_hash::{extend_block_hashes_with, BlockHash, BlockHashAlgo};
 use super::block_pool::BlockPool;
 use crate::error::{EngineError, Result};
 use crate::request::{Request, RequestId};
@@ -23,6 +23,7 @@ pub struct KvCacheManager {
     pool: BlockPool,
     block_size: usize,
     enable_caching: bool,
+    hash_algo: BlockHashAlgo,
     tables: HashMap<RequestId, Vec<u32>>,
     /// Chained hashes of each request's full blocks, extended as tokens arrive.
     hashes: HashMap<RequestId, Vec<BlockHash>>,
@@ -40,6 +41,7 @@ impl KvCacheManager {
             pool: BlockPool::new(num_blocks, block_size, enable_caching)?,
             block_size,
             enable_caching,
+            hash_algo: BlockHashAlgo::default(),
             tables: HashMap::new(),
             hashes: HashMap::new(),
             num_registered: HashMap::new(),
@@ -47,6 +49,12 @@ impl KvCacheManager {
             prefix_cache_queries: 0,
             prefix_cache_hits: 0,
         })
+    }
+
+    /// Chooses the block hash (before any request holds blocks: hashes of different functions never match).
+    pub fn set_hash_algo(&mut self, algo: BlockHashAlgo) {
+        debug_assert!(self.tables.is_empty());
+        self.hash_algo = algo;
     }
 
     pub fn pool(&self) -> &BlockPool {
@@ -91,7 +99,7 @@ impl KvCacheManager {
             return (Vec::new(), 0);
         }
         let hashes = self.hashes.entry(request.id).or_default();
-        extend_block_hashes(hashes, request, self.block_size);
+        extend_block_hashes_with(self.hash_algo, hashes, request, self.block_size);
         let max_blocks = request.num_tokens().saturating_sub(1) / self.block_size;
         let blocks: Vec<u32> = hashes[..max_blocks.min(hashes.len())]
             .iter()
@@ -158,7 +166,7 @@ impl KvCacheManager {
 
         if self.enable_caching {
             let hashes = self.hashes.entry(id).or_default();
-            extend_block_hashes(hashes, request, bs);
+            extend_block_hashes_with(self.hash_algo, hashes, request, bs);
             let num_full = total.min(request.num_tokens()) / bs;
             let registered = self.num_registered.entry(id).or_default();
             for i in *registered..num_full.min(table.len()) {
@@ -243,7 +251,7 @@ impl KvCacheManager {
                 ));
             }
             let mut expected = Vec::new();
-            extend_block_hashes(&mut expected, req, self.block_size);
+            extend_block_hashes_with(self.hash_algo, &mut expected, req, self.block_size);
             if let Some(h) = self.hashes.get(id) {
                 if h.len() > expected.len() || h[..] != expected[..h.len()] {
                     return Err(format!("request {id}: stored block hashes do not match its tokens"));

@@ -8,7 +8,7 @@ pub mod block_pool;
 pub mod free_block_queue;
 pub mod kv_cache_manager;
 
-pub use block_hash::{hash_block, BlockHash};
+pub use block_hash::{hash_block, hash_block_with, BlockHash, BlockHashAlgo};
 pub use block_pool::{BlockPool, KvBlock, NULL_BLOCK_ID};
 pub use free_block_queue::{FreeBlockQueue, NO_LINK};
 pub use kv_cache_manager::KvCacheManager;

@@ -23,6 +23,8 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Nested arrays are legal but never deeper than 2 in real files; the cap keeps recursion bounded.
 const MAX_ARRAY_DEPTH: usize = 8;
+/// Most entries reserved up front from a header count (see `parse`).
+const MAX_RESERVED_ENTRIES: usize = 4096;
 
 /// One metadata value (all GGUF value types; arrays may nest).
 #[derive(Clone, Debug, PartialEq)]
@@ -176,7 +178,9 @@ impl GgufFile {
             )));
         }
 
-        let mut metadata = HashMap::with_capacity(kv_count as usize);
+        // Capacities from header counts are capped: a count only bounded by the file size would still reserve
+        // tens of bytes per claimed entry up front; growing past the cap costs nothing for real files.
+        let mut metadata = HashMap::with_capacity((kv_count as usize).min(MAX_RESERVED_ENTRIES));
         for i in 0..kv_count {
             let key = r.string(&format!("metadata key #{i}")).map_err(err)?;
             let ty = r.u32(&format!("type of metadata `{key}`")).map_err(err)?;
@@ -192,7 +196,7 @@ impl GgufFile {
             },
         };
 
-        let mut raw_infos = Vec::with_capacity(tensor_count as usize);
+        let mut raw_infos = Vec::with_capacity((tensor_count as usize).min(MAX_RESERVED_ENTRIES));
         for i in 0..tensor_count {
             let name = r.string(&format!("name of tensor #{i}")).map_err(err)?;
             let n_dims = r.u32(&format!("n_dims of tensor `{name}`")).map_err(err)?;
@@ -373,7 +377,7 @@ impl<'a> Reader<'a> {
                         self.remaining()
                     ));
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                let mut items = Vec::with_capacity((count as usize).min(MAX_RESERVED_ENTRIES));
                 for _ in 0..count {
                     items.push(self.value(item_ty, key, depth + 1)?);
                 }

@@ -22,6 +22,7 @@ const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 pub fn load_gguf(path: &Path, name: String) -> Result<LoadedModel> {
     let file = GgufFile::open(path)?;
     let config = config_from_gguf(&file)?;
+    super::hf_config::check_config_ranges(&config).map_err(|m| load_err(&file, m))?;
     let weights = weights_from_gguf(&file, &config)?;
     let tokenizer = tokenizer_from_gguf(&file)?;
     let generation_defaults = GenerationDefaults {

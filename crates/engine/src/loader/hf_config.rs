@@ -63,6 +63,43 @@ struct RawConfig {
     eos_token_id: Option<TokenIds>,
 }
 
+/// Upper bounds on a model's dimensions, far above any real model (the largest today have hidden sizes of ~16k,
+/// ~200 layers and vocabularies of ~260k). Buffers are later sized from these numbers (RoPE tables, activations,
+/// the KV cache), so a corrupt or hostile file must not be able to ask for an absurd allocation through them.
+pub const MAX_HIDDEN_SIZE: usize = 1 << 18;
+pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 20;
+pub const MAX_LAYERS: usize = 1 << 12;
+pub const MAX_HEADS: usize = 1 << 12;
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+pub const MAX_VOCAB_SIZE: usize = 1 << 24;
+pub const MAX_POSITION_EMBEDDINGS: usize = 1 << 26;
+
+/// Refuses configurations whose sizes are zero or beyond the bounds above (shared by config.json and GGUF).
+pub fn check_config_ranges(c: &ModelConfig) -> std::result::Result<(), String> {
+    let checks = [
+        ("hidden_size", c.hidden_size, MAX_HIDDEN_SIZE),
+        ("intermediate_size", c.intermediate_size, MAX_INTERMEDIATE_SIZE),
+        ("num_hidden_layers", c.num_hidden_layers, MAX_LAYERS),
+        ("num_attention_heads", c.num_attention_heads, MAX_HEADS),
+        ("num_key_value_heads", c.num_key_value_heads, MAX_HEADS),
+        ("head_dim", c.head_dim, MAX_HEAD_DIM),
+        ("vocab_size", c.vocab_size, MAX_VOCAB_SIZE),
+        ("max_position_embeddings", c.max_position_embeddings, MAX_POSITION_EMBEDDINGS),
+    ];
+    for (name, value, max) in checks {
+        if value == 0 || value > max {
+            return Err(format!("`{name}` is {value}; expected 1..={max} (corrupt or unsupported config)"));
+        }
+    }
+    if !(c.rms_norm_eps.is_finite() && c.rope_theta.is_finite() && c.rope_theta > 0.0) {
+        return Err(format!(
+            "rms_norm_eps {} and rope_theta {} must be finite (rope_theta > 0)",
+            c.rms_norm_eps, c.rope_theta
+        ));
+    }
+    Ok(())
+}
+
 /// Parses `config.json` text. `path` is only used in error messages.
 pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
     let err = |m: String| EngineError::load(path, m);
@@ -91,7 +128,7 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(err(format!("head dimension {head_dim} must be a positive even number")));
     }
-    Ok(ModelConfig {
+    let config = ModelConfig {
         hidden_size,
         intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
         num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
@@ -116,7 +153,9 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         bos_token_id: raw.bos_token_id,
         eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
         architecture: arch,
-    })
+    };
+    check_config_ranges(&config).map_err(err)?;
+    Ok(config)
 }
 
 fn architecture(raw: &RawConfig) -> Result<String, String> {

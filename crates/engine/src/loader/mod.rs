@@ -15,6 +15,8 @@ mod gguf_model;
 mod gguf_rope;
 #[cfg(test)]
 pub(crate) mod gguf_writer;
+#[cfg(test)]
+mod reader_fuzz_tests;
 pub mod hf_config;
 #[cfg(feature = "hub")]
 mod hub_download;

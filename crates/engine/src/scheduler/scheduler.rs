@@ -117,6 +117,12 @@ impl Scheduler {
         &self.config
     }
 
+    /// The prefix cache's block hash function (SHA-256 unless changed here, before any request is added).
+    pub fn with_block_hash_algo(mut self, algo: crate::kv::block_hash::BlockHashAlgo) -> Self {
+        self.kv.set_hash_algo(algo);
+        self
+    }
+
     /// A fresh request id; the engine and forking both draw from here so ids never collide.
     pub fn alloc_request_id(&mut self) -> RequestId {
         let id = self.next_id;

@@ -7,14 +7,24 @@
 //! (parts joined with "\n", as vLLM does for "string"-format templates) unless the template itself iterates over a
 //! message's content (a `{% for ... in ...content... %}` tag), in which case the list is passed through unchanged.
 //! Flattening rejects non-text parts: the engine serves text-only models.
+//!
+//! Templates may come from clients (the server refuses them unless trusted, but the TS API takes any), so every
+//! render is bounded: `RENDER_FUEL` minijinja instructions (its `fuel` feature: a deep loop ends with an error
+//! instead of spinning), at most `MAX_RENDER_BYTES` of output, and `tojson` capped in indent and size. Memory a
+//! template builds in variables (e.g. doubling a string in a loop) is bounded only by the fuel; that is why the
+//! server runs request templates only when told to trust them.
 
 use minijinja::Environment;
 use serde_json::{Map, Value};
 
-use super::template_functions::{raise_exception, strftime_now, tojson};
+use super::template_functions::{raise_exception, strftime_now, tojson, BoundedBuffer, MAX_RENDER_BYTES};
 use crate::error::{EngineError, Result};
 
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// minijinja instructions one render may execute: real templates use a few hundred per message, so this leaves
+/// room for thousands of messages and stops a runaway loop within a fraction of a second.
+pub const RENDER_FUEL: u64 = 5_000_000;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -40,6 +50,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_formatter(python_formatter);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -83,9 +94,22 @@ impl ChatTemplate {
         context.insert("messages".into(), Value::Array(messages));
         context.insert("add_generation_prompt".into(), Value::Bool(add_generation_prompt));
         let template = self.env.get_template(TEMPLATE_NAME).map_err(template_err)?;
-        template
-            .render(minijinja::Value::from_serialize(&context))
-            .map_err(template_err)
+        let mut out = BoundedBuffer::new(MAX_RENDER_BYTES);
+        match template.render_captured_to(minijinja::Value::from_serialize(&context), &mut out) {
+            Ok(_) => {}
+            Err(_) if out.exceeded => {
+                return Err(EngineError::ChatTemplate(format!(
+                    "the rendered prompt exceeds {MAX_RENDER_BYTES} bytes"
+                )))
+            }
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                return Err(EngineError::ChatTemplate(format!(
+                    "the chat template ran out of fuel ({RENDER_FUEL} instructions): it does too much work"
+                )))
+            }
+            Err(e) => return Err(template_err(e)),
+        }
+        String::from_utf8(out.bytes).map_err(|e| EngineError::ChatTemplate(format!("rendered invalid UTF-8: {e}")))
     }
 
     fn prepare_message(&self, message: &Value) -> Result<Value> {
@@ -237,6 +261,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("image_url"));
+    }
+
+    #[test]
+    fn runaway_templates_are_stopped() {
+        let messages = json!([{"role": "user", "content": "x"}]);
+        // A deep loop: stopped by fuel, with a clear error.
+        let looping = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let started = std::time::Instant::now();
+        let err = render(looping, messages.clone()).unwrap_err().to_string();
+        assert!(err.contains("out of fuel"), "{err}");
+        assert!(started.elapsed().as_secs() < 10, "fuel stops the loop quickly");
+        // A huge indent: refused before anything is allocated.
+        let err = render("{{ messages | tojson(indent=1000000000) }}", messages.clone()).unwrap_err().to_string();
+        assert!(err.contains("indent is limited"), "{err}");
+        // Output growing past the cap: refused.
+        let big = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}";
+        let err = render(big, messages.clone()).unwrap_err().to_string();
+        assert!(err.contains("exceeds"), "{err}");
+        // Ordinary templates are unaffected.
+        assert_eq!(render("{{ messages | tojson(indent=2) | length }}", messages).unwrap(), "50");
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! - `raise_exception(message)`: fails rendering with `message`.
 //! - `strftime_now(format)`: the current UTC time formatted with the common C `strftime` specifiers. Hand-written
 //!   because the workspace has no date crate and templates only need a date line (e.g. "%d %b %Y").
+//!
+//! Limits (templates may come from clients): `tojson`'s indent is at most `MAX_TOJSON_INDENT` characters and its
+//! output at most `MAX_RENDER_BYTES`, so one filter call cannot allocate without bound (fuel counts it as one
+//! instruction).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +17,42 @@ use minijinja::value::{Kwargs, Value};
 use minijinja::{Error, ErrorKind};
 use serde::Serialize;
 use serde_json::ser::Formatter;
+
+/// Most bytes one render (or one `tojson` call) may produce.
+pub(crate) const MAX_RENDER_BYTES: usize = 8 << 20;
+/// Widest `tojson` indent (Python accepts any; nothing real needs more than a few spaces).
+pub(crate) const MAX_TOJSON_INDENT: usize = 64;
+
+/// A `Vec<u8>` writer that refuses to grow past `limit` bytes (sets `exceeded` and fails the write).
+pub(crate) struct BoundedBuffer {
+    pub bytes: Vec<u8>,
+    pub limit: usize,
+    pub exceeded: bool,
+}
+
+impl BoundedBuffer {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            limit,
+            exceeded: false,
+        }
+    }
+}
+
+impl std::io::Write for BoundedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other(format!("output exceeds {} bytes", self.limit)));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// `raise_exception(message)`.
 pub(crate) fn raise_exception(message: String) -> Result<Value, Error> {
@@ -25,15 +65,21 @@ pub(crate) fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> Res
         Some(v) if v.is_none() || v.is_undefined() => None,
         Some(v) => match v.as_str() {
             Some(s) => Some(s.to_string()),
-            None => Some(" ".repeat(usize::try_from(v)?)),
+            None => Some(" ".repeat(usize::try_from(v)?.min(MAX_TOJSON_INDENT + 1))),
         },
         None => None,
     };
+    if indent.as_ref().is_some_and(|i| i.len() > MAX_TOJSON_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent is limited to {MAX_TOJSON_INDENT} characters"),
+        ));
+    }
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
     kwargs.assert_all_used()?;
     let json_err = |e: serde_json::Error| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}"));
-    let mut out = Vec::new();
+    let mut out = BoundedBuffer::new(MAX_RENDER_BYTES);
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonJsonFormatter::new(indent));
     if sort_keys {
         // serde_json's own map type is ordered by key (the workspace does not enable `preserve_order`).
@@ -44,7 +90,7 @@ pub(crate) fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> Res
     } else {
         value.serialize(&mut serializer).map_err(json_err)?;
     }
-    let text = String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let text = String::from_utf8(out.bytes).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     Ok(Value::from_safe_string(if ensure_ascii {
         escape_non_ascii(&text)
     } else {

@@ -16,6 +16,20 @@ use super::hf_config::load_hf_tokenizer_config;
 use super::source::TokenizerSource;
 use crate::error::{EngineError, Result};
 
+/// Loads a `tokenizer.json`. The `tokenizers` crate unwraps some inner deserialization results (a malformed
+/// `decoder` section panics, found by `reader_fuzz_tests`), so the text is first checked to be JSON at all and the
+/// load runs under `catch_unwind`: a corrupt file is a `Tokenizer` error, never a panic.
+fn load_tokenizer_json(path: &std::path::Path) -> Result<tokenizers::Tokenizer> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| tok_err(format!("cannot read {shown}: {e}")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| tok_err(format!("cannot load {shown}: invalid JSON: {e}")))?;
+    match std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>()) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(tok_err(format!("cannot load {shown}: {e}"))),
+        Err(_) => Err(tok_err(format!("cannot load {shown}: the tokenizers library rejected it (malformed section)"))),
+    }
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     vocab_size: usize,
@@ -57,8 +71,7 @@ impl Tokenizer {
                 tokenizer_json,
                 tokenizer_config_json,
             } => {
-                let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
-                    .map_err(|e| tok_err(format!("cannot load {}: {e}", tokenizer_json.display())))?;
+                let inner = load_tokenizer_json(tokenizer_json)?;
                 let config = load_hf_tokenizer_config(tokenizer_config_json.as_deref(), tokenizer_json)?;
                 let id_of = |token: &Option<String>, what: &str| -> Result<Option<u32>> {
                     token
