@@ -8,8 +8,10 @@ mkdir -p .gpu-bin
 true  # .gpu-bin/ is in .gitignore
 cargo build --release -p pagedllm-bench --features cuda
 cp target/release/pagedllm-bench .gpu-bin/ && strip .gpu-bin/pagedllm-bench
-test_bin=$(cargo test --release -p pagedllm-engine --features cuda --test gpu_decoder --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"]=="gpu_decoder"][0])')
-cp "$test_bin" .gpu-bin/gpu_decoder && strip .gpu-bin/gpu_decoder
+for t in gpu_decoder seeded_sampling; do
+  test_bin=$(cargo test --release -p pagedllm-engine --features cuda --test $t --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys; t=sys.argv[1]; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"]==t][0])' $t)
+  cp "$test_bin" .gpu-bin/$t && strip .gpu-bin/$t
+done
 cp ../shared/device/hf_peer.py .gpu-bin/
 ls -la .gpu-bin

@@ -3,6 +3,7 @@
 # root, with the binaries built here by scripts/gpu/build-device-binaries.sh in .gpu-bin/ (carried):
 #   .gpu-bin/pagedllm-bench    stripped release build with --features cuda
 #   .gpu-bin/gpu_decoder       the decoder-vs-CPU test binary (crates/engine/tests/gpu_decoder.rs)
+#   .gpu-bin/seeded_sampling   the engine's seeded-sampling test binary (crates/engine/tests/seeded_sampling.rs)
 #   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
 # Usage: scripts/gpu/device-run.sh check|measure|profile|families|stash-model|parity-wide   (results under $OUT, a summary table printed last)
 #   check:   kernel tests vs the CPU backend; parity vs HF on the real SmolLM2 weights (when stashed) and on
@@ -25,6 +26,16 @@ MODELS=/tmp/models
 mkdir -p $MODELS
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+# The GPU tests (#[ignore]d in CI): the kernels against the CPU backend, then the engine's seeded sampling.
+gpu_tests() {
+  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
+  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
+  grep -E "rel err|test result|panicked" "$OUT/gpu_decoder.log" | tail -${1:-40} | tee -a "$OUT/summary.txt"
+  $BIN/seeded_sampling --ignored --nocapture --test-threads 1 >"$OUT/seeded_sampling.log" 2>&1
+  echo "seeded_sampling exit $?" | tee -a "$OUT/summary.txt"
+  grep -E "test result|panicked" "$OUT/seeded_sampling.log" | tail -4 | tee -a "$OUT/summary.txt"
+}
 
 make_model() { # shape, peaked?
   local dir=$MODELS/$1$2
@@ -54,9 +65,7 @@ smollm2_parity() {
 
 if [ "$MODE" = check ]; then
   log "kernel tests (decoder vs CPU backend in bf16, f16 and f32; graphs vs eager; GPU sampler vs CPU sampler)"
-  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
-  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
-  grep -E "rel err|test result|panicked" "$OUT/gpu_decoder.log" | tail -40 | tee -a "$OUT/summary.txt"
+  gpu_tests
   smollm2_parity
   for shape in smollm2-135m qwen2-0.5b llama-1b llama-8b; do
     dir=$(make_model $shape -peaked)
@@ -103,9 +112,7 @@ if [ "$MODE" = families ]; then
   log "tiny family checkpoints + HF fp32 references"
   python3 scripts/gpu/make_family_models.py tiny --out "$OUT/families" 2>>"$OUT/peer.log" | tee -a "$OUT/summary.txt"
   log "kernel tests (the model on the CUDA backend vs the CPU backend; graphs vs eager; GPU sampler)"
-  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
-  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
-  grep -E "rel err|test result|panicked" "$OUT/gpu_decoder.log" | tail -40 | tee -a "$OUT/summary.txt"
+  gpu_tests
   for fam in ${FAMILIES:-qwen3}; do
     dir=$MODELS/$fam-real
     python3 scripts/gpu/make_family_models.py real --family $fam --out "$dir" --peaked >>"$OUT/peer.log" 2>&1
@@ -132,9 +139,7 @@ fi
 
 if [ "$MODE" = measure ]; then
   log "kernel tests (decoder vs CPU backend, graphs vs eager)"
-  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
-  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
-  grep -E "rel err|test result" "$OUT/gpu_decoder.log" | tail -4 | tee -a "$OUT/summary.txt"
+  gpu_tests 4
   smollm2_parity
   small=$(make_model llama-1b -peaked)
   for dt in bf16 fp32; do

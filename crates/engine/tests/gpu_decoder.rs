@@ -250,8 +250,19 @@ impl<B: Backend> On<B> {
 }
 
 impl On<CudaBackend> {
+    /// Samples logits row `i` with `rows[i]`.
     fn sample(&mut self, rows: &[DeviceSampleParams], edits: &[TokenEdit]) -> Result<Vec<DeviceSample>, CudaError> {
-        self.backend.sample(rows, edits)
+        let logits_rows: Vec<u32> = (0..rows.len() as u32).collect();
+        self.backend.sample(rows, &logits_rows, edits)
+    }
+    /// Sample `i` from logits row `logits_rows[i]` with `rows[i]`.
+    fn sample_rows(
+        &mut self,
+        rows: &[DeviceSampleParams],
+        logits_rows: &[u32],
+        edits: &[TokenEdit],
+    ) -> Result<Vec<DeviceSample>, CudaError> {
+        self.backend.sample(rows, logits_rows, edits)
     }
     fn poison(&mut self, kv: bool) -> Result<(), CudaError> {
         self.backend.poison(kv)

@@ -11,9 +11,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::Result;
 use crate::request::{FinishReason, Request, RequestId, StopReason};
-use crate::runner::{ModelRunner, ScheduledSeq, StepLogits};
+use crate::runner::{BatchLayout, ModelRunner, ScheduledSeq, StepLogits};
 use crate::sampler::{
-    device_edit_bound, device_edits_fit, device_sampleable, prompt_logprobs, sample_batch, DeviceSamplingBatch,
+    device_sampleable, prompt_logprobs, sample_batch, DeviceSamplingBatch,
     RowHistory, SampleRow, SampledToken, SequenceRng,
 };
 use crate::sampling_params::SamplingParams;
@@ -92,6 +92,8 @@ struct StepScratch {
     sampled: Vec<SampledToken>,
     /// (sampling id, token) for the scheduler.
     pairs: Vec<(RequestId, u32)>,
+    /// The scheduled sequence of each device sampling row.
+    row_seqs: Vec<RequestId>,
     /// Sampling id -> index in `jobs`.
     by_seq: HashMap<RequestId, usize>,
     /// Requests that got a token or finished this step.
@@ -279,70 +281,63 @@ impl EngineCore {
             });
         }
         // 2-3. Either sample on the backend's device (only token ids come back), or copy the logits rows and
-        // compute prompt log-probs and samples on the host.
+        // compute prompt log-probs and samples on the host. The choice depends only on the backend and on each
+        // sampling row's own parameters, never on its neighbours: the device's noise differs from the host
+        // sampler's draw, so a seeded request must always meet the same sampler (prompt log-probs and n > 1
+        // forks ride along on the device path).
         let vocab = self.runner.vocab_size();
-        let mut edit_bound = 0usize;
         let on_device = self.runner.samples_on_device()
-            && seqs.iter().all(|s| s.prompt_logprob_positions.is_empty())
-            && out.scheduled.iter().all(|s| {
-                s.sample_ids.len() <= 1
-                    && s.sample_ids.iter().all(|&sid| {
-                        let r = self.scheduler.request(sid).expect("sampling request exists");
-                        edit_bound += device_edit_bound(
-                            &r.params,
-                            r.prompt_token_ids.len(),
-                            r.output_token_ids.len(),
-                            r.eos_token_ids.len(),
-                        );
-                        device_sampleable(&r.params, r.output_token_ids.len(), vocab)
-                    })
-            })
-            && device_edits_fit(edit_bound);
+            && out.scheduled.iter().flat_map(|s| s.sample_ids.iter()).all(|&sid| {
+                let r = self.scheduler.request(sid).expect("sampling request exists");
+                device_sampleable(&r.params, r.prompt_token_ids.len(), r.output_token_ids.len(), r.eos_token_ids.len(), vocab)
+            });
         self.check_injected_fault()?;
         let t_prepared_rows;
         let mut sc = std::mem::take(&mut self.scratch);
         sc.jobs.clear();
         sc.sampled.clear();
         let timing = if on_device {
-            // Rows in the order of the sequences that sample (the layout's order).
+            // One device row per sampling id, in the order of the sequences that sample (the layout's order).
             self.device_batch.clear();
-            for s in out.scheduled.iter().filter(|s| !s.sample_ids.is_empty()) {
-                let sid = s.sample_ids[0];
-                let req = self.scheduler.request(sid).expect("sampling request exists");
-                let (ext, idx) = &self.seq_owner[&sid];
-                let state = self
-                    .groups
-                    .get_mut(ext)
-                    .and_then(|g| g.samples[*idx].as_mut())
-                    .expect("sample state");
-                let history = RowHistory {
-                    prompt_token_ids: &req.prompt_token_ids,
-                    output_token_ids: &req.output_token_ids,
-                    eos_token_ids: &req.eos_token_ids,
-                };
-                self.device_batch.push(&req.params, &history, vocab, &mut state.rng);
-            }
-            t_prepared_rows = Instant::now();
-            let step = self
-                .runner
-                .execute_and_sample(&seqs, &out.blocks_to_copy, &self.device_batch)?;
-            drop(seqs);
-            sc.rows_of.clear();
-            sc.rows_of.extend(step.layout.sample_rows.iter().copied());
+            sc.row_seqs.clear();
             for s in &out.scheduled {
-                if let Some(&row) = sc.rows_of.get(&s.request_id) {
-                    for &sid in &s.sample_ids {
-                        let d = &step.samples[row];
-                        sc.jobs.push((sid, row));
-                        sc.sampled.push(SampledToken {
-                            token: d.token,
-                            logprob: d.logprob,
-                            rank: d.rank as usize,
-                            top_logprobs: d.top_logprobs.clone(),
-                        });
-                    }
+                for &sid in &s.sample_ids {
+                    let req = self.scheduler.request(sid).expect("sampling request exists");
+                    let (ext, idx) = &self.seq_owner[&sid];
+                    let state = self
+                        .groups
+                        .get_mut(ext)
+                        .and_then(|g| g.samples[*idx].as_mut())
+                        .expect("sample state");
+                    let history = RowHistory {
+                        prompt_token_ids: &req.prompt_token_ids,
+                        output_token_ids: &req.output_token_ids,
+                        eos_token_ids: &req.eos_token_ids,
+                    };
+                    self.device_batch.push(&req.params, &history, vocab, &mut state.rng);
+                    sc.row_seqs.push(s.request_id);
+                    sc.jobs.push((sid, sc.jobs.len()));
                 }
             }
+            t_prepared_rows = Instant::now();
+            let step = self.runner.execute_and_sample(
+                &seqs,
+                &out.blocks_to_copy,
+                &self.device_batch,
+                &sc.row_seqs,
+            )?;
+            drop(seqs);
+            if !step.logits.is_empty() {
+                let t_host = Instant::now();
+                self.host_prompt_logprobs(&step.layout, &step.logits, vocab)?;
+                self.stats.step_phase_seconds.host_sampling += t_host.elapsed().as_secs_f64();
+            }
+            sc.sampled.extend(step.samples.into_iter().map(|d| SampledToken {
+                token: d.token,
+                logprob: d.logprob,
+                rank: d.rank as usize,
+                top_logprobs: d.top_logprobs,
+            }));
             self.runner.recycle(step.layout);
             step.timing
         } else {
@@ -350,7 +345,7 @@ impl EngineCore {
             let logits = self.runner.execute(&seqs, &out.blocks_to_copy)?;
             drop(seqs);
             let t_host = Instant::now();
-            self.host_prompt_logprobs(&logits)?;
+            self.host_prompt_logprobs(&logits.layout, &logits.logits, vocab)?;
             self.host_sample(&out.scheduled, &logits, &mut sc)?;
             self.stats.step_phase_seconds.host_sampling += t_host.elapsed().as_secs_f64();
             self.runner.recycle(logits.layout);
@@ -427,13 +422,13 @@ impl EngineCore {
     }
 
     /// Prompt log-probs from host logits (computed once per request, in order).
-    fn host_prompt_logprobs(&mut self, logits: &StepLogits) -> Result<()> {
-        for &(rid, pos0, row0, count) in &logits.layout.prompt_logprob_rows {
+    fn host_prompt_logprobs(&mut self, layout: &BatchLayout, logits: &[f32], vocab: usize) -> Result<()> {
+        for &(rid, pos0, row0, count) in &layout.prompt_logprob_rows {
             let (ext, _) = self.seq_owner[&rid].clone();
             let group = self.groups.get_mut(&ext).expect("group");
             let k = group.params.prompt_logprobs.unwrap_or(0);
             let next: Vec<u32> = group.prompt_ids[pos0 + 1..pos0 + 1 + count].to_vec();
-            for lp in prompt_logprobs(logits.rows(row0, count), logits.vocab_size, &next, k)? {
+            for lp in prompt_logprobs(&logits[row0 * vocab..(row0 + count) * vocab], vocab, &next, k)? {
                 let pl = position_logprobs(self.tokenizer.as_ref(), lp.token, lp.logprob, lp.rank, &lp.top);
                 group.push_prompt_logprob(pl);
             }

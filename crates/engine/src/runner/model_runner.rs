@@ -16,6 +16,7 @@ use pagedllm_kernels::InputBatch;
 use crate::error::{EngineError, Result};
 use crate::model::llama::LlamaModel;
 use crate::sampler::DeviceSamplingBatch;
+use crate::request::RequestId;
 
 use super::batch_builder::{build_input_batch_into, BatchLayout, ScheduledSeq};
 
@@ -43,9 +44,12 @@ impl StepLogits {
     }
 }
 
-/// Tokens sampled on the device: one `(token, raw log-prob)` per logits row, rows as `layout` says.
+/// Tokens sampled on the device: one per sample asked (`DeviceSamplingBatch::rows` order).
 pub struct StepSamples {
     pub samples: Vec<DeviceSample>,
+    /// `[logits rows, vocab]` on the host when the step has prompt log-prob rows (rows as `layout` says);
+    /// empty otherwise.
+    pub logits: Vec<f32>,
     pub layout: BatchLayout,
     pub timing: StepTiming,
 }
@@ -87,6 +91,8 @@ pub struct ModelRunner {
     batch: InputBatch,
     /// A layout handed back by the engine after its last step (see `recycle`), refilled by the next.
     spare_layout: BatchLayout,
+    /// The logits row of each device sample of the step (reused).
+    sample_logits_rows: Vec<u32>,
 }
 
 fn cuda_err(e: pagedllm_kernels::cuda::CudaError) -> EngineError {
@@ -113,6 +119,7 @@ impl ModelRunner {
             vocab_size,
             batch: InputBatch::default(),
             spare_layout: BatchLayout::default(),
+            sample_logits_rows: Vec::new(),
         }
     }
 
@@ -165,14 +172,17 @@ impl ModelRunner {
         })
     }
 
-    /// Runs the step and samples every logits row on the device: `rows[i]` is for the i-th sequence with
-    /// `sample` set (the order of `layout.sample_rows`). Only for backends where `samples_on_device()`; the
-    /// caller checked each row is device-sampleable and that no prompt log-probs are due this step.
+    /// Runs the step and samples on the device: `batch.rows[i]` is a sample of the logits row of the scheduled
+    /// sequence `row_seqs[i]` (a sequence appears once per sample: the `n > 1` fork samples one row several
+    /// times). When the step has prompt log-prob rows, every logits row is also copied to the host
+    /// (`StepSamples::logits`). Only for backends where `samples_on_device()`; the caller checked each row is
+    /// device-sampleable.
     pub fn execute_and_sample(
         &mut self,
         seqs: &[ScheduledSeq<'_>],
         blocks_to_copy: &[(u32, u32)],
         batch: &DeviceSamplingBatch,
+        row_seqs: &[RequestId],
     ) -> Result<StepSamples> {
         let t0 = Instant::now();
         let layout = self.run(seqs, blocks_to_copy)?;
@@ -182,18 +192,39 @@ impl ModelRunner {
                 "execute_and_sample on a backend that samples on the host".into(),
             ));
         };
-        let rows = &batch.rows;
-        if rows.len() != layout.sample_rows.len() || !layout.prompt_logprob_rows.is_empty() {
+        // `row_seqs` lists sequences in the batch's order, as `layout.sample_rows` does: one forward walk.
+        let logits_rows = &mut self.sample_logits_rows;
+        logits_rows.clear();
+        let mut at = 0;
+        for rid in row_seqs {
+            while at < layout.sample_rows.len() && layout.sample_rows[at].0 != *rid {
+                at += 1;
+            }
+            let Some(&(_, row)) = layout.sample_rows.get(at) else {
+                return Err(EngineError::Internal(format!(
+                    "request {rid} has no sampling row this step (or is out of the batch's order)"
+                )));
+            };
+            logits_rows.push(row as u32);
+        }
+        if batch.rows.len() != logits_rows.len() {
             return Err(EngineError::Internal(format!(
-                "{} device sampling rows for {} sampled sequences (and {} prompt log-prob ranges)",
-                rows.len(),
-                layout.sample_rows.len(),
-                layout.prompt_logprob_rows.len()
+                "{} device sampling rows for {} sampled sequences",
+                batch.rows.len(),
+                logits_rows.len()
             )));
         }
-        let samples = on_gpu.backend.sample(rows, &batch.edits).map_err(cuda_err)?;
+        let samples = on_gpu
+            .backend
+            .sample(&batch.rows, logits_rows, &batch.edits)
+            .map_err(cuda_err)?;
+        let mut logits = Vec::new();
+        if !layout.prompt_logprob_rows.is_empty() {
+            on_gpu.backend.copy_logits_rows_to_host(0, &mut logits).map_err(cuda_err)?;
+        }
         Ok(StepSamples {
             samples,
+            logits,
             layout,
             timing: StepTiming {
                 launch: (t1 - t0).as_secs_f64(),

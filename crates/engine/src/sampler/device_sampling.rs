@@ -8,8 +8,10 @@
 //! sampling, merged into one edit per token (so the GPU needs no per-row vocab-sized tables).
 //!
 //! A row stays on the CPU sampler only when the GPU would answer differently from it: a token id outside the
-//! vocabulary in `logit_bias` / stop ids (the CPU sampler reports the bad field), or a step with more edits
-//! than the device buffer holds.
+//! vocabulary in `logit_bias` / stop ids (the CPU sampler reports the bad field), or more edits than the
+//! device buffer holds. Both are properties of the row alone, so whether a request samples on the device
+//! never depends on what else is in its batch (a step with more rows or edits than one launch holds is
+//! sampled in several launches by the backend).
 //!
 //! Seeds keep the one-draw-per-token contract of `SequenceRng`: a non-greedy device-sampled token takes ONE
 //! uniform draw and turns it into the device's noise seed, so a seeded request is reproducible on the device
@@ -25,14 +27,15 @@ use crate::sampling_params::SamplingParams;
 /// Below this temperature a row is greedy (the CPU sampler's threshold).
 pub const GREEDY_TEMPERATURE: f32 = 1e-5;
 
-/// Whether a row with `params`, having produced `num_output_tokens`, can be sampled on the device for a
-/// vocabulary of `vocab` tokens.
-pub fn device_sampleable(params: &SamplingParams, num_output_tokens: usize, vocab: usize) -> bool {
+/// Whether a row with `params`, a prompt of `prompt_len` tokens, `output_len` tokens produced so far and
+/// `eos_len` EOS ids can be sampled on the device for a vocabulary of `vocab` tokens.
+pub fn device_sampleable(params: &SamplingParams, prompt_len: usize, output_len: usize, eos_len: usize, vocab: usize) -> bool {
     let in_vocab = |t: &u32| (*t as usize) < vocab;
-    let stops_ok = num_output_tokens >= params.min_tokens || params.stop_token_ids.iter().all(in_vocab);
+    let stops_ok = output_len >= params.min_tokens || params.stop_token_ids.iter().all(in_vocab);
     params.logprobs.is_none_or(|k| k <= MAX_DEVICE_TOP_LOGPROBS)
         && params.logit_bias.iter().all(|(t, _)| in_vocab(t))
         && stops_ok
+        && device_edit_bound(params, prompt_len, output_len, eos_len) <= MAX_DEVICE_TOKEN_EDITS
 }
 
 /// Upper bound of the edits [`DeviceSamplingBatch::push`] makes for a row (to check a step fits the device).
@@ -50,11 +53,6 @@ pub fn device_edit_bound(params: &SamplingParams, prompt_len: usize, output_len:
             };
     }
     n
-}
-
-/// Whether a step whose rows' [`device_edit_bound`]s sum to `edits` fits the device's edit buffer.
-pub fn device_edits_fit(edits: usize) -> bool {
-    edits <= MAX_DEVICE_TOKEN_EDITS
 }
 
 /// The device sampler's input for one step: a row per sampled sequence and the rows' edits. Its vocab-sized

@@ -72,7 +72,7 @@ fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
         SamplingParams::greedy(),
     ];
     for p in &cases {
-        assert!(device_sampleable(p, 0, VOCAB), "{p:?}");
+        assert!(device_sampleable(p, 4, 0, 1, VOCAB), "{p:?}");
     }
     let bad = [
         SamplingParams {
@@ -90,7 +90,7 @@ fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
         },
     ];
     for p in &bad {
-        assert!(!device_sampleable(p, 0, VOCAB), "{p:?}");
+        assert!(!device_sampleable(p, 4, 0, 1, VOCAB), "{p:?}");
     }
     // A bad stop id only matters while min_tokens masks it.
     let p = SamplingParams {
@@ -98,7 +98,14 @@ fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
         stop_token_ids: vec![VOCAB as u32 + 5],
         ..base()
     };
-    assert!(device_sampleable(&p, 2, VOCAB));
+    assert!(device_sampleable(&p, 4, 2, 1, VOCAB));
+    // More edits than the device buffer holds (repetition penalty over a huge prompt): a property of the row.
+    let rep = SamplingParams {
+        repetition_penalty: 1.2,
+        ..base()
+    };
+    assert!(device_sampleable(&rep, 1000, 0, 1, VOCAB));
+    assert!(!device_sampleable(&rep, MAX_DEVICE_TOKEN_EDITS + 1, 0, 1, VOCAB));
 }
 
 #[test]

@@ -327,3 +327,70 @@ fn gpu_sampler_truncation_keeps_the_cpu_nucleus_and_its_probabilities() {
         }
     }
 }
+
+/// A step of `rows` one-token sequences of different tokens (different logits rows), left on the GPU.
+fn distinct_rows(p: &mut Pair, rows: usize) {
+    let blocks: Vec<Vec<u32>> = (0..rows).map(|i| vec![1 + i as u32]).collect();
+    let scheduled: Vec<ScheduledSeq<'_>> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| ScheduledSeq {
+            request_id: i as u64,
+            token_ids: vec![7 + 13 * i as u32].into(),
+            start_pos: 0,
+            block_table: b,
+            sample: true,
+            prompt_logprob_positions: 0..0,
+        })
+        .collect();
+    let (batch, _) = build_input_batch(&scheduled, BLOCK);
+    p.gpu.forward(&batch).unwrap();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn gpu_sampler_gives_each_sample_its_rows_tokens_when_rows_repeat_skip_or_overflow_a_launch() {
+    // What lets a step sample every row on the GPU whatever its makeup (n > 1 forks sample one row several times,
+    // prompt log-prob rows are skipped, big steps take several launches): sample i drawn from logits row r with
+    // row r's parameters and seed must give the token sampling row r directly gives.
+    let rows = 6;
+    let (mut p, vocab) = sharp_pair(rows);
+    distinct_rows(&mut p, rows);
+    let prompt = [3u32, 4, 5];
+    let output = [9u32, 9, 11];
+    let eos = [0u32];
+    let history = RowHistory {
+        prompt_token_ids: &prompt,
+        output_token_ids: &output,
+        eos_token_ids: &eos,
+    };
+    let params_of = |r: usize| SamplingParams {
+        temperature: 1.0,
+        top_p: 0.95,
+        repetition_penalty: if r % 2 == 0 { 1.3 } else { 1.0 },
+        logprobs: Some(2),
+        ..SamplingParams::default()
+    };
+    let batch_of = |logits_rows: &[u32]| {
+        let mut batch = DeviceSamplingBatch::default();
+        for &r in logits_rows {
+            batch.push(&params_of(r as usize), &history, vocab, &mut SequenceRng::new(100 + r as u64));
+        }
+        batch
+    };
+    let direct_rows: Vec<u32> = (0..rows as u32).collect();
+    let direct = batch_of(&direct_rows);
+    let want: Vec<u32> = p.gpu.sample(&direct.rows, &direct.edits).unwrap().iter().map(|d| d.token).collect();
+    for logits_rows in [vec![5u32, 0, 3, 3, 1, 5, 2, 4, 3], (0..300).map(|j| (j % rows) as u32).collect()] {
+        let b = batch_of(&logits_rows);
+        let got = p.gpu.sample_rows(&b.rows, &logits_rows, &b.edits).unwrap();
+        assert_eq!(got.len(), logits_rows.len());
+        for (j, (&r, d)) in logits_rows.iter().zip(&got).enumerate() {
+            assert_eq!(d.token, want[r as usize], "sample {j} of logits row {r}");
+            assert_eq!(d.top_logprobs.len(), 2);
+        }
+    }
+    // A row index outside the step is refused, not read.
+    let b = batch_of(&[0]);
+    assert!(p.gpu.sample_rows(&b.rows, &[rows as u32], &b.edits).is_err());
+}

@@ -32,7 +32,15 @@ impl CudaBackend {
     pub fn num_kv_blocks(&self) -> usize {
         match *self {}
     }
-    pub fn sample(&mut self, _: &[DeviceSampleParams], _: &[TokenEdit]) -> Result<Vec<DeviceSample>, CudaError> {
+    pub fn sample(
+        &mut self,
+        _: &[DeviceSampleParams],
+        _: &[u32],
+        _: &[TokenEdit],
+    ) -> Result<Vec<DeviceSample>, CudaError> {
+        match *self {}
+    }
+    pub fn copy_logits_rows_to_host(&mut self, _: usize, _: &mut Vec<f32>) -> Result<(), CudaError> {
         match *self {}
     }
     pub fn poison(&mut self, _: bool) -> Result<(), CudaError> {

@@ -50,6 +50,8 @@ struct Inputs {
     block_pairs: DeviceBuffer<u32>,
     sample_params: DeviceBuffer<DeviceSampleParams>,
     token_edits: DeviceBuffer<TokenEdit>,
+    /// The logits row of each sample, when the LM head runs on gathered rows.
+    sample_logits_rows: DeviceBuffer<u32>,
 }
 
 /// The backend's own working buffers: attention partials, logits and what sampling writes.
@@ -103,6 +105,9 @@ pub struct CudaBackend {
     /// Logits rows of the last forward.
     num_logits_rows: usize,
     head: Option<PendingHead>,
+    /// `[logits_capacity, hidden]`: the LM head's input rows when samples repeat or skip rows (allocated by the
+    /// profile step, once the hidden size is known).
+    gathered_hidden: Option<FloatBuffer>,
     plan: KvPlan,
     /// Decode-step graphs by padded batch size (empty with `enforce_eager`).
     graphs: HashMap<usize, StepGraph>,
@@ -202,6 +207,7 @@ impl CudaBackend {
             block_pairs: DeviceBuffer::alloc(2 * MAX_BLOCK_PAIRS, "block copy list")?,
             sample_params: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
             token_edits: DeviceBuffer::alloc(MAX_DEVICE_TOKEN_EDITS, "sampling inputs")?,
+            sample_logits_rows: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
         };
         let v = shape.vocab_size;
         let scratch = Scratch {
@@ -239,6 +245,7 @@ impl CudaBackend {
             step: StepShape::default(),
             num_logits_rows: 0,
             head: None,
+            gathered_hidden: None,
             graphs: HashMap::new(),
             graph_sizes: Vec::new(),
             flash_attention: std::env::var("PAGEDLLM_CUDA_ATTENTION").map_or(true, |v| v != "core"),
@@ -316,6 +323,10 @@ impl CudaBackend {
         }
         self.run_step(&mut batch, forward)?;
         let rows = self.num_logits_rows;
+        if let Some(head) = self.head {
+            let len = self.logits_capacity * head.hidden_size;
+            self.gathered_hidden = Some(FloatBuffer::alloc(len, self.opts.dtype, "gathered LM-head rows")?);
+        }
         // The sampler's heaviest path (truncation and log-prob lists) runs once here too.
         let heavy = DeviceSampleParams {
             temperature: 1.0,
@@ -324,7 +335,8 @@ impl CudaBackend {
             num_top_logprobs: MAX_DEVICE_TOP_LOGPROBS as i32,
             ..DeviceSampleParams::default()
         };
-        self.sample(&vec![heavy; rows], &[])?;
+        let logits_rows: Vec<u32> = (0..rows as u32).collect();
+        self.sample(&vec![heavy; rows], &logits_rows, &[])?;
         self.gpu.synchronize()
     }
 
