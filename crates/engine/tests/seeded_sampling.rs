@@ -113,7 +113,10 @@ fn drain(mut stream: RequestStream) -> Vec<Vec<u32>> {
 /// Reads `n` tokens of sample 0 from a running stream (keeps what it read).
 fn read_tokens(stream: &mut RequestStream, n: usize, into: &mut Vec<u32>) {
     while into.len() < n {
-        let out = stream.blocking_next().expect("stream still running").expect("request succeeds");
+        let out = stream
+            .blocking_next()
+            .expect("stream still running")
+            .expect("request succeeds");
         for o in out.outputs {
             into.extend(o.token_ids);
         }
@@ -212,12 +215,18 @@ fn check_seeded_request_ignores_its_batch(config: EngineConfig) {
     beside.extend(drain(target).into_iter().next().unwrap_or_default());
     for s in early.into_iter().chain(late) {
         let samples = drain(s);
-        assert!(!samples.is_empty() && samples.iter().all(|t| !t.is_empty()), "neighbour produced no tokens");
+        assert!(
+            !samples.is_empty() && samples.iter().all(|t| !t.is_empty()),
+            "neighbour produced no tokens"
+        );
     }
     engine.shutdown();
     assert_eq!(beside, alone, "a seeded request's tokens changed with its batch");
     let distinct = alone.iter().collect::<std::collections::HashSet<_>>().len();
-    assert!(distinct > 5, "the target barely sampled ({distinct} distinct tokens): the test would not notice");
+    assert!(
+        distinct > 5,
+        "the target barely sampled ({distinct} distinct tokens): the test would not notice"
+    );
 }
 
 #[test]

@@ -19,8 +19,16 @@ impl CudaBackend {
     /// The LM head on `rows` hidden rows starting at device address `x`, into the logits buffer.
     fn lm_head_on(&mut self, x: u64, rows: usize, head: PendingHead) -> Result<(), CudaError> {
         let (v, h) = (self.shape.vocab_size, head.hidden_size);
-        self.gemm
-            .matmul(&self.gpu, x, head.weight, self.scratch.logits.ptr(), rows, v, h, OutType::F32)
+        self.gemm.matmul(
+            &self.gpu,
+            x,
+            head.weight,
+            self.scratch.logits.ptr(),
+            rows,
+            v,
+            h,
+            OutType::F32,
+        )
     }
 
     fn pending_head(&self) -> Result<PendingHead, CudaError> {
@@ -71,7 +79,8 @@ impl CudaBackend {
         while r < rows {
             let n = (rows - r).min(self.logits_capacity);
             self.run_lm_head(first_row + r, n)?;
-            self.gpu.download(&mut out[r * v..(r + n) * v], self.scratch.logits.ptr())?;
+            self.gpu
+                .download(&mut out[r * v..(r + n) * v], self.scratch.logits.ptr())?;
             r += n;
         }
         Ok(())
@@ -103,7 +112,10 @@ impl CudaBackend {
         let vocab = self.shape.vocab_size;
         for (r, p) in rows.iter().enumerate() {
             let end = p.edit_begin as usize + p.edit_count as usize;
-            if end > edits.len() || p.edit_count as usize > MAX_DEVICE_TOKEN_EDITS || p.num_top_logprobs > MAX_DEVICE_TOP_LOGPROBS as i32 {
+            if end > edits.len()
+                || p.edit_count as usize > MAX_DEVICE_TOKEN_EDITS
+                || p.num_top_logprobs > MAX_DEVICE_TOP_LOGPROBS as i32
+            {
                 return Err(CudaError::Unsupported(format!("sampling row {r} is malformed: {p:?}")));
             }
             if let Some(e) = edits[p.edit_begin as usize..end]
