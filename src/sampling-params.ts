@@ -20,6 +20,8 @@ const count = (min: number, what: string) => int.min(min, what);
 export const samplingParamsSchema = z
   .object({
     n: count(1, 'must be at least 1'),
+    /** Samples generated, of which the `n` with the highest cumulative log-prob are returned (default `n`). */
+    bestOf: count(1, 'must be at least 1'),
     temperature: z.number().min(0, 'must be >= 0'),
     topP: z.number().gt(0, 'must be in (0, 1]').max(1, 'must be in (0, 1]'),
     topK: int.min(-1, 'must be -1 (off), 0 (off) or positive'),
@@ -73,6 +75,9 @@ export function parseSamplingParams(input: SamplingParamsInput | undefined): Sam
       `invalid value for \`minTokens\`: must be <= maxTokens (${p.maxTokens}), got ${p.minTokens}`,
     );
   }
+  if (p.bestOf !== undefined && p.bestOf < (p.n ?? 1)) {
+    throw new ValidationError('bestOf', `invalid value for \`bestOf\`: must be >= n (${p.n ?? 1}), got ${p.bestOf}`);
+  }
   return p;
 }
 
@@ -83,6 +88,7 @@ export function toEngineParams(p: SamplingParams): Record<string, unknown> {
     if (value !== undefined) out[key] = value;
   };
   set('n', p.n);
+  set('best_of', p.bestOf);
   set('temperature', p.temperature);
   set('top_p', p.topP);
   set('top_k', p.topK);

@@ -23,6 +23,8 @@ describe('sampling params validation (no engine)', () => {
     [{ stopTokenIds: [-1] }, 'stopTokenIds.0'],
     [{ minTokens: 10, maxTokens: 5 }, 'minTokens'],
     [{ logitBias: { abc: 1 } }, 'logitBias.abc'],
+    [{ n: 3, bestOf: 2 }, 'bestOf'],
+    [{ bestOf: 0 }, 'bestOf'],
   ];
   it.each(bad)('rejects %j naming %s', (params, field) => {
     let caught: unknown;
@@ -47,6 +49,7 @@ describe('sampling params validation (no engine)', () => {
       parseSamplingParams({ temperature: 0, topP: 1, n: 1, maxTokens: 1, logprobs: 20, promptLogprobs: 0, topK: -1 }),
     ).not.toThrow();
     expect(() => parseSamplingParams({ maxTokens: null, logprobs: null })).not.toThrow();
+    expect(toEngineParams(parseSamplingParams({ n: 2, bestOf: 2 }))).toEqual({ n: 2, best_of: 2 });
   });
 
   it('sends only the fields that were set, in snake_case', () => {

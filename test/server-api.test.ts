@@ -169,6 +169,24 @@ describe('POST /v1/completions', () => {
     expect(body.usage.completion_tokens).toBe(8);
   });
 
+  it('best_of: the n best of best_of candidates by cumulative log-prob; refused below n and with streaming', async () => {
+    const req = { prompt: 'Once upon a time', max_tokens: 4, ignore_eos: true, seed: 5, temperature: 1, logprobs: 0 };
+    type Lp = { token_logprobs: number[] };
+    const all = (await (await post('/v1/completions', { ...req, n: 2 })).json()) as Completion;
+    const scored = all.choices.map((c) => ({ text: c.text, sum: (c.logprobs as Lp).token_logprobs.reduce((x, y) => x + y, 0) }));
+    const best = scored[0]!.sum >= scored[1]!.sum ? scored[0]! : scored[1]!;
+    const one = (await (await post('/v1/completions', { ...req, n: 1, best_of: 2 })).json()) as Completion;
+    expect(one.choices).toHaveLength(1);
+    expect(one.choices[0]!.index).toBe(0);
+    expect(one.choices[0]!.text).toBe(best.text);
+    const below = await post('/v1/completions', { ...req, n: 2, best_of: 1 });
+    expect(below.status).toBe(400);
+    expect(((await below.json()) as ErrorBody).error.param).toBe('best_of');
+    const streamed = await post('/v1/completions', { ...req, best_of: 2, stream: true });
+    expect(streamed.status).toBe(400);
+    expect(((await streamed.json()) as ErrorBody).error.message).toMatch(/cannot be streamed/);
+  });
+
   it('token-id prompts: one array and arrays of arrays', async () => {
     const ids = llm.tokenize('Hello there');
     const one = (await (await post('/v1/completions', { prompt: ids, max_tokens: 2, ignore_eos: true })).json()) as Completion;

@@ -148,7 +148,7 @@ impl Request {
     /// Samples still to fork from this request once its prompt is computed.
     pub fn pending_forks(&self) -> usize {
         if self.parent.is_none() && self.output_token_ids.is_empty() {
-            self.params.n.saturating_sub(1)
+            self.params.num_sequences().saturating_sub(1)
         } else {
             0
         }

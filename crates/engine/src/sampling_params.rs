@@ -11,8 +11,11 @@ pub const MAX_LOGPROBS: usize = 20;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
-    /// Parallel samples of the same prompt (share the prompt's KV blocks).
+    /// Samples returned (parallel samples of the same prompt share the prompt's KV blocks).
     pub n: usize,
+    /// Samples generated, of which the `n` with the highest cumulative log-prob are returned (OpenAI
+    /// completions' `best_of`); `None` = `n`. Output is then sent once, when every sample is done.
+    pub best_of: Option<usize>,
     /// 0 = greedy.
     pub temperature: f32,
     pub top_p: f32,
@@ -43,6 +46,7 @@ impl Default for SamplingParams {
     fn default() -> Self {
         Self {
             n: 1,
+            best_of: None,
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
@@ -73,6 +77,16 @@ impl SamplingParams {
         }
     }
 
+    /// Sequences generated for the request: `best_of` when set, else `n`.
+    pub fn num_sequences(&self) -> usize {
+        self.best_of.unwrap_or(self.n).max(self.n)
+    }
+
+    /// Whether more samples are generated than returned (output is held until the request ends).
+    pub fn selects_best(&self) -> bool {
+        self.num_sequences() > self.n
+    }
+
     pub fn is_greedy(&self) -> bool {
         self.temperature < 1e-5
     }
@@ -81,6 +95,11 @@ impl SamplingParams {
         let bad = |f: &str, m: String| Err(EngineError::invalid(f, m));
         if self.n < 1 {
             return bad("n", format!("must be at least 1, got {}", self.n));
+        }
+        if let Some(b) = self.best_of {
+            if b < self.n {
+                return bad("best_of", format!("must be >= n ({}), got {b}", self.n));
+            }
         }
         if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
             return bad("temperature", format!("must be >= 0, got {}", self.temperature));
@@ -193,6 +212,14 @@ mod tests {
                     ..Default::default()
                 },
                 "n",
+            ),
+            (
+                SamplingParams {
+                    n: 3,
+                    best_of: Some(2),
+                    ..Default::default()
+                },
+                "best_of",
             ),
             (
                 SamplingParams {

@@ -247,3 +247,74 @@ fn seeded_request_ignores_its_batch_on_cuda() {
         ..EngineConfig::default()
     });
 }
+
+/// `best_of`: of `best_of` generated samples the `n` with the highest cumulative log-prob come back, best first,
+/// in one final output. Sample `i` of a seeded request has its own stream (seed + i) whatever its batch, so the
+/// same request with `n = best_of` shows every candidate: the answer must be that set's top `n`.
+#[test]
+fn best_of_returns_the_top_n_samples_by_cumulative_logprob() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_llama(dir.path());
+    let config = EngineConfig {
+        kv_cache_bytes: 16 << 20,
+        ..EngineConfig::default()
+    };
+    let engine = LLMEngine::start(dir.path().to_str().unwrap(), config).unwrap();
+    let params = |n: usize, best_of: Option<usize>| SamplingParams {
+        n,
+        best_of,
+        temperature: 1.0,
+        seed: Some(99),
+        max_tokens: Some(12),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let collect = |stream: RequestStream| {
+        let mut outputs = Vec::new();
+        let mut stream = stream;
+        while let Some(out) = stream.blocking_next() {
+            outputs.push(out.expect("request succeeds"));
+        }
+        outputs
+    };
+    let all = collect(submit(&engine, target_prompt(), params(6, None)));
+    let mut candidates: Vec<(f32, Vec<u32>)> = vec![(0.0, Vec::new()); 6];
+    for o in all.iter().flat_map(|out| &out.outputs) {
+        candidates[o.index].1.extend(&o.token_ids);
+        candidates[o.index].0 = o.cumulative_logprob;
+    }
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert!(
+        candidates[0].0 > candidates[5].0,
+        "candidates all alike: the test would not notice"
+    );
+
+    let best = collect(submit(&engine, target_prompt(), params(2, Some(6))));
+    assert_eq!(best.len(), 1, "best_of sends one output, when every candidate is done");
+    let out = &best[0];
+    assert!(out.finished);
+    assert_eq!(out.outputs.len(), 2);
+    for (i, o) in out.outputs.iter().enumerate() {
+        assert_eq!(o.index, i);
+        assert_eq!(
+            o.token_ids, candidates[i].1,
+            "choice {i} is not the {i}-th best candidate"
+        );
+        assert!((o.cumulative_logprob - candidates[i].0).abs() < 1e-4);
+        assert_eq!(o.finish_reason.as_deref(), Some("length"));
+    }
+    // best_of < n is refused, naming the field.
+    let err = engine
+        .add_request(RequestInput {
+            request_id: None,
+            prompt: Prompt::TokenIds(target_prompt()),
+            params: params(3, Some(2)),
+            priority: 0,
+            cache_salt: None,
+            add_special_tokens: false,
+        })
+        .err()
+        .expect("best_of < n refused");
+    assert!(err.to_string().contains("best_of"), "{err}");
+    engine.shutdown();
+}

@@ -68,10 +68,14 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
     const model = resolveModel(state, body.model);
     if (body.suffix) throw notSupported('suffix', '');
     const n = body.n ?? 1;
-    if (body.best_of != null && body.best_of !== n) throw notSupported('best_of', 'other than equal to `n`');
+    // OpenAI: best_of candidates are generated server-side and the best n returned; results cannot be streamed.
+    const bestOf = body.best_of ?? undefined;
+    if (bestOf !== undefined && bestOf < n) throw badRequest(`\`best_of\` must be >= \`n\` (${n}), got ${bestOf}`, 'best_of');
+    if (bestOf !== undefined && bestOf > n && body.stream) throw badRequest('`best_of` greater than `n` cannot be streamed', 'best_of');
 
     const prompts = promptsOf(body.prompt);
     const params = samplingParamsFrom(body);
+    if (bestOf !== undefined) params.bestOf = bestOf;
     params.maxTokens = body.max_tokens === undefined ? DEFAULT_COMPLETION_MAX_TOKENS : body.max_tokens;
     const topCount = body.logprobs ?? 0;
     const wantLogprobs = body.logprobs !== undefined && body.logprobs !== null;

@@ -3,7 +3,7 @@
 import { z } from 'zod';
 
 import { MAX_LOGPROBS } from '../../sampling-params.js';
-import { MAX_PROMPTS_PER_REQUEST } from '../limits.js';
+import { MAX_N, MAX_PROMPTS_PER_REQUEST } from '../limits.js';
 import { samplingFields, tokenIdArray } from './common.js';
 
 const tooMany = `must have at most ${MAX_PROMPTS_PER_REQUEST} prompts`;
@@ -19,7 +19,7 @@ export const completionRequestSchema = z.object({
   max_tokens: z.number().int('must be an integer').min(1, 'must be at least 1').nullish().describe('Default 16; null = until the context is full.'),
   logprobs: z.number().int('must be an integer').min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullish(),
   echo: z.boolean().nullish(),
-  best_of: z.number().int('must be an integer').min(1, 'must be at least 1').nullish(),
+  best_of: z.number().int('must be an integer').min(1, 'must be at least 1').max(MAX_N, `must be at most ${MAX_N}`).nullish(),
   suffix: z.string().nullish(),
 });
 

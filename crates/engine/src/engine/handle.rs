@@ -159,12 +159,14 @@ impl LLMEngine {
         let info = &self.shared.info;
         let params = input.params;
         params.validate(info.vocab_size)?;
-        if params.n > self.shared.max_num_seqs {
+        if params.num_sequences() > self.shared.max_num_seqs {
+            let field = if params.selects_best() { "best_of" } else { "n" };
             return Err(EngineError::invalid(
-                "n",
+                field,
                 format!(
                     "{} samples exceed max_num_seqs ({})",
-                    params.n, self.shared.max_num_seqs
+                    params.num_sequences(),
+                    self.shared.max_num_seqs
                 ),
             ));
         }

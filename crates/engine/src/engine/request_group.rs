@@ -53,7 +53,7 @@ impl RequestGroup {
         prompt_ids: Arc<Vec<u32>>,
         arrival_time: f64,
     ) -> Self {
-        let n = params.n;
+        let n = params.num_sequences();
         let prompt_logprobs = params.prompt_logprobs.map(|_| vec![None]);
         Self {
             external_id,
@@ -215,7 +215,15 @@ impl RequestGroup {
         self.touched = false;
         let finished = self.is_finished();
         let mut outputs = Vec::new();
-        for s in self.samples.iter_mut().flatten() {
+        if self.params.selects_best() {
+            // best_of: nothing goes out until every sample is done; then the best n, re-indexed 0..n.
+            if !finished {
+                return !self.tx.is_closed();
+            }
+            outputs = self.best_samples();
+        }
+        let streamed = if self.params.selects_best() { 0 } else { self.samples.len() };
+        for s in self.samples.iter_mut().take(streamed).flatten() {
             let has_news =
                 !s.pending.token_ids.is_empty() || !s.pending.text.is_empty() || s.pending.finish_reason.is_some();
             if has_news {
@@ -243,6 +251,29 @@ impl RequestGroup {
             metrics: finished.then(|| self.metrics.clone()),
         };
         self.tx.send(Ok(out)).is_ok()
+    }
+}
+
+impl RequestGroup {
+    /// The `n` finished samples with the highest cumulative log-prob (ties to the lower index), as indices
+    /// `0..n` in that order: what a `best_of` request returns.
+    fn best_samples(&mut self) -> Vec<CompletionDelta> {
+        let mut all: Vec<CompletionDelta> = self
+            .samples
+            .iter_mut()
+            .flatten()
+            .map(|s| std::mem::take(&mut s.pending))
+            .collect();
+        all.sort_by(|a, b| {
+            b.cumulative_logprob
+                .total_cmp(&a.cumulative_logprob)
+                .then(a.index.cmp(&b.index))
+        });
+        all.truncate(self.params.n);
+        for (i, d) in all.iter_mut().enumerate() {
+            d.index = i;
+        }
+        all
     }
 }
 

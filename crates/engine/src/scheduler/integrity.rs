@@ -62,7 +62,7 @@ impl Scheduler {
             }
             if let Some(p) = r.parent {
                 if r.sample_index == 0
-                    || r.sample_index >= r.params.n
+                    || r.sample_index >= r.params.num_sequences()
                     || !self.forked_parents.contains(&p) && self.requests.contains_key(&p)
                 {
                     return Err(format!(

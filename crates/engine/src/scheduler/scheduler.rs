@@ -144,12 +144,14 @@ impl Scheduler {
                 max_model_len: self.config.max_model_len,
             });
         }
-        if request.params.n > self.config.max_num_seqs {
+        if request.params.num_sequences() > self.config.max_num_seqs {
+            let field = if request.params.selects_best() { "best_of" } else { "n" };
             return Err(EngineError::invalid(
-                "n",
+                field,
                 format!(
                     "{} samples exceed max_num_seqs ({})",
-                    request.params.n, self.config.max_num_seqs
+                    request.params.num_sequences(),
+                    self.config.max_num_seqs
                 ),
             ));
         }
