@@ -36,7 +36,8 @@ export function expectedFiles(root = ROOT) {
     path.join(root, 'npm', packageDir(p), 'package.json'),
     JSON.stringify(platformManifest(main, p), null, 2) + '\n',
   ]);
-  const optional = Object.fromEntries(PLATFORMS.map((p) => [packageName(p), main.version]));
+  // Sorted by name, as npm writes them, so an `npm install` never makes the file look out of date.
+  const optional = Object.fromEntries(PLATFORMS.map((p) => [packageName(p), main.version]).sort(([a], [b]) => (a < b ? -1 : 1)));
   files.push([mainPath, JSON.stringify({ ...main, optionalDependencies: optional }, null, 2) + '\n']);
   return files;
 }
