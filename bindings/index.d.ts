@@ -45,3 +45,9 @@ export declare class RequestHandle {
    */
   abort(): boolean
 }
+
+/**
+ * The backends compiled into this addon: always `"cpu"`, plus `"cuda"` when built with the `cuda` feature
+ * (`PAGEDLLM_CUDA=1`, the `pagedllm-<platform>-cuda` packages).
+ */
+export declare function backends(): Array<string>

@@ -43,6 +43,14 @@ export function hasCargo() {
   return spawnSync('cargo', ['--version'], { stdio: 'ignore' }).status === 0;
 }
 
+/** rustc's host target triple (`x86_64-unknown-linux-gnu`, ...). */
+function hostTriple() {
+  const r = spawnSync('rustc', ['-vV'], { encoding: 'utf8' });
+  const host = r.status === 0 && /^host: (\S+)$/m.exec(r.stdout)?.[1];
+  if (!host) throw new Error('could not read the host target from `rustc -vV` (is Rust installed? see https://rustup.rs)');
+  return host;
+}
+
 function resolveBin(pkg, bin) {
   try {
     const pkgJson = require.resolve(`${pkg}/package.json`, { paths: [ROOT] });
@@ -82,14 +90,17 @@ export function buildNative({ debug = false } = {}) {
     run(process.execPath, [napi, ...args]);
     return nativeBinaryPath();
   }
-  // No napi CLI (installed as a dependency without devDependencies): cargo builds the same cdylib.
-  const args = ['build', '-p', 'pagedllm-node', '--manifest-path', path.join(ROOT, 'Cargo.toml'), ...features];
+  // No napi CLI (installed as a dependency without devDependencies): cargo builds the same cdylib. With an explicit
+  // --target, as `napi build --platform` passes, so both share target/<triple>/ (a shared CARGO_TARGET_DIR then
+  // reuses the registry crates a napi build compiled).
+  const triple = hostTriple();
+  const args = ['build', '-p', 'pagedllm-node', '--manifest-path', path.join(ROOT, 'Cargo.toml'), '--target', triple, ...features];
   if (!debug) args.push('--release');
   run('cargo', args);
   const targetDir = process.env.CARGO_TARGET_DIR ? path.resolve(process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
   const lib =
     process.platform === 'win32' ? 'pagedllm_node.dll' : process.platform === 'darwin' ? 'libpagedllm_node.dylib' : 'libpagedllm_node.so';
-  const built = path.join(targetDir, debug ? 'debug' : 'release', lib);
+  const built = path.join(targetDir, triple, debug ? 'debug' : 'release', lib);
   if (!existsSync(built)) throw new Error(`cargo finished but ${built} is missing`);
   copyFileSync(built, nativeBinaryPath());
   return nativeBinaryPath();

@@ -1,7 +1,10 @@
 #!/usr/bin/env node
-// `npm install` hook: makes a checkout usable in one step. (a) builds the native addon in release, unless a
-// prebuilt one for this platform is present (an optional `pagedllm-<platform>` package, or a bundled .node and no
-// Rust toolchain); (b) compiles the TypeScript; (c) fetches the default model.
+// `npm install` hook. In a git checkout: builds the native addon from source (cargo, release), compiles the
+// TypeScript, fetches the default model. In the installed npm package: uses the prebuilt `pagedllm-<platform>`
+// package npm picked from the optionalDependencies (no Rust toolchain needed) and the shipped dist/ (no tsc);
+// it builds from source only as the fallback: no prebuilt package for this platform, PAGEDLLM_BUILD_FROM_SOURCE=1,
+// or PAGEDLLM_CUDA=1 without the `-cuda` package. Then the default model, as in a checkout (an installed
+// package only warns when that fails: LLM.create fetches it again on first use).
 // Opt-outs: PAGEDLLM_SKIP_NATIVE_BUILD=1, PAGEDLLM_SKIP_MODEL_FETCH=1.
 
 import { existsSync } from 'node:fs';
@@ -12,42 +15,62 @@ import { ROOT, buildNative, buildTs, hasCargo, nativeBinaryPath, platformSuffix 
 import { fetchModel } from './fetch-model.mjs';
 
 const require = createRequire(import.meta.url);
+const log = (line) => process.stderr.write(`pagedllm install: ${line}\n`);
 
 async function phase(name, fn) {
   const t0 = performance.now();
-  process.stderr.write(`pagedllm install: ${name}\n`);
+  log(name);
   await fn();
-  process.stderr.write(`pagedllm install: ${name} done in ${((performance.now() - t0) / 1000).toFixed(1)}s\n`);
+  log(`${name} done in ${((performance.now() - t0) / 1000).toFixed(1)}s`);
 }
 
-function platformPackagePresent() {
+/** A checkout has the TypeScript sources; the npm tarball ships only dist/. */
+const isCheckout = existsSync(path.join(ROOT, 'src', 'index.ts'));
+
+function prebuiltPackage() {
+  const name = `pagedllm-${platformSuffix()}${process.env.PAGEDLLM_CUDA === '1' ? '-cuda' : ''}`;
   try {
-    require.resolve(`pagedllm-${platformSuffix()}`, { paths: [ROOT] });
-    return true;
+    // Resolved from the package root: npm puts the optional dependency beside us or in our node_modules.
+    require.resolve(name, { paths: [ROOT] });
+    return { name, present: true };
   } catch {
-    return false;
+    return { name, present: false };
   }
+}
+
+function nativeStep() {
+  if (process.env.PAGEDLLM_SKIP_NATIVE_BUILD === '1') return log('native build skipped (PAGEDLLM_SKIP_NATIVE_BUILD=1)');
+  const prebuilt = prebuiltPackage();
+  const fromSource = isCheckout || process.env.PAGEDLLM_BUILD_FROM_SOURCE === '1';
+  if (!fromSource && prebuilt.present) return log(`using the prebuilt ${prebuilt.name} package (no compile)`);
+  if (!fromSource && existsSync(nativeBinaryPath())) return log(`using the existing ${nativeBinaryPath()}`);
+  if (!hasCargo()) {
+    throw new Error(
+      `no prebuilt ${prebuilt.name} package is installed and cargo is not on PATH. Install the package ` +
+        `(\`npm install ${prebuilt.name}\`; npm skips it when optional dependencies are omitted), or install Rust ` +
+        '(https://rustup.rs) for the source build',
+    );
+  }
+  const why = isCheckout ? 'a checkout' : process.env.PAGEDLLM_BUILD_FROM_SOURCE === '1' ? 'PAGEDLLM_BUILD_FROM_SOURCE=1' : `no ${prebuilt.name}`;
+  // cargo is incremental: when nothing changed this takes seconds.
+  return phase(`building the native core from source (${why}; cargo, release; minutes on a first build)`, () => buildNative());
 }
 
 async function main() {
-  if (process.env.PAGEDLLM_SKIP_NATIVE_BUILD === '1') {
-    process.stderr.write('pagedllm install: native build skipped (PAGEDLLM_SKIP_NATIVE_BUILD=1)\n');
-  } else if (platformPackagePresent()) {
-    process.stderr.write(`pagedllm install: using the prebuilt pagedllm-${platformSuffix()} package\n`);
-  } else if (!hasCargo() && existsSync(nativeBinaryPath())) {
-    process.stderr.write(`pagedllm install: using the bundled ${path.basename(nativeBinaryPath())} (no cargo found)\n`);
-  } else {
-    // cargo is incremental: when nothing changed this takes a second.
-    await phase('building the native core (cargo, release; minutes on a first build)', () => buildNative());
+  await nativeStep();
+  if (isCheckout) {
+    // Always in a checkout: a stale dist/ after a `git pull` would run old code (tsc takes seconds).
+    await phase('compiling TypeScript', () => buildTs());
+  } else if (!existsSync(path.join(ROOT, 'dist', 'index.js'))) {
+    throw new Error(`${path.join(ROOT, 'dist')} is missing: this package was packed without its build output`);
   }
 
-  // Always: a stale dist/ after a `git pull` would run old code (tsc takes seconds).
-  await phase('compiling TypeScript', () => buildTs());
-
-  if (process.env.PAGEDLLM_SKIP_MODEL_FETCH === '1') {
-    process.stderr.write('pagedllm install: model fetch skipped (PAGEDLLM_SKIP_MODEL_FETCH=1)\n');
-  } else {
+  if (process.env.PAGEDLLM_SKIP_MODEL_FETCH === '1') return log('model fetch skipped (PAGEDLLM_SKIP_MODEL_FETCH=1)');
+  try {
     await phase('fetching the default model', () => fetchModel());
+  } catch (err) {
+    if (isCheckout) throw err;
+    log(`warning: ${err.message}; LLM.create() without a model will try again`);
   }
 }
 

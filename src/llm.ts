@@ -5,7 +5,16 @@
  * engine request (its KV blocks are freed by the engine's next step) and rejects with an `AbortError`.
  */
 
-import { AbortError, EngineClosedError, ModelNotFoundError, ValidationError, native, nativeAsync } from './errors.js';
+import {
+  AbortError,
+  EngineClosedError,
+  ModelNotFoundError,
+  PagedLLMError,
+  ValidationError,
+  native,
+  nativeAsync,
+} from './errors.js';
+import { ensureDefaultModel } from './model-fetch.js';
 import {
   type EngineStats,
   type LLMOptions,
@@ -15,7 +24,14 @@ import {
   parseLLMOptions,
   toEngineConfig,
 } from './engine-types.js';
-import { type NativeEngine, type NativeRequestHandle, loadNative } from './native.js';
+import {
+  type NativeEngine,
+  type NativeRequestHandle,
+  cudaInstallHint,
+  hasCuda,
+  loadNative,
+  wantsCuda,
+} from './native.js';
 import {
   type EngineDelta,
   type RequestOutput,
@@ -108,10 +124,18 @@ export class LLM {
     this.modelInfo = modelInfo;
   }
 
-  /** Loads a model (default: SmolLM2-135M-Instruct from the pagedllm cache) and starts the engine. */
+  /**
+   * Loads a model (default: SmolLM2-135M-Instruct from the pagedllm cache, downloaded on first use when
+   * `npm install` did not fetch it) and starts the engine.
+   */
   static async create(options?: LLMOptions): Promise<LLM> {
     const opts = parseLLMOptions(options);
-    const binding = loadNative();
+    const binding = loadNative({ device: opts.device });
+    if (wantsCuda(opts.device) && !hasCuda(binding)) {
+      // Said here rather than by the engine so the message can name the package that has the backend.
+      throw new PagedLLMError('backend_error', `CUDA is not available: ${cudaInstallHint()}`);
+    }
+    if (opts.model === undefined) await ensureDefaultModel();
     const configJson = JSON.stringify(toEngineConfig(opts));
     let engine: NativeEngine;
     try {

@@ -8,10 +8,12 @@
 //! `[code] message` (`[invalid_param:field] message` for a bad field), which `src/errors.ts` turns into a typed
 //! error.
 
+mod backends;
 mod engine;
 mod errors;
 mod request;
 
+pub use backends::backends;
 pub use engine::Engine;
 pub use errors::{engine_error, guard, tagged_message};
 pub use request::RequestHandle;
