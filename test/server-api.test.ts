@@ -445,9 +445,9 @@ describe('errors', () => {
     );
   });
 
-  it('response_format, tools, tool_choice and non-text parts are refused, never ignored', async () => {
+  it('unknown response_format types, tools, tool_choice and non-text parts are refused, never ignored', async () => {
     const messages = [{ role: 'user', content: 'x' }];
-    await expectError(await post('/v1/chat/completions', { messages, response_format: { type: 'json_object' } }), 400, 'response_format', 'unsupported_parameter');
+    await expectError(await post('/v1/chat/completions', { messages, response_format: { type: 'xml' } }), 400, 'response_format.type');
     const tools = [{ type: 'function', function: { name: 'f', parameters: {} } }];
     await expectError(await post('/v1/chat/completions', { messages, tools }), 400, 'tools', 'unsupported_parameter');
     await expectError(await post('/v1/chat/completions', { messages, tool_choice: 'required' }), 400, 'tool_choice', 'unsupported_parameter');

@@ -3,8 +3,8 @@
  * request's `chat_template`), generation until the context ends unless `max_completion_tokens`/`max_tokens` says
  * otherwise, log-probs in OpenAI's chat format. Streaming sends, per choice, a first delta `{role: "assistant",
  * content: ""}` as OpenAI does, then content deltas; `finish_reason` rides on the last content chunk.
- * `response_format` other than text and `tools` / `tool_choice` other than "none" are refused with a 400 naming
- * the field (not silently ignored).
+ * `response_format` (json_object, json_schema) and vLLM's `structured_outputs` / `guided_*` fields constrain the
+ * output (structured-outputs.ts); `tools` / `tool_choice` other than "none" are refused with a 400 naming the field.
  */
 
 import { Hono } from 'hono';
@@ -16,6 +16,7 @@ import { startGeneration } from '../generation.js';
 import { type ChatTokenLogprob, chatLogprobs } from '../logprobs.js';
 import { tokenizePrompts } from '../prompt-tokens.js';
 import { readJson, resolveModel, validate } from '../request.js';
+import { constraintFromRequest } from '../structured-outputs.js';
 import { refuseUnsupportedFields } from '../unsupported-fields.js';
 import { requestChatTemplate } from '../chat-template-trust.js';
 import { type ChatRequest, chatRequestSchema } from '../schemas/chat.js';
@@ -25,9 +26,6 @@ import type { ServerState } from '../state.js';
 import type { FinishReason } from '../../outputs.js';
 
 function refuseUnsupported(body: ChatRequest): void {
-  if (body.response_format && body.response_format.type !== 'text') {
-    throw notSupported('response_format', `of type "${body.response_format.type}"`);
-  }
   const toolChoiceNone = body.tool_choice === 'none';
   if (body.tools && body.tools.length > 0 && !toolChoiceNone) throw notSupported('tools', '(tool calling)');
   if (body.tool_choice !== undefined && body.tool_choice !== null && !toolChoiceNone) {
@@ -56,7 +54,9 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
     refuseUnsupported(body);
     const chatTemplate = requestChatTemplate(state, body.chat_template);
 
+    const constraint = constraintFromRequest(raw as Record<string, unknown>);
     const params = samplingParamsFrom(body);
+    if (constraint) params.structuredOutputs = constraint.structuredOutputs;
     params.maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
     const wantLogprobs = body.logprobs === true;
     const topCount = body.top_logprobs ?? 0;
@@ -82,6 +82,7 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
       requestId,
       signal: c.req.raw.signal,
       promptParam: 'messages',
+      renames: constraint?.renames,
     });
 
     let promptTokens = 0;
