@@ -15,8 +15,10 @@ export {
   MAX_LOGPROBS,
   parseSamplingParams,
   samplingParamsSchema,
+  structuredOutputsSchema,
   toEngineParams,
   type SamplingParams,
+  type StructuredOutputs,
   type SamplingParamsInput,
 } from './sampling-params.js';
 export type {

@@ -17,6 +17,39 @@ const int = z.number().int('must be an integer');
 const tokenId = int.min(0, 'token ids must be >= 0');
 const count = (min: number, what: string) => int.min(min, what);
 
+/**
+ * A constraint on the output (vLLM's `StructuredOutputsParams`, camelCase): exactly one of `json` (a JSON Schema,
+ * as an object or its JSON text), `regex`, `choice`, `grammar` (llguidance's Lark dialect) or `jsonObject` (any
+ * JSON object). The engine compiles it with llguidance and rejects an invalid one with a `ValidationError` naming
+ * `structuredOutputs.<kind>`.
+ */
+export const structuredOutputsSchema = z
+  .object({
+    json: z.union([z.record(z.string(), z.unknown()), z.boolean(), z.string().min(1, 'must not be empty')]),
+    regex: z.string().min(1, 'must not be empty'),
+    choice: z.array(z.string()).min(1, 'must list at least one choice'),
+    grammar: z.string().min(1, 'must not be empty'),
+    jsonObject: z.boolean(),
+    disableAnyWhitespace: z.boolean(),
+  })
+  .partial()
+  .strict()
+  .superRefine((v, ctx) => {
+    const kinds = (['json', 'regex', 'choice', 'grammar'] as const).filter((k) => v[k] !== undefined);
+    if (v.jsonObject === true) kinds.push('jsonObject' as never);
+    if (kinds.length !== 1) {
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          kinds.length === 0
+            ? 'set exactly one of json, regex, choice, grammar, jsonObject'
+            : `set exactly one constraint, got ${kinds.join(', ')}`,
+      });
+    }
+  });
+
+export type StructuredOutputs = z.output<typeof structuredOutputsSchema>;
+
 export const samplingParamsSchema = z
   .object({
     n: count(1, 'must be at least 1'),
@@ -40,6 +73,8 @@ export const samplingParamsSchema = z
     logprobs: int.min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullable(),
     promptLogprobs: int.min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullable(),
     skipSpecialTokens: z.boolean(),
+    /** Constrained decoding (JSON Schema, regex, choice, Lark grammar, any JSON object). */
+    structuredOutputs: structuredOutputsSchema,
   })
   .partial()
   .strict();
@@ -101,5 +136,18 @@ export function toEngineParams(p: SamplingParams): Record<string, unknown> {
   set('logprobs', p.logprobs);
   set('prompt_logprobs', p.promptLogprobs);
   set('skip_special_tokens', p.skipSpecialTokens);
+  if (p.structuredOutputs !== undefined) out.structured_outputs = toEngineStructuredOutputs(p.structuredOutputs);
+  return out;
+}
+
+/** The engine's `StructuredOutputs` JSON (snake_case); a JSON Schema given as text is parsed by the engine. */
+export function toEngineStructuredOutputs(s: StructuredOutputs): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (s.json !== undefined) out.json = s.json;
+  if (s.regex !== undefined) out.regex = s.regex;
+  if (s.choice !== undefined) out.choice = s.choice;
+  if (s.grammar !== undefined) out.grammar = s.grammar;
+  if (s.jsonObject !== undefined) out.json_object = s.jsonObject;
+  if (s.disableAnyWhitespace !== undefined) out.disable_any_whitespace = s.disableAnyWhitespace;
   return out;
 }

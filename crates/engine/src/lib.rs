@@ -16,6 +16,7 @@ pub mod runner;
 pub mod sampler;
 pub mod sampling_params;
 pub mod scheduler;
+pub mod structured;
 pub mod tokenizer;
 
 pub use config::{EngineConfig, SchedulingPolicy};

@@ -37,6 +37,49 @@ pub struct SamplingParams {
     /// Top-N log-probs per prompt token.
     pub prompt_logprobs: Option<usize>,
     pub skip_special_tokens: bool,
+    /// A constraint on the output (vLLM's `structured_outputs`); compiled by `structured::GrammarCache`.
+    pub structured_outputs: Option<StructuredOutputs>,
+}
+
+/// vLLM's `StructuredOutputsParams`: exactly one of `json`, `regex`, `choice`, `grammar`, `json_object`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StructuredOutputs {
+    /// A JSON Schema, as an object or as its JSON text.
+    pub json: Option<serde_json::Value>,
+    /// A regular expression (Rust `regex` syntax) the whole output must match.
+    pub regex: Option<String>,
+    /// The output is exactly one of these strings.
+    pub choice: Option<Vec<String>>,
+    /// A grammar in llguidance's Lark dialect.
+    pub grammar: Option<String>,
+    /// Any JSON object (OpenAI's `response_format: {type: "json_object"}`).
+    pub json_object: bool,
+    /// JSON without optional whitespace (vLLM's `disable_any_whitespace`).
+    pub disable_any_whitespace: bool,
+}
+
+impl StructuredOutputs {
+    /// The names of the constraint kinds that are set (valid requests have exactly one).
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        if self.json.is_some() {
+            kinds.push("json");
+        }
+        if self.regex.is_some() {
+            kinds.push("regex");
+        }
+        if self.choice.is_some() {
+            kinds.push("choice");
+        }
+        if self.grammar.is_some() {
+            kinds.push("grammar");
+        }
+        if self.json_object {
+            kinds.push("json_object");
+        }
+        kinds
+    }
 }
 
 impl Default for SamplingParams {
@@ -61,6 +104,7 @@ impl Default for SamplingParams {
             logprobs: None,
             prompt_logprobs: None,
             skip_special_tokens: true,
+            structured_outputs: None,
         }
     }
 }
@@ -154,6 +198,23 @@ impl SamplingParams {
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return bad("stop", "stop strings must not be empty".to_string());
+        }
+        if let Some(so) = &self.structured_outputs {
+            match so.kinds().as_slice() {
+                [_] => {}
+                [] => {
+                    return bad(
+                        "structured_outputs",
+                        "set exactly one of json, regex, choice, grammar, json_object".to_string(),
+                    )
+                }
+                many => {
+                    return bad(
+                        "structured_outputs",
+                        format!("set exactly one constraint, got {}", many.join(", ")),
+                    )
+                }
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ pub mod token_bytes;
 pub mod tokenizer;
 
 #[cfg(test)]
-mod reference_tests;
+pub(crate) mod reference_tests;
 
 pub use chat_template::ChatTemplate;
 pub use detokenizer::{DetokenizedStep, IncrementalDetokenizer};

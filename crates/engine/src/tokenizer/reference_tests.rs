@@ -138,7 +138,7 @@ fn smollm2_path() -> PathBuf {
 }
 
 /// SmolLM2's tokenizer from the real GGUF, loaded once per test binary; `None` (with a notice) without the file.
-fn smollm2() -> Option<Arc<Tokenizer>> {
+pub(crate) fn smollm2() -> Option<Arc<Tokenizer>> {
     static TOKENIZER: std::sync::OnceLock<Option<Arc<Tokenizer>>> = std::sync::OnceLock::new();
     TOKENIZER
         .get_or_init(|| {
@@ -155,7 +155,7 @@ fn smollm2() -> Option<Arc<Tokenizer>> {
         .clone()
 }
 
-pub(super) fn spm_synthetic() -> (Arc<Tokenizer>, Value) {
+pub(crate) fn spm_synthetic() -> (Arc<Tokenizer>, Value) {
     let fixture: Value = serde_json::from_str(SPM_SYNTHETIC).unwrap();
     let strings = |key: &str| -> Vec<String> {
         fixture[key]

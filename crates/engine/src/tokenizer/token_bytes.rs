@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// GPT-2's reversible byte <-> printable-char map, inverted: char -> byte.
-fn unicode_to_byte() -> &'static HashMap<char, u8> {
+pub(crate) fn unicode_to_byte() -> &'static HashMap<char, u8> {
     static TABLE: OnceLock<HashMap<char, u8>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;

@@ -185,6 +185,11 @@ impl Tokenizer {
     pub fn is_special(&self, id: u32) -> bool {
         self.special_ids.contains(&id)
     }
+    /// The underlying `tokenizers` tokenizer (its decoder and added tokens tell `structured::token_env` how to
+    /// spell each token as bytes).
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
