@@ -14,7 +14,6 @@ import type { AppEnv } from '../app-env.js';
 import { toChatMessages } from '../chat-messages.js';
 import { chatFinishReason, chatTooling, deltaFields, joinDeltas, messageFields } from '../chat-tools.js';
 import { AnswerStream, parseAnswer } from '../../tools/answer.js';
-import { messagesForTemplate } from '../../tools/tool-choice.js';
 import { badRequest, notSupported, toHttpError } from '../errors.js';
 import { startGeneration } from '../generation.js';
 import { type ChatTokenLogprob, chatLogprobs } from '../logprobs.js';
@@ -66,7 +65,7 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
 
     let prompt: string;
     try {
-      prompt = await state.llm.applyChatTemplateAsync(messagesForTemplate(toChatMessages(body.messages)), {
+      prompt = await state.llm.applyChatTemplateAsync(toChatMessages(body.messages), {
         addGenerationPrompt: body.add_generation_prompt ?? true,
         chatTemplate,
         chatTemplateKwargs: tooling.templateKwargs,
