@@ -94,3 +94,18 @@ describe('answers with reasoning and tools', () => {
     expect(planToolUse({ tools: [weather], toolChoice: 'required' }, server)).toMatchObject({ mode: 'required', parallel: true });
   });
 });
+
+describe('tool_choice enforcement reaches the engine as a JSON-Schema constraint', () => {
+  it('named -> the parameters schema; required -> an array of {name, parameters}', async () => {
+    const { enforceToolChoice } = await import('../src/tools/constraint.js');
+    const { parseSamplingParams, toEngineParams } = await import('../src/sampling-params.js');
+    const named = toEngineParams(parseSamplingParams(enforceToolChoice({ temperature: 0 }, { mode: 'named', tool: weather })));
+    expect(named.structured_outputs).toMatchObject({ json: weather.function.parameters });
+    const required = toEngineParams(parseSamplingParams(enforceToolChoice({}, { mode: 'required', tools: [weather], parallel: true })));
+    expect(required.structured_outputs).toMatchObject({
+      json: { type: 'array', minItems: 1, items: { anyOf: [{ properties: { name: { enum: ['get_weather'] }, parameters: weather.function.parameters } }] } },
+    });
+    expect(() => enforceToolChoice({ structuredOutputs: { regex: 'a' } }, { mode: 'named', tool: weather })).toThrow(/cannot be combined/);
+    expect(enforceToolChoice({ seed: 1 }, { mode: 'none' })).toEqual({ seed: 1 });
+  });
+});
