@@ -207,3 +207,14 @@ describe('tool-call parsers on recorded outputs', () => {
     expect(toolParserForTemplate('<|im_start|>{{ m.content }}')).toBeUndefined();
   });
 });
+
+describe('serve flags', () => {
+  it('--enable-auto-tool-choice, --tool-call-parser and --reasoning-parser (vLLM names), bad names are usage errors', async () => {
+    const { parseServeArgs } = await import('../src/server/options.js');
+    const opts = parseServeArgs(['--enable-auto-tool-choice', '--tool-call-parser', 'mistral', '--reasoning-parser', 'deepseek_r1'])!;
+    expect(opts).toMatchObject({ enableAutoToolChoice: true, toolCallParser: 'mistral', reasoningParser: 'deepseek_r1' });
+    expect(parseServeArgs([])).toMatchObject({ enableAutoToolChoice: false, toolCallParser: null, reasoningParser: null });
+    expect(() => parseServeArgs(['--tool-call-parser', 'nope'])).toThrow(/--tool-call-parser must be one of hermes, llama3_json, mistral, pythonic/);
+    expect(() => parseServeArgs(['--reasoning-parser', 'nope'])).toThrow(/--reasoning-parser must be one of qwen3, deepseek_r1/);
+  });
+});
