@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { LLM } from '../src/index.js';
 import { createApp } from '../src/server/app.js';
+import { detectToolParser } from '../src/tools/detect.js';
 import { type RunningServer, startServer } from '../src/server/serve.js';
 import { TEST_ENGINE } from './helpers.js';
 
@@ -214,6 +215,18 @@ describe('auto tool choice and templates', () => {
       { chatTemplate: template, tools: [weatherTool, timeTool] },
     );
     expect(rendered).toBe('[get_weather][get_time]<get_weather:Oslo>(call_1=sunny)');
+  });
+
+  it('the default parser is the format the chat template writes for past calls', () => {
+    const detect = (template: string) =>
+      detectToolParser((messages, extra) => llm.applyChatTemplate(messages as never, { chatTemplate: template, chatTemplateKwargs: extra })).name;
+    const each = (body: string) => `{% for m in messages %}{{ m.role }}:{% if m.tool_calls %}{% for c in m.tool_calls %}${body}{% endfor %}{% endif %}{% endfor %}`;
+    expect(detect(each('<tool_call>{{ c.function | tojson }}</tool_call>'))).toBe('hermes');
+    expect(detect(each('[TOOL_CALLS][{{ c.function | tojson }}]'))).toBe('mistral');
+    expect(detect('{% for m in messages %}{% if m.role == "tool" %}<|start_header_id|>ipython<|end_header_id|>{% endif %}{% endfor %}')).toBe('llama3_json');
+    expect(detect(each('<|python_start|>[{{ c.function.name }}()]<|python_end|>'))).toBe('pythonic');
+    // The default model's template shows no tool format; a template that refuses the probe falls back too.
+    expect(detect('{{ raise_exception("no tools here") }}')).toBe('hermes');
   });
 });
 
