@@ -219,7 +219,8 @@ export class RescanStream implements ToolCallStream {
     this.done = true;
     const scan = this.scanner(this.text, true);
     const out = this.diff(scan);
-    // A call region that never parsed (and produced no call) is the model's text after all: show it.
+    // A call region that never parsed (and produced no call) is the model's text after all: show it. With no call
+    // sent, all content sent so far came before the region, so it is a prefix of the text and the rest follows it.
     if (scan.invalid && this.sent.length === 0 && out.toolCalls.length === 0) {
       out.content += this.text.slice(this.contentSent);
       this.contentSent = this.text.length;
