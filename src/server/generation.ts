@@ -53,7 +53,7 @@ const nextMacrotask = () => new Promise<void>((resolve) => setImmediate(resolve)
 export async function startGeneration(
   state: ServerState,
   jobs: EngineJob[],
-  opts: { requestId: string; signal?: AbortSignal; promptParam?: string },
+  opts: { requestId: string; signal?: AbortSignal; promptParam?: string; renames?: Record<string, string> },
 ): Promise<Generation> {
   const { llm, metrics } = state;
   if (state.draining) {
@@ -102,7 +102,7 @@ export async function startGeneration(
   if (early && !early.ok) {
     controller.abort();
     cleanup();
-    throw toHttpError(early.error, { promptParam: opts.promptParam });
+    throw toHttpError(early.error, { promptParam: opts.promptParam, renames: opts.renames });
   }
 
   const finished = gens.map(() => false);

@@ -3,9 +3,9 @@
  * request's `chat_template`), generation until the context ends unless `max_completion_tokens`/`max_tokens` says
  * otherwise, log-probs in OpenAI's chat format. Streaming sends, per choice, a first delta `{role: "assistant",
  * content: ""}` as OpenAI does, then content deltas; `finish_reason` rides on the last content chunk.
- * `response_format` other than text is refused with a 400 naming the field (not silently ignored). Tools and
- * reasoning (`chat-tools.ts`): the template gets `tools`, answers are split into `reasoning_content`, `content`
- * and `tool_calls`, and streams carry the matching deltas.
+ * `response_format` (json_object, json_schema) and vLLM's `structured_outputs` / `guided_*` fields constrain the
+ * output (structured-outputs.ts). Tools and reasoning (`chat-tools.ts`): the template gets `tools`, answers are
+ * split into `reasoning_content`, `content` and `tool_calls`, and streams carry the matching deltas.
  */
 
 import { Hono } from 'hono';
@@ -14,11 +14,12 @@ import type { AppEnv } from '../app-env.js';
 import { toChatMessages } from '../chat-messages.js';
 import { chatFinishReason, chatTooling, deltaFields, joinDeltas, messageFields } from '../chat-tools.js';
 import { AnswerStream, parseAnswer } from '../../tools/answer.js';
-import { badRequest, notSupported, toHttpError } from '../errors.js';
+import { badRequest, toHttpError } from '../errors.js';
 import { startGeneration } from '../generation.js';
 import { type ChatTokenLogprob, chatLogprobs } from '../logprobs.js';
 import { tokenizePrompts } from '../prompt-tokens.js';
 import { readJson, resolveModel, validate } from '../request.js';
+import { constraintFromRequest } from '../structured-outputs.js';
 import { refuseUnsupportedFields } from '../unsupported-fields.js';
 import { requestChatTemplate } from '../chat-template-trust.js';
 import { type ChatRequest, chatRequestSchema } from '../schemas/chat.js';
@@ -28,9 +29,6 @@ import type { ServerState } from '../state.js';
 import type { FinishReason } from '../../outputs.js';
 
 function refuseUnsupported(body: ChatRequest): void {
-  if (body.response_format && body.response_format.type !== 'text') {
-    throw notSupported('response_format', `of type "${body.response_format.type}"`);
-  }
   if (body.top_logprobs != null && body.top_logprobs > 0 && !body.logprobs) {
     throw badRequest('invalid value for `top_logprobs`: `logprobs` must be true when `top_logprobs` is set', 'top_logprobs');
   }
@@ -55,7 +53,9 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
     const chatTemplate = requestChatTemplate(state, body.chat_template);
     const tooling = chatTooling(state, body);
 
+    const constraint = constraintFromRequest(raw as Record<string, unknown>);
     let params = samplingParamsFrom(body);
+    if (constraint) params.structuredOutputs = constraint.structuredOutputs;
     params.maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
     const wantLogprobs = body.logprobs === true;
     const topCount = body.top_logprobs ?? 0;
@@ -82,6 +82,7 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
       requestId,
       signal: c.req.raw.signal,
       promptParam: 'messages',
+      renames: constraint?.renames,
     });
 
     let promptTokens = 0;

@@ -2,7 +2,8 @@
  * POST /v1/completions with vLLM's semantics: one engine request per prompt (string, strings, token ids, arrays of
  * token ids), choices indexed `prompt * n + sample`; `echo` prepends the prompt (with prompt log-probs when
  * `logprobs` is set); `logprobs` in OpenAI's completions format; `max_tokens` defaults to 16. Streams as SSE with
- * `include_usage` support; a client disconnect aborts the engine requests at once.
+ * `include_usage` support; a client disconnect aborts the engine requests at once. `response_format`,
+ * `structured_outputs` and the `guided_*` fields constrain the output as on the chat route.
  */
 
 import { Hono } from 'hono';
@@ -20,6 +21,7 @@ import { samplingParamsFrom } from '../schemas/common.js';
 import { sseResponse } from '../sse.js';
 import type { ServerState } from '../state.js';
 import type { AppEnv } from '../app-env.js';
+import { constraintFromRequest } from '../structured-outputs.js';
 import { refuseUnsupportedFields } from '../unsupported-fields.js';
 
 export const DEFAULT_COMPLETION_MAX_TOKENS = 16;
@@ -71,7 +73,9 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
     if (body.best_of != null && body.best_of !== n) throw notSupported('best_of', 'other than equal to `n`');
 
     const prompts = promptsOf(body.prompt);
+    const constraint = constraintFromRequest(raw as Record<string, unknown>);
     const params = samplingParamsFrom(body);
+    if (constraint) params.structuredOutputs = constraint.structuredOutputs;
     params.maxTokens = body.max_tokens === undefined ? DEFAULT_COMPLETION_MAX_TOKENS : body.max_tokens;
     const topCount = body.logprobs ?? 0;
     const wantLogprobs = body.logprobs !== undefined && body.logprobs !== null;
@@ -88,7 +92,7 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
     const gen = await startGeneration(
       state,
       promptIds.map((prompt) => ({ prompt, params, addSpecialTokens: true, cacheSalt })),
-      { requestId, signal: c.req.raw.signal, promptParam: 'prompt' },
+      { requestId, signal: c.req.raw.signal, promptParam: 'prompt', renames: constraint?.renames },
     );
 
     const jobs: JobState[] = prompts.map((p) => ({

@@ -34,7 +34,7 @@ export const chatRequestSchema = z.object({
   max_completion_tokens: z.number().int('must be an integer').min(1, 'must be at least 1').nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int('must be an integer').min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullish(),
-  response_format: z.looseObject({ type: z.string() }).nullish().describe('Only {"type": "text"} is supported.'),
+  response_format: z.looseObject({ type: z.string() }).nullish().describe('{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {name, schema, strict}} (checked in structured-outputs.ts).'),
   tools: z.array(chatToolSchema).max(MAX_TOOLS, `must have at most ${MAX_TOOLS} tools`).nullish(),
   tool_choice: toolChoiceSchema.nullish().describe('Default: "auto" with tools (needs --enable-auto-tool-choice), else "none".'),
   parallel_tool_calls: z.boolean().nullish(),

@@ -220,7 +220,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         num_threads: threads,
         device: device_name,
     };
-    let mut core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed);
+    let mut core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed)?;
     core.inject_fault(InjectedFault::from_env());
     Ok(EngineParts {
         core,

@@ -1,6 +1,10 @@
 //! `EngineCore`: one engine step = schedule -> execute (one flattened batch) -> sample -> update the
 //! scheduler -> detokenize -> send deltas. Runs on the engine thread only; owns the scheduler, the model
 //! runner and every live request's output state. Pure orchestration: each stage lives in its own module.
+//!
+//! Structured outputs: a constrained sample's `SampleConstraint` is kept here by sequence id. Its mask for the
+//! next token is queued on the mask pool as soon as it consumed a token (so it is computed while the next step's
+//! forward runs), the host sampler applies it, and such rows never take the device sampler.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use crate::sampler::{
 };
 use crate::sampling_params::SamplingParams;
 use crate::scheduler::{ScheduledRequest, Scheduler};
+use crate::structured::{CompiledGrammar, MaskPool, SampleConstraint};
 use crate::tokenizer::Tokenizer;
 
 use super::output::RequestOutput;
@@ -34,6 +39,8 @@ pub(crate) struct PreparedRequest {
     pub cache_salt: Option<String>,
     pub tx: UnboundedSender<Result<RequestOutput>>,
     pub arrival_time: f64,
+    /// The compiled `structured_outputs` constraint, when the request has one.
+    pub grammar: Option<Arc<CompiledGrammar>>,
 }
 
 pub(crate) struct EngineCore {
@@ -52,6 +59,10 @@ pub(crate) struct EngineCore {
     /// Rows and edits of the device sampler, reused across steps.
     device_batch: DeviceSamplingBatch,
     scratch: StepScratch,
+    /// Grammar state of every constrained sample, by sequence id.
+    constraints: HashMap<RequestId, SampleConstraint>,
+    /// Threads that compute grammar masks while the forward pass runs.
+    mask_pool: MaskPool,
     /// TEST ONLY: a sticky backend fault injected after this many steps (see `InjectedFault`).
     injected_fault: Option<InjectedFault>,
 }
@@ -96,6 +107,8 @@ struct StepScratch {
     by_seq: HashMap<RequestId, usize>,
     /// Requests that got a token or finished this step.
     touched: Vec<Arc<str>>,
+    /// Constrained samples whose matcher failed this step, with the error their request ends with.
+    constraint_failures: Vec<(RequestId, crate::error::EngineError)>,
 }
 
 impl EngineCore {
@@ -105,12 +118,12 @@ impl EngineCore {
         tokenizer: Option<Arc<Tokenizer>>,
         eos_token_ids: Arc<Vec<u32>>,
         seed: Option<u64>,
-    ) -> Self {
+    ) -> Result<Self> {
         let seed_rng = match seed {
             Some(s) => rand_chacha::ChaCha8Rng::seed_from_u64(s),
             None => rand_chacha::ChaCha8Rng::from_os_rng(),
         };
-        Self {
+        Ok(Self {
             scheduler,
             runner,
             tokenizer,
@@ -122,8 +135,10 @@ impl EngineCore {
             stats: EngineStats::default(),
             device_batch: DeviceSamplingBatch::default(),
             scratch: StepScratch::default(),
+            constraints: HashMap::new(),
+            mask_pool: MaskPool::new(0)?,
             injected_fault: None,
-        }
+        })
     }
 
     /// TEST ONLY: see `InjectedFault`.
@@ -177,6 +192,11 @@ impl EngineCore {
             return;
         }
         self.stats.prompt_tokens_total += prompt_len;
+        if let Some(grammar) = &p.grammar {
+            let constraint = SampleConstraint::new(grammar.new_matcher());
+            constraint.prefetch(&self.mask_pool);
+            self.constraints.insert(id, constraint);
+        }
         let key: Arc<str> = Arc::from(p.external_id);
         self.seq_owner.insert(id, (key.clone(), 0));
         self.groups.insert(key, group);
@@ -221,6 +241,7 @@ impl EngineCore {
             self.stats.requests_finished_total += 1;
             for s in g.samples.iter().flatten() {
                 self.seq_owner.remove(&s.seq_id);
+                self.constraints.remove(&s.seq_id);
             }
         }
     }
@@ -243,6 +264,10 @@ impl EngineCore {
             let tok = self.tokenizer.clone();
             if let Some(g) = self.groups.get_mut(&ext) {
                 g.add_sample(index, child, rng, tok.as_ref());
+            }
+            // A forked sample continues from its parent's grammar state (both are at the same position).
+            if let Some(c) = self.constraints.get(&parent).map(|c| c.fork()) {
+                self.constraints.insert(child, c);
             }
             self.seq_owner.insert(child, (ext, index));
         }
@@ -287,6 +312,9 @@ impl EngineCore {
             && out.scheduled.iter().all(|s| {
                 s.sample_ids.len() <= 1
                     && s.sample_ids.iter().all(|&sid| {
+                        if self.constraints.contains_key(&sid) {
+                            return false;
+                        }
                         let r = self.scheduler.request(sid).expect("sampling request exists");
                         edit_bound += device_edit_bound(
                             &r.params,
@@ -367,6 +395,18 @@ impl EngineCore {
         sc.pairs
             .extend(sc.jobs.iter().zip(&sc.sampled).map(|((sid, _), t)| (*sid, t.token)));
         let update = self.scheduler.update_from_output(&out, &sc.pairs);
+        // Advance the grammar of every constrained sample that goes on, and queue its next mask now: it is
+        // computed while the rest of this step and the next step's forward pass run.
+        for &(sid, token) in &update.new_tokens {
+            let Some(c) = self.constraints.get(&sid) else { continue };
+            if update.finished.iter().any(|&(f, _)| f == sid) {
+                continue;
+            }
+            match c.consume(token) {
+                Ok(()) => c.prefetch(&self.mask_pool),
+                Err(e) => sc.constraint_failures.push((sid, e)),
+            }
+        }
         self.stats.generation_tokens_total += update.new_tokens.len() as u64;
         let t_outputs = Instant::now();
         self.stats.step_phase_seconds.update += (t_outputs - t_update).as_secs_f64();
@@ -410,6 +450,16 @@ impl EngineCore {
         sc.touched.sort();
         sc.touched.dedup();
         let mut finished = Vec::new();
+        for (sid, e) in std::mem::take(&mut sc.constraint_failures) {
+            let Some((ext, _)) = self.seq_owner.get(&sid).cloned() else {
+                continue;
+            };
+            if let Some(g) = self.groups.get(&ext) {
+                let _ = g.tx.send(Err(e));
+            }
+            self.abort(&ext);
+            finished.push(ext.to_string());
+        }
         for ext in sc.touched.drain(..) {
             let Some(g) = self.groups.get_mut(&ext) else { continue };
             if g.is_finished() {
@@ -464,9 +514,23 @@ impl EngineCore {
                 std::mem::replace(&mut s.rng, SequenceRng::new(0))
             })
             .collect();
+        // Grammar masks (mostly computed already, on the mask pool, while the forward ran).
+        let mut failures = Vec::new();
+        let masks: Vec<Option<Arc<Vec<u32>>>> = jobs
+            .iter()
+            .map(|(sid, _)| match self.constraints.get(sid).map(|c| c.mask()) {
+                None => None,
+                Some(Ok(mask)) => Some(mask),
+                Some(Err(e)) => {
+                    // This row samples unconstrained; its request fails with the error after the step.
+                    failures.push((*sid, e));
+                    None
+                }
+            })
+            .collect();
         let sampled = {
             let mut rows: Vec<SampleRow<'_>> = Vec::with_capacity(jobs.len());
-            for ((sid, row), rng) in jobs.iter().zip(rngs.iter_mut()) {
+            for (((sid, row), rng), mask) in jobs.iter().zip(rngs.iter_mut()).zip(&masks) {
                 let req = self.scheduler.request(*sid).expect("sampling request exists");
                 rows.push(SampleRow {
                     logits: logits.row(*row),
@@ -475,6 +539,7 @@ impl EngineCore {
                     output_token_ids: &req.output_token_ids,
                     eos_token_ids: &req.eos_token_ids,
                     rng,
+                    allowed_tokens: mask.as_deref().map(|m| m.as_slice()),
                 });
             }
             sample_batch(&mut rows)?
@@ -486,6 +551,7 @@ impl EngineCore {
             }
         }
         sc.sampled.extend(sampled);
+        sc.constraint_failures.extend(failures);
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
+use crate::structured::GrammarCache;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
 use super::builder::{build_engine, EngineParts};
@@ -51,6 +52,8 @@ struct Shared {
     /// Tokens the whole KV cache holds: a longer request could never run.
     kv_capacity_tokens: usize,
     max_num_seqs: usize,
+    /// Compiled `structured_outputs` grammars (compiled here, on the caller's thread, never in a step).
+    grammars: GrammarCache,
 }
 
 #[derive(Clone)]
@@ -93,8 +96,10 @@ impl LLMEngine {
                     source: e,
                 })?
         };
+        let grammars = GrammarCache::new(tokenizer.clone(), info.vocab_size, eos_token_ids.clone());
         Ok(Self {
             shared: Arc::new(Shared {
+                grammars,
                 info,
                 tokenizer,
                 chat_template,
@@ -174,6 +179,11 @@ impl LLMEngine {
                 "stop strings need a tokenizer; this model has none",
             ));
         }
+        // Compiled before the request is queued: an invalid constraint fails here, naming its field.
+        let grammar = match &params.structured_outputs {
+            Some(spec) => Some(self.shared.grammars.get_or_compile(spec)?),
+            None => None,
+        };
         let prompt_ids = match input.prompt {
             Prompt::Text(text) => {
                 let tok = self.shared.tokenizer.as_ref().ok_or_else(|| {
@@ -238,6 +248,7 @@ impl LLMEngine {
             cache_salt: input.cache_salt,
             tx,
             arrival_time: now_secs(),
+            grammar,
         };
         if let Err(e) = self.send(Command::Add(Box::new(prepared))) {
             self.shared

@@ -1,6 +1,8 @@
 //! `sample_batch`: one next token per row, rows in parallel (rayon), each row fully independent.
 //!
 //! Per-row pipeline, in vLLM V1's order (`vllm/v1/sample/sampler.py`):
+//! 0. a structured-output row's grammar mask: every token it disallows gets -inf (vLLM applies the grammar
+//!    bitmask to the logits before its sampler, so the "raw" distribution below is the masked one);
 //! 1. raw logprob/rank (and top-N when `logprobs` is requested) from `log_softmax` of the RAW logits;
 //! 2. copy -> logit_bias -> min_tokens mask (EOS + stop ids) -> repetition, frequency, presence penalties;
 //! 3. greedy (`temperature < 1e-5`): argmax, ties to the lowest id, no random draw;
@@ -32,6 +34,9 @@ pub struct SampleRow<'a> {
     pub output_token_ids: &'a [u32],
     pub eos_token_ids: &'a [u32],
     pub rng: &'a mut SequenceRng,
+    /// Structured outputs: the tokens the grammar allows, one bit per id (bit `t % 32` of word `t / 32`). When
+    /// set, `min_tokens` does not hold back EOS: the grammar decides where the output may end.
+    pub allowed_tokens: Option<&'a [u32]>,
 }
 
 /// The sampled token with its RAW-distribution log-prob data.
@@ -47,6 +52,8 @@ pub struct SampledToken {
 
 #[derive(Default)]
 struct Scratch {
+    /// The grammar-masked logits of a constrained row.
+    masked: Vec<f32>,
     logits: Vec<f32>,
     penalties: PenaltyScratch,
     truncation: TruncationScratch,
@@ -63,37 +70,67 @@ pub fn sample_batch(rows: &mut [SampleRow]) -> Result<Vec<SampledToken>> {
 
 /// Samples one row (what `sample_batch` runs per row).
 pub fn sample_row(row: &mut SampleRow) -> Result<SampledToken> {
-    let raw = row.logits;
     let params = row.params;
-    let lse = log_sum_exp(raw)?;
-    let token = SCRATCH.with(|cell| {
+    SCRATCH.with(|cell| {
         let scratch = &mut *cell.borrow_mut();
-        choose_token(row, scratch)
-    })?;
-    let (logprob, rank) = token_logprob_and_rank(raw, lse, token);
-    let top_logprobs = top_n_logprobs(raw, lse, params.logprobs.unwrap_or(0));
-    Ok(SampledToken {
-        token,
-        logprob,
-        rank,
-        top_logprobs,
+        let mut masked = std::mem::take(&mut scratch.masked);
+        let raw: &[f32] = match row.allowed_tokens {
+            Some(mask) => {
+                apply_token_mask(row.logits, mask, &mut masked);
+                &masked
+            }
+            None => row.logits,
+        };
+        let result = log_sum_exp(raw).and_then(|lse| {
+            let token = choose_token(row, raw, scratch)?;
+            let (logprob, rank) = token_logprob_and_rank(raw, lse, token);
+            let top_logprobs = top_n_logprobs(raw, lse, params.logprobs.unwrap_or(0));
+            Ok(SampledToken {
+                token,
+                logprob,
+                rank,
+                top_logprobs,
+            })
+        });
+        scratch.masked = masked;
+        result
     })
 }
 
-fn choose_token(row: &mut SampleRow, scratch: &mut Scratch) -> Result<u32> {
+/// `out` = `logits` with every token outside `mask` at -inf (ids past the mask's end are outside it).
+fn apply_token_mask(logits: &[f32], mask: &[u32], out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(logits.len(), f32::NEG_INFINITY);
+    for (w, &word) in mask.iter().enumerate() {
+        let mut bits = word;
+        // Walk the set bits only: a grammar usually allows few tokens (a JSON key, a digit), so this touches
+        // far fewer than the whole row.
+        while bits != 0 {
+            let t = w * 32 + bits.trailing_zeros() as usize;
+            if t >= logits.len() {
+                break;
+            }
+            out[t] = logits[t];
+            bits &= bits - 1;
+        }
+    }
+}
+
+fn choose_token(row: &mut SampleRow, raw: &[f32], scratch: &mut Scratch) -> Result<u32> {
     let params = row.params;
-    let needs_processing = !params.logit_bias.is_empty()
-        || row.output_token_ids.len() < params.min_tokens
-        || !penalties_are_neutral(params);
+    let min_tokens_active = row.output_token_ids.len() < params.min_tokens && row.allowed_tokens.is_none();
+    let needs_processing = !params.logit_bias.is_empty() || min_tokens_active || !penalties_are_neutral(params);
     if params.is_greedy() && !needs_processing {
-        return argmax(row.logits);
+        return argmax(raw);
     }
     let logits = &mut scratch.logits;
     logits.clear();
-    logits.extend_from_slice(row.logits);
+    logits.extend_from_slice(raw);
     if needs_processing {
         apply_logit_bias(logits, &params.logit_bias)?;
-        apply_min_tokens(logits, params, row.output_token_ids.len(), row.eos_token_ids)?;
+        if min_tokens_active {
+            apply_min_tokens(logits, params, row.output_token_ids.len(), row.eos_token_ids)?;
+        }
         apply_penalties(
             logits,
             params,

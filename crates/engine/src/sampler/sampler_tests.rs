@@ -18,6 +18,7 @@ fn sample_one(logits: &[f32], params: &SamplingParams, output: &[u32], rng: &mut
         output_token_ids: output,
         eos_token_ids: &[],
         rng,
+        allowed_tokens: None,
     }];
     sample_batch(&mut rows).unwrap().remove(0)
 }
@@ -92,6 +93,7 @@ fn decode(requests: &[(u64, u64)], steps: usize) -> Vec<Vec<u32>> {
                 output_token_ids: out,
                 eos_token_ids: &[],
                 rng,
+                allowed_tokens: None,
             })
             .collect();
         let sampled = sample_batch(&mut rows).unwrap();
@@ -238,6 +240,7 @@ fn penalties_steer_greedy_away_from_repeated_tokens() {
         output_token_ids: &[],
         eos_token_ids: &[],
         rng: &mut rng,
+        allowed_tokens: None,
     }];
     assert_eq!(sample_batch(&mut rows).unwrap()[0].token, 1);
 }
@@ -259,6 +262,7 @@ fn min_tokens_masks_eos_and_stop_ids() {
             output_token_ids: output,
             eos_token_ids: &[1],
             rng: &mut rng,
+            allowed_tokens: None,
         }];
         sample_batch(&mut rows).unwrap()[0].token
     };
@@ -332,6 +336,7 @@ fn bad_rows_are_errors_not_panics() {
             output_token_ids: output,
             eos_token_ids: &[],
             rng: &mut rng,
+            allowed_tokens: None,
         }];
         assert!(sample_batch(&mut rows).is_err());
     }
@@ -346,6 +351,7 @@ fn bad_rows_are_errors_not_panics() {
         output_token_ids: &[],
         eos_token_ids: &[0],
         rng: &mut rng,
+        allowed_tokens: None,
     }];
     assert!(sample_batch(&mut rows).is_err());
 }
@@ -372,6 +378,7 @@ fn large_vocab_batch_samples_inside_top_k() {
             output_token_ids: &[],
             eos_token_ids: &[],
             rng,
+            allowed_tokens: None,
         })
         .collect();
     let out = sample_batch(&mut rows).unwrap();

@@ -10,6 +10,9 @@ pub mod mask_pool;
 pub mod sample_matcher;
 pub mod token_env;
 
+#[cfg(test)]
+mod tests;
+
 pub use grammar_cache::{CompiledGrammar, GrammarCache, GRAMMAR_CACHE_ENTRIES};
 pub use mask_pool::MaskPool;
 pub use sample_matcher::{mask_allows, SampleConstraint};

@@ -172,6 +172,7 @@ fn gpu_sampler_greedy_rows_match_the_cpu_sampler_with_processing_and_logprobs() 
             output_token_ids: &output,
             eos_token_ids: &eos,
             rng: &mut rng,
+            allowed_tokens: None,
         })
         .unwrap();
         println!(
