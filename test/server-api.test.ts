@@ -429,7 +429,7 @@ describe('errors', () => {
 
   it('non-text parts are refused, never ignored; tool_choice without its prerequisites is a 400', async () => {
     const messages = [{ role: 'user', content: 'x' }];
-    // (response_format json_object / json_schema are structured outputs now: test/server-structured*.)
+    // (response_format json_object / json_schema are structured outputs now, no longer refused.)
     const tools = [{ type: 'function', function: { name: 'f', parameters: {} } }];
     // tools default to tool_choice "auto", which needs --enable-auto-tool-choice (vLLM's rule); "required" needs tools.
     const auto = await expectError(await post('/v1/chat/completions', { messages, tools }), 400, 'tool_choice');
