@@ -40,6 +40,9 @@ import {
   streamDeltas,
 } from './outputs.js';
 import { type SamplingParamsInput, parseSamplingParams, toEngineParams } from './sampling-params.js';
+import { type ChatCompletionOutput, type ChatToolOptions, prepareChatTools, withParsedAnswers } from './tools/chat-api.js';
+import { detectToolParser } from './tools/detect.js';
+import { messagesForTemplate } from './tools/tool-choice.js';
 
 /** A text prompt or a tokenized one. */
 export type Prompt = string | number[];
@@ -62,7 +65,7 @@ export interface RequestOptions {
   addSpecialTokens?: boolean;
 }
 
-export interface ChatOptions extends Omit<RequestOptions, 'addSpecialTokens'> {
+export interface ChatOptions extends Omit<RequestOptions, 'addSpecialTokens'>, ChatToolOptions {
   /** A Jinja template to use instead of the model's own. */
   chatTemplate?: string;
   /** End the rendered prompt with the assistant's turn header (default true). */
@@ -112,6 +115,12 @@ async function nextDelta(handle: NativeRequestHandle, signal: AbortSignal | unde
   } finally {
     signal.removeEventListener('abort', onAbort!);
   }
+}
+
+/** Template variables: `chatTemplateKwargs` plus `tools` when given. */
+function templateExtra(opts: { tools?: unknown[]; chatTemplateKwargs?: Record<string, unknown> }): string | null {
+  if (opts.tools === undefined && opts.chatTemplateKwargs === undefined) return null;
+  return JSON.stringify({ ...(opts.tools !== undefined && opts.tools.length > 0 ? { tools: opts.tools } : {}), ...(opts.chatTemplateKwargs ?? {}) });
 }
 
 export class LLM {
@@ -251,12 +260,16 @@ export class LLM {
     }
   }
 
-  /** Renders chat messages into a prompt with the model's chat template (or `opts.chatTemplate`). */
+  /**
+   * Renders chat messages into a prompt with the model's chat template (or `opts.chatTemplate`). `opts.tools`
+   * becomes the template's `tools`; assistant `tool_calls` arguments are handed to the template parsed, as HF
+   * templates expect.
+   */
   applyChatTemplate(messages: ChatMessage[], opts: Omit<ChatOptions, keyof RequestOptions> = {}): string {
     const engine = this.live;
-    const extra = opts.chatTemplateKwargs === undefined ? null : JSON.stringify(opts.chatTemplateKwargs);
+    const extra = templateExtra(opts);
     return native(() =>
-      engine.applyChatTemplate(JSON.stringify(messages), opts.addGenerationPrompt ?? true, opts.chatTemplate ?? null, extra),
+      engine.applyChatTemplate(JSON.stringify(messagesForTemplate(messages)), opts.addGenerationPrompt ?? true, opts.chatTemplate ?? null, extra),
     );
   }
 
@@ -266,18 +279,31 @@ export class LLM {
    */
   async applyChatTemplateAsync(messages: ChatMessage[], opts: Omit<ChatOptions, keyof RequestOptions> = {}): Promise<string> {
     const engine = this.live;
-    const extra = opts.chatTemplateKwargs === undefined ? null : JSON.stringify(opts.chatTemplateKwargs);
+    const extra = templateExtra(opts);
     return nativeAsync(() =>
-      engine.applyChatTemplateAsync(JSON.stringify(messages), opts.addGenerationPrompt ?? true, opts.chatTemplate ?? null, extra),
+      engine.applyChatTemplateAsync(JSON.stringify(messagesForTemplate(messages)), opts.addGenerationPrompt ?? true, opts.chatTemplate ?? null, extra),
     );
   }
 
-  /** Applies the chat template to `messages` and generates the assistant's reply. */
-  async chat(messages: ChatMessage[], params?: SamplingParamsInput, opts: ChatOptions = {}): Promise<RequestOutput> {
-    const prompt = this.applyChatTemplate(messages, opts);
-    // The template already wrote the special tokens it wants.
-    const [out] = await this.generate(prompt, params, { ...opts, addSpecialTokens: false });
-    return out!;
+  /**
+   * Applies the chat template to `messages` and generates the assistant's reply. With `opts.tools` (or
+   * `opts.reasoningParser`) each output also carries `content`, `toolCalls` and `reasoningContent`;
+   * `toolChoice: "required"` or a named function constrains the output so that the call's arguments follow the
+   * function's `parameters` schema.
+   */
+  async chat(messages: ChatMessage[], params?: SamplingParamsInput, opts: ChatOptions = {}): Promise<RequestOutput & { outputs: ChatCompletionOutput[] }> {
+    if (opts.tools === undefined && opts.toolChoice === undefined && opts.reasoningParser === undefined) {
+      const prompt = this.applyChatTemplate(messages, opts);
+      // The template already wrote the special tokens it wants.
+      const [out] = await this.generate(prompt, params, { ...opts, addSpecialTokens: false });
+      return out!;
+    }
+    const tooling = prepareChatTools(opts, params ?? {}, () =>
+      detectToolParser((probe, extra) => this.applyChatTemplate(probe as ChatMessage[], { chatTemplate: opts.chatTemplate, chatTemplateKwargs: extra })),
+    );
+    const prompt = this.applyChatTemplate(messages, { ...opts, tools: tooling.templateTools });
+    const [out] = await this.generate(prompt, tooling.params, { ...opts, addSpecialTokens: false });
+    return { ...out!, outputs: withParsedAnswers(out!.outputs, tooling) };
   }
 
   /** Streams the assistant's reply to `messages`. */

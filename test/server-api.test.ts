@@ -445,12 +445,14 @@ describe('errors', () => {
     );
   });
 
-  it('unknown response_format types, tools, tool_choice and non-text parts are refused, never ignored', async () => {
+  it('unknown response_format types and non-text parts are refused, never ignored; tool_choice without its prerequisites is a 400', async () => {
     const messages = [{ role: 'user', content: 'x' }];
     await expectError(await post('/v1/chat/completions', { messages, response_format: { type: 'xml' } }), 400, 'response_format.type');
     const tools = [{ type: 'function', function: { name: 'f', parameters: {} } }];
-    await expectError(await post('/v1/chat/completions', { messages, tools }), 400, 'tools', 'unsupported_parameter');
-    await expectError(await post('/v1/chat/completions', { messages, tool_choice: 'required' }), 400, 'tool_choice', 'unsupported_parameter');
+    // tools default to tool_choice "auto", which needs --enable-auto-tool-choice (vLLM's rule); "required" needs tools.
+    const auto = await expectError(await post('/v1/chat/completions', { messages, tools }), 400, 'tool_choice');
+    expect(auto.error.message).toContain('--enable-auto-tool-choice');
+    await expectError(await post('/v1/chat/completions', { messages, tool_choice: 'required' }), 400, 'tool_choice');
     await expectError(
       await post('/v1/chat/completions', { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }),
       400,

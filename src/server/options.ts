@@ -9,6 +9,8 @@ import { parseArgs } from 'node:util';
 
 import { UsageError, intFlag } from '../cli/args.js';
 import { DEFAULT_MODEL_FILE, type LLMOptions } from '../engine-types.js';
+import { REASONING_PARSER_NAMES } from '../reasoning/think-parser.js';
+import { TOOL_PARSER_NAMES } from '../tools/registry.js';
 import { DEFAULT_MAX_REQUEST_PROMPT_TOKENS, DEFAULT_MAX_WAITING } from './limits.js';
 
 export const DEFAULT_HOST = '127.0.0.1';
@@ -37,6 +39,12 @@ export interface ServerOptions {
   chatTemplate: string | null;
   /** No per-request log lines. */
   disableLogRequests: boolean;
+  /** vLLM's `--enable-auto-tool-choice`: `tool_choice: "auto"` parses calls out of answers (400 when false). */
+  enableAutoToolChoice: boolean;
+  /** `--tool-call-parser` name (`TOOL_PARSER_NAMES`); null = the one the chat template implies (else hermes). */
+  toolCallParser: string | null;
+  /** `--reasoning-parser` name (`REASONING_PARSER_NAMES`); null = answers carry no `reasoning_content`. */
+  reasoningParser: string | null;
   /** How long in-flight requests may run after SIGTERM/SIGINT before they are aborted. */
   shutdownTimeoutMs: number;
   /** Where log lines go. */
@@ -61,6 +69,9 @@ export function resolveServerOptions(input: ServerOptionsInput = {}): ServerOpti
     bodyLimitBytes: DEFAULT_BODY_LIMIT_BYTES,
     chatTemplate: null,
     disableLogRequests: false,
+    enableAutoToolChoice: false,
+    toolCallParser: null,
+    reasoningParser: null,
     shutdownTimeoutMs: DEFAULT_SHUTDOWN_TIMEOUT_MS,
     log: (line) => process.stdout.write(line + '\n'),
     engine: {},
@@ -90,6 +101,10 @@ model and engine:
   --chat-template FILE|TEMPLATE   a Jinja chat template file, or the template itself
   --trust-request-chat-template   render \`chat_template\` sent in requests (default: refused with 400)
   --seed N                        default seed for requests that set none
+tool calling and reasoning:
+  --enable-auto-tool-choice       parse tool calls out of answers for \`tool_choice: "auto"\` (default: 400)
+  --tool-call-parser NAME         ${TOOL_PARSER_NAMES.join(', ')} (default: from the chat template, else hermes)
+  --reasoning-parser NAME         ${REASONING_PARSER_NAMES.join(', ')}: <think> text goes to \`reasoning_content\`
 server:
   --host HOST                     address to listen on (default ${DEFAULT_HOST})
   --port N                        port (default ${DEFAULT_PORT}; 0 = pick a free one)
@@ -129,11 +144,22 @@ const flags = {
   'max-body-bytes': { type: 'string' },
   'shutdown-timeout': { type: 'string' },
   'disable-log-requests': { type: 'boolean' },
+  'enable-auto-tool-choice': { type: 'boolean' },
+  'tool-call-parser': { type: 'string' },
+  'reasoning-parser': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
 function positive(name: string, value: number | undefined, min = 1): number | undefined {
   if (value !== undefined && value < min) throw new UsageError(`--${name} must be at least ${min}, got ${value}`);
+  return value;
+}
+
+/** A `--tool-call-parser` / `--reasoning-parser` value: one of `names`. */
+function parserName(flag: string, value: string | undefined, names: readonly string[]): string | undefined {
+  if (value !== undefined && !names.includes(value)) {
+    throw new UsageError(`--${flag} must be one of ${names.join(', ')}, got '${value}'`);
+  }
   return value;
 }
 
@@ -223,6 +249,9 @@ export function parseServeArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     bodyLimitBytes: positive('max-body-bytes', intFlag('max-body-bytes', v['max-body-bytes'])),
     chatTemplate: v['chat-template'] === undefined ? undefined : loadChatTemplate(v['chat-template']),
     disableLogRequests: v['disable-log-requests'],
+    enableAutoToolChoice: v['enable-auto-tool-choice'],
+    toolCallParser: parserName('tool-call-parser', v['tool-call-parser'], TOOL_PARSER_NAMES),
+    reasoningParser: parserName('reasoning-parser', v['reasoning-parser'], REASONING_PARSER_NAMES),
     shutdownTimeoutMs: shutdownSeconds === undefined ? undefined : shutdownSeconds * 1000,
     engine,
   });

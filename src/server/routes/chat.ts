@@ -4,14 +4,17 @@
  * otherwise, log-probs in OpenAI's chat format. Streaming sends, per choice, a first delta `{role: "assistant",
  * content: ""}` as OpenAI does, then content deltas; `finish_reason` rides on the last content chunk.
  * `response_format` (json_object, json_schema) and vLLM's `structured_outputs` / `guided_*` fields constrain the
- * output (structured-outputs.ts); `tools` / `tool_choice` other than "none" are refused with a 400 naming the field.
+ * output (structured-outputs.ts). Tools and reasoning (`chat-tools.ts`): the template gets `tools`, answers are
+ * split into `reasoning_content`, `content` and `tool_calls`, and streams carry the matching deltas.
  */
 
 import { Hono } from 'hono';
 
 import type { AppEnv } from '../app-env.js';
 import { toChatMessages } from '../chat-messages.js';
-import { badRequest, notSupported, toHttpError } from '../errors.js';
+import { chatFinishReason, chatTooling, deltaFields, joinDeltas, messageFields } from '../chat-tools.js';
+import { AnswerStream, parseAnswer } from '../../tools/answer.js';
+import { badRequest, toHttpError } from '../errors.js';
 import { startGeneration } from '../generation.js';
 import { type ChatTokenLogprob, chatLogprobs } from '../logprobs.js';
 import { tokenizePrompts } from '../prompt-tokens.js';
@@ -26,11 +29,6 @@ import type { ServerState } from '../state.js';
 import type { FinishReason } from '../../outputs.js';
 
 function refuseUnsupported(body: ChatRequest): void {
-  const toolChoiceNone = body.tool_choice === 'none';
-  if (body.tools && body.tools.length > 0 && !toolChoiceNone) throw notSupported('tools', '(tool calling)');
-  if (body.tool_choice !== undefined && body.tool_choice !== null && !toolChoiceNone) {
-    throw notSupported('tool_choice', `${JSON.stringify(body.tool_choice)} (only "none")`);
-  }
   if (body.top_logprobs != null && body.top_logprobs > 0 && !body.logprobs) {
     throw badRequest('invalid value for `top_logprobs`: `logprobs` must be true when `top_logprobs` is set', 'top_logprobs');
   }
@@ -53,22 +51,24 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
     const model = resolveModel(state, body.model);
     refuseUnsupported(body);
     const chatTemplate = requestChatTemplate(state, body.chat_template);
+    const tooling = chatTooling(state, body);
 
     const constraint = constraintFromRequest(raw as Record<string, unknown>);
-    const params = samplingParamsFrom(body);
+    let params = samplingParamsFrom(body);
     if (constraint) params.structuredOutputs = constraint.structuredOutputs;
     params.maxTokens = body.max_completion_tokens ?? body.max_tokens ?? null;
     const wantLogprobs = body.logprobs === true;
     const topCount = body.top_logprobs ?? 0;
     if (wantLogprobs) params.logprobs = topCount;
     const n = body.n ?? 1;
+    params = tooling.adjustParams(params);
 
     let prompt: string;
     try {
       prompt = await state.llm.applyChatTemplateAsync(toChatMessages(body.messages), {
         addGenerationPrompt: body.add_generation_prompt ?? true,
         chatTemplate,
-        chatTemplateKwargs: body.chat_template_kwargs ?? undefined,
+        chatTemplateKwargs: tooling.templateKwargs,
       });
     } catch (err) {
       throw toHttpError(err, { promptParam: 'messages' });
@@ -106,19 +106,24 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
           for (let index = 0; index < n; index++) {
             await out.send(envelope([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
           }
+          const answers = choices.map(() => new AnswerStream(tooling.plan, tooling.reasoning));
           for await (const { delta: d } of gen.chunks) {
             if (d.promptTokenIds) promptTokens = d.promptTokenIds.length;
             const ch = choices[d.index]!;
             ch.tokens += d.tokenIds.length;
             const logprobs = wantLogprobs && d.logprobs ? chatLogprobs(d.logprobs, topCount) : null;
-            if (d.text === '' && d.finishReason === null && (logprobs === null || logprobs.length === 0)) continue;
+            const answer = answers[d.index]!;
+            let parsed = answer.push(d.text);
+            if (d.finishReason !== null) parsed = joinDeltas(parsed, answer.finish());
+            const delta = deltaFields(parsed);
+            if (Object.keys(delta).length === 0 && d.finishReason === null && (logprobs === null || logprobs.length === 0)) continue;
             await out.send(
               envelope([
                 {
                   index: d.index,
-                  delta: d.text === '' ? {} : { content: d.text },
+                  delta,
                   logprobs: logprobs ? { content: logprobs } : null,
-                  finish_reason: d.finishReason,
+                  finish_reason: chatFinishReason(d.finishReason, answer.callCount),
                   stop_reason: d.finishReason === null ? null : d.stopReason,
                 },
               ]),
@@ -147,13 +152,16 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
       created,
       model,
       system_fingerprint: null,
-      choices: choices.map((ch, index) => ({
-        index,
-        message: { role: 'assistant', content: ch.content },
-        logprobs: wantLogprobs ? { content: ch.logprobs } : null,
-        finish_reason: ch.finishReason,
-        stop_reason: ch.stopReason,
-      })),
+      choices: choices.map((ch, index) => {
+        const answer = parseAnswer(ch.content, tooling.plan, tooling.reasoning);
+        return {
+          index,
+          message: messageFields(answer, tooling.reasoning !== null),
+          logprobs: wantLogprobs ? { content: ch.logprobs } : null,
+          finish_reason: chatFinishReason(ch.finishReason, answer.toolCalls.length),
+          stop_reason: ch.stopReason,
+        };
+      }),
       usage: usage(),
     });
   });

@@ -3,6 +3,7 @@
 import { z } from 'zod';
 
 import { MAX_LOGPROBS } from '../../sampling-params.js';
+import { chatToolSchema, toolChoiceSchema } from '../../tools/tool-choice.js';
 import { MAX_CONTENT_PARTS, MAX_MESSAGES } from '../limits.js';
 import { samplingFields } from './common.js';
 
@@ -23,6 +24,9 @@ export const chatMessagesSchema = z
   .min(1, 'must not be empty')
   .max(MAX_MESSAGES, `must have at most ${MAX_MESSAGES} messages`);
 
+/** OpenAI's limit on tools per request. */
+const MAX_TOOLS = 128;
+
 export const chatRequestSchema = z.object({
   ...samplingFields,
   messages: chatMessagesSchema,
@@ -31,8 +35,8 @@ export const chatRequestSchema = z.object({
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int('must be an integer').min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullish(),
   response_format: z.looseObject({ type: z.string() }).nullish().describe('{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {name, schema, strict}} (checked in structured-outputs.ts).'),
-  tools: z.array(z.unknown()).nullish().describe('Not supported yet (only with tool_choice "none").'),
-  tool_choice: z.unknown().optional().describe('Only "none" is supported.'),
+  tools: z.array(chatToolSchema).max(MAX_TOOLS, `must have at most ${MAX_TOOLS} tools`).nullish(),
+  tool_choice: toolChoiceSchema.nullish().describe('Default: "auto" with tools (needs --enable-auto-tool-choice), else "none".'),
   parallel_tool_calls: z.boolean().nullish(),
   add_generation_prompt: z.boolean().nullish(),
   chat_template: z.string().nullish(),
