@@ -18,10 +18,10 @@ CLI="node $W/app/node_modules/pagedllm/dist/cli.js"
 cd $W/app
 node -e 'const p = "pagedllm-linux-x64-gnu-cuda"; console.log("installed", p, require(p + "/package.json").version, "backends", JSON.stringify(require(p).backends()))' 2>&1 | tee -a "$OUT/summary.txt"
 for dev in cuda cpu; do
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   timeout 300 $CLI generate --model $W/model --device $dev --dtype float32 --max-tokens 32 --temperature 0 --json \
     "The capital of France is" >"$OUT/generate-$dev.json" 2>"$OUT/generate-$dev.err"
-  log "generate --device $dev: exit $? in $(echo "$(date +%s.%N) - $start" | bc) s; stderr: $(tail -c 300 "$OUT/generate-$dev.err" | tr '\n' ' ')"
+  log "generate --device $dev: exit $? in $(( ($(date +%s%N) - start) / 1000000 )) ms; stderr: $(tail -c 300 "$OUT/generate-$dev.err" | tr '\n' ' ')"
 done
 timeout 300 $CLI generate --model $W/model --device cuda --max-tokens 16 --temperature 0 "The capital of France is" \
   >"$OUT/generate-cuda-bf16.txt" 2>&1; log "generate --device cuda (bf16, streamed text): exit $?"
