@@ -418,6 +418,33 @@ impl Scheduler {
         result
     }
 
+    /// Beam search: running request `dst` (a beam that was dropped) becomes a continuation of running request
+    /// `src` (a beam chosen more than once): `src`'s output with its last token replaced by `last_token`, and
+    /// `src`'s blocks, shared (the partial last block is copied on the next write). Call after
+    /// `update_from_output` appended this step's tokens; `dst`'s own blocks are released first.
+    pub fn rebase_beam(&mut self, dst: RequestId, src: RequestId, last_token: u32) -> Result<()> {
+        let source = self
+            .requests
+            .get(&src)
+            .filter(|r| r.status == RequestStatus::Running)
+            .ok_or_else(|| EngineError::Internal(format!("beam {src} to fork from is not running")))?;
+        let mut output = source.output_token_ids.clone();
+        let computed = source.num_computed_tokens;
+        let Some(last) = output.last_mut() else {
+            return Err(EngineError::Internal(format!("beam {src} has no token to replace")));
+        };
+        *last = last_token;
+        let target = self
+            .requests
+            .get_mut(&dst)
+            .filter(|r| r.status == RequestStatus::Running)
+            .ok_or_else(|| EngineError::Internal(format!("beam {dst} to rebase is not running")))?;
+        self.kv.free(target);
+        target.output_token_ids = output;
+        target.num_computed_tokens = computed;
+        self.kv.fork(src, dst)
+    }
+
     /// Finishes a request in any state (waiting, running, preempted): frees its blocks and hands back its final
     /// state. Used for aborts and for stop strings found by the detokenizer. Only this request finishes; forked
     /// siblings are separate requests. `None` if the id is unknown or already finished.
