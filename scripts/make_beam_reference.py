@@ -9,7 +9,7 @@ and HF's `sequences_scores` (the length-normalized score). The Rust test `crates
 runs the same requests through pagedllm's engine and compares.
 
 Regenerate (once, by a developer; CI never runs this):
-    python3 -m venv /tmp/hfenv && /tmp/hfenv/bin/pip install torch transformers gguf
+    python3 -m venv /tmp/hfenv && /tmp/hfenv/bin/pip install torch transformers gguf accelerate numpy
     npm run fetch-model        # puts the GGUF in ~/.cache/pagedllm/models/
     /tmp/hfenv/bin/python scripts/make_beam_reference.py \
         --gguf ~/.cache/pagedllm/models/SmolLM2-135M-Instruct.Q4_1.gguf \

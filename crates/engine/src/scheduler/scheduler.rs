@@ -250,6 +250,23 @@ impl Scheduler {
         }
     }
 
+    /// The running requests preempted with `victim`: all beams of its beam search, else itself.
+    fn preemption_group(&self, victim: RequestId) -> Vec<RequestId> {
+        let r = &self.requests[&victim];
+        if r.params.beam_search.is_none() {
+            return vec![victim];
+        }
+        let root = r.parent.unwrap_or(r.id);
+        self.running
+            .iter()
+            .copied()
+            .filter(|id| {
+                let o = &self.requests[id];
+                o.parent.unwrap_or(o.id) == root
+            })
+            .collect()
+    }
+
     fn preempt(&mut self, id: RequestId) {
         self.num_preemptions += 1;
         if let Some(r) = self.requests.get_mut(&id) {
@@ -287,21 +304,25 @@ impl Scheduler {
                 }
                 short_of_blocks = true;
                 let Some(v) = self.preemption_victim() else { break };
-                let victim = self.running[v];
-                if victim == id {
+                // The beams of a beam search only advance together, so they are preempted together.
+                let victims = self.preemption_group(self.running[v]);
+                if victims.contains(&id) {
                     i += 1; // sits this step out, keeping its blocks
                     break;
                 }
-                self.running.remove(v);
-                if v < i {
-                    i -= 1;
+                for victim in victims {
+                    let Some(v) = self.running.iter().position(|&r| r == victim) else { continue };
+                    self.running.remove(v);
+                    if v < i {
+                        i -= 1;
+                    }
+                    // The victim may already be scheduled this step: give its tokens back.
+                    if let Some(pos) = scheduled.iter().position(|s| s.request_id == victim) {
+                        budget += scheduled.remove(pos).num_new_tokens;
+                    }
+                    self.preempt(victim);
+                    preempted.push(victim);
                 }
-                // Under Priority the victim may already be scheduled this step: give its tokens back.
-                if let Some(pos) = scheduled.iter().position(|s| s.request_id == victim) {
-                    budget += scheduled.remove(pos).num_new_tokens;
-                }
-                self.preempt(victim);
-                preempted.push(victim);
             }
         }
 
