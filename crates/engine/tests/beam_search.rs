@@ -154,3 +154,72 @@ fn beam_search_matches_hf_transformers_batched_and_under_preemption() {
     assert_eq!(stats.kv_blocks_in_use, 0);
     engine.shutdown();
 }
+
+#[path = "support/tiny_llama.rs"]
+mod tiny_llama;
+
+/// Beam requests of several widths and settings on the tiny random Llama, all at once beside a sampled request:
+/// (tokens, cumulative log-prob) of every returned beam, per request.
+fn tiny_model_beams(config: EngineConfig) -> Vec<Vec<(Vec<u32>, f32)>> {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_llama::write_tiny_llama(dir.path());
+    let engine = LLMEngine::start(dir.path().to_str().unwrap(), config).unwrap();
+    let settings = [(2, 1.0, EarlyStopping::Heuristic), (4, 0.0, EarlyStopping::Never), (8, 2.0, EarlyStopping::Done)];
+    let mut streams = Vec::new();
+    for (p, &(k, length_penalty, early_stopping)) in [5usize, 17, 33].iter().zip(&settings) {
+        let prompt: Vec<u32> = (0..*p as u32).map(|i| (i * 37 + 11) % tiny_llama::VOCAB as u32).collect();
+        let params = SamplingParams {
+            n: k,
+            max_tokens: Some(24),
+            beam_search: Some(BeamSearchParams { beam_width: k, length_penalty, early_stopping }),
+            ..Default::default()
+        };
+        streams.push(engine.add_request(input(prompt, params)).unwrap());
+    }
+    let noise = SamplingParams { seed: Some(3), max_tokens: Some(30), ignore_eos: true, ..Default::default() };
+    let mut other = engine.add_request(input(vec![1, 2, 3, 4], noise)).unwrap();
+    let mut all = Vec::new();
+    for mut s in streams {
+        let mut beams = Vec::new();
+        while let Some(o) = s.blocking_next() {
+            beams.extend(o.unwrap().outputs.into_iter().map(|c| (c.token_ids, c.cumulative_logprob)));
+        }
+        all.push(beams);
+    }
+    while other.blocking_next().is_some() {}
+    let stats = settled_stats(&engine);
+    assert_eq!(stats.kv_blocks_in_use, 0);
+    engine.shutdown();
+    all
+}
+
+#[test]
+fn tiny_model_beams_are_distinct_and_complete_on_cpu() {
+    let beams = tiny_model_beams(EngineConfig { num_threads: Some(1), ..EngineConfig::default() });
+    for (req, k) in beams.iter().zip([2usize, 4, 8]) {
+        assert_eq!(req.len(), k);
+        let mut distinct: Vec<&Vec<u32>> = req.iter().map(|b| &b.0).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), k, "beams of one search are distinct sequences");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn tiny_model_beams_on_cuda_match_cpu() {
+    let cpu = tiny_model_beams(EngineConfig { num_threads: Some(1), ..EngineConfig::default() });
+    let cuda = tiny_model_beams(EngineConfig {
+        device: "cuda".into(),
+        dtype: "float32".into(),
+        gpu_memory_utilization: 0.3,
+        ..EngineConfig::default()
+    });
+    for (i, (c, g)) in cpu.iter().zip(&cuda).enumerate() {
+        assert_eq!(c.len(), g.len());
+        for (j, ((ct, cl), (gt, gl))) in c.iter().zip(g).enumerate() {
+            assert_eq!(ct, gt, "request {i} beam {j}: tokens differ between CPU and CUDA");
+            assert!((cl - gl).abs() < 1e-3, "request {i} beam {j}: cumulative log-prob {cl} (CPU) vs {gl} (CUDA)");
+        }
+    }
+}

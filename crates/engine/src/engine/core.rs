@@ -278,6 +278,8 @@ impl EngineCore {
         let t_scheduled = Instant::now();
         self.stats.step_phase_seconds.schedule += (t_scheduled - t_start).as_secs_f64();
         self.stats.steps += 1;
+        let in_use = self.scheduler.stats().num_blocks_in_use;
+        self.stats.max_kv_blocks_in_use = self.stats.max_kv_blocks_in_use.max(in_use);
         let now = now_secs();
         for &(parent, child) in &out.forked {
             let Some((ext, _)) = self.seq_owner.get(&parent).cloned() else {

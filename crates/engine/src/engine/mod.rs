@@ -2,7 +2,7 @@
 //! One command channel goes in; each request gets its own output channel (TGI's actor design). The engine
 //! thread never waits on JavaScript and JavaScript never waits on a step.
 
-mod beam_search;
+pub(crate) mod beam_search;
 mod builder;
 mod core;
 pub mod handle;

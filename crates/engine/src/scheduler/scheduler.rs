@@ -250,6 +250,29 @@ impl Scheduler {
         }
     }
 
+    /// For a waiting beam: the full blocks of the longest token prefix it shares with a running beam of the same
+    /// search (never all of its tokens: the last one is computed to sample), and that prefix's length.
+    fn sibling_prefix(&self, r: &Request) -> Option<(Vec<u32>, usize)> {
+        r.params.beam_search.as_ref()?;
+        let bs = self.config.block_size;
+        let root = r.parent.unwrap_or(r.id);
+        let mut best: Option<(RequestId, usize)> = None;
+        for id in &self.running {
+            let s = &self.requests[id];
+            if s.parent.unwrap_or(s.id) != root || s.id == r.id {
+                continue;
+            }
+            let limit = s.num_computed_tokens.min(r.num_tokens() - 1);
+            let common = (0..limit).take_while(|&i| s.token_at(i) == r.token_at(i)).count();
+            let blocks = common / bs;
+            if blocks > 0 && best.is_none_or(|(_, b)| blocks > b) {
+                best = Some((s.id, blocks));
+            }
+        }
+        let (sibling, blocks) = best?;
+        Some((self.kv.block_table(sibling)[..blocks].to_vec(), blocks * bs))
+    }
+
     /// The running requests preempted with `victim`: all beams of its beam search, else itself.
     fn preemption_group(&self, victim: RequestId) -> Vec<RequestId> {
         let r = &self.requests[&victim];
@@ -335,7 +358,15 @@ impl Scheduler {
             if seats + need > self.config.max_num_seqs {
                 break;
             }
-            let (hit_blocks, hit_tokens) = self.kv.get_computed_blocks(r);
+            let (mut hit_blocks, mut hit_tokens) = self.kv.get_computed_blocks(r);
+            // A preempted beam resumes on the blocks it still shares with a running sibling (the prompt and
+            // their common output prefix), as it held them before: recomputing beams apart would need more
+            // memory than the search had, and could never fit back.
+            if let Some((blocks, tokens)) = self.sibling_prefix(r) {
+                if tokens > hit_tokens {
+                    (hit_blocks, hit_tokens) = (blocks, tokens);
+                }
+            }
             let num_new = (r.num_tokens() - hit_tokens).min(budget);
             if self.kv.allocate_slots(r, num_new, &hit_blocks).is_none() {
                 break; // the head does not fit; do not let later requests overtake it
