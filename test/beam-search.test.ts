@@ -154,7 +154,7 @@ describe('server use_beam_search', () => {
       ['/v1/completions', { n: 129 }, 'n'],
       ['/v1/completions', { n: 2, best_of: 4 }, 'best_of'],
       ['/v1/completions', { n: 2, logprobs: 1 }, 'logprobs'],
-      ['/v1/completions', { n: 2, guided_regex: 'a+' }, 'structured_outputs'],
+      ['/v1/completions', { n: 2, guided_regex: 'a+' }, 'guided_regex'],
       ['/v1/completions', { n: 2, early_stopping: 'sometimes' }, 'early_stopping'],
       ['/v1/chat/completions', { n: 2, logprobs: true }, 'logprobs'],
       ['/v1/chat/completions', { n: 2, min_tokens: 3 }, 'min_tokens'],
