@@ -18,8 +18,15 @@ const TOL: f64 = 1e-3;
 fn default_model_present() -> bool {
     let path = pagedllm_engine::loader::default_model_path();
     if !Path::new(&path).exists() {
-        assert!(std::env::var_os("CI").is_none(), "default model missing at {} under CI", path.display());
-        eprintln!("skipping: default model not found at {} (run `npm run fetch-model`)", path.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "default model missing at {} under CI",
+            path.display()
+        );
+        eprintln!(
+            "skipping: default model not found at {} (run `npm run fetch-model`)",
+            path.display()
+        );
         return false;
     }
     true
@@ -31,7 +38,11 @@ fn fixture() -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn early_stopping(v: &serde_json::Value) -> EarlyStopping {
@@ -72,17 +83,32 @@ fn beam_params(case: &serde_json::Value) -> SamplingParams {
 fn run_all(engine: &LLMEngine, cases: &[serde_json::Value]) -> Vec<RequestOutput> {
     let mut streams = Vec::new();
     for case in cases {
-        streams.push(engine.add_request(input(ids(&case["prompt_ids"]), beam_params(case))).unwrap());
+        streams.push(
+            engine
+                .add_request(input(ids(&case["prompt_ids"]), beam_params(case)))
+                .unwrap(),
+        );
     }
-    let neighbour = SamplingParams { seed: Some(7), max_tokens: Some(40), ignore_eos: true, ..Default::default() };
-    let mut other = engine.add_request(input(ids(&cases[0]["prompt_ids"]), neighbour)).unwrap();
+    let neighbour = SamplingParams {
+        seed: Some(7),
+        max_tokens: Some(40),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut other = engine
+        .add_request(input(ids(&cases[0]["prompt_ids"]), neighbour))
+        .unwrap();
     let mut finals = Vec::new();
     for mut s in streams {
         let mut outs = Vec::new();
         while let Some(o) = s.blocking_next() {
             outs.push(o.unwrap());
         }
-        assert_eq!(outs.len(), 1, "a beam search request sends its beams once, when it ends");
+        assert_eq!(
+            outs.len(),
+            1,
+            "a beam search request sends its beams once, when it ends"
+        );
         finals.push(outs.pop().unwrap());
     }
     while let Some(o) = other.blocking_next() {
@@ -109,7 +135,10 @@ fn check_against_hf(cases: &[serde_json::Value], outs: &[RequestOutput]) {
             assert_eq!(ours.token_ids, ids(&theirs["token_ids"]), "{label}: beam {i} tokens");
             let score = ours.cumulative_logprob as f64 / (ours.token_ids.len() as f64).powf(lp);
             let want = theirs["score"].as_f64().unwrap();
-            assert!((score - want).abs() < TOL, "{label}: beam {i} score {score} vs HF {want}");
+            assert!(
+                (score - want).abs() < TOL,
+                "{label}: beam {i} score {score} vs HF {want}"
+            );
         }
     }
 }
@@ -137,7 +166,11 @@ fn beam_search_matches_hf_transformers_batched_and_under_preemption() {
     assert!(cases.len() >= 12);
 
     let engine = LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model");
-    assert_eq!(engine.eos_token_ids(), ids(&fx["eos_token_ids"]).as_slice(), "the EOS ids HF used");
+    assert_eq!(
+        engine.eos_token_ids(),
+        ids(&fx["eos_token_ids"]).as_slice(),
+        "the EOS ids HF used"
+    );
     let outs = run_all(&engine, cases);
     check_against_hf(cases, &outs);
     let stats = settled_stats(&engine);
@@ -145,7 +178,11 @@ fn beam_search_matches_hf_transformers_batched_and_under_preemption() {
     engine.shutdown();
 
     // Few blocks: the beams of the batched cases cannot all stay resident, so some are preempted and recompute.
-    let tight = EngineConfig { num_gpu_blocks_override: Some(40), max_model_len: Some(256), ..EngineConfig::default() };
+    let tight = EngineConfig {
+        num_gpu_blocks_override: Some(40),
+        max_model_len: Some(256),
+        ..EngineConfig::default()
+    };
     let engine = LLMEngine::start("", tight).expect("engine starts with a small KV cache");
     let outs = run_all(&engine, cases);
     let stats = settled_stats(&engine);
@@ -164,25 +201,45 @@ fn tiny_model_beams(config: EngineConfig) -> Vec<Vec<(Vec<u32>, f32)>> {
     let dir = tempfile::tempdir().unwrap();
     tiny_llama::write_tiny_llama(dir.path());
     let engine = LLMEngine::start(dir.path().to_str().unwrap(), config).unwrap();
-    let settings = [(2, 1.0, EarlyStopping::Heuristic), (4, 0.0, EarlyStopping::Never), (8, 2.0, EarlyStopping::Done)];
+    let settings = [
+        (2, 1.0, EarlyStopping::Heuristic),
+        (4, 0.0, EarlyStopping::Never),
+        (8, 2.0, EarlyStopping::Done),
+    ];
     let mut streams = Vec::new();
     for (p, &(k, length_penalty, early_stopping)) in [5usize, 17, 33].iter().zip(&settings) {
-        let prompt: Vec<u32> = (0..*p as u32).map(|i| (i * 37 + 11) % tiny_llama::VOCAB as u32).collect();
+        let prompt: Vec<u32> = (0..*p as u32)
+            .map(|i| (i * 37 + 11) % tiny_llama::VOCAB as u32)
+            .collect();
         let params = SamplingParams {
             n: k,
             max_tokens: Some(24),
-            beam_search: Some(BeamSearchParams { beam_width: k, length_penalty, early_stopping }),
+            beam_search: Some(BeamSearchParams {
+                beam_width: k,
+                length_penalty,
+                early_stopping,
+            }),
             ..Default::default()
         };
         streams.push(engine.add_request(input(prompt, params)).unwrap());
     }
-    let noise = SamplingParams { seed: Some(3), max_tokens: Some(30), ignore_eos: true, ..Default::default() };
+    let noise = SamplingParams {
+        seed: Some(3),
+        max_tokens: Some(30),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut other = engine.add_request(input(vec![1, 2, 3, 4], noise)).unwrap();
     let mut all = Vec::new();
     for mut s in streams {
         let mut beams = Vec::new();
         while let Some(o) = s.blocking_next() {
-            beams.extend(o.unwrap().outputs.into_iter().map(|c| (c.token_ids, c.cumulative_logprob)));
+            beams.extend(
+                o.unwrap()
+                    .outputs
+                    .into_iter()
+                    .map(|c| (c.token_ids, c.cumulative_logprob)),
+            );
         }
         all.push(beams);
     }
@@ -195,7 +252,10 @@ fn tiny_model_beams(config: EngineConfig) -> Vec<Vec<(Vec<u32>, f32)>> {
 
 #[test]
 fn tiny_model_beams_are_distinct_and_complete_on_cpu() {
-    let beams = tiny_model_beams(EngineConfig { num_threads: Some(1), ..EngineConfig::default() });
+    let beams = tiny_model_beams(EngineConfig {
+        num_threads: Some(1),
+        ..EngineConfig::default()
+    });
     for (req, k) in beams.iter().zip([2usize, 4, 8]) {
         assert_eq!(req.len(), k);
         let mut distinct: Vec<&Vec<u32>> = req.iter().map(|b| &b.0).collect();
@@ -208,7 +268,10 @@ fn tiny_model_beams_are_distinct_and_complete_on_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
 fn tiny_model_beams_on_cuda_match_cpu() {
-    let cpu = tiny_model_beams(EngineConfig { num_threads: Some(1), ..EngineConfig::default() });
+    let cpu = tiny_model_beams(EngineConfig {
+        num_threads: Some(1),
+        ..EngineConfig::default()
+    });
     let cuda = tiny_model_beams(EngineConfig {
         device: "cuda".into(),
         dtype: "float32".into(),
@@ -219,7 +282,10 @@ fn tiny_model_beams_on_cuda_match_cpu() {
         assert_eq!(c.len(), g.len());
         for (j, ((ct, cl), (gt, gl))) in c.iter().zip(g).enumerate() {
             assert_eq!(ct, gt, "request {i} beam {j}: tokens differ between CPU and CUDA");
-            assert!((cl - gl).abs() < 1e-3, "request {i} beam {j}: cumulative log-prob {cl} (CPU) vs {gl} (CUDA)");
+            assert!(
+                (cl - gl).abs() < 1e-3,
+                "request {i} beam {j}: cumulative log-prob {cl} (CPU) vs {gl} (CUDA)"
+            );
         }
     }
 }

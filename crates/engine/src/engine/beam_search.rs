@@ -77,7 +77,12 @@ impl BeamSearch {
             params,
             max_tokens,
             num_eos,
-            beams: (0..k).map(|_| Beam { tokens: Vec::new(), sum_logprob: 0.0 }).collect(),
+            beams: (0..k)
+                .map(|_| Beam {
+                    tokens: Vec::new(),
+                    sum_logprob: 0.0,
+                })
+                .collect(),
             finished: Vec::new(),
             can_improve: true,
             done: false,
@@ -150,7 +155,12 @@ impl BeamSearch {
                 if let Some(s) = &stop[i] {
                     let mut tokens = self.beams[c.1].tokens.clone();
                     tokens.push(c.2);
-                    self.insert_finished(Hypothesis { tokens, sum_logprob: c.0, score: c.0 / norm, stop: s.clone() });
+                    self.insert_finished(Hypothesis {
+                        tokens,
+                        sum_logprob: c.0,
+                        score: c.0 / norm,
+                        stop: s.clone(),
+                    });
                 }
             }
         }
@@ -191,7 +201,14 @@ impl BeamSearch {
         for &(score, parent, token) in &running {
             if !taken[parent] {
                 taken[parent] = true;
-                assigned[parent] = Some((BeamMove { slot: parent, parent, token }, score));
+                assigned[parent] = Some((
+                    BeamMove {
+                        slot: parent,
+                        parent,
+                        token,
+                    },
+                    score,
+                ));
             } else {
                 extra.push((score, parent, token));
             }
@@ -218,7 +235,11 @@ impl BeamSearch {
     fn insert_finished(&mut self, h: Hypothesis) {
         let k = self.params.beam_width;
         // Stable: an equal score keeps the earlier hypothesis first (HF's topk over the merged list).
-        let at = self.finished.iter().position(|f| h.score > f.score).unwrap_or(self.finished.len());
+        let at = self
+            .finished
+            .iter()
+            .position(|f| h.score > f.score)
+            .unwrap_or(self.finished.len());
         self.finished.insert(at, h);
         self.finished.truncate(k);
     }
@@ -238,7 +259,9 @@ pub(crate) fn top_logprobs(logits: &[f32], m: usize) -> Vec<(u32, f32)> {
         idx.truncate(m);
     }
     idx.sort_by(by);
-    idx.into_iter().map(|t| (t, (logits[t as usize] - max) - log_sum)).collect()
+    idx.into_iter()
+        .map(|t| (t, (logits[t as usize] - max) - log_sum))
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,11 @@ use super::*;
 const EOS: u32 = 99;
 
 fn params(k: usize, length_penalty: f32, early_stopping: EarlyStopping) -> BeamSearchParams {
-    BeamSearchParams { beam_width: k, length_penalty, early_stopping }
+    BeamSearchParams {
+        beam_width: k,
+        length_penalty,
+        early_stopping,
+    }
 }
 
 fn eos_stops(_: &[u32], t: u32) -> Option<Stop> {
@@ -24,8 +28,16 @@ fn first_step_expands_beam_zero_only_and_keeps_the_best_k() {
     assert_eq!(
         step,
         BeamStep::Continue(vec![
-            BeamMove { slot: 0, parent: 0, token: 5 },
-            BeamMove { slot: 1, parent: 0, token: 6 },
+            BeamMove {
+                slot: 0,
+                parent: 0,
+                token: 5
+            },
+            BeamMove {
+                slot: 1,
+                parent: 0,
+                token: 6
+            },
         ])
     );
     assert_eq!(b.generated_len(), 1);
@@ -43,8 +55,16 @@ fn a_beam_chosen_twice_takes_a_dropped_slot_and_eos_becomes_a_hypothesis() {
     assert_eq!(
         step,
         BeamStep::Continue(vec![
-            BeamMove { slot: 0, parent: 0, token: 10 },
-            BeamMove { slot: 1, parent: 0, token: 11 },
+            BeamMove {
+                slot: 0,
+                parent: 0,
+                token: 10
+            },
+            BeamMove {
+                slot: 1,
+                parent: 0,
+                token: 11
+            },
         ])
     );
     let h = &b.best(2)[0];
@@ -67,19 +87,32 @@ fn the_length_limit_ends_every_beam_ranked_by_normalized_score() {
     let mut b = BeamSearch::new(params(2, 1.0, EarlyStopping::Heuristic), 2, 1);
     b.step(&[vec![(5, -0.1), (6, -0.5), (7, -1.0), (8, -2.0)], vec![]], eos_stops);
     let step = b.step(
-        &[vec![(10, -1.0), (11, -2.0), (12, -3.0), (13, -4.0)], vec![(20, -0.2), (21, -3.0), (22, -3.5), (23, -4.0)]],
+        &[
+            vec![(10, -1.0), (11, -2.0), (12, -3.0), (13, -4.0)],
+            vec![(20, -0.2), (21, -3.0), (22, -3.5), (23, -4.0)],
+        ],
         eos_stops,
     );
     assert_eq!(step, BeamStep::Done);
     assert!(b.is_done());
     let best: Vec<(Vec<u32>, FinishReason)> = b.best(2).iter().map(|h| (h.tokens.clone(), h.stop.0)).collect();
-    assert_eq!(best, vec![(vec![6, 20], FinishReason::Length), (vec![5, 10], FinishReason::Length)]);
+    assert_eq!(
+        best,
+        vec![(vec![6, 20], FinishReason::Length), (vec![5, 10], FinishReason::Length)]
+    );
 }
 
 #[test]
 fn early_stopping_true_ends_as_soon_as_k_hypotheses_finished() {
     let mut b = BeamSearch::new(params(1, 1.0, EarlyStopping::Done), 100, 1);
-    assert_eq!(b.step(&[vec![(5, -0.1), (6, -0.2)]], eos_stops), BeamStep::Continue(vec![BeamMove { slot: 0, parent: 0, token: 5 }]));
+    assert_eq!(
+        b.step(&[vec![(5, -0.1), (6, -0.2)]], eos_stops),
+        BeamStep::Continue(vec![BeamMove {
+            slot: 0,
+            parent: 0,
+            token: 5
+        }])
+    );
     // EOS is the best continuation: one hypothesis fills the single slot and the search is over.
     assert_eq!(b.step(&[vec![(EOS, -0.1), (7, -0.3)]], eos_stops), BeamStep::Done);
     assert_eq!(b.best(1)[0].tokens, vec![5, EOS]);

@@ -82,7 +82,11 @@ fn workload(seed: u64) -> (SchedulerConfig, Vec<Spec>, Vec<(usize, usize)>) {
         // module doc), so the pressure here comes from the mix, never from one search alone.
         num_blocks: 1 + min_blocks + rng.random_range(min_blocks / 2..=min_blocks),
         enable_prefix_caching: rng.random_bool(0.7),
-        policy: if rng.random_bool(0.5) { SchedulingPolicy::Fcfs } else { SchedulingPolicy::Priority },
+        policy: if rng.random_bool(0.5) {
+            SchedulingPolicy::Fcfs
+        } else {
+            SchedulingPolicy::Priority
+        },
     };
     let specs = (0..rng.random_range(3..=8))
         .map(|_| {
@@ -104,12 +108,22 @@ fn workload(seed: u64) -> (SchedulerConfig, Vec<Spec>, Vec<(usize, usize)>) {
                     ..SamplingParams::greedy()
                 }
             } else {
-                SamplingParams { n: rng.random_range(1..=2), ..SamplingParams::greedy() }
+                SamplingParams {
+                    n: rng.random_range(1..=2),
+                    ..SamplingParams::greedy()
+                }
             };
-            Spec { arrive_step: rng.random_range(0..10), prompt, params, max_tokens: rng.random_range(2..=12) }
+            Spec {
+                arrive_step: rng.random_range(0..10),
+                prompt,
+                params,
+                max_tokens: rng.random_range(2..=12),
+            }
         })
         .collect();
-    let aborts = (0..rng.random_range(0..=2)).map(|_| (rng.random_range(0..40), rng.random_range(0..1000))).collect();
+    let aborts = (0..rng.random_range(0..=2))
+        .map(|_| (rng.random_range(0..40), rng.random_range(0..1000)))
+        .collect();
     (config, specs, aborts)
 }
 
@@ -124,26 +138,53 @@ fn run(config: SchedulerConfig, specs: &[Spec], aborts: &[(usize, usize)]) -> Re
     let mut step = 0;
     while step <= last_arrival || sched.has_unfinished_requests() {
         if step >= 3000 {
-            let fams: Vec<_> = families.values().map(|f| (f.spec, f.seqs.clone(), f.search.generated_len())).collect();
-            let reqs: Vec<_> = sched.requests.values().map(|r| (r.id, r.status, r.num_computed_tokens, r.num_tokens(), r.parent)).collect();
+            let fams: Vec<_> = families
+                .values()
+                .map(|f| (f.spec, f.seqs.clone(), f.search.generated_len()))
+                .collect();
+            let reqs: Vec<_> = sched
+                .requests
+                .values()
+                .map(|r| (r.id, r.status, r.num_computed_tokens, r.num_tokens(), r.parent))
+                .collect();
             panic!("livelock: still running after {step} steps; config {config:?}; running {:?}; families {fams:?}; requests {reqs:?}", sched.running);
         }
         for (i, s) in specs.iter().enumerate().filter(|(_, s)| s.arrive_step == step) {
             let id = sched.alloc_request_id();
             let beam = s.params.beam_search.is_some();
             let eos = if beam { vec![] } else { vec![EOS] };
-            let r = Request::new(id, s.prompt.clone(), Arc::new(s.params.clone()), s.max_tokens, Arc::new(eos), id);
+            let r = Request::new(
+                id,
+                s.prompt.clone(),
+                Arc::new(s.params.clone()),
+                s.max_tokens,
+                Arc::new(eos),
+                id,
+            );
             sched.add_request(r).expect("valid request");
             spec_of.insert(id, i);
             if let Some(b) = &s.params.beam_search {
-                families.insert(id, Family { spec: i, search: BeamSearch::new(b.clone(), s.max_tokens, 1), seqs: vec![id] });
+                families.insert(
+                    id,
+                    Family {
+                        spec: i,
+                        search: BeamSearch::new(b.clone(), s.max_tokens, 1),
+                        seqs: vec![id],
+                    },
+                );
                 family_of.insert(id, id);
             }
         }
         for &(_, pick) in aborts.iter().filter(|(at, _)| *at == step) {
-            let mut live: Vec<RequestId> = spec_of.keys().copied().filter(|&id| sched.request(id).is_some()).collect();
+            let mut live: Vec<RequestId> = spec_of
+                .keys()
+                .copied()
+                .filter(|&id| sched.request(id).is_some())
+                .collect();
             live.sort_unstable();
-            let Some(&id) = live.get(pick % live.len().max(1)) else { continue };
+            let Some(&id) = live.get(pick % live.len().max(1)) else {
+                continue;
+            };
             // Aborting a beam request ends all of its beams (EngineCore::abort does the same).
             let victims = match family_of.get(&id).and_then(|root| families.remove(root)) {
                 Some(f) => {
@@ -158,7 +199,9 @@ fn run(config: SchedulerConfig, specs: &[Spec], aborts: &[(usize, usize)]) -> Re
             for v in victims {
                 sched.finish_request(v, FinishReason::Abort, None);
             }
-            sched.check_integrity().unwrap_or_else(|e| panic!("after aborting {id}: {e}"));
+            sched
+                .check_integrity()
+                .unwrap_or_else(|e| panic!("after aborting {id}: {e}"));
         }
 
         let out = sched.schedule();
@@ -178,7 +221,10 @@ fn run(config: SchedulerConfig, specs: &[Spec], aborts: &[(usize, usize)]) -> Re
             match family_of.get(&sid).and_then(|root| families.get(root)) {
                 Some(f) => {
                     let r = sched.request(sid).unwrap();
-                    proposals.insert(sid, fake_proposals(&r.tokens(0, r.num_tokens()), f.search.candidates_per_beam()));
+                    proposals.insert(
+                        sid,
+                        fake_proposals(&r.tokens(0, r.num_tokens()), f.search.candidates_per_beam()),
+                    );
                 }
                 None => pairs.push((sid, tok)),
             }
@@ -212,15 +258,27 @@ fn run(config: SchedulerConfig, specs: &[Spec], aborts: &[(usize, usize)]) -> Re
             for &s in &f.seqs {
                 sched.finish_request(s, FinishReason::Stop, None).expect("live beam");
             }
-            let best = f.search.best(f.search.width()).iter().map(|h| h.tokens.clone()).collect();
+            let best = f
+                .search
+                .best(f.search.width())
+                .iter()
+                .map(|h| h.tokens.clone())
+                .collect();
             report.beams.insert(f.spec, best);
         }
         for r in &update.finished_requests {
-            assert!(!family_of.contains_key(&r.id), "the scheduler stopped a beam on its own");
+            assert!(
+                !family_of.contains_key(&r.id),
+                "the scheduler stopped a beam on its own"
+            );
             assert_consistent_with_model(r);
-            report.sequences.insert((spec_of[&r.id], r.sample_index), r.output_token_ids.clone());
+            report
+                .sequences
+                .insert((spec_of[&r.id], r.sample_index), r.output_token_ids.clone());
         }
-        sched.check_integrity().unwrap_or_else(|e| panic!("integrity broken after step {step}: {e}"));
+        sched
+            .check_integrity()
+            .unwrap_or_else(|e| panic!("integrity broken after step {step}: {e}"));
         step += 1;
     }
     let stats = sched.stats();
@@ -244,12 +302,23 @@ fn check_seed(seed: u64) -> Report {
             continue;
         }
         if s.params.beam_search.is_some() {
-            let got = pressured.beams.get(&i).unwrap_or_else(|| panic!("spec {i}: beam search never ended"));
-            assert_eq!(got.len(), s.params.n, "spec {i}: a beam search returns beam_width hypotheses");
+            let got = pressured
+                .beams
+                .get(&i)
+                .unwrap_or_else(|| panic!("spec {i}: beam search never ended"));
+            assert_eq!(
+                got.len(),
+                s.params.n,
+                "spec {i}: a beam search returns beam_width hypotheses"
+            );
             assert_eq!(got, &reference.beams[&i], "spec {i}: beams differ under pressure");
         } else {
             for k in 0..s.params.n {
-                assert_eq!(pressured.sequences.get(&(i, k)), reference.sequences.get(&(i, k)), "spec {i} sample {k}");
+                assert_eq!(
+                    pressured.sequences.get(&(i, k)),
+                    reference.sequences.get(&(i, k)),
+                    "spec {i} sample {k}"
+                );
             }
         }
     }
@@ -258,11 +327,17 @@ fn check_seed(seed: u64) -> Report {
 
 #[test]
 fn beam_requests_mixed_into_randomized_workloads_keep_invariants_and_results() {
-    let seeds: std::ops::Range<u64> = std::env::var("BEAM_SEED").ok().map_or(0..300, |s| { let x: u64 = s.parse().unwrap(); x..x + 1 });
+    let seeds: std::ops::Range<u64> = std::env::var("BEAM_SEED").ok().map_or(0..300, |s| {
+        let x: u64 = s.parse().unwrap();
+        x..x + 1
+    });
     let (mut preempted, mut rebased) = (0, 0);
     for seed in seeds.clone() {
         let r = catch_unwind(AssertUnwindSafe(|| check_seed(seed))).unwrap_or_else(|e| {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
             panic!("seed {seed} failed: {}", msg.unwrap_or_default())
         });
         preempted += (r.beam_preemptions > 0) as usize;
