@@ -71,7 +71,7 @@ const MALFORMED = [
   ['/v1/completions', '{"prompt": '],
   ['/v1/completions', '{"prompt": "x", "temperature": -1}'],
   ['/v1/chat/completions', '{"messages": []}'],
-  ['/v1/chat/completions', '{"messages": [{"role": "user", "content": "x"}], "use_beam_search": true}'],
+  ['/v1/chat/completions', '{"messages": [{"role": "user", "content": "x"}], "use_beam_search": true, "logprobs": true}'],
   ['/v1/completions', JSON.stringify({ prompt: 'x', stop: Array.from({ length: 40 }, (_, i) => `s${i}`) })],
   ['/v1/completions', '[' .repeat(200)],
   ['/tokenize', '{"messages": [{"role": "user", "content": "x"}], "chat_template": "{{ 1 }}"}'],

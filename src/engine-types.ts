@@ -125,6 +125,8 @@ export interface EngineStats {
   numWaiting: number;
   kvBlocksTotal: number;
   kvBlocksInUse: number;
+  /** Most KV blocks held at once so far (after each step's scheduling). */
+  maxKvBlocksInUse: number;
   kvBlocksCached: number;
   kvCacheUsage: number;
   prefixCacheQueries: number;

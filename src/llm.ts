@@ -39,7 +39,24 @@ import {
   OutputAccumulator,
   streamDeltas,
 } from './outputs.js';
-import { type SamplingParamsInput, parseSamplingParams, toEngineParams } from './sampling-params.js';
+import { MAX_BEAM_WIDTH, type SamplingParamsInput, parseSamplingParams, toEngineParams } from './sampling-params.js';
+
+/** `LLM.beamSearch` parameters (vLLM's `BeamSearchParams`, camelCase). */
+export interface BeamSearchParams {
+  /** Beams kept at every step; all of them are returned. */
+  beamWidth: number;
+  /** Default 16; `null` = until the context is full. */
+  maxTokens?: number | null;
+  /** A finished beam scores `sumLogprobs / generatedLen ** lengthPenalty` (default 1). */
+  lengthPenalty?: number;
+  /** `true`, `false` (default) or `'never'`, as HF transformers defines them. */
+  earlyStopping?: boolean | 'never';
+  ignoreEos?: boolean;
+  stop?: string | string[];
+  stopTokenIds?: number[];
+  includeStopStrInOutput?: boolean;
+  skipSpecialTokens?: boolean;
+}
 import { type ChatCompletionOutput, type ChatToolOptions, prepareChatTools, withParsedAnswers } from './tools/chat-api.js';
 import { detectToolParser } from './tools/detect.js';
 import { messagesForTemplate } from './tools/tool-choice.js';
@@ -235,6 +252,20 @@ export class LLM {
       for (const s of subs) safeAbort(s.handle);
       throw err;
     }
+  }
+
+  /**
+   * Beam search (vLLM's `LLM.beam_search`): for each prompt, `beamWidth` beams on shared KV blocks, deterministic
+   * (HF transformers' `num_beams` search on the model's raw log-probs). Each `RequestOutput` holds all
+   * `beamWidth` finished beams, best first, with their cumulative log-probs; prompts batch together and with any
+   * other requests of the engine.
+   */
+  async beamSearch(prompts: Prompt | Prompt[], params: BeamSearchParams, opts: RequestOptions = {}): Promise<RequestOutput[]> {
+    const { beamWidth, ...rest } = params ?? ({} as BeamSearchParams);
+    if (!Number.isInteger(beamWidth) || beamWidth < 1 || beamWidth > MAX_BEAM_WIDTH) {
+      throw new ValidationError('beamWidth', `invalid value for \`beamWidth\`: must be an integer in [1, ${MAX_BEAM_WIDTH}], got ${String(beamWidth)}`);
+    }
+    return this.generate(prompts, { ...rest, n: beamWidth, useBeamSearch: true }, opts);
   }
 
   /**

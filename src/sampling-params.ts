@@ -13,6 +13,9 @@ import { ValidationError } from './errors.js';
 /** Most top log-probs a request may ask for (OpenAI's limit; the engine's `MAX_LOGPROBS`). */
 export const MAX_LOGPROBS = 20;
 
+/** Most beams of one beam search (the engine's `MAX_BEAM_WIDTH`). */
+export const MAX_BEAM_WIDTH = 128;
+
 const int = z.number().int('must be an integer');
 const tokenId = int.min(0, 'token ids must be >= 0');
 const count = (min: number, what: string) => int.min(min, what);
@@ -77,6 +80,16 @@ export const samplingParamsSchema = z
     skipSpecialTokens: z.boolean(),
     /** Constrained decoding (JSON Schema, regex, choice, Lark grammar, any JSON object). */
     structuredOutputs: structuredOutputsSchema,
+    /**
+     * Deterministic beam search (vLLM V0's `use_beam_search`): `bestOf ?? n` beams, the best `n` returned, all at
+     * once when the search ends. Sampling fields (temperature, topP, topK, minP, penalties, seed) are ignored, as
+     * in vLLM; `logprobs`, `minTokens` and `structuredOutputs` are refused.
+     */
+    useBeamSearch: z.boolean(),
+    /** Beam search: a finished beam scores `sumLogprobs / generatedLen ** lengthPenalty` (default 1). */
+    lengthPenalty: z.number().refine(Number.isFinite, 'must be finite'),
+    /** Beam search: `true`, `false` (default) or `'never'`, as HF transformers defines them. */
+    earlyStopping: z.union([z.boolean(), z.literal('never')]),
   })
   .partial()
   .strict();
@@ -113,6 +126,18 @@ export function parseSamplingParams(input: SamplingParamsInput | undefined): Sam
   if (p.bestOf !== undefined && p.bestOf < (p.n ?? 1)) {
     throw new ValidationError('bestOf', `invalid value for \`bestOf\`: must be >= n (${p.n ?? 1}), got ${p.bestOf}`);
   }
+  if (p.useBeamSearch !== true) {
+    for (const f of ['lengthPenalty', 'earlyStopping'] as const) {
+      if (p[f] !== undefined) throw new ValidationError(f, `\`${f}\` applies to beam search only (set useBeamSearch)`);
+    }
+  } else {
+    if ((p.bestOf ?? p.n ?? 1) > MAX_BEAM_WIDTH) {
+      throw new ValidationError(p.bestOf !== undefined ? 'bestOf' : 'n', `beam search keeps at most ${MAX_BEAM_WIDTH} beams`);
+    }
+    for (const f of ['logprobs', 'minTokens', 'structuredOutputs'] as const) {
+      if (p[f] !== undefined && p[f] !== null && p[f] !== 0) throw new ValidationError(f, `\`${f}\` cannot be combined with beam search`);
+    }
+  }
   return p;
 }
 
@@ -123,7 +148,15 @@ export function toEngineParams(p: SamplingParams): Record<string, unknown> {
     if (value !== undefined) out[key] = value;
   };
   set('n', p.n);
-  set('best_of', p.bestOf);
+  if (p.useBeamSearch === true) {
+    // The beam width is bestOf when given (vLLM V0), else n; the best n beams come back.
+    const beam: Record<string, unknown> = { beam_width: p.bestOf ?? p.n ?? 1 };
+    if (p.lengthPenalty !== undefined) beam.length_penalty = p.lengthPenalty;
+    if (p.earlyStopping !== undefined) beam.early_stopping = p.earlyStopping;
+    out.beam_search = beam;
+  } else {
+    set('best_of', p.bestOf);
+  }
   set('temperature', p.temperature);
   set('top_p', p.topP);
   set('top_k', p.topK);

@@ -136,8 +136,6 @@ describe('known-but-unimplemented fields are refused, never dropped', () => {
     // guided_json / regex / choice / grammar and structured_outputs are implemented (test/structured-outputs.test.ts
     // also covers guided_decoding_backend values other than ours).
     guided_whitespace_pattern: ' ',
-    use_beam_search: true,
-    length_penalty: 0.5,
     bad_words: ['x'],
     allowed_token_ids: [1, 2],
     logits_processors: ['p'],
@@ -171,7 +169,7 @@ describe('known-but-unimplemented fields are refused, never dropped', () => {
   });
 
   it('neutral values and nulls are accepted', async () => {
-    const neutral = { use_beam_search: false, length_penalty: 1, priority: 0, spaces_between_special_tokens: true, guided_json: null, bad_words: [] };
+    const neutral = { use_beam_search: false, priority: 0, spaces_between_special_tokens: true, guided_json: null, bad_words: [] };
     expect((await post('/v1/completions', { prompt: 'x', max_tokens: 1, ...neutral })).status).toBe(200);
     expect((await post('/v1/chat/completions', { messages: user, max_tokens: 1, ...neutral, modalities: ['text'], function_call: 'none' })).status).toBe(200);
   });

@@ -324,7 +324,7 @@ describe('server', () => {
       ['/v1/chat/completions', { response_format: { type: 'json_object' }, guided_regex: 'a' }, 'guided_regex', null],
       ['/v1/completions', { guided_regex: 'a', guided_decoding_backend: 'xgrammar' }, 'guided_decoding_backend', 'unsupported_parameter'],
       ['/v1/completions', { guided_json: {}, guided_whitespace_pattern: '\\s*' }, 'guided_whitespace_pattern', 'unsupported_parameter'],
-      ['/v1/completions', { use_beam_search: true }, 'use_beam_search', 'unsupported_parameter'],
+      ['/v1/completions', { use_beam_search: true, guided_regex: 'a' }, 'guided_regex', null],
     ];
     for (const [path, extra, param, code] of cases) {
       const base = path === '/v1/completions' ? { prompt: 'x', max_tokens: 4 } : { messages, max_tokens: 4 };

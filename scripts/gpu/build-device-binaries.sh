@@ -8,7 +8,7 @@ mkdir -p .gpu-bin
 true  # .gpu-bin/ is in .gitignore
 cargo build --release -p pagedllm-bench --features cuda
 cp target/release/pagedllm-bench .gpu-bin/ && strip .gpu-bin/pagedllm-bench
-for t in gpu_decoder seeded_sampling; do
+for t in gpu_decoder seeded_sampling beam_search; do
   test_bin=$(cargo test --release -p pagedllm-engine --features cuda --test $t --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys; t=sys.argv[1]; print([j["executable"] for j in map(json.loads, sys.stdin) if j.get("executable") and j["target"]["name"]==t][0])' $t)
   cp "$test_bin" .gpu-bin/$t && strip .gpu-bin/$t

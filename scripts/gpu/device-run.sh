@@ -4,6 +4,7 @@
 #   .gpu-bin/pagedllm-bench    stripped release build with --features cuda
 #   .gpu-bin/gpu_decoder       the decoder-vs-CPU test binary (crates/engine/tests/gpu_decoder.rs)
 #   .gpu-bin/seeded_sampling   the engine's seeded-sampling test binary (crates/engine/tests/seeded_sampling.rs)
+#   .gpu-bin/beam_search       the engine's beam search test binary (crates/engine/tests/beam_search.rs)
 #   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
 # Usage: scripts/gpu/device-run.sh check|measure|profile|families|stash-model|parity-wide   (results under $OUT, a summary table printed last)
 #   check:   kernel tests vs the CPU backend; parity vs HF on the real SmolLM2 weights (when stashed) and on
@@ -35,6 +36,10 @@ gpu_tests() {
   $BIN/seeded_sampling --ignored --nocapture --test-threads 1 >"$OUT/seeded_sampling.log" 2>&1
   echo "seeded_sampling exit $?" | tee -a "$OUT/summary.txt"
   grep -E "test result|panicked" "$OUT/seeded_sampling.log" | tail -4 | tee -a "$OUT/summary.txt"
+  # Beam search on CUDA (float32) against the CPU, tiny random Llama (crates/engine/tests/beam_search.rs).
+  $BIN/beam_search --ignored --nocapture --test-threads 1 tiny_model_beams_on_cuda >"$OUT/beam_search.log" 2>&1
+  echo "beam_search exit $?" | tee -a "$OUT/summary.txt"
+  grep -E "test result|panicked" "$OUT/beam_search.log" | tail -4 | tee -a "$OUT/summary.txt"
 }
 
 make_model() { # shape, peaked?

@@ -27,7 +27,6 @@ interface UnsupportedField {
 const both: readonly Endpoint[] = ['completions', 'chat'];
 const isFalse = (v: unknown) => v === false;
 const isZero = (v: unknown) => v === 0;
-const isOne = (v: unknown) => v === 1 || v === 1.0;
 const isTrue = (v: unknown) => v === true;
 const isEmpty = (v: unknown) => (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && v !== null && Object.keys(v).length === 0);
 
@@ -36,8 +35,6 @@ export const UNSUPPORTED_FIELDS: readonly UnsupportedField[] = [
   // other than ours); a custom whitespace regex is not.
   { field: 'guided_whitespace_pattern', endpoints: both, what: '(custom JSON whitespace)' },
   // Sampling and decoding features the engine does not have.
-  { field: 'use_beam_search', endpoints: both, neutral: isFalse, what: '(beam search)' },
-  { field: 'length_penalty', endpoints: both, neutral: isOne, what: '(beam search)' },
   { field: 'bad_words', endpoints: both, neutral: isEmpty, what: '' },
   { field: 'allowed_token_ids', endpoints: both, neutral: isEmpty, what: '' },
   { field: 'logits_processors', endpoints: both, neutral: isEmpty, what: '' },

@@ -22,4 +22,4 @@ pub mod tokenizer;
 pub use config::{EngineConfig, SchedulingPolicy};
 pub use error::{EngineError, Result};
 pub use request::{FinishReason, RequestId};
-pub use sampling_params::SamplingParams;
+pub use sampling_params::{BeamSearchParams, EarlyStopping, SamplingParams};

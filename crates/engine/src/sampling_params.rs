@@ -42,6 +42,68 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     /// A constraint on the output (vLLM's `structured_outputs`); compiled by `structured::GrammarCache`.
     pub structured_outputs: Option<StructuredOutputs>,
+    /// Deterministic beam search instead of sampling (`n` <= `beam_width` best beams are returned); the
+    /// sampling fields (temperature, top-p/k, penalties, seed) are ignored, as in vLLM's beam search.
+    pub beam_search: Option<BeamSearchParams>,
+}
+
+/// Most beams one request may keep (vLLM's `n` cap on its server).
+pub const MAX_BEAM_WIDTH: usize = 128;
+
+/// Beam search settings (HF transformers' `num_beams`, `length_penalty`, `early_stopping`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BeamSearchParams {
+    pub beam_width: usize,
+    /// A finished beam scores `sum_logprobs / generated_len ** length_penalty`.
+    pub length_penalty: f32,
+    pub early_stopping: EarlyStopping,
+}
+
+impl Default for BeamSearchParams {
+    fn default() -> Self {
+        Self {
+            beam_width: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
+        }
+    }
+}
+
+/// When beam search stops (HF's `early_stopping`): `true` as soon as `beam_width` beams finished; `false` when
+/// no live beam can still beat the worst finished one, judged at the current length; `"never"` judged at the
+/// best length a beam could still reach (the canonical beam search).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum EarlyStopping {
+    /// `true`
+    Done,
+    /// `false` (HF's default)
+    Heuristic,
+    /// `"never"`
+    Never,
+}
+
+impl TryFrom<serde_json::Value> for EarlyStopping {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> std::result::Result<Self, String> {
+        match v {
+            serde_json::Value::Bool(true) => Ok(Self::Done),
+            serde_json::Value::Bool(false) => Ok(Self::Heuristic),
+            serde_json::Value::String(s) if s == "never" => Ok(Self::Never),
+            other => Err(format!("early_stopping must be true, false or \"never\", got {other}")),
+        }
+    }
+}
+
+impl From<EarlyStopping> for serde_json::Value {
+    fn from(e: EarlyStopping) -> Self {
+        match e {
+            EarlyStopping::Done => true.into(),
+            EarlyStopping::Heuristic => false.into(),
+            EarlyStopping::Never => "never".into(),
+        }
+    }
 }
 
 /// vLLM's `StructuredOutputsParams`: exactly one of `json`, `regex`, `choice`, `grammar`, `json_object`.
@@ -109,6 +171,7 @@ impl Default for SamplingParams {
             prompt_logprobs: None,
             skip_special_tokens: true,
             structured_outputs: None,
+            beam_search: None,
         }
     }
 }
@@ -121,14 +184,22 @@ impl SamplingParams {
         }
     }
 
-    /// Sequences generated for the request: `best_of` when set, else `n`.
+    /// Sequences generated for the request: the beams of a beam search, else `best_of` when set, else `n`.
     pub fn num_sequences(&self) -> usize {
+        if let Some(b) = &self.beam_search {
+            return b.beam_width.max(self.n);
+        }
         self.best_of.unwrap_or(self.n).max(self.n)
     }
 
     /// Whether more samples are generated than returned (output is held until the request ends).
     pub fn selects_best(&self) -> bool {
-        self.num_sequences() > self.n
+        self.beam_search.is_none() && self.num_sequences() > self.n
+    }
+
+    /// Whether output is held until the request ends (best_of, beam search).
+    pub fn holds_output(&self) -> bool {
+        self.selects_best() || self.beam_search.is_some()
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -217,6 +288,39 @@ impl SamplingParams {
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return bad("stop", "stop strings must not be empty".to_string());
+        }
+        if let Some(b) = &self.beam_search {
+            if b.beam_width < 1 || b.beam_width > MAX_BEAM_WIDTH {
+                return bad(
+                    "beam_width",
+                    format!("must be in [1, {MAX_BEAM_WIDTH}], got {}", b.beam_width),
+                );
+            }
+            if 2 * b.beam_width > vocab_size {
+                return bad(
+                    "beam_width",
+                    format!("2 * beam_width candidates exceed the vocabulary (size {vocab_size})"),
+                );
+            }
+            if self.n > b.beam_width {
+                return bad("n", format!("must be <= beam_width ({}), got {}", b.beam_width, self.n));
+            }
+            if !b.length_penalty.is_finite() {
+                return bad("length_penalty", "must be finite".to_string());
+            }
+            // Combinations beam search does not implement: refused, never silently ignored.
+            if self.best_of.is_some_and(|x| x != self.n) {
+                return bad("best_of", "cannot be combined with beam search".to_string());
+            }
+            if self.structured_outputs.is_some() {
+                return bad("structured_outputs", "cannot be combined with beam search".to_string());
+            }
+            if self.logprobs.is_some() {
+                return bad("logprobs", "cannot be combined with beam search".to_string());
+            }
+            if self.min_tokens > 0 {
+                return bad("min_tokens", "cannot be combined with beam search".to_string());
+            }
         }
         if let Some(so) = &self.structured_outputs {
             match so.kinds().as_slice() {

@@ -74,6 +74,8 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
     const bestOf = body.best_of ?? undefined;
     if (bestOf !== undefined && bestOf < n) throw badRequest(`\`best_of\` must be >= \`n\` (${n}), got ${bestOf}`, 'best_of');
     if (bestOf !== undefined && bestOf > n && body.stream) throw badRequest('`best_of` greater than `n` cannot be streamed', 'best_of');
+    // vLLM: with use_beam_search, `n` is the beam width and all n beams come back.
+    if (body.use_beam_search && bestOf !== undefined && bestOf !== n) throw badRequest('`best_of` cannot be combined with `use_beam_search` (`n` is the beam width)', 'best_of');
 
     const prompts = promptsOf(body.prompt);
     const constraint = constraintFromRequest(raw as Record<string, unknown>);

@@ -55,6 +55,9 @@ export const samplingFields = {
   ignore_eos: z.boolean().nullish(),
   min_tokens: S.minTokens.unwrap().nullish(),
   skip_special_tokens: z.boolean().nullish(),
+  use_beam_search: z.boolean().nullish().describe('vLLM: deterministic beam search with `n` beams, the n best returned when the search ends.'),
+  length_penalty: z.number().refine(Number.isFinite, 'must be finite').nullish().describe('Beam search: score = sum_logprobs / len ** length_penalty.'),
+  early_stopping: z.union([z.boolean(), z.literal('never')]).nullish().describe('Beam search: true, false or "never" (HF transformers).'),
   prompt_logprobs: z.number().int('must be an integer').min(0, 'must be >= 0').max(MAX_LOGPROBS, `must be at most ${MAX_LOGPROBS}`).nullish(),
   user: z.string().nullish().describe('Accepted and ignored.'),
   stream: z.boolean().nullish(),
@@ -92,5 +95,8 @@ export function samplingParamsFrom(body: SamplingFieldValues): SamplingParamsInp
   set('minTokens', body.min_tokens);
   set('skipSpecialTokens', body.skip_special_tokens);
   set('promptLogprobs', body.prompt_logprobs);
+  set('useBeamSearch', body.use_beam_search);
+  set('lengthPenalty', body.length_penalty);
+  set('earlyStopping', body.early_stopping);
   return p;
 }

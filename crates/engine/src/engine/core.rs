@@ -25,6 +25,7 @@ use crate::scheduler::{ScheduledRequest, Scheduler};
 use crate::structured::{CompiledGrammar, MaskPool, SampleConstraint};
 use crate::tokenizer::Tokenizer;
 
+use super::beam_search::{top_logprobs, BeamSearch, BeamStep, Stop};
 use super::output::RequestOutput;
 use super::request_group::{now_secs, position_logprobs, RequestGroup};
 use super::stats::EngineStats;
@@ -111,6 +112,14 @@ struct StepScratch {
     touched: Vec<Arc<str>>,
     /// Constrained samples whose matcher failed this step, with the error their request ends with.
     constraint_failures: Vec<(RequestId, crate::error::EngineError)>,
+    /// Beam rows of this step: (sampling id, logits row); they are not sampled but proposed from.
+    beam_jobs: Vec<(RequestId, usize)>,
+    /// Each beam's best next-token log-probs this step.
+    beam_proposals: HashMap<RequestId, Vec<(u32, f32)>>,
+    /// (beam slot's sequence, parent beam's sequence, token): rebased after the scheduler update.
+    beam_rebases: Vec<(RequestId, RequestId, u32)>,
+    /// Beam requests whose search ended this step.
+    beams_done: Vec<Arc<str>>,
 }
 
 impl EngineCore {
@@ -178,6 +187,16 @@ impl EngineCore {
         );
         req.priority = p.priority;
         req.cache_salt = p.cache_salt;
+        if p.params.beam_search.is_some() {
+            // The beam search decides every stop itself (a stopping continuation becomes a hypothesis and never
+            // a beam), so the scheduler's token-level stops are off for its sequences.
+            req.eos_token_ids = Arc::new(Vec::new());
+            req.params = Arc::new(SamplingParams {
+                ignore_eos: true,
+                stop_token_ids: Vec::new(),
+                ..(*p.params).clone()
+            });
+        }
         let mut group = RequestGroup::new(
             p.external_id.clone(),
             p.tx,
@@ -187,6 +206,10 @@ impl EngineCore {
         );
         let rng = self.sample_rng(&group.params, 0);
         group.add_sample(0, id, rng, self.tokenizer.as_ref());
+        if let Some(b) = group.params.beam_search.clone() {
+            let num_eos = if group.params.ignore_eos { 0 } else { self.eos_token_ids.len() };
+            group.set_beam_search(BeamSearch::new(b, p.max_tokens, num_eos), self.tokenizer.clone());
+        }
         let prompt_len = req.num_prompt_tokens() as u64;
         if let Err(e) = self.scheduler.add_request(req) {
             // The handle validates first, so this is a last line of defence; only this request fails.
@@ -255,6 +278,8 @@ impl EngineCore {
         let t_scheduled = Instant::now();
         self.stats.step_phase_seconds.schedule += (t_scheduled - t_start).as_secs_f64();
         self.stats.steps += 1;
+        let in_use = self.scheduler.stats().num_blocks_in_use;
+        self.stats.max_kv_blocks_in_use = self.stats.max_kv_blocks_in_use.max(in_use);
         let now = now_secs();
         for &(parent, child) in &out.forked {
             let Some((ext, _)) = self.seq_owner.get(&parent).cloned() else {
@@ -319,6 +344,10 @@ impl EngineCore {
                     return false;
                 }
                 let r = self.scheduler.request(sid).expect("sampling request exists");
+                // Beam rows need the top log-probs of the full distribution: host path (CPU and CUDA alike).
+                if r.params.beam_search.is_some() {
+                    return false;
+                }
                 device_sampleable(&r.params, r.prompt_token_ids.len(), r.output_token_ids.len(), r.eos_token_ids.len(), vocab)
             });
         self.check_injected_fault()?;
@@ -377,6 +406,7 @@ impl EngineCore {
             let t_host = Instant::now();
             self.host_prompt_logprobs(&logits.layout, &logits.logits, vocab)?;
             self.host_sample(&out.scheduled, &logits, &mut sc)?;
+            self.plan_beams(&mut sc);
             self.stats.step_phase_seconds.host_sampling += t_host.elapsed().as_secs_f64();
             self.runner.recycle(logits.layout);
             logits.timing
@@ -391,7 +421,16 @@ impl EngineCore {
         sc.pairs.clear();
         sc.pairs
             .extend(sc.jobs.iter().zip(&sc.sampled).map(|((sid, _), t)| (*sid, t.token)));
+        let num_sampled = sc.pairs.len();
+        sc.pairs.extend(sc.beam_rebases.iter().map(|&(slot, _, token)| (slot, token)));
         let update = self.scheduler.update_from_output(&out, &sc.pairs);
+        // Beams that continue another beam's history take it over now (its blocks shared, copy-on-write).
+        for (slot, parent, token) in sc.beam_rebases.drain(..) {
+            if slot != parent {
+                self.scheduler.rebase_beam(slot, parent, token)?;
+            }
+        }
+        sc.pairs.truncate(num_sampled);
         // Advance the grammar of every constrained sample that goes on, and queue its next mask now: it is
         // computed while the rest of this step and the next step's forward pass run.
         for &(sid, token) in &update.new_tokens {
@@ -417,7 +456,10 @@ impl EngineCore {
             let Some((ext, idx)) = self.seq_owner.get(&sid).cloned() else {
                 continue;
             };
-            let st = &sc.sampled[sc.by_seq[&sid]];
+            let Some(&job) = sc.by_seq.get(&sid) else {
+                continue; // a beam: its output is the search's hypotheses
+            };
+            let st = &sc.sampled[job];
             let group = self.groups.get_mut(&ext).expect("group");
             let lps = group
                 .params
@@ -441,6 +483,14 @@ impl EngineCore {
                     g.metrics.num_cached_tokens = done.map_or(0, |r| r.num_cached_tokens);
                 }
                 g.finish_sample(idx, reason, stop_reason);
+            }
+            sc.touched.push(ext);
+        }
+        for ext in sc.beams_done.drain(..) {
+            let Some(g) = self.groups.get_mut(&ext) else { continue };
+            for (idx, sid) in g.samples.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s.seq_id))).collect::<Vec<_>>() {
+                self.scheduler.finish_request(sid, FinishReason::Stop, None);
+                g.end_beam(idx);
             }
             sc.touched.push(ext);
         }
@@ -493,10 +543,24 @@ impl EngineCore {
     fn host_sample(&mut self, scheduled: &[ScheduledRequest], logits: &StepLogits, sc: &mut StepScratch) -> Result<()> {
         sc.rows_of.clear();
         sc.rows_of.extend(logits.layout.sample_rows.iter().copied());
+        sc.beam_jobs.clear();
         for s in scheduled {
             if let Some(&row) = sc.rows_of.get(&s.request_id) {
-                sc.jobs.extend(s.sample_ids.iter().map(|&sid| (sid, row)));
+                for &sid in &s.sample_ids {
+                    let beam = self.scheduler.request(sid).is_some_and(|r| r.params.beam_search.is_some());
+                    if beam {
+                        sc.beam_jobs.push((sid, row));
+                    } else {
+                        sc.jobs.push((sid, row));
+                    }
+                }
             }
+        }
+        sc.beam_proposals.clear();
+        for &(sid, row) in &sc.beam_jobs {
+            let (ext, _) = &self.seq_owner[&sid];
+            let m = self.groups[ext].beam.as_ref().map_or(0, |b| b.candidates_per_beam());
+            sc.beam_proposals.insert(sid, top_logprobs(logits.row(row), m));
         }
         let jobs = &sc.jobs;
         let mut rngs: Vec<SequenceRng> = jobs
@@ -550,6 +614,53 @@ impl EngineCore {
         sc.sampled.extend(sampled);
         sc.constraint_failures.extend(failures);
         Ok(())
+    }
+
+    /// Beam search step of every beam request whose live beams all got logits this step: its plan goes into
+    /// `sc.beam_rebases` (one token per beam) or `sc.beams_done`. A request with a beam missing (preempted and
+    /// still recomputing) feeds no token this step, so its beams recompute their last position and try again
+    /// next step; beams only ever advance together.
+    fn plan_beams(&mut self, sc: &mut StepScratch) {
+        sc.beam_rebases.clear();
+        sc.beams_done.clear();
+        let mut exts: Vec<Arc<str>> = sc.beam_jobs.iter().map(|(sid, _)| self.seq_owner[sid].0.clone()).collect();
+        exts.sort();
+        exts.dedup();
+        for ext in exts {
+            let Some(g) = self.groups.get_mut(&ext) else { continue };
+            let seqs: Vec<RequestId> = g.samples.iter().flatten().map(|s| s.seq_id).collect();
+            let Some(beam) = g.beam.as_mut() else { continue };
+            if seqs.len() != beam.width() || !seqs.iter().all(|s| sc.beam_proposals.contains_key(s)) {
+                continue;
+            }
+            let proposals: Vec<Vec<(u32, f32)>> =
+                seqs.iter().map(|s| sc.beam_proposals.remove(s).unwrap_or_default()).collect();
+            let params = &g.params;
+            let eos = &self.eos_token_ids;
+            let tokenizer = self.tokenizer.as_ref();
+            let stops = |generated: &[u32], token: u32| -> Option<Stop> {
+                if !params.ignore_eos && eos.contains(&token) {
+                    return Some((FinishReason::Stop, Some(StopReason::Eos)));
+                }
+                if params.stop_token_ids.contains(&token) {
+                    return Some((FinishReason::Stop, Some(StopReason::TokenId(token))));
+                }
+                if params.stop.is_empty() {
+                    return None;
+                }
+                let mut ids = generated.to_vec();
+                ids.push(token);
+                let text = tokenizer?.decode(&ids, params.skip_special_tokens).ok()?;
+                let hit = params.stop.iter().find(|st| text.contains(st.as_str()))?;
+                Some((FinishReason::Stop, Some(StopReason::String(hit.clone()))))
+            };
+            match beam.step(&proposals, stops) {
+                BeamStep::Continue(moves) => sc
+                    .beam_rebases
+                    .extend(moves.iter().map(|m| (seqs[m.slot], seqs[m.parent], m.token))),
+                BeamStep::Done => sc.beams_done.push(ext.clone()),
+            }
+        }
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -2,6 +2,7 @@
 //! One command channel goes in; each request gets its own output channel (TGI's actor design). The engine
 //! thread never waits on JavaScript and JavaScript never waits on a step.
 
+pub(crate) mod beam_search;
 mod builder;
 mod core;
 pub mod handle;

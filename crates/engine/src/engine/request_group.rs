@@ -13,6 +13,7 @@ use crate::sampling_params::SamplingParams;
 use crate::tokenizer::token_bytes::token_display;
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
+use super::beam_search::BeamSearch;
 use super::output::{CompletionDelta, PositionLogprobs, RequestMetrics, RequestOutput, TopLogprob};
 
 pub(crate) struct SampleState {
@@ -36,6 +37,10 @@ pub(crate) struct RequestGroup {
     pub prompt_logprobs: Option<Vec<Option<PositionLogprobs>>>,
     sent_first: bool,
     touched: bool,
+    /// Beam search state (`params.beam_search`); its finished hypotheses are the request's outputs.
+    pub beam: Option<BeamSearch>,
+    /// Decodes the beams' final text.
+    tokenizer: Option<Arc<Tokenizer>>,
 }
 
 pub(crate) fn now_secs() -> f64 {
@@ -69,6 +74,22 @@ impl RequestGroup {
             prompt_logprobs,
             sent_first: false,
             touched: false,
+            beam: None,
+            tokenizer: None,
+        }
+    }
+
+    /// Makes this a beam search request (see `beam_search.rs`).
+    pub fn set_beam_search(&mut self, beam: BeamSearch, tokenizer: Option<Arc<Tokenizer>>) {
+        self.beam = Some(beam);
+        self.tokenizer = tokenizer;
+    }
+
+    /// Marks sample `index` done without output of its own (a beam: the hypotheses carry the output).
+    pub fn end_beam(&mut self, index: usize) {
+        self.touched = true;
+        if let Some(s) = self.samples[index].as_mut() {
+            s.finished = true;
         }
     }
 
@@ -215,14 +236,20 @@ impl RequestGroup {
         self.touched = false;
         let finished = self.is_finished();
         let mut outputs = Vec::new();
-        if self.params.selects_best() {
+        if self.beam.is_some() {
+            // Beam search: nothing goes out until the search is over; then the best n hypotheses.
+            if !finished {
+                return !self.tx.is_closed();
+            }
+            outputs = self.beam_outputs().unwrap_or_default();
+        } else if self.params.selects_best() {
             // best_of: nothing goes out until every sample is done; then the best n, re-indexed 0..n.
             if !finished {
                 return !self.tx.is_closed();
             }
             outputs = self.best_samples();
         }
-        let streamed = if self.params.selects_best() { 0 } else { self.samples.len() };
+        let streamed = if self.params.holds_output() { 0 } else { self.samples.len() };
         for s in self.samples.iter_mut().take(streamed).flatten() {
             let has_news =
                 !s.pending.token_ids.is_empty() || !s.pending.text.is_empty() || s.pending.finish_reason.is_some();
@@ -255,6 +282,43 @@ impl RequestGroup {
 }
 
 impl RequestGroup {
+    /// The best `n` finished beams as outputs `0..n`, best first: tokens (the stop token included, as for a
+    /// sampled request), text cut at a stop string like the detokenizer cuts it, the raw cumulative log-prob.
+    /// An aborted search (no hypotheses yet) returns its samples' abort markers instead.
+    fn beam_outputs(&mut self) -> Option<Vec<CompletionDelta>> {
+        let beam = self.beam.as_ref()?;
+        if !beam.is_done() {
+            return Some(self.samples.iter_mut().flatten().map(|s| std::mem::take(&mut s.pending)).collect());
+        }
+        let mut outs = Vec::new();
+        for (index, h) in beam.best(self.params.n).iter().enumerate() {
+            let mut text = match &self.tokenizer {
+                Some(t) => t.decode(&h.tokens, self.params.skip_special_tokens).unwrap_or_default(),
+                None => String::new(),
+            };
+            if let Some(StopReason::String(stop)) = &h.stop.1 {
+                if let Some(at) = text.find(stop.as_str()) {
+                    let keep = if self.params.include_stop_str_in_output { at + stop.len() } else { at };
+                    text.truncate(keep);
+                }
+            }
+            outs.push(CompletionDelta {
+                index,
+                text,
+                token_ids: h.tokens.clone(),
+                logprobs: None,
+                cumulative_logprob: h.sum_logprob,
+                finish_reason: Some(h.stop.0.as_str().to_string()),
+                stop_reason: match &h.stop.1 {
+                    Some(StopReason::TokenId(t)) => Some(serde_json::json!(t)),
+                    Some(StopReason::String(st)) => Some(serde_json::json!(st)),
+                    Some(StopReason::Eos) | None => None,
+                },
+            });
+        }
+        Some(outs)
+    }
+
     /// The `n` finished samples with the highest cumulative log-prob (ties to the lower index), as indices
     /// `0..n` in that order: what a `best_of` request returns.
     fn best_samples(&mut self) -> Vec<CompletionDelta> {

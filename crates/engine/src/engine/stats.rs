@@ -12,6 +12,8 @@ pub struct EngineStats {
     pub kv_blocks_total: usize,
     /// Blocks held by requests.
     pub kv_blocks_in_use: usize,
+    /// Most blocks held at once so far (measured after each step's scheduling, where allocation peaks).
+    pub max_kv_blocks_in_use: usize,
     /// Free blocks that still hold a prefix-cache entry (evictable).
     pub kv_blocks_cached: usize,
     /// `kv_blocks_in_use / kv_blocks_total` (cached-but-free blocks count as free, as in vLLM).

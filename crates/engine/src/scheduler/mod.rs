@@ -13,6 +13,8 @@ mod fake_runner;
 #[cfg(test)]
 mod randomized_tests;
 #[cfg(test)]
+mod beam_randomized_tests;
+#[cfg(test)]
 mod tests;
 
 pub use output::{ScheduledRequest, SchedulerOutput, SchedulerStats, UpdateResult};

@@ -250,6 +250,46 @@ impl Scheduler {
         }
     }
 
+    /// For a waiting beam: the full blocks of the longest token prefix it shares with a running beam of the same
+    /// search (never all of its tokens: the last one is computed to sample), and that prefix's length.
+    fn sibling_prefix(&self, r: &Request) -> Option<(Vec<u32>, usize)> {
+        r.params.beam_search.as_ref()?;
+        let bs = self.config.block_size;
+        let root = r.parent.unwrap_or(r.id);
+        let mut best: Option<(RequestId, usize)> = None;
+        for id in &self.running {
+            let s = &self.requests[id];
+            if s.parent.unwrap_or(s.id) != root || s.id == r.id {
+                continue;
+            }
+            let limit = s.num_computed_tokens.min(r.num_tokens() - 1);
+            let common = (0..limit).take_while(|&i| s.token_at(i) == r.token_at(i)).count();
+            let blocks = common / bs;
+            if blocks > 0 && best.is_none_or(|(_, b)| blocks > b) {
+                best = Some((s.id, blocks));
+            }
+        }
+        let (sibling, blocks) = best?;
+        Some((self.kv.block_table(sibling)[..blocks].to_vec(), blocks * bs))
+    }
+
+    /// The running requests preempted with `victim`: all beams of its beam search, else itself.
+    fn preemption_group(&self, victim: RequestId) -> Vec<RequestId> {
+        let r = &self.requests[&victim];
+        if r.params.beam_search.is_none() {
+            return vec![victim];
+        }
+        let root = r.parent.unwrap_or(r.id);
+        self.running
+            .iter()
+            .copied()
+            .filter(|id| {
+                let o = &self.requests[id];
+                o.parent.unwrap_or(o.id) == root
+            })
+            .collect()
+    }
+
     fn preempt(&mut self, id: RequestId) {
         self.num_preemptions += 1;
         if let Some(r) = self.requests.get_mut(&id) {
@@ -287,21 +327,25 @@ impl Scheduler {
                 }
                 short_of_blocks = true;
                 let Some(v) = self.preemption_victim() else { break };
-                let victim = self.running[v];
-                if victim == id {
+                // The beams of a beam search only advance together, so they are preempted together.
+                let victims = self.preemption_group(self.running[v]);
+                if victims.contains(&id) {
                     i += 1; // sits this step out, keeping its blocks
                     break;
                 }
-                self.running.remove(v);
-                if v < i {
-                    i -= 1;
+                for victim in victims {
+                    let Some(v) = self.running.iter().position(|&r| r == victim) else { continue };
+                    self.running.remove(v);
+                    if v < i {
+                        i -= 1;
+                    }
+                    // The victim may already be scheduled this step: give its tokens back.
+                    if let Some(pos) = scheduled.iter().position(|s| s.request_id == victim) {
+                        budget += scheduled.remove(pos).num_new_tokens;
+                    }
+                    self.preempt(victim);
+                    preempted.push(victim);
                 }
-                // Under Priority the victim may already be scheduled this step: give its tokens back.
-                if let Some(pos) = scheduled.iter().position(|s| s.request_id == victim) {
-                    budget += scheduled.remove(pos).num_new_tokens;
-                }
-                self.preempt(victim);
-                preempted.push(victim);
             }
         }
 
@@ -314,7 +358,15 @@ impl Scheduler {
             if seats + need > self.config.max_num_seqs {
                 break;
             }
-            let (hit_blocks, hit_tokens) = self.kv.get_computed_blocks(r);
+            let (mut hit_blocks, mut hit_tokens) = self.kv.get_computed_blocks(r);
+            // A preempted beam resumes on the blocks it still shares with a running sibling (the prompt and
+            // their common output prefix), as it held them before: recomputing beams apart would need more
+            // memory than the search had, and could never fit back.
+            if let Some((blocks, tokens)) = self.sibling_prefix(r) {
+                if tokens > hit_tokens {
+                    (hit_blocks, hit_tokens) = (blocks, tokens);
+                }
+            }
             let num_new = (r.num_tokens() - hit_tokens).min(budget);
             if self.kv.allocate_slots(r, num_new, &hit_blocks).is_none() {
                 break; // the head does not fit; do not let later requests overtake it
@@ -416,6 +468,33 @@ impl Scheduler {
             }
         }
         result
+    }
+
+    /// Beam search: running request `dst` (a beam that was dropped) becomes a continuation of running request
+    /// `src` (a beam chosen more than once): `src`'s output with its last token replaced by `last_token`, and
+    /// `src`'s blocks, shared (the partial last block is copied on the next write). Call after
+    /// `update_from_output` appended this step's tokens; `dst`'s own blocks are released first.
+    pub fn rebase_beam(&mut self, dst: RequestId, src: RequestId, last_token: u32) -> Result<()> {
+        let source = self
+            .requests
+            .get(&src)
+            .filter(|r| r.status == RequestStatus::Running)
+            .ok_or_else(|| EngineError::Internal(format!("beam {src} to fork from is not running")))?;
+        let mut output = source.output_token_ids.clone();
+        let computed = source.num_computed_tokens;
+        let Some(last) = output.last_mut() else {
+            return Err(EngineError::Internal(format!("beam {src} has no token to replace")));
+        };
+        *last = last_token;
+        let target = self
+            .requests
+            .get_mut(&dst)
+            .filter(|r| r.status == RequestStatus::Running)
+            .ok_or_else(|| EngineError::Internal(format!("beam {dst} to rebase is not running")))?;
+        self.kv.free(target);
+        target.output_token_ids = output;
+        target.num_computed_tokens = computed;
+        self.kv.fork(src, dst)
     }
 
     /// Finishes a request in any state (waiting, running, preempted): frees its blocks and hands back its final

@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// The PagedAttention paper's second win (issue 15): sequences of one request share KV blocks copy-on-write, which
+// cuts the memory of parallel sampling and beam search ("up to 55%" in the paper). Through the TS API in-process
+// (dist/), on a fresh engine per configuration with prefix caching OFF (so independent requests share nothing):
+//
+//   memory (deterministic block counts, fine to run anywhere):
+//     - n = 8 parallel samples of one prompt         vs 8 independent requests of that prompt
+//     - beam search width 4 / width 8 of one prompt  vs 4 / 8 independent requests of that prompt
+//     Each configuration reports the engine's peak KV blocks in use (`maxKvBlocksInUse`, measured after each
+//     step's scheduling) and the saving 1 - shared / independent. Every sequence generates exactly
+//     --output-len tokens (ignoreEos), greedy or seeded, from a --prompt-len-token prompt.
+//   throughput (--throughput; timings, so run it on an idle machine):
+//     - beam search width W vs greedy decoding of W independent requests (the same number of sequences per
+//       step), generated tokens per second over the whole request.
+//
+// Writes one JSON document (command, machine, config, results) to bench/results/beam-memory-<date>.json or --out.
+// Build first: `npm run build`.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const USAGE = `usage: node bench/beam-memory.mjs [options]
+
+  --model PATH        model (default: the default model)
+  --prompt-len N      prompt tokens (default 512)
+  --output-len N      tokens per sequence (default 128)
+  --widths LIST       beam widths (default 4,8)
+  --parallel N        n of the parallel-sampling case (default 8)
+  --throughput        also time beam search against greedy at the same number of sequences
+  --device NAME       cpu (default) or cuda
+  --threads N         CPU threads (default: all cores)
+  --out FILE          default bench/results/beam-memory-<date>.json
+  --note TEXT         recorded in the JSON`;
+
+const { values: args } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    'prompt-len': { type: 'string', default: '512' },
+    'output-len': { type: 'string', default: '128' },
+    widths: { type: 'string', default: '4,8' },
+    parallel: { type: 'string', default: '8' },
+    throughput: { type: 'boolean', default: false },
+    device: { type: 'string', default: 'cpu' },
+    threads: { type: 'string' },
+    out: { type: 'string' },
+    note: { type: 'string' },
+    help: { type: 'boolean' },
+  },
+});
+if (args.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+
+const promptLen = Number(args['prompt-len']);
+const outputLen = Number(args['output-len']);
+const widths = args.widths.split(',').map(Number);
+const parallel = Number(args.parallel);
+const log = (line) => process.stderr.write(`${line}\n`);
+
+const { LLM } = await import(pathToFileURL(path.join(ROOT, 'dist', 'index.js')).href);
+
+/** A fresh engine sized for the largest case; prefix caching off, so independent requests share nothing. */
+async function engine() {
+  const opts = {
+    maxModelLen: promptLen + outputLen + 16,
+    maxNumSeqs: Math.max(parallel, ...widths),
+    kvCacheBytes: 1 << 30,
+    enablePrefixCaching: false,
+    device: args.device,
+  };
+  if (args.model) opts.model = args.model;
+  if (args.threads) opts.numThreads = Number(args.threads);
+  return LLM.create(opts);
+}
+
+/** A prompt of exactly `promptLen` tokens (a repeated sentence, cut at the token level). */
+function promptIds(llm) {
+  const sentence = 'The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. ';
+  const ids = llm.tokenize(sentence.repeat(Math.ceil(promptLen / 8)));
+  if (ids.length < promptLen) throw new Error('the prompt text is too short');
+  return ids.slice(0, promptLen);
+}
+
+/** Runs `submit` on a fresh engine; returns the peak blocks, block size facts and wall time. */
+async function measure(label, submit) {
+  const llm = await engine();
+  try {
+    const ids = promptIds(llm);
+    const t0 = performance.now();
+    const outs = await submit(llm, ids);
+    const seconds = (performance.now() - t0) / 1000;
+    const stats = llm.stats();
+    const sequences = outs.flatMap((o) => o.outputs);
+    const tokens = sequences.reduce((s, o) => s + o.tokenIds.length, 0);
+    if (sequences.some((o) => o.tokenIds.length !== outputLen)) throw new Error(`${label}: a sequence did not generate ${outputLen} tokens`);
+    const r = { label, sequences: sequences.length, peakKvBlocks: stats.maxKvBlocksInUse, generatedTokens: tokens, seconds, preemptions: stats.numPreemptions };
+    log(`${label}: ${sequences.length} sequences, peak ${r.peakKvBlocks} KV blocks, ${seconds.toFixed(1)} s`);
+    return r;
+  } finally {
+    llm.close();
+  }
+}
+
+const sampled = (n) => ({ n, temperature: 1, seed: 1, maxTokens: outputLen, ignoreEos: true });
+const independent = (count, params) => (llm, ids) => llm.generate(Array.from({ length: count }, () => ids), params);
+
+const memory = [];
+const saving = (shared, indep) => ({
+  shared: shared.label,
+  independent: indep.label,
+  sharedPeakKvBlocks: shared.peakKvBlocks,
+  independentPeakKvBlocks: indep.peakKvBlocks,
+  saving: Math.round((1 - shared.peakKvBlocks / indep.peakKvBlocks) * 1000) / 1000,
+});
+{
+  const shared = await measure(`parallel sampling n=${parallel}`, (llm, ids) => llm.generate([ids], sampled(parallel)));
+  const indep = await measure(`${parallel} independent sampled requests`, independent(parallel, sampled(1)));
+  memory.push(saving(shared, indep));
+}
+for (const w of widths) {
+  const shared = await measure(`beam search width ${w}`, (llm, ids) => llm.beamSearch([ids], { beamWidth: w, maxTokens: outputLen, ignoreEos: true }));
+  const indep = await measure(`${w} independent greedy requests`, independent(w, { temperature: 0, maxTokens: outputLen, ignoreEos: true }));
+  memory.push({ ...saving(shared, indep), ...(args.throughput ? { beamTokPerS: shared.generatedTokens / shared.seconds, greedyTokPerS: indep.generatedTokens / indep.seconds } : {}) });
+}
+
+const doc = {
+  command: `node ${process.argv.slice(1).map((a) => path.relative(ROOT, a) || a).join(' ')}`,
+  date: new Date().toISOString(),
+  machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? null, loadavg: os.loadavg(), platform: `${os.platform()} ${os.arch()}` },
+  config: { model: args.model ?? 'default (SmolLM2-135M-Instruct Q4_1)', promptLen, outputLen, widths, parallel, device: args.device, prefixCaching: false },
+  note: args.note ?? null,
+  results: { memory, timingsValid: args.throughput },
+};
+const out = args.out ?? path.join(ROOT, 'bench', 'results', `beam-memory-${doc.date.slice(0, 10)}.json`);
+fs.writeFileSync(out, `${JSON.stringify(doc, null, 2)}\n`);
+console.log(JSON.stringify(memory, null, 2));
+log(`wrote ${path.relative(ROOT, out)}`);
