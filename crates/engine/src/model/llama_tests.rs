@@ -49,6 +49,7 @@ fn tiny_config(attention_bias: bool, tie_word_embeddings: bool, rope_scaling: Ro
         attention_bias,
         qk_norm: false,
         sliding_window: None,
+        variant: Default::default(),
         bos_token_id: None,
         eos_token_ids: vec![],
     }
