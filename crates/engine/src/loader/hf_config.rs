@@ -70,8 +70,11 @@ struct RawConfig {
     hidden_act: Option<String>,
     hidden_activation: Option<String>,
     query_pre_attn_scalar: Option<f32>,
-    /// Kept as JSON so an explicit `null` (no cap) differs from an absent key (Gemma 2's default cap).
+    /// Kept as JSON so an explicit `null` (no cap: `Some(Null)`) differs from an absent key (`None`: Gemma 2's
+    /// default cap).
+    #[serde(default, deserialize_with = "present")]
     attn_logit_softcapping: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
     final_logit_softcapping: Option<Value>,
     /// `sliding_attention` / `full_attention` per layer (transformers >= 4.53).
     layer_types: Option<Vec<String>>,
@@ -80,6 +83,11 @@ struct RawConfig {
     rope_local_base_freq: Option<f32>,
     /// EmbeddingGemma's bidirectional attention (not a causal LM).
     use_bidirectional_attention: Option<bool>,
+}
+
+/// A key that is present, even as `null` (serde's `Option` would read `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Upper bounds on a model's dimensions, far above any real model (the largest today have hidden sizes of ~16k,
