@@ -45,7 +45,9 @@ FAMILIES = {
                     final_logit_softcapping=30.0, query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh",
                     tie_word_embeddings=True), None),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               # Linear RoPE scaling on the global layers only (as Gemma 3 4B+ has, factor 8), local base 1e4.
                dict(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window=8, sliding_window_pattern=2,
+                    rope_scaling=dict(rope_type="linear", factor=4.0),
                     query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
                None),
     "phi3": ("Phi3Config", "Phi3ForCausalLM",

@@ -4,7 +4,8 @@
 //! device run (`scripts/gpu/device-run.sh`) runs them with `--ignored`.
 //!
 //! Every case draws fresh random weights and batches: GQA ratios 1/4/8, head dims 64 and 128, Qwen2 biases,
-//! llama3 RoPE scaling, Qwen3 qk-norm, untied heads; block tables are shuffled (non-contiguous) block ids; prompts are
+//! llama3 RoPE scaling, Qwen3 qk-norm, untied heads, Mistral windows, Gemma 2 (GELU-tanh GLU, sandwich norms,
+//! embedding scale, attention and final-logit soft-caps) and Gemma 3 (qk-norm, two RoPE tables); block tables are shuffled (non-contiguous) block ids; prompts are
 //! prefilled in two chunks so the second reads the first's blocks (what a prefix-cache hit looks like to the
 //! kernels); decode steps follow; lengths cross block boundaries; batches of 1 to 256 sequences. Buffers and
 //! the KV cache are poisoned with NaN before each run, so an unwritten output or a wrong index shows.
@@ -13,7 +14,7 @@
 use half::bf16;
 use pagedllm_engine::model::device_weights::model_shape;
 use pagedllm_engine::model::llama::LlamaModel;
-use pagedllm_engine::model::{ModelConfig, RopeScaling, WeightStore};
+use pagedllm_engine::model::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling, WeightStore};
 use pagedllm_engine::runner::{build_input_batch, ScheduledSeq};
 use pagedllm_kernels::backend::Backend;
 use pagedllm_kernels::cpu::CpuBackend;
@@ -36,6 +37,8 @@ struct Case {
     tied: bool,
     qk_norm: bool,
     window: Option<usize>,
+    /// 2 or 3: Gemma 2 / Gemma 3's block (see `config`); 0: the Llama block.
+    gemma: u8,
 }
 
 const CASES: &[Case] = &[
@@ -50,6 +53,7 @@ const CASES: &[Case] = &[
         tied: true,
         qk_norm: false,
         window: None,
+        gemma: 0,
     },
     Case {
         name: "gqa4-hd64-qwen2-bias",
@@ -62,6 +66,7 @@ const CASES: &[Case] = &[
         tied: true,
         qk_norm: false,
         window: None,
+        gemma: 0,
     },
     Case {
         name: "gqa8-hd128-llama3-untied",
@@ -74,6 +79,7 @@ const CASES: &[Case] = &[
         tied: false,
         qk_norm: false,
         window: None,
+        gemma: 0,
     },
     Case {
         name: "gqa4-hd128",
@@ -86,6 +92,7 @@ const CASES: &[Case] = &[
         tied: true,
         qk_norm: false,
         window: None,
+        gemma: 0,
     },
     // Qwen3: per-head q/k RMSNorm before RoPE (in the rope kernel's block reduction).
     Case {
@@ -99,6 +106,7 @@ const CASES: &[Case] = &[
         tied: false,
         qk_norm: true,
         window: None,
+        gemma: 0,
     },
     // Mistral: sliding-window attention (a window shorter than most contexts here, not a multiple of a key tile).
     Case {
@@ -112,6 +120,7 @@ const CASES: &[Case] = &[
         tied: false,
         qk_norm: false,
         window: Some(40),
+        gemma: 0,
     },
     Case {
         name: "gqa2-hd64-mistral-window17",
@@ -124,6 +133,7 @@ const CASES: &[Case] = &[
         tied: true,
         qk_norm: false,
         window: Some(17),
+        gemma: 0,
     },
     // Head dim 256 runs on the CUDA-core attention kernel in every type.
     Case {
@@ -137,12 +147,64 @@ const CASES: &[Case] = &[
         tied: true,
         qk_norm: false,
         window: None,
+        gemma: 0,
+    },
+    // Gemma 2: (1 + w) sandwich norms, sqrt(hidden) embedding scale, GELU-tanh GLU, query_pre_attn_scalar,
+    // attention and final-logit soft-caps (small caps, so that they bend these logits), window on layer 0 only.
+    Case {
+        name: "gemma2-hd256-softcaps-window24",
+        hidden: 512,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 256,
+        bias: false,
+        llama3_rope: false,
+        tied: true,
+        qk_norm: false,
+        window: Some(24),
+        gemma: 2,
+    },
+    // Gemma 3: as Gemma 2 without caps, (1 + w) qk-norm, a second RoPE table (base 1e4) on the local layer 0.
+    Case {
+        name: "gemma3-hd128-qknorm-window17",
+        hidden: 512,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 128,
+        bias: false,
+        llama3_rope: false,
+        tied: true,
+        qk_norm: true,
+        window: Some(17),
+        gemma: 3,
     },
 ];
 
+/// Gemma's switches for a `gemma` case (layer 0 local, layer 1 global).
+fn gemma_variant(c: &Case) -> DecoderVariant {
+    if c.gemma == 0 {
+        return DecoderVariant::default();
+    }
+    DecoderVariant {
+        norm_unit_offset: true,
+        scale_embeddings: true,
+        sandwich_norms: true,
+        activation: HiddenActivation::GeluTanh,
+        query_pre_attn_scalar: Some(c.head_dim as f32 / 2.0),
+        attn_logit_softcap: (c.gemma == 2).then_some(5.0),
+        final_logit_softcap: (c.gemma == 2).then_some(2.0),
+        sliding_layers: vec![true, false],
+        rope_local_theta: (c.gemma == 3).then_some(10_000.0),
+    }
+}
+
 fn config(c: &Case) -> ModelConfig {
     ModelConfig {
-        architecture: if c.qk_norm {
+        architecture: if c.gemma == 2 {
+            "gemma2"
+        } else if c.gemma == 3 {
+            "gemma3_text"
+        } else if c.qk_norm {
             "qwen3"
         } else if c.window.is_some() {
             "mistral"
@@ -160,7 +222,7 @@ fn config(c: &Case) -> ModelConfig {
         head_dim: c.head_dim,
         vocab_size: 1000,
         rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
+        rope_theta: if c.gemma == 3 { 1e6 } else { 10000.0 },
         rope_scaling: if c.llama3_rope {
             RopeScaling::Llama3 {
                 factor: 8.0,
@@ -176,6 +238,7 @@ fn config(c: &Case) -> ModelConfig {
         attention_bias: c.bias,
         qk_norm: c.qk_norm,
         sliding_window: c.window,
+        variant: gemma_variant(c),
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -192,11 +255,20 @@ fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightSt
     };
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-    put("model.embed_tokens.weight".into(), cfg.vocab_size, h, 1.0, 0.0, rng);
+    // Gemma's norms multiply by (1 + w): weights around 0 there, around 1 elsewhere. Its embeddings are scaled
+    // by sqrt(hidden) in the model, so they are drawn smaller here.
+    let gemma = cfg.variant.sandwich_norms;
+    let norm_center = if gemma { 0.0 } else { 1.0 };
+    let embed_scale = if gemma { 1.0 / (h as f32).sqrt() } else { 1.0 };
+    put("model.embed_tokens.weight".into(), cfg.vocab_size, h, embed_scale, 0.0, rng);
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        put(format!("{p}.input_layernorm.weight"), 1, h, 0.2, 1.0, rng);
-        put(format!("{p}.post_attention_layernorm.weight"), 1, h, 0.2, 1.0, rng);
+        put(format!("{p}.input_layernorm.weight"), 1, h, 0.2, norm_center, rng);
+        put(format!("{p}.post_attention_layernorm.weight"), 1, h, 0.2, norm_center, rng);
+        if gemma {
+            put(format!("{p}.pre_feedforward_layernorm.weight"), 1, h, 0.2, norm_center, rng);
+            put(format!("{p}.post_feedforward_layernorm.weight"), 1, h, 0.2, norm_center, rng);
+        }
         // Scales so that attention is neither uniform nor one-hot.
         put(format!("{p}.self_attn.q_proj.weight"), q, h, 0.15, 0.0, rng);
         put(format!("{p}.self_attn.k_proj.weight"), kv, h, 0.15, 0.0, rng);
@@ -208,14 +280,14 @@ fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightSt
             put(format!("{p}.self_attn.v_proj.bias"), 1, kv, 0.5, 0.0, rng);
         }
         if cfg.qk_norm {
-            put(format!("{p}.self_attn.q_norm.weight"), 1, hd, 0.3, 1.0, rng);
-            put(format!("{p}.self_attn.k_norm.weight"), 1, hd, 0.3, 1.0, rng);
+            put(format!("{p}.self_attn.q_norm.weight"), 1, hd, 0.3, norm_center, rng);
+            put(format!("{p}.self_attn.k_norm.weight"), 1, hd, 0.3, norm_center, rng);
         }
         put(format!("{p}.mlp.gate_proj.weight"), i, h, 0.1, 0.0, rng);
         put(format!("{p}.mlp.up_proj.weight"), i, h, 0.1, 0.0, rng);
         put(format!("{p}.mlp.down_proj.weight"), h, i, 0.05, 0.0, rng);
     }
-    put("model.norm.weight".into(), 1, h, 0.2, 1.0, rng);
+    put("model.norm.weight".into(), 1, h, 0.2, norm_center, rng);
     if !cfg.tie_word_embeddings {
         put("lm_head.weight".into(), cfg.vocab_size, h, 0.1 * head_scale, 0.0, rng);
     }

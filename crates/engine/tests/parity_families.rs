@@ -128,3 +128,17 @@ fn qwen3_matches_hf_float32() {
 fn mistral_sliding_window_matches_hf_float32() {
     check_family("mistral");
 }
+
+/// Gemma 2: `(1 + w)` sandwich norms, sqrt(hidden) embedding scale, GELU-tanh GLU, `query_pre_attn_scalar`,
+/// attention soft-cap 50 and final-logit soft-cap 30, sliding window 8 on layer 0 and global attention on layer 1.
+#[test]
+fn gemma2_matches_hf_float32() {
+    check_family("gemma2");
+}
+
+/// Gemma 3 text: as Gemma 2 without soft-caps, plus `(1 + w)` qk-norm, and two RoPE tables: local layer 0
+/// (window 8, base 1e4) and global layer 1 (base 1e6, linear scaling x4).
+#[test]
+fn gemma3_matches_hf_float32() {
+    check_family("gemma3");
+}

@@ -112,9 +112,14 @@ pub struct AttentionSpec {
 }
 
 /// The gating activation of a GLU MLP: `out = act(gate) * up`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Activation {
+    /// SwiGLU (Llama, Qwen, Mistral).
+    #[default]
     Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma's `gelu_pytorch_tanh`):
+    /// `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`.
+    GeluTanh,
 }
 
 /// The shape a backend's KV cache and step buffers are built for.
@@ -143,8 +148,9 @@ pub trait Backend {
     fn alloc_activation(&mut self, rows: Rows, width: usize) -> Result<TensorId, Self::Error>;
 
     // --- one step ---
-    /// `out[t] = table[token_ids[t]]`.
-    fn embed(&mut self, table: WeightId, out: TensorId) -> Result<(), Self::Error>;
+    /// `out[t] = table[token_ids[t]]`, times `scale` when given (Gemma's `sqrt(hidden)`; HF rounds the scale to
+    /// the activation type first, and so does a backend).
+    fn embed(&mut self, table: WeightId, scale: Option<f32>, out: TensorId) -> Result<(), Self::Error>;
     /// `residual += delta` (when given), then `out = rms_norm(residual) * weight`. With `out.rows ==
     /// Rows::Logits` only the logits rows are normed into `out` and `residual` is left as it was.
     fn add_rms_norm(
@@ -181,9 +187,10 @@ pub trait Backend {
     ) -> Result<(), Self::Error>;
     /// `out = act(gate) * up` on the fused `[gate | up]` rows of `gate_up`.
     fn glu(&mut self, gate_up: TensorId, act: Activation, out: TensorId) -> Result<(), Self::Error>;
-    /// The step's logits: `hidden` (the final-normed logits rows) times `w`ᵀ, f32. A backend may compute them
-    /// here or when they are asked for.
-    fn lm_head(&mut self, hidden: TensorId, w: WeightId) -> Result<(), Self::Error>;
+    /// The step's logits: `hidden` (the final-normed logits rows) times `w`ᵀ, f32, then (when `final_softcap`
+    /// is given: Gemma 2's `final_logit_softcapping`) `x -> c * tanh(x / c)` on every logit, so sampling and
+    /// log-probs see the capped values. A backend may compute them here or when they are asked for.
+    fn lm_head(&mut self, hidden: TensorId, w: WeightId, final_softcap: Option<f32>) -> Result<(), Self::Error>;
 
     // --- around the forward ---
     /// Copies whole KV blocks `(from, to)` in every layer (copy-on-write of a shared partial block).

@@ -102,8 +102,9 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         return Err(load_err(
             file,
             format!(
-                "architecture `{arch}` is not supported (supported: {})",
-                ModelConfig::SUPPORTED_ARCHITECTURES.join(", ")
+                "architecture `{arch}` is not supported in GGUF files (supported: {}; Gemma 2/3 load from HF \
+                 safetensors)",
+                GGUF_ARCHITECTURES.join(", ")
             ),
         ));
     }
@@ -190,6 +191,7 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         qk_norm: file.tensor_info("blk.0.attn_q_norm.weight").is_some(),
         // llama.cpp's converter writes Mistral as `llama` without its window (as llama.cpp runs it).
         sliding_window: None,
+        variant: Default::default(),
         bos_token_id,
         eos_token_ids,
         architecture: arch,

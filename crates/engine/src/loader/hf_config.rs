@@ -1,12 +1,15 @@
 //! HF `config.json` -> `ModelConfig` and `generation_config.json` -> `GenerationDefaults`, with transformers'
-//! defaults for absent keys (`LlamaConfig`, `MistralConfig`, `Qwen2Config`): `num_key_value_heads` = heads,
-//! `head_dim` = hidden / heads, `rope_theta` = 10000, `tie_word_embeddings` = false, Qwen2 always has q/k/v bias.
+//! defaults for absent keys (`LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Gemma2Config`,
+//! `Gemma3TextConfig`): `num_key_value_heads` = heads, `head_dim` = hidden / heads, `rope_theta` = 10000
+//! (Gemma 3: 1e6), `tie_word_embeddings` = false (Gemma: true), Qwen2 always has q/k/v bias. Gemma's
+//! local/global layers come from `layer_types`, else from HF's older rule (Gemma 2: even layers slide; Gemma 3:
+//! all but every `sliding_window_pattern`-th).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{EngineError, Result};
-use crate::model::{ModelConfig, RopeScaling};
+use crate::model::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling};
 
 use super::{push_unique, GenerationDefaults};
 
@@ -16,6 +19,8 @@ const ARCHITECTURE_CLASSES: &[(&str, &str)] = &[
     ("MistralForCausalLM", "mistral"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("Qwen3ForCausalLM", "qwen3"),
+    ("Gemma2ForCausalLM", "gemma2"),
+    ("Gemma3ForCausalLM", "gemma3_text"),
 ];
 
 /// A token id or a list of them (transformers accepts both for `eos_token_id`).
@@ -61,6 +66,28 @@ struct RawConfig {
     use_sliding_window: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<TokenIds>,
+    // --- Gemma 2 / Gemma 3 ---
+    hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f32>,
+    /// Kept as JSON so an explicit `null` (no cap: `Some(Null)`) differs from an absent key (`None`: Gemma 2's
+    /// default cap).
+    #[serde(default, deserialize_with = "present")]
+    attn_logit_softcapping: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    final_logit_softcapping: Option<Value>,
+    /// `sliding_attention` / `full_attention` per layer (transformers >= 4.53).
+    layer_types: Option<Vec<String>>,
+    /// Gemma 3 before `layer_types`: every this-many-th layer is global.
+    sliding_window_pattern: Option<usize>,
+    rope_local_base_freq: Option<f32>,
+    /// EmbeddingGemma's bidirectional attention (not a causal LM).
+    use_bidirectional_attention: Option<bool>,
+}
+
+/// A key that is present, even as `null` (serde's `Option` would read `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Upper bounds on a model's dimensions, far above any real model (the largest today have hidden sizes of ~16k,
@@ -115,8 +142,9 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         )));
     }
     let head_dim = raw.head_dim.unwrap_or(hidden_size / num_attention_heads);
+    let gemma = arch.starts_with("gemma");
     let sliding_window = match (arch.as_str(), raw.use_sliding_window) {
-        ("mistral", _) => raw.sliding_window,
+        ("mistral" | "gemma2" | "gemma3_text", _) => raw.sliding_window,
         (_, Some(true)) => {
             return Err(err(format!(
                 "use_sliding_window = true (sliding-window attention on some {arch} layers) is not supported"
@@ -128,10 +156,21 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(err(format!("head dimension {head_dim} must be a positive even number")));
     }
+    let num_hidden_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+    let variant = if gemma {
+        gemma_variant(&raw, &arch, num_hidden_layers).map_err(err)?
+    } else {
+        match raw.hidden_act.as_deref() {
+            None | Some("silu") => DecoderVariant::default(),
+            Some(other) => return Err(err(format!("hidden_act `{other}` is not supported for {arch} (silu)"))),
+        }
+    };
+    // Gemma 3 in transformers >= 5: `rope_parameters` per layer type; the global layers' entry is the model's.
+    let rope_params = raw.rope_parameters.as_ref().map(|p| p.get("full_attention").unwrap_or(p));
     let config = ModelConfig {
         hidden_size,
         intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-        num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+        num_hidden_layers,
         num_attention_heads,
         num_key_value_heads,
         head_dim,
@@ -139,23 +178,85 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
         rope_theta: raw
             .rope_theta
-            .or_else(|| {
-                let p = raw.rope_parameters.as_ref()?;
-                p.get("rope_theta").and_then(Value::as_f64).map(|t| t as f32)
-            })
-            .unwrap_or(10_000.0),
-        rope_scaling: rope_scaling(raw.rope_scaling.as_ref().or(raw.rope_parameters.as_ref())).map_err(err)?,
+            .or_else(|| rope_params?.get("rope_theta").and_then(Value::as_f64).map(|t| t as f32))
+            .unwrap_or(if arch == "gemma3_text" { 1_000_000.0 } else { 10_000.0 }),
+        rope_scaling: rope_scaling(raw.rope_scaling.as_ref().or(rope_params)).map_err(err)?,
         max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
-        tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+        tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
         attention_bias: raw.attention_bias.unwrap_or(arch == "qwen2"),
-        qk_norm: arch == "qwen3",
+        qk_norm: arch == "qwen3" || arch == "gemma3_text",
         sliding_window,
+        variant,
         bos_token_id: raw.bos_token_id,
         eos_token_ids: raw.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
         architecture: arch,
     };
     check_config_ranges(&config).map_err(err)?;
     Ok(config)
+}
+
+/// Gemma 2 / Gemma 3's departures from the Llama block, from their config keys (HF's defaults where absent).
+fn gemma_variant(raw: &RawConfig, arch: &str, layers: usize) -> Result<DecoderVariant, String> {
+    let gemma2 = arch == "gemma2";
+    if raw.use_bidirectional_attention == Some(true) {
+        return Err("use_bidirectional_attention = true (an embedding model, not a causal LM) is not supported".into());
+    }
+    let act = raw
+        .hidden_activation
+        .as_deref()
+        .or(raw.hidden_act.as_deref())
+        .unwrap_or("gelu_pytorch_tanh");
+    let activation = match act {
+        "gelu_pytorch_tanh" | "gelu_tanh" => HiddenActivation::GeluTanh,
+        other => return Err(format!("hidden_activation `{other}` is not supported for {arch} (gelu_pytorch_tanh)")),
+    };
+    let sliding_layers = match &raw.layer_types {
+        Some(types) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => Err(format!("layer type `{other}` is not supported (sliding_attention, full_attention)")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None if gemma2 => (0..layers).map(|i| i % 2 == 0).collect(),
+        None => {
+            let pattern = raw.sliding_window_pattern.unwrap_or(6).max(1);
+            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+    };
+    if sliding_layers.len() != layers {
+        return Err(format!("{} layer_types for {layers} layers", sliding_layers.len()));
+    }
+    // transformers >= 5 keeps the local base inside `rope_parameters.sliding_attention`.
+    let local_theta = raw.rope_local_base_freq.or_else(|| {
+        let p = raw.rope_parameters.as_ref()?.get("sliding_attention")?;
+        p.get("rope_theta").and_then(Value::as_f64).map(|t| t as f32)
+    });
+    Ok(DecoderVariant {
+        norm_unit_offset: true,
+        scale_embeddings: true,
+        sandwich_norms: true,
+        activation,
+        query_pre_attn_scalar: Some(raw.query_pre_attn_scalar.unwrap_or(256.0)),
+        // Gemma 2's defaults are 50 / 30; Gemma 3 has none. An explicit null turns them off.
+        attn_logit_softcap: softcap(&raw.attn_logit_softcapping, "attn_logit_softcapping", gemma2.then_some(50.0))?,
+        final_logit_softcap: softcap(&raw.final_logit_softcapping, "final_logit_softcapping", gemma2.then_some(30.0))?,
+        sliding_layers,
+        rope_local_theta: if gemma2 { None } else { Some(local_theta.unwrap_or(10_000.0)) },
+    })
+}
+
+/// A soft-cap key: absent -> `default`, null -> none, a positive number -> it.
+fn softcap(v: &Option<Value>, key: &str, default: Option<f32>) -> Result<Option<f32>, String> {
+    match v {
+        None => Ok(default),
+        Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(c) if c.is_finite() && c > 0.0 => Ok(Some(c as f32)),
+            _ => Err(format!("`{key}` must be a positive number or null, found {v}")),
+        },
+    }
 }
 
 fn architecture(raw: &RawConfig) -> Result<String, String> {
@@ -346,6 +447,86 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    /// Gemma 2 9B's config.json (as on the Hub, trimmed of keys we ignore).
+    const GEMMA2_9B: &str = r#"{"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 3584, "intermediate_size": 14336,
+        "max_position_embeddings": 8192, "num_attention_heads": 16, "num_hidden_layers": 42,
+        "num_key_value_heads": 8, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+        "sliding_window": 4096, "vocab_size": 256000, "bos_token_id": 2, "eos_token_id": 1}"#;
+
+    #[test]
+    fn gemma2_config_and_defaults() {
+        let c = parse_config("x", GEMMA2_9B).unwrap();
+        assert_eq!(c.architecture, "gemma2");
+        let v = &c.variant;
+        assert!(v.norm_unit_offset && v.scale_embeddings && v.sandwich_norms && c.tie_word_embeddings);
+        assert_eq!(v.activation, HiddenActivation::GeluTanh);
+        assert_eq!((v.attn_logit_softcap, v.final_logit_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(v.query_pre_attn_scalar, Some(256.0));
+        // No `layer_types`: HF's rule, even layers slide.
+        assert_eq!(v.sliding_layers.len(), 42);
+        assert_eq!((c.layer_window(0), c.layer_window(1), c.layer_window(40)), (Some(4096), None, Some(4096)));
+        assert_eq!(v.rope_local_theta, None);
+        assert!(!c.qk_norm);
+        // Absent soft-cap keys take Gemma 2's defaults; explicit nulls turn them off.
+        let absent = GEMMA2_9B.replace("\"attn_logit_softcapping\": 50.0, \"final_logit_softcapping\": 30.0,", "");
+        let c = parse_config("x", &absent).unwrap();
+        assert_eq!((c.variant.attn_logit_softcap, c.variant.final_logit_softcap), (Some(50.0), Some(30.0)));
+        let nulls = GEMMA2_9B.replace("50.0", "null").replace("30.0", "null");
+        let c = parse_config("x", &nulls).unwrap();
+        assert_eq!((c.variant.attn_logit_softcap, c.variant.final_logit_softcap), (None, None));
+        let e = parse_config("x", &GEMMA2_9B.replace("50.0", "-1")).unwrap_err().to_string();
+        assert!(e.contains("attn_logit_softcapping"), "{e}");
+        let e = parse_config("x", &GEMMA2_9B.replace("gelu_pytorch_tanh", "relu")).unwrap_err().to_string();
+        assert!(e.contains("relu"), "{e}");
+    }
+
+    #[test]
+    fn gemma3_text_config_pattern_and_two_rope_bases() {
+        // Gemma 3 1B as transformers 4.5x saved it: `sliding_window_pattern` and `rope_local_base_freq`.
+        let old = r#"{"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "head_dim": 256,
+            "hidden_size": 1152, "intermediate_size": 6912, "max_position_embeddings": 32768,
+            "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1,
+            "query_pre_attn_scalar": 256, "rope_local_base_freq": 10000, "rope_scaling": null,
+            "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "vocab_size": 262144,
+            "final_logit_softcapping": null, "attn_logit_softcapping": null}"#;
+        let c = parse_config("x", old).unwrap();
+        assert_eq!(c.architecture, "gemma3_text");
+        assert!(c.qk_norm && c.variant.sandwich_norms && c.variant.final_logit_softcap.is_none());
+        let global: Vec<usize> = (0..26).filter(|&i| c.layer_window(i).is_none()).collect();
+        assert_eq!(global, vec![5, 11, 17, 23]);
+        assert_eq!(c.variant.rope_local_theta, Some(10_000.0));
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        let (local, glob) = (c.layer_rope_inv_freq(0), c.layer_rope_inv_freq(5));
+        let close = |a: f32, b: f64| ((a as f64 - b) / b).abs() < 1e-6;
+        assert!(close(local[1], 10_000f64.powf(-2.0 / 256.0)), "{}", local[1]);
+        assert!(close(glob[1], 1_000_000f64.powf(-2.0 / 256.0)), "{}", glob[1]);
+        // transformers 5: `layer_types` and `rope_parameters` per layer type, linear scaling on global layers.
+        let new = r#"{"architectures": ["Gemma3ForCausalLM"], "head_dim": 16, "hidden_size": 64,
+            "intermediate_size": 128, "max_position_embeddings": 256, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "num_key_value_heads": 2, "vocab_size": 512, "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {"full_attention": {"factor": 8.0, "rope_theta": 1000000.0, "rope_type": "linear"},
+                                "sliding_attention": {"rope_theta": 20000.0, "rope_type": "default"}}}"#;
+        let c = parse_config("x", new).unwrap();
+        assert_eq!((c.layer_window(0), c.layer_window(1)), (Some(8), None));
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!((c.rope_theta, c.variant.rope_local_theta), (1_000_000.0, Some(20_000.0)));
+        // The local table ignores the global layers' scaling.
+        assert_eq!(c.layer_rope_inv_freq(0)[0], 1.0);
+        assert_eq!(c.layer_rope_inv_freq(1)[0], 1.0 / 8.0);
+        let e = parse_config("x", &new.replace("\"full_attention\"]", "\"chunked_attention\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunked_attention"), "{e}");
+        // The multimodal wrapper is not the text model.
+        let e = parse_config("x", r#"{"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Gemma3ForConditionalGeneration") && e.contains("Gemma3ForCausalLM"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! The Llama-family decoder (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2, Qwen3), after HF's `LlamaForCausalLM`:
-//! pre-norm blocks of RMSNorm -> GQA attention with rotate-half RoPE -> residual -> RMSNorm -> SwiGLU MLP ->
-//! residual, then a final norm and the LM head. The family's switches are data in `ModelConfig`: q/k/v biases
-//! (Qwen2), per-head q/k RMSNorm (Qwen3), sliding-window attention (Mistral), tied embeddings, RoPE scaling.
+//! The decoder of the Llama family (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2, Qwen3) and of Gemma 2 / Gemma 3 text,
+//! after HF's `LlamaForCausalLM`: pre-norm blocks of RMSNorm -> GQA attention with rotate-half RoPE -> residual
+//! -> RMSNorm -> GLU MLP -> residual, then a final norm and the LM head. The family's switches are data in
+//! `ModelConfig`: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3), sliding-window attention
+//! (Mistral: every layer; Gemma: the local layers of `layer_types`), tied embeddings, RoPE scaling, and
+//! Gemma's `DecoderVariant` (after HF's `modeling_gemma2.py` / `modeling_gemma3.py`): `(1 + w)` norms (folded
+//! into the weights here), embeddings times `sqrt(hidden)`, sandwich norms (each sub-layer's output is normed
+//! before it joins the residual), GELU-tanh GLU, `query_pre_attn_scalar`, attention and final-logit
+//! soft-capping, and a second RoPE table for Gemma 3's local layers.
 //!
 //! Written once against the backend ops (`pagedllm_kernels::backend::Backend`), so the CPU and the CUDA backend
 //! run this same forward: q|k|v and gate|up are fused into one product each, bias + qk-norm + RoPE + the paged
@@ -15,7 +20,7 @@ use pagedllm_kernels::backend::{
 };
 use pagedllm_kernels::WeightMatrix;
 
-use super::config::ModelConfig;
+use super::config::{HiddenActivation, ModelConfig};
 use super::weights::WeightStore;
 use crate::error::{EngineError, Result};
 
@@ -28,10 +33,17 @@ struct Layer {
     /// Qwen3's per-head q/k norms.
     qk_norm: Option<QkNorm>,
     o_proj: WeightId,
-    post_norm: VectorId,
+    /// The norm before the MLP (Llama's `post_attention_layernorm`, Gemma's `pre_feedforward_layernorm`).
+    mlp_norm: VectorId,
+    /// Gemma's sandwich norms of the sub-layer outputs, before they join the residual: (attention output:
+    /// `post_attention_layernorm`, MLP output: `post_feedforward_layernorm`).
+    output_norms: Option<(VectorId, VectorId)>,
     /// `[2 inter, hidden]`: gate then up.
     gate_up: WeightId,
     down: WeightId,
+    /// This layer's RoPE table (Gemma 3's local and global layers differ) and attention (window per layer).
+    rope: RopeId,
+    attention: AttentionSpec,
 }
 
 /// The activations one forward passes between ops (persistent buffers on the backend).
@@ -44,6 +56,8 @@ struct Activations {
     attn: TensorId,
     /// Output of the last sub-layer, not yet added to the residual (added by the next fused add + norm).
     delta: TensorId,
+    /// A sub-layer output after its sandwich norm (Gemma only: the norm's input and output must differ).
+    normed_delta: Option<TensorId>,
     gate_up: TensorId,
     act: TensorId,
     /// Final-normed hidden states of the logits rows.
@@ -57,8 +71,10 @@ pub struct LlamaModel {
     /// `embed_tokens` itself when the embeddings are tied.
     lm_head: WeightId,
     norm: VectorId,
-    rope: RopeId,
     layers: Vec<Layer>,
+    /// Gemma's `sqrt(hidden)` on the embeddings.
+    embed_scale: Option<f32>,
+    activation: Activation,
     act: Activations,
 }
 
@@ -83,6 +99,15 @@ fn vector(ws: &WeightStore, name: &str, len: usize) -> Result<Vec<f32>> {
             &ws.source,
             format!("tensor `{name}` has {} elements, expected {len}", v.len()),
         ));
+    }
+    Ok(v)
+}
+
+/// A norm weight as the ops apply it (`y = normed * w`): Gemma's `(1 + w)` folded in.
+fn norm_weight(ws: &WeightStore, name: &str, len: usize, unit_offset: bool) -> Result<Vec<f32>> {
+    let mut v = vector(ws, name, len)?;
+    if unit_offset {
+        v.iter_mut().for_each(|w| *w += 1.0);
     }
     Ok(v)
 }
@@ -112,6 +137,22 @@ fn check_config(c: &ModelConfig) -> Result<()> {
     if c.head_dim == 0 || c.head_dim % 2 != 0 || c.head_dim > 512 {
         return bad(format!("head_dim {} must be even and at most 512", c.head_dim));
     }
+    let v = &c.variant;
+    if !v.sliding_layers.is_empty() && v.sliding_layers.len() != c.num_hidden_layers {
+        return bad(format!(
+            "{} layer types for {} layers",
+            v.sliding_layers.len(),
+            c.num_hidden_layers
+        ));
+    }
+    let positive = |x: Option<f32>| x.is_none_or(|x| x.is_finite() && x > 0.0);
+    if !(positive(v.query_pre_attn_scalar) && positive(v.attn_logit_softcap) && positive(v.final_logit_softcap))
+        || !positive(v.rope_local_theta)
+    {
+        return bad(format!(
+            "query_pre_attn_scalar, soft-caps and rope_local_base_freq must be positive: {v:?}"
+        ));
+    }
     Ok(())
 }
 
@@ -137,12 +178,30 @@ impl LlamaModel {
         let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
         let embed = matrix(weights, "model.embed_tokens.weight", c.vocab_size, hidden)?;
         let embed_tokens = b.upload_matrix(&[embed]).map_err(backend_err)?;
+        let v = &c.variant;
         let norm_vec = |b: &mut B, name: &str, len: usize| -> Result<VectorId> {
-            b.upload_vector(&[&vector(weights, name, len)?]).map_err(backend_err)
+            b.upload_vector(&[&norm_weight(weights, name, len, v.norm_unit_offset)?])
+                .map_err(backend_err)
         };
         let eps = Norm { eps: c.rms_norm_eps };
+        // One RoPE table per distinct frequency list (Gemma 3: local and global).
+        let mut ropes: Vec<(Vec<f32>, RopeId)> = Vec::new();
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
+            let inv_freq = c.layer_rope_inv_freq(i);
+            let rope = match ropes.iter().find(|(f, _)| *f == inv_freq) {
+                Some(&(_, id)) => id,
+                None => {
+                    let id = b.upload_rope(&RopeSpec { inv_freq: inv_freq.clone() }).map_err(backend_err)?;
+                    ropes.push((inv_freq, id));
+                    id
+                }
+            };
+            let attention = AttentionSpec {
+                scale: 1.0 / v.query_pre_attn_scalar.unwrap_or(hd as f32).sqrt(),
+                sliding_window: c.layer_window(i).map(|w| w.min(u32::MAX as usize) as u32),
+                softcap: v.attn_logit_softcap,
+            };
             let p = format!("model.layers.{i}");
             let attn = |n: &str| format!("{p}.self_attn.{n}");
             let qkv = b
@@ -172,6 +231,14 @@ impl LlamaModel {
                 None
             };
             let mlp = |n: &str| format!("{p}.mlp.{n}");
+            let layer_norm = |b: &mut B, n: &str| norm_vec(b, &format!("{p}.{n}.weight"), hidden);
+            let (mlp_norm, output_norms) = if v.sandwich_norms {
+                let post_attention = layer_norm(b, "post_attention_layernorm")?;
+                let post_feedforward = layer_norm(b, "post_feedforward_layernorm")?;
+                (layer_norm(b, "pre_feedforward_layernorm")?, Some((post_attention, post_feedforward)))
+            } else {
+                (layer_norm(b, "post_attention_layernorm")?, None)
+            };
             layers.push(Layer {
                 input_norm: norm_vec(b, &format!("{p}.input_layernorm.weight"), hidden)?,
                 qkv,
@@ -180,7 +247,8 @@ impl LlamaModel {
                 o_proj: b
                     .upload_matrix(&[matrix(weights, &attn("o_proj.weight"), hidden, q_dim)?])
                     .map_err(backend_err)?,
-                post_norm: norm_vec(b, &format!("{p}.post_attention_layernorm.weight"), hidden)?,
+                mlp_norm,
+                output_norms,
                 gate_up: b
                     .upload_matrix(&[
                         matrix(weights, &mlp("gate_proj.weight"), inter, hidden)?,
@@ -190,6 +258,8 @@ impl LlamaModel {
                 down: b
                     .upload_matrix(&[matrix(weights, &mlp("down_proj.weight"), hidden, inter)?])
                     .map_err(backend_err)?,
+                rope,
+                attention,
             });
         }
         let norm = norm_vec(b, "model.norm.weight", hidden)?;
@@ -200,11 +270,6 @@ impl LlamaModel {
             let w = matrix(weights, "lm_head.weight", c.vocab_size, hidden)?;
             b.upload_matrix(&[w]).map_err(backend_err)?
         };
-        let rope = b
-            .upload_rope(&RopeSpec {
-                inv_freq: c.rope_inv_freq(),
-            })
-            .map_err(backend_err)?;
         let mut alloc = |rows: Rows, width: usize| b.alloc_activation(rows, width).map_err(backend_err);
         let act = Activations {
             residual: alloc(Rows::Tokens, hidden)?,
@@ -212,6 +277,7 @@ impl LlamaModel {
             qkv: alloc(Rows::Tokens, heads.qkv_dim())?,
             attn: alloc(Rows::Tokens, q_dim)?,
             delta: alloc(Rows::Tokens, hidden)?,
+            normed_delta: if v.sandwich_norms { Some(alloc(Rows::Tokens, hidden)?) } else { None },
             gate_up: alloc(Rows::Tokens, 2 * inter)?,
             act: alloc(Rows::Tokens, inter)?,
             last_hidden: alloc(Rows::Logits, hidden)?,
@@ -222,8 +288,13 @@ impl LlamaModel {
             embed_tokens,
             lm_head,
             norm,
-            rope,
             layers,
+            // HF: `hidden_size ** 0.5` (as a tensor of the model's dtype; the backend rounds it likewise).
+            embed_scale: v.scale_embeddings.then(|| (hidden as f32).sqrt()),
+            activation: match v.activation {
+                HiddenActivation::Silu => Activation::Silu,
+                HiddenActivation::GeluTanh => Activation::GeluTanh,
+            },
             act,
         })
     }
@@ -239,28 +310,44 @@ impl LlamaModel {
         let eps = Norm {
             eps: self.config.rms_norm_eps,
         };
-        let attention = AttentionSpec {
-            scale: 1.0 / (self.heads.head_dim as f32).sqrt(),
-            sliding_window: self.config.sliding_window.map(|w| w.min(u32::MAX as usize) as u32),
-            softcap: None,
-        };
-        b.embed(self.embed_tokens, a.residual)?;
+        b.embed(self.embed_tokens, self.embed_scale, a.residual)?;
+        // What the next fused add + norm adds to the residual: a sub-layer's output, sandwich-normed (Gemma).
+        let mut pending: Option<TensorId> = None;
         for (l, layer) in self.layers.iter().enumerate() {
             // Layer 0 normalizes the embeddings; later layers first add the previous MLP output.
-            let delta = (l > 0).then_some(a.delta);
-            b.add_rms_norm(a.residual, delta, layer.input_norm, eps, a.normed)?;
+            b.add_rms_norm(a.residual, pending, layer.input_norm, eps, a.normed)?;
             b.linear(a.normed, layer.qkv, a.qkv)?;
-            b.rope_kv_write(l, a.qkv, self.heads, layer.qkv_bias, layer.qk_norm, self.rope)?;
-            b.attention(l, a.qkv, self.heads, attention, a.attn)?;
+            b.rope_kv_write(l, a.qkv, self.heads, layer.qkv_bias, layer.qk_norm, layer.rope)?;
+            b.attention(l, a.qkv, self.heads, layer.attention, a.attn)?;
             b.linear(a.attn, layer.o_proj, a.delta)?;
-            b.add_rms_norm(a.residual, Some(a.delta), layer.post_norm, eps, a.normed)?;
+            let attn_out = self.output_norm(b, layer.output_norms.map(|n| n.0), eps)?;
+            b.add_rms_norm(a.residual, Some(attn_out), layer.mlp_norm, eps, a.normed)?;
             b.linear(a.normed, layer.gate_up, a.gate_up)?;
-            b.glu(a.gate_up, Activation::Silu, a.act)?;
+            b.glu(a.gate_up, self.activation, a.act)?;
             b.linear(a.act, layer.down, a.delta)?;
+            pending = Some(self.output_norm(b, layer.output_norms.map(|n| n.1), eps)?);
         }
         // Only the logits rows get the last residual add, the final norm and the LM head.
-        b.add_rms_norm(a.residual, Some(a.delta), self.norm, eps, a.last_hidden)?;
-        b.lm_head(a.last_hidden, self.lm_head)
+        b.add_rms_norm(a.residual, pending, self.norm, eps, a.last_hidden)?;
+        b.lm_head(a.last_hidden, self.lm_head, self.config.variant.final_logit_softcap)
+    }
+
+    /// The sub-layer output in `delta`, through its sandwich norm when the layer has one (Gemma): the tensor
+    /// to add to the residual.
+    fn output_norm<B: Backend>(
+        &self,
+        b: &mut B,
+        norm: Option<VectorId>,
+        eps: Norm,
+    ) -> std::result::Result<TensorId, B::Error> {
+        let a = &self.act;
+        match (norm, a.normed_delta) {
+            (Some(w), Some(out)) => {
+                b.add_rms_norm(a.delta, None, w, eps, out)?;
+                Ok(out)
+            }
+            _ => Ok(a.delta),
+        }
     }
 }
 

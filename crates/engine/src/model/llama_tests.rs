@@ -5,7 +5,7 @@ use pagedllm_kernels::cpu::{CpuBackend, CpuError};
 use pagedllm_kernels::InputBatch;
 
 use super::*;
-use crate::model::RopeScaling;
+use crate::model::{DecoderVariant, HiddenActivation, RopeScaling};
 
 /// A model loaded onto its own CPU backend (a fresh KV cache of `num_blocks` blocks).
 struct OnCpu {
@@ -49,6 +49,7 @@ fn tiny_config(attention_bias: bool, tie_word_embeddings: bool, rope_scaling: Ro
         attention_bias,
         qk_norm: false,
         sliding_window: None,
+        variant: Default::default(),
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -67,10 +68,16 @@ fn random_weights(c: &ModelConfig, seed: u64) -> WeightStore {
     };
     let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (qd, kvd) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    // Gemma's norms multiply by (1 + w): their weights sit around 0.
+    let (nlo, nhi) = if c.variant.norm_unit_offset { (-0.2, 0.2) } else { (0.8, 1.2) };
     add("model.embed_tokens.weight".into(), c.vocab_size, h, -1.0, 1.0);
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        add(format!("{p}.input_layernorm.weight"), 1, h, 0.8, 1.2);
+        add(format!("{p}.input_layernorm.weight"), 1, h, nlo, nhi);
+        if c.variant.sandwich_norms {
+            add(format!("{p}.pre_feedforward_layernorm.weight"), 1, h, nlo, nhi);
+            add(format!("{p}.post_feedforward_layernorm.weight"), 1, h, nlo, nhi);
+        }
         add(format!("{p}.self_attn.q_proj.weight"), qd, h, -0.25, 0.25);
         add(format!("{p}.self_attn.k_proj.weight"), kvd, h, -0.25, 0.25);
         add(format!("{p}.self_attn.v_proj.weight"), kvd, h, -0.25, 0.25);
@@ -80,16 +87,16 @@ fn random_weights(c: &ModelConfig, seed: u64) -> WeightStore {
             add(format!("{p}.self_attn.v_proj.bias"), 1, kvd, -0.5, 0.5);
         }
         if c.qk_norm {
-            add(format!("{p}.self_attn.q_norm.weight"), 1, hd, 0.5, 1.5);
-            add(format!("{p}.self_attn.k_norm.weight"), 1, hd, 0.5, 1.5);
+            add(format!("{p}.self_attn.q_norm.weight"), 1, hd, nlo - 0.3, nhi + 0.3);
+            add(format!("{p}.self_attn.k_norm.weight"), 1, hd, nlo - 0.3, nhi + 0.3);
         }
         add(format!("{p}.self_attn.o_proj.weight"), h, qd, -0.15, 0.15);
-        add(format!("{p}.post_attention_layernorm.weight"), 1, h, 0.8, 1.2);
+        add(format!("{p}.post_attention_layernorm.weight"), 1, h, nlo, nhi);
         add(format!("{p}.mlp.gate_proj.weight"), i, h, -0.2, 0.2);
         add(format!("{p}.mlp.up_proj.weight"), i, h, -0.2, 0.2);
         add(format!("{p}.mlp.down_proj.weight"), h, i, -0.15, 0.15);
     }
-    add("model.norm.weight".into(), 1, h, 0.8, 1.2);
+    add("model.norm.weight".into(), 1, h, nlo, nhi);
     if !c.tie_word_embeddings {
         add("lm_head.weight".into(), c.vocab_size, h, -0.3, 0.3);
     }
@@ -162,7 +169,9 @@ fn reference(c: &ModelConfig, ws: &WeightStore, tokens: &[u32]) -> Vec<f64> {
             .flat_map(|r| {
                 let inv =
                     1.0 / (r.iter().map(|v| v * v).sum::<f64>() / r.len() as f64 + c.rms_norm_eps as f64).sqrt();
-                r.iter().zip(&w).map(|(v, w)| v * inv * w).collect::<Vec<_>>()
+                // Gemma: (1 + w).
+                let off = if c.variant.norm_unit_offset { 1.0 } else { 0.0 };
+                r.iter().zip(&w).map(|(v, w)| v * inv * (off + w)).collect::<Vec<_>>()
             })
             .collect()
     };
@@ -172,12 +181,18 @@ fn reference(c: &ModelConfig, ws: &WeightStore, tokens: &[u32]) -> Vec<f64> {
         RopeScaling::Linear { factor } => 1.0 / factor as f64,
         _ => 1.0,
     };
-    let rope = |x: &mut [f64], heads: usize| {
+    let var = &c.variant;
+    // Gemma 3's local layers: their own base, unscaled.
+    let rope = |x: &mut [f64], heads: usize, layer: usize| {
+        let (theta, pos_scale) = match var.rope_local_theta {
+            Some(local) if c.layer_window(layer).is_some() => (local as f64, 1.0),
+            _ => (c.rope_theta as f64, pos_scale),
+        };
         for p in 0..t {
             for hh in 0..heads {
                 let v = &mut x[(p * heads + hh) * hd..][..hd];
                 for i in 0..hd / 2 {
-                    let f = 1.0 / (c.rope_theta as f64).powf(2.0 * i as f64 / hd as f64);
+                    let f = 1.0 / theta.powf(2.0 * i as f64 / hd as f64);
                     let a = p as f64 * pos_scale * f;
                     let (x1, x2) = (v[i], v[i + hd / 2]);
                     v[i] = x1 * a.cos() - x2 * a.sin();
@@ -187,10 +202,13 @@ fn reference(c: &ModelConfig, ws: &WeightStore, tokens: &[u32]) -> Vec<f64> {
         }
     };
     let (emb, _) = get("model.embed_tokens.weight");
+    let embed_scale = if var.scale_embeddings { (h as f64).sqrt() } else { 1.0 };
     let mut x: Vec<f64> = tokens
         .iter()
-        .flat_map(|&id| emb[id as usize * h..][..h].to_vec())
+        .flat_map(|&id| emb[id as usize * h..][..h].iter().map(|e| e * embed_scale).collect::<Vec<_>>())
         .collect();
+    let scale = 1.0 / var.query_pre_attn_scalar.map_or(hd as f64, |s| s as f64).sqrt();
+    let cap = |s: f64, c: Option<f32>| c.map_or(s, |c| (s / c as f64).tanh() * c as f64);
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let hn = rms(&x, &format!("{p}.input_layernorm.weight"));
@@ -202,17 +220,20 @@ fn reference(c: &ModelConfig, ws: &WeightStore, tokens: &[u32]) -> Vec<f64> {
             q = rms(&q, &format!("{p}.self_attn.q_norm.weight"));
             k = rms(&k, &format!("{p}.self_attn.k_norm.weight"));
         }
-        rope(&mut q, nh);
-        rope(&mut k, nkv);
+        rope(&mut q, nh, l);
+        rope(&mut k, nkv, l);
         let mut attn = vec![0.0f64; t * nh * hd];
         for i in 0..t {
             for hh in 0..nh {
                 let kh = hh / (nh / nkv);
                 let qv = &q[(i * nh + hh) * hd..][..hd];
-                // Mistral: only the last `sliding_window` positions.
-                let lo = c.sliding_window.map_or(0, |w| (i + 1).saturating_sub(w));
+                // Mistral, Gemma's local layers: only the last `sliding_window` positions.
+                let lo = c.layer_window(l).map_or(0, |w| (i + 1).saturating_sub(w));
                 let s: Vec<f64> = (lo..=i)
-                    .map(|j| (0..hd).map(|d| qv[d] * k[(j * nkv + kh) * hd + d]).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|j| {
+                        let dot = (0..hd).map(|d| qv[d] * k[(j * nkv + kh) * hd + d]).sum::<f64>();
+                        cap(dot * scale, var.attn_logit_softcap)
+                    })
                     .collect();
                 let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|v| (v - mx).exp()).sum();
@@ -223,13 +244,29 @@ fn reference(c: &ModelConfig, ws: &WeightStore, tokens: &[u32]) -> Vec<f64> {
                 }
             }
         }
-        let o = lin(&attn, &format!("{p}.self_attn.o_proj.weight"));
+        let mut o = lin(&attn, &format!("{p}.self_attn.o_proj.weight"));
+        if var.sandwich_norms {
+            o = rms(&o, &format!("{p}.post_attention_layernorm.weight"));
+        }
         x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        let hn = rms(&x, &format!("{p}.post_attention_layernorm.weight"));
+        let mlp_norm = if var.sandwich_norms { "pre_feedforward_layernorm" } else { "post_attention_layernorm" };
+        let hn = rms(&x, &format!("{p}.{mlp_norm}.weight"));
         let g = lin(&hn, &format!("{p}.mlp.gate_proj.weight"));
         let u = lin(&hn, &format!("{p}.mlp.up_proj.weight"));
-        let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-        let d = lin(&act, &format!("{p}.mlp.down_proj.weight"));
+        let act: Vec<f64> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, u)| match var.activation {
+                HiddenActivation::Silu => g / (1.0 + (-g).exp()) * u,
+                HiddenActivation::GeluTanh => {
+                    0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh()) * u
+                }
+            })
+            .collect();
+        let mut d = lin(&act, &format!("{p}.mlp.down_proj.weight"));
+        if var.sandwich_norms {
+            d = rms(&d, &format!("{p}.post_feedforward_layernorm.weight"));
+        }
         x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
     }
     let head = if ws.contains("lm_head.weight") {
@@ -237,7 +274,8 @@ fn reference(c: &ModelConfig, ws: &WeightStore, tokens: &[u32]) -> Vec<f64> {
     } else {
         "model.embed_tokens.weight"
     };
-    lin(&rms(&x, "model.norm.weight"), head)
+    let logits = lin(&rms(&x, "model.norm.weight"), head);
+    logits.into_iter().map(|z| cap(z, var.final_logit_softcap)).collect()
 }
 
 fn assert_close(got: &[f32], want: &[f64], what: &str) {
@@ -433,4 +471,90 @@ fn mistral_sliding_window_matches_reference_through_chunks_and_decodes() {
     let unwindowed = reference(&full, &ws, &tokens);
     let v = c.vocab_size;
     assert!(want[16 * v..].iter().zip(&unwindowed[16 * v..]).any(|(a, b)| (a - b).abs() > 1e-3));
+}
+
+/// A Gemma-shaped tiny config: 2 layers, layer 0 local (window 5), layer 1 global.
+fn gemma_config(gemma3: bool) -> ModelConfig {
+    let mut c = tiny_config(false, true, if gemma3 { RopeScaling::Linear { factor: 2.0 } } else { RopeScaling::None });
+    c.architecture = if gemma3 { "gemma3_text" } else { "gemma2" }.into();
+    c.sliding_window = Some(5);
+    c.qk_norm = gemma3;
+    c.variant = DecoderVariant {
+        norm_unit_offset: true,
+        scale_embeddings: true,
+        sandwich_norms: true,
+        activation: HiddenActivation::GeluTanh,
+        query_pre_attn_scalar: Some(c.head_dim as f32 * 2.0),
+        // Small caps, so that they bend these logits.
+        attn_logit_softcap: (!gemma3).then_some(1.5),
+        final_logit_softcap: (!gemma3).then_some(2.0),
+        sliding_layers: vec![true, false],
+        rope_local_theta: gemma3.then_some(50.0),
+    };
+    c
+}
+
+#[test]
+fn gemma_blocks_match_reference_through_chunks_and_decodes() {
+    for gemma3 in [false, true] {
+        let c = gemma_config(gemma3);
+        assert_eq!(c.num_hidden_layers, 2);
+        let ws = random_weights(&c, 20 + gemma3 as u64);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let tokens = random_tokens(15, c.vocab_size, &mut rng);
+        let seq = Seq {
+            tokens: tokens.clone(),
+            table: vec![3, 0, 2, 1],
+        };
+        let mut m = on_cpu(&c, &ws, 4).unwrap();
+        let mut logits = m.forward(&make_batch(&[(&seq, 0, 6)])).unwrap();
+        logits.extend(m.forward(&make_batch(&[(&seq, 6, 11)])).unwrap());
+        for p in 11..15 {
+            logits.extend(m.forward(&make_batch(&[(&seq, p, p + 1)])).unwrap());
+        }
+        let want = reference(&c, &ws, &tokens);
+        let what = if gemma3 { "gemma3" } else { "gemma2" };
+        assert_close(&logits, &want, what);
+        if !gemma3 {
+            // The final cap bounds every logit.
+            assert!(logits.iter().all(|z| z.abs() <= 2.0), "{what}: a logit beyond the final soft-cap");
+        }
+        // Each Gemma switch changes the result (so the comparison above is not vacuous).
+        let v = c.vocab_size;
+        let differs = |other: &ModelConfig| {
+            let r = reference(other, &ws, &tokens);
+            r[14 * v..].iter().zip(&want[14 * v..]).any(|(a, b)| (a - b).abs() > 1e-3)
+        };
+        let mut off = c.clone();
+        off.variant.scale_embeddings = false;
+        assert!(differs(&off), "{what}: embedding scale");
+        let mut off = c.clone();
+        off.variant.sliding_layers = vec![false, false];
+        assert!(differs(&off), "{what}: local layer window");
+        let mut off = c.clone();
+        off.variant.activation = HiddenActivation::Silu;
+        assert!(differs(&off), "{what}: GELU-tanh");
+        if gemma3 {
+            let mut off = c.clone();
+            off.variant.rope_local_theta = None;
+            assert!(differs(&off), "{what}: local RoPE base");
+        } else {
+            let mut off = c.clone();
+            off.variant.attn_logit_softcap = None;
+            assert!(differs(&off), "{what}: attention soft-cap");
+        }
+    }
+}
+
+#[test]
+fn gemma_layer_types_must_cover_every_layer() {
+    let mut c = gemma_config(false);
+    c.variant.sliding_layers = vec![true];
+    let ws = random_weights(&c, 3);
+    let e = on_cpu(&c, &ws, 4).err().expect("refused").to_string();
+    assert!(e.contains("1 layer types for 2 layers"), "{e}");
+    let mut c = gemma_config(false);
+    c.variant.final_logit_softcap = Some(0.0);
+    let e = on_cpu(&c, &ws, 4).err().expect("refused").to_string();
+    assert!(e.contains("soft-caps"), "{e}");
 }

@@ -210,6 +210,87 @@ mod tests {
         assert_eq!(render(source, json!([{"role": "user", "content": "x"}])).unwrap(), "ok");
     }
 
+    /// Gemma 2's template (google/gemma-2-*-it `tokenizer_config.json`): no system role, `model` for the
+    /// assistant, `| trim` on the content.
+    const GEMMA2_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+
+    /// Gemma 3's template (google/gemma-3-*-it): a system message becomes a prefix of the first user turn.
+    const GEMMA3_TEMPLATE: &str = r#"{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"#;
+
+    #[test]
+    fn gemma_templates_render_and_refuse_what_hf_refuses() {
+        let t = ChatTemplate::new(GEMMA2_TEMPLATE, Some("<bos>".into()), Some("<eos>".into())).unwrap();
+        let chat = json!([
+            {"role": "user", "content": " Hi \n"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Again"}
+        ]);
+        assert_eq!(
+            t.render(&chat, true, None).unwrap(),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nAgain<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // Gemma 2 has no system role: the template's own error, as a chat-template error (HTTP 400).
+        let err = t
+            .render(&json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}]), true, None)
+            .unwrap_err();
+        assert!(matches!(&err, EngineError::ChatTemplate(m) if m.contains("System role not supported")), "{err}");
+
+        let t = ChatTemplate::new(GEMMA3_TEMPLATE, Some("<bos>".into()), Some("<eos>".into())).unwrap();
+        let chat = json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi "}]}
+        ]);
+        assert_eq!(
+            t.render(&chat, true, None).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let err = t
+            .render(&json!([{"role": "assistant", "content": "x"}]), false, None)
+            .unwrap_err();
+        assert!(matches!(&err, EngineError::ChatTemplate(m) if m.contains("must alternate")), "{err}");
+    }
+
     #[test]
     fn syntax_errors_are_reported_at_construction() {
         let err = ChatTemplate::new("{% for m in messages %}", None, None).unwrap_err();

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::{attention, kv_cache::KvCache, matmul::matmul, norm, rope::RopeTable};
+use super::{activation, attention, kv_cache::KvCache, matmul::matmul, norm, rope::RopeTable};
 use crate::backend::{
     Activation, AttentionSpec, Backend, Forward, HeadLayout, KvLayout, Norm, QkNorm, RopeId, RopeSpec, Rows,
     TensorId, VectorId, WeightId,
@@ -184,7 +184,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn embed(&mut self, table: WeightId, out: TensorId) -> R {
+    fn embed(&mut self, table: WeightId, scale: Option<f32>, out: TensorId) -> R {
         if out.rows != Rows::Tokens || out.width != table.cols {
             return bad(format!("embed: output {out:?} for a table of {} columns", table.cols));
         }
@@ -195,7 +195,12 @@ impl Backend for CpuBackend {
         let emb = &self.weights[table.index as usize][0];
         o.par_chunks_mut(out.width)
             .zip(self.batch.token_ids.par_iter())
-            .for_each(|(row, &id)| quant::dequantize_row(emb.dtype, emb.row(id as usize), row));
+            .for_each(|(row, &id)| {
+                quant::dequantize_row(emb.dtype, emb.row(id as usize), row);
+                if let Some(s) = scale {
+                    row.iter_mut().for_each(|v| *v *= s);
+                }
+            });
         self.put(out, o);
         Ok(())
     }
@@ -348,13 +353,18 @@ impl Backend for CpuBackend {
                             *o = g / (1.0 + (-g).exp()) * u;
                         }
                     }
+                    Activation::GeluTanh => {
+                        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                            *o = activation::gelu_tanh(g) * u;
+                        }
+                    }
                 }
             });
         self.put(out, o);
         Ok(())
     }
 
-    fn lm_head(&mut self, hidden: TensorId, w: WeightId) -> R {
+    fn lm_head(&mut self, hidden: TensorId, w: WeightId, final_softcap: Option<f32>) -> R {
         if hidden.rows != Rows::Logits || hidden.width != w.cols {
             return bad(format!("lm_head: {hidden:?} through a [{}, {}] weight", w.rows, w.cols));
         }
@@ -362,6 +372,12 @@ impl Backend for CpuBackend {
         self.logits.resize(m * w.rows, 0.0);
         let x = &self.acts[hidden.index as usize];
         matmul(x, m, &self.weights[w.index as usize][0], &mut self.logits);
+        if let Some(cap) = final_softcap {
+            if !(cap.is_finite() && cap > 0.0) {
+                return bad(format!("lm_head: final soft-cap {cap} must be a positive number"));
+            }
+            activation::softcap(&mut self.logits, cap);
+        }
         Ok(())
     }
 

@@ -134,6 +134,14 @@ impl ActivationDtype {
     pub fn has_tensor_core_attention(self) -> bool {
         self != ActivationDtype::F32
     }
+    /// `x` rounded to this type (nearest even), back in f32.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            ActivationDtype::Bf16 => half::bf16::from_f32(x).to_f32(),
+            ActivationDtype::F16 => half::f16::from_f32(x).to_f32(),
+            ActivationDtype::F32 => x,
+        }
+    }
     /// Appends `x` in this type's little-endian encoding (16-bit types round to nearest even).
     pub fn encode_into(self, x: f32, out: &mut [u8]) {
         match self {

@@ -62,7 +62,7 @@ impl Backend for CudaBackend {
     fn alloc_activation(&mut self, _: Rows, _: usize) -> Result<TensorId, CudaError> {
         match *self {}
     }
-    fn embed(&mut self, _: WeightId, _: TensorId) -> Result<(), CudaError> {
+    fn embed(&mut self, _: WeightId, _: Option<f32>, _: TensorId) -> Result<(), CudaError> {
         match *self {}
     }
     fn add_rms_norm(&mut self, _: TensorId, _: Option<TensorId>, _: VectorId, _: Norm, _: TensorId) -> Result<(), CudaError> {
@@ -88,7 +88,7 @@ impl Backend for CudaBackend {
     fn glu(&mut self, _: TensorId, _: Activation, _: TensorId) -> Result<(), CudaError> {
         match *self {}
     }
-    fn lm_head(&mut self, _: TensorId, _: WeightId) -> Result<(), CudaError> {
+    fn lm_head(&mut self, _: TensorId, _: WeightId, _: Option<f32>) -> Result<(), CudaError> {
         match *self {}
     }
     fn copy_blocks(&mut self, _: &[(u32, u32)]) -> Result<(), CudaError> {

@@ -80,6 +80,8 @@ struct PendingHead {
     hidden: u64,
     weight: u64,
     hidden_size: usize,
+    /// Gemma 2's final-logit soft-cap, applied to the logits right after the product.
+    final_softcap: Option<f32>,
 }
 
 pub struct CudaBackend {
@@ -125,6 +127,8 @@ struct KernelNames {
     add_rms_norm: String,
     rope_qkv_cache: String,
     silu_mul: String,
+    gelu_tanh_mul: String,
+    embedding_gather_scaled: String,
     attention: String,
     attention_combine: String,
     flash_attention: String,
@@ -138,6 +142,8 @@ impl KernelNames {
             add_rms_norm: format!("add_rms_norm_{t}"),
             rope_qkv_cache: format!("rope_qkv_cache_{t}"),
             silu_mul: format!("silu_mul_{t}"),
+            gelu_tanh_mul: format!("gelu_tanh_mul_{t}"),
+            embedding_gather_scaled: format!("embedding_gather_scaled_{t}"),
             attention: format!("paged_attention_hd{hd}_{t}"),
             attention_combine: format!("attention_combine_hd{hd}_{t}"),
             flash_attention: format!("flash_attention_hd{hd}_{t}"),

@@ -89,11 +89,27 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn embed(&mut self, table: WeightId, out: TensorId) -> R {
+    fn embed(&mut self, table: WeightId, scale: Option<f32>, out: TensorId) -> R {
         if out.rows != Rows::Tokens || out.width != table.cols {
             return bad(format!("embed: output {out:?} for a table of {} columns", table.cols));
         }
         let t = self.step.tokens as u32;
+        if let Some(scale) = scale {
+            // HF multiplies by the normalizer as a tensor of the model's dtype: round it the same way.
+            let rounded = self.opts.dtype.round(scale);
+            return self.gpu.launch(
+                &self.kernels.embedding_gather_scaled,
+                (t, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(self.weight(table)),
+                    Arg::Ptr(self.inputs.tokens.ptr()),
+                    Arg::Ptr(self.act(out)),
+                    Arg::I32(out.width as i32),
+                    Arg::F32(rounded),
+                ],
+            );
+        }
         self.gpu.launch(
             "embedding_gather",
             (t, 1, 1),
@@ -332,6 +348,7 @@ impl Backend for CudaBackend {
         let (t, inter) = (self.rows(out), out.width);
         let kernel = match act {
             Activation::Silu => &self.kernels.silu_mul,
+            Activation::GeluTanh => &self.kernels.gelu_tanh_mul,
         };
         self.gpu.launch(
             kernel,
@@ -346,15 +363,19 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn lm_head(&mut self, hidden: TensorId, w: WeightId) -> R {
+    fn lm_head(&mut self, hidden: TensorId, w: WeightId, final_softcap: Option<f32>) -> R {
         if hidden.rows != Rows::Logits || hidden.width != w.cols || w.rows != self.shape.vocab_size {
             return bad(format!("lm_head: {hidden:?} through a [{}, {}] weight", w.rows, w.cols));
+        }
+        if final_softcap.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return bad(format!("lm_head: final soft-cap {final_softcap:?} must be a positive number"));
         }
         // Deferred: logits_to_host or sample runs it, in chunks the logits buffer holds.
         self.head = Some(PendingHead {
             hidden: self.act(hidden),
             weight: self.weight(w),
             hidden_size: w.cols,
+            final_softcap,
         });
         Ok(())
     }
@@ -373,6 +394,24 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
+    /// Gemma 2's final-logit soft-cap on the first `rows` rows of the logits buffer (after the LM head's
+    /// product; one launch, no host read, so it stays inside a captured step).
+    pub(super) fn softcap_logits(&mut self, rows: usize, cap: f32) -> R {
+        let n = rows * self.shape.vocab_size;
+        if n == 0 {
+            return Ok(());
+        }
+        if n > i32::MAX as usize {
+            return bad(format!("{rows} logits rows of {} values in one soft-cap launch", self.shape.vocab_size));
+        }
+        self.gpu.launch(
+            "softcap_f32",
+            (n.div_ceil(256).min(65_535) as u32, 1, 1),
+            256,
+            &[Arg::Ptr(self.scratch.logits.ptr()), Arg::I32(n as i32), Arg::F32(cap)],
+        )
+    }
+
     /// Copies whole KV blocks `(from, to)` in every layer (copy-on-write of shared partial blocks).
     fn copy_kv_blocks(&mut self, pairs: &[(u32, u32)]) -> R {
         self.gpu.bind()?;

@@ -28,7 +28,11 @@ impl CudaBackend {
             v,
             h,
             OutType::F32,
-        )
+        )?;
+        match head.final_softcap {
+            Some(cap) => self.softcap_logits(rows, cap),
+            None => Ok(()),
+        }
     }
 
     fn pending_head(&self) -> Result<PendingHead, CudaError> {
