@@ -592,3 +592,6 @@ fn copied_kv_blocks_serve_a_fork_in_every_type() {
 
 #[path = "gpu_decoder/sampler.rs"]
 mod sampler;
+
+#[path = "gpu_decoder/masked_sampler.rs"]
+mod masked_sampler;
