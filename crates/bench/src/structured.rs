@@ -60,7 +60,12 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             "--model" => a.model = val()?,
             "--device" => a.device = val()?,
             "--dtype" => a.dtype = val()?,
-            "--batch" => a.batches = val()?.split(',').map(|s| num(s.to_string())).collect::<Result<_, _>>()?,
+            "--batch" => {
+                a.batches = val()?
+                    .split(',')
+                    .map(|s| num(s.to_string()))
+                    .collect::<Result<_, _>>()?
+            }
             "--output-len" => a.output_len = num(val()?)?,
             "--compile-reps" => a.compile_reps = num(val()?)?,
             "--ttft-reps" => a.ttft_reps = num(val()?)?,
@@ -253,10 +258,14 @@ pub fn run(argv: &[String]) -> Result<(), String> {
     for &batch in &args.batches {
         let plain = decode_run(&engine, batch, &unconstrained)?;
         let masked = decode_run(&engine, batch, &constrained)?;
-        let (a, b) = (plain["decode_tokens_per_s"].as_f64(), masked["decode_tokens_per_s"].as_f64());
+        let (a, b) = (
+            plain["decode_tokens_per_s"].as_f64(),
+            masked["decode_tokens_per_s"].as_f64(),
+        );
         let cost = a.zip(b).filter(|(a, _)| *a > 0.0).map(|(a, b)| 100.0 * (1.0 - b / a));
         eprintln!("batch {batch}: {a:?} tok/s unconstrained, {b:?} constrained ({cost:?}% lower)");
-        decode.push(json!({"batch": batch, "unconstrained": plain, "constrained": masked, "decode_cost_percent": cost}));
+        decode
+            .push(json!({"batch": batch, "unconstrained": plain, "constrained": masked, "decode_cost_percent": cost}));
     }
 
     let mut compile_ms = Vec::new();

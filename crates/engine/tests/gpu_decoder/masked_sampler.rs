@@ -26,7 +26,10 @@ fn mask_of(tokens: &[u32], vocab: usize) -> Vec<u32> {
 fn masks_for(order: &[u32], vocab: usize) -> Vec<(&'static str, Vec<u32>)> {
     vec![
         ("one", mask_of(&[order[vocab / 2]], vocab)),
-        ("few", mask_of(&[order[3], order[40], order[41], order[500], order[vocab - 1]], vocab)),
+        (
+            "few",
+            mask_of(&[order[3], order[40], order[41], order[500], order[vocab - 1]], vocab),
+        ),
         ("most", mask_of(&order[3..], vocab)),
         ("last word", mask_of(&[vocab as u32 - 1, vocab as u32 - 3], vocab)),
     ]
@@ -107,13 +110,22 @@ fn gpu_sampler_masked_greedy_rows_match_the_cpu_sampler() {
         if let Some(m) = mask {
             assert!(mask_allows(m, d.token as usize), "{what}: disallowed token {}", d.token);
         }
-        assert!(close(d.logprob, cpu.logprob), "{what}: logprob {} vs {}", d.logprob, cpu.logprob);
+        assert!(
+            close(d.logprob, cpu.logprob),
+            "{what}: logprob {} vs {}",
+            d.logprob,
+            cpu.logprob
+        );
         if pr.logprobs.is_some() {
             assert_eq!(d.rank as usize, cpu.rank, "{what}: rank");
         }
         assert_eq!(d.top_logprobs.len(), cpu.top_logprobs.len(), "{what}: top list length");
         for (a, b) in d.top_logprobs.iter().zip(&cpu.top_logprobs) {
-            assert_eq!(a.0, b.0, "{what}: top ids {:?} vs {:?}", d.top_logprobs, cpu.top_logprobs);
+            assert_eq!(
+                a.0, b.0,
+                "{what}: top ids {:?} vs {:?}",
+                d.top_logprobs, cpu.top_logprobs
+            );
             assert!(close(a.1, b.1), "{what}: top logprob {} vs {}", a.1, b.1);
         }
     }
@@ -132,11 +144,18 @@ fn gpu_sampler_masked_random_rows_follow_the_masked_distribution() {
         ..SamplingParams::default()
     };
     let cases: Vec<(usize, SamplingParams)> = vec![
-        (1, t(1.0)),                                       // few
-        (2, t(1.0)),                                       // most
-        (2, SamplingParams { top_p: 0.8, ..t(0.9) }),      // most, nucleus
-        (2, SamplingParams { top_k: 10, min_p: 0.01, ..t(1.2) }),
-        (0, SamplingParams { top_k: 5, ..t(1.0) }),        // one: always that token
+        (1, t(1.0)),                                  // few
+        (2, t(1.0)),                                  // most
+        (2, SamplingParams { top_p: 0.8, ..t(0.9) }), // most, nucleus
+        (
+            2,
+            SamplingParams {
+                top_k: 10,
+                min_p: 0.01,
+                ..t(1.2)
+            },
+        ),
+        (0, SamplingParams { top_k: 5, ..t(1.0) }), // one: always that token
     ];
     let (prompt, output, eos) = (vec![1u32], vec![2u32], vec![0u32]);
     let history = RowHistory {
@@ -148,7 +167,13 @@ fn gpu_sampler_masked_random_rows_follow_the_masked_distribution() {
         let (name, mask) = &masks[*m];
         // The CPU's view: the masked row, scaled, truncated.
         let masked: Vec<f32> = (0..vocab)
-            .map(|t| if mask_allows(mask, t) { row[t] } else { f32::NEG_INFINITY })
+            .map(|t| {
+                if mask_allows(mask, t) {
+                    row[t]
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
             .collect();
         let scaled: Vec<f32> = masked.iter().map(|x| x / params.temperature).collect();
         let expected = kept_distribution(&scaled, params);
@@ -161,7 +186,11 @@ fn gpu_sampler_masked_random_rows_follow_the_masked_distribution() {
                 batch.push_masked(params, &history, Some(mask), vocab, &mut rng);
             }
             for s in p.gpu.sample_masked(&batch.rows, &batch.edits, &batch.masks).unwrap() {
-                assert!(mask_allows(mask, s.token as usize), "case {ci}: disallowed token {}", s.token);
+                assert!(
+                    mask_allows(mask, s.token as usize),
+                    "case {ci}: disallowed token {}",
+                    s.token
+                );
                 counts[s.token as usize] += 1;
             }
         }
@@ -170,7 +199,10 @@ fn gpu_sampler_masked_random_rows_follow_the_masked_distribution() {
             .filter(|&tok| counts[tok] > 0 && !expected.iter().any(|e| e.0 as usize == tok))
             .map(|tok| counts[tok])
             .sum();
-        println!("case {ci} (mask {name}): {} kept tokens, {outside} draws outside them", expected.len());
+        println!(
+            "case {ci} (mask {name}): {} kept tokens, {outside} draws outside them",
+            expected.len()
+        );
         assert_eq!(outside, 0, "case {ci} {params:?}: drew tokens the CPU sampler drops");
         for &(tok, prob) in expected.iter().take(5) {
             let freq = counts[tok as usize] as f64 / total;
@@ -226,10 +258,20 @@ fn gpu_sampler_never_emits_a_token_its_mask_disallows() {
                 logprobs: [None, Some(0), Some(4)][rng.random_range(0..3)],
                 ..SamplingParams::default()
             };
-            batch.push_masked(&params, &history, mask.as_deref(), vocab, &mut SequenceRng::new(rng.random()));
+            batch.push_masked(
+                &params,
+                &history,
+                mask.as_deref(),
+                vocab,
+                &mut SequenceRng::new(rng.random()),
+            );
             masks.push(mask);
         }
-        let got = p.gpu.backend.sample(&batch.rows, &logits_rows, &batch.edits, &batch.masks).unwrap();
+        let got = p
+            .gpu
+            .backend
+            .sample(&batch.rows, &logits_rows, &batch.edits, &batch.masks)
+            .unwrap();
         assert_eq!(got.len(), samples);
         for (j, (d, mask)) in got.iter().zip(&masks).enumerate() {
             if let Some(m) = mask {
@@ -245,6 +287,12 @@ fn gpu_sampler_never_emits_a_token_its_mask_disallows() {
     println!("{checked} masked samples, every token allowed");
     // A mask row past the masks given is refused, not read.
     let mut batch = DeviceSamplingBatch::default();
-    batch.push_masked(&SamplingParams::greedy(), &history, Some(&mask_of(&[1], vocab)), vocab, &mut SequenceRng::new(1));
+    batch.push_masked(
+        &SamplingParams::greedy(),
+        &history,
+        Some(&mask_of(&[1], vocab)),
+        vocab,
+        &mut SequenceRng::new(1),
+    );
     assert!(p.gpu.backend.sample(&batch.rows, &[0], &batch.edits, &[]).is_err());
 }
