@@ -68,6 +68,11 @@ export interface RequestOptions {
   priority?: number;
   /** Requests with different salts never share prefix-cache blocks. */
   cacheSalt?: string;
+  /**
+   * Called once the engine has queued the request (validated, tokenized, its grammar compiled): a server can wait
+   * for it to answer a refusal before it starts a response. Not called for a refused request.
+   */
+  onAdded?: () => void;
   /** Add BOS etc. when tokenizing a text prompt (default true; chat prompts use false). */
   addSpecialTokens?: boolean;
 }
@@ -208,6 +213,7 @@ export class LLM {
       engineParams.structured_outputs !== undefined
         ? await nativeAsync(() => engine.addRequestAsync(json))
         : native(() => engine.addRequest(json));
+    opts.onAdded?.();
     return { handle, prompt: typeof prompt === 'string' ? prompt : null };
   }
 
