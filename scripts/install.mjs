@@ -27,15 +27,24 @@ async function phase(name, fn) {
 /** A checkout has the TypeScript sources; the npm tarball ships only dist/. */
 const isCheckout = existsSync(path.join(ROOT, 'src', 'index.ts'));
 
-function prebuiltPackage() {
-  const name = `pagedllm-${platformSuffix()}${process.env.PAGEDLLM_CUDA === '1' ? '-cuda' : ''}`;
+function resolvable(name) {
   try {
     // Resolved from the package root: npm puts the optional dependency beside us or in our node_modules.
     require.resolve(name, { paths: [ROOT] });
-    return { name, present: true };
+    return true;
   } catch {
-    return { name, present: false };
+    return false;
   }
+}
+
+/** The prebuilt package this install uses. The `-cuda` addon has both backends, so it also serves a CPU install
+ * (a user may install only the CUDA variant, e.g. with optional dependencies omitted). */
+function prebuiltPackage() {
+  const cpu = `pagedllm-${platformSuffix()}`;
+  const cuda = `${cpu}-cuda`;
+  const wanted = process.env.PAGEDLLM_CUDA === '1' ? [cuda] : [cpu, cuda];
+  const found = wanted.find(resolvable);
+  return { name: found ?? wanted[0], present: found !== undefined };
 }
 
 function nativeStep() {

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { LLM, type RequestOutput } from '../src/index.js';
+import { hasCuda, loadNative } from '../src/native.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = path.join(root, 'dist', 'cli.js');
@@ -72,5 +73,15 @@ describe('pagedllm CLI', () => {
     const missing = await pagedllm(['generate', 'x', '--model', '/nonexistent/model.gguf', '--quiet']);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^error: .*\/nonexistent\/model\.gguf/m);
+  });
+
+  it('generate --device: a bad value is a usage error; cuda without the CUDA addon names the package', async () => {
+    const bad = await pagedllm(['generate', 'x', '--device', 'tpu', '--quiet']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/^error: .*device.*must be cpu, cuda or cuda:N/m);
+    if (hasCuda(loadNative())) return; // a CUDA build here: the engine would try the GPU instead
+    const cuda = await pagedllm(['generate', 'x', '--device', 'cuda', '--quiet']);
+    expect(cuda.code).toBe(1);
+    expect(cuda.stderr).toMatch(/^error: CUDA is not available: .*install `pagedllm-[a-z0-9-]+-cuda`/m);
   });
 });

@@ -241,7 +241,7 @@ async function post(path: string, body: unknown): Promise<{ status: number; json
   return { status: res.status, json: (await res.json()) as Record<string, any> };
 }
 
-const messages = [{ role: 'user', content: 'Give me a fact as JSON.' }];
+const messages = [{ role: 'user' as const, content: 'Give me a fact as JSON.' }];
 
 describe('server', () => {
   it('official SDK: chat.completions.parse with zodResponseFormat', async () => {

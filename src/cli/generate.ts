@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 
 import { DEFAULT_MODEL_FILE } from '../engine-types.js';
 import { AbortError } from '../errors.js';
+import type { LLMOptions } from '../engine-types.js';
 import { LLM, type ChatMessage } from '../llm.js';
 import { type SamplingParamsInput, parseSamplingParams } from '../sampling-params.js';
 import { UsageError, intFlag, numberFlag, readStdin } from './args.js';
@@ -21,6 +22,10 @@ model and engine:
   --model PATH              GGUF file or safetensors directory (default: ${DEFAULT_MODEL_FILE})
   --max-model-len N         cap the context length
   --kv-cache-bytes N        bytes of KV cache to allocate
+  --device cpu|cuda|cuda:N  where the model runs (default cpu; cuda needs the -cuda package or a CUDA build)
+  --dtype D                 GPU weights/KV dtype: auto, bfloat16, float16, float32 (default auto)
+  --gpu-memory-utilization F  share of GPU memory for the engine (default 0.9)
+  --enforce-eager           no CUDA graphs
 sampling:
   --max-tokens N            most tokens to generate (default 16)
   --temperature T           0 = greedy (default 1.0)
@@ -42,6 +47,10 @@ const options = {
   model: { type: 'string' },
   'max-model-len': { type: 'string' },
   'kv-cache-bytes': { type: 'string' },
+  device: { type: 'string' },
+  dtype: { type: 'string' },
+  'gpu-memory-utilization': { type: 'string' },
+  'enforce-eager': { type: 'boolean' },
   'max-tokens': { type: 'string' },
   temperature: { type: 'string' },
   'top-p': { type: 'string' },
@@ -119,6 +128,10 @@ export async function generateCommand(argv: string[]): Promise<void> {
       model: v.model,
       maxModelLen: intFlag('max-model-len', v['max-model-len']),
       kvCacheBytes: intFlag('kv-cache-bytes', v['kv-cache-bytes']),
+      device: v.device,
+      dtype: v.dtype as LLMOptions['dtype'],
+      gpuMemoryUtilization: numberFlag('gpu-memory-utilization', v['gpu-memory-utilization']),
+      enforceEager: v['enforce-eager'],
     });
   } catch (err) {
     if (!quiet) process.stderr.write('failed\n');
