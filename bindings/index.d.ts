@@ -14,6 +14,13 @@ export declare class Engine {
    * once; output comes through the returned handle.
    */
   addRequest(inputJson: string): RequestHandle
+  /**
+   * `addRequest` on a blocking thread: tokenizing a long prompt and compiling a `structured_outputs` grammar
+   * the cache has not seen (a large JSON Schema can take long) then never stall the event loop, and so never
+   * other requests' streams. The compile still happens before the request reaches the engine thread, so it
+   * never runs inside a step either.
+   */
+  addRequestAsync(inputJson: string): Promise<RequestHandle>
   /** Aborts a live request by id; false when none is live. */
   abort(requestId: string): boolean
   /** `EngineStats` (camelCase). */

@@ -39,6 +39,6 @@ export {
   type ModelInfo,
   type StepPhaseSeconds,
 } from './engine-types.js';
-export type { ChatCompletionOutput, ChatToolOptions } from './tools/chat-api.js';
+export type { ChatCompletionOutput, ChatStreamDelta, ChatToolOptions } from './tools/chat-api.js';
 export type { ChatTool, ToolChoice } from './tools/tool-choice.js';
-export type { ToolCall } from './tools/types.js';
+export type { ToolCall, ToolCallDelta } from './tools/types.js';

@@ -57,7 +57,14 @@ export interface BeamSearchParams {
   includeStopStrInOutput?: boolean;
   skipSpecialTokens?: boolean;
 }
-import { type ChatCompletionOutput, type ChatToolOptions, prepareChatTools, withParsedAnswers } from './tools/chat-api.js';
+import {
+  type ChatCompletionOutput,
+  type ChatStreamDelta,
+  type ChatToolOptions,
+  prepareChatTools,
+  withParsedAnswers,
+  withStreamedAnswers,
+} from './tools/chat-api.js';
 import { detectToolParser } from './tools/detect.js';
 import { messagesForTemplate } from './tools/tool-choice.js';
 
@@ -78,6 +85,11 @@ export interface RequestOptions {
   priority?: number;
   /** Requests with different salts never share prefix-cache blocks. */
   cacheSalt?: string;
+  /**
+   * Called once the engine has queued the request (validated, tokenized, its grammar compiled): a server can wait
+   * for it to answer a refusal before it starts a response. Not called for a refused request.
+   */
+  onAdded?: () => void;
   /** Add BOS etc. when tokenizing a text prompt (default true; chat prompts use false). */
   addSpecialTokens?: boolean;
 }
@@ -198,7 +210,7 @@ export class LLM {
     });
   }
 
-  private submit(prompt: Prompt, engineParams: Record<string, unknown>, opts: RequestOptions): Submitted {
+  private async submit(prompt: Prompt, engineParams: Record<string, unknown>, opts: RequestOptions): Promise<Submitted> {
     const engine = this.live;
     if (isTokenPrompt(prompt)) {
       if (prompt.length === 0) throw new ValidationError('prompt', 'invalid value for `prompt`: must not be empty');
@@ -211,7 +223,14 @@ export class LLM {
     if (opts.priority !== undefined) input.priority = opts.priority;
     if (opts.cacheSalt !== undefined) input.cache_salt = opts.cacheSalt;
     if (opts.addSpecialTokens !== undefined) input.add_special_tokens = opts.addSpecialTokens;
-    const handle = native(() => engine.addRequest(JSON.stringify(input)));
+    const json = JSON.stringify(input);
+    // A constrained request may compile a grammar the cache has not seen (a large JSON Schema can take a while):
+    // that runs on a blocking thread, so other requests' streams keep flowing. Others stay synchronous (cheaper).
+    const handle =
+      engineParams.structured_outputs !== undefined
+        ? await nativeAsync(() => engine.addRequestAsync(json))
+        : native(() => engine.addRequest(json));
+    opts.onAdded?.();
     return { handle, prompt: typeof prompt === 'string' ? prompt : null };
   }
 
@@ -245,7 +264,7 @@ export class LLM {
     if (opts.signal?.aborted) throw abortErrorFor(opts.signal);
     const subs: Submitted[] = [];
     try {
-      for (const p of list) subs.push(this.submit(p, engineParams, opts));
+      for (const p of list) subs.push(await this.submit(p, engineParams, opts));
       return await Promise.all(subs.map((s) => this.collect(s, opts.signal)));
     } catch (err) {
       // One failed prompt fails the call: free what the others hold.
@@ -275,7 +294,7 @@ export class LLM {
   async *stream(prompt: Prompt, params?: SamplingParamsInput, opts: RequestOptions = {}): AsyncGenerator<StreamDelta> {
     const engineParams = toEngineParams(parseSamplingParams(params));
     if (opts.signal?.aborted) throw abortErrorFor(opts.signal);
-    const sub = this.submit(prompt, engineParams, opts);
+    const sub = await this.submit(prompt, engineParams, opts);
     let finished = false;
     try {
       while (!finished) {
@@ -337,10 +356,21 @@ export class LLM {
     return { ...out!, outputs: withParsedAnswers(out!.outputs, tooling) };
   }
 
-  /** Streams the assistant's reply to `messages`. */
-  chatStream(messages: ChatMessage[], params?: SamplingParamsInput, opts: ChatOptions = {}): AsyncGenerator<StreamDelta> {
-    const prompt = this.applyChatTemplate(messages, opts);
-    return this.stream(prompt, params, { ...opts, addSpecialTokens: false });
+  /**
+   * Streams the assistant's reply to `messages`. With `tools` (or `toolChoice` / `reasoningParser`), each chunk
+   * also carries its answer taken apart as the server streams it: `content`, `reasoningContent` and `toolCalls`
+   * fragments (OpenAI's streamed `tool_calls` deltas), with `toolChoice` enforced by grammar as in `chat`.
+   */
+  chatStream(messages: ChatMessage[], params?: SamplingParamsInput, opts: ChatOptions = {}): AsyncGenerator<ChatStreamDelta> {
+    if (opts.tools === undefined && opts.toolChoice === undefined && opts.reasoningParser === undefined) {
+      const prompt = this.applyChatTemplate(messages, opts);
+      return this.stream(prompt, params, { ...opts, addSpecialTokens: false });
+    }
+    const tooling = prepareChatTools(opts, params ?? {}, () =>
+      detectToolParser((probe, extra) => this.applyChatTemplate(probe as ChatMessage[], { chatTemplate: opts.chatTemplate, chatTemplateKwargs: extra })),
+    );
+    const prompt = this.applyChatTemplate(messages, { ...opts, tools: tooling.templateTools });
+    return withStreamedAnswers(this.stream(prompt, tooling.params, { ...opts, addSpecialTokens: false }), tooling);
   }
 
   tokenize(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {

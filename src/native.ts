@@ -24,6 +24,8 @@ export interface NativeRequestHandle {
 export interface NativeEngine {
   modelInfo(): unknown;
   addRequest(inputJson: string): NativeRequestHandle;
+  /** `addRequest` on a blocking thread (tokenizing a long prompt, compiling a new grammar). */
+  addRequestAsync(inputJson: string): Promise<NativeRequestHandle>;
   abort(requestId: string): boolean;
   stats(): unknown;
   encode(text: string, addSpecialTokens: boolean): number[];

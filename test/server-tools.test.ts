@@ -192,6 +192,51 @@ describe('forced tool calls (constrained)', () => {
     expect(sample.toolCalls![0]!.function.name).toBe('get_weather');
     checkWeatherArgs(sample.toolCalls![0]!.function.arguments);
   });
+
+  it('TS API: llm.chatStream with tools streams tool-call deltas that reassemble into the call', async () => {
+    const opts = { tools: [weatherTool, timeTool], toolChoice: 'required' as const, parallelToolCalls: false };
+    const params = { temperature: 0, maxTokens: 80 };
+    const calls: { id?: string; name?: string; arguments: string }[] = [];
+    let text = '';
+    let fragments = 0;
+    let content = '';
+    for await (const d of llm.chatStream(question, params, opts)) {
+      text += d.text;
+      content += d.content ?? '';
+      for (const t of d.toolCalls ?? []) {
+        fragments++;
+        const call = (calls[t.index] ??= { arguments: '' });
+        // OpenAI's streaming shape: id and name on a call's first fragment only, then argument pieces.
+        if (t.id !== undefined) {
+          expect(call.id).toBeUndefined();
+          call.id = t.id;
+        }
+        if (t.function.name !== undefined) call.name = t.function.name;
+        call.arguments += t.function.arguments;
+      }
+    }
+    expect(calls).toHaveLength(1);
+    expect(calls[0]!.id).toMatch(/\S/);
+    expect(['get_weather', 'get_time']).toContain(calls[0]!.name);
+    if (calls[0]!.name === 'get_weather') checkWeatherArgs(calls[0]!.arguments);
+    else expect(['UTC', 'CET']).toContain((JSON.parse(calls[0]!.arguments) as { zone: string }).zone);
+    expect(fragments).toBeGreaterThan(1); // streamed in pieces, not once at the end
+    expect(content).toBe(''); // a required call is all the answer
+    // The same call as llm.chat parses out of the same (greedy) output.
+    const whole = await llm.chat(question, params, opts);
+    expect(whole.outputs[0]!.text).toBe(text);
+    const parsed = whole.outputs[0]!.toolCalls![0]!.function;
+    expect(parsed.name).toBe(calls[0]!.name);
+    expect(JSON.parse(parsed.arguments)).toEqual(JSON.parse(calls[0]!.arguments));
+  });
+
+  it('TS API: llm.chatStream without tools is the plain stream', async () => {
+    let sawParsed = false;
+    for await (const d of llm.chatStream(question, { temperature: 0, maxTokens: 4 })) {
+      if ('toolCalls' in d || 'content' in d) sawParsed = true;
+    }
+    expect(sawParsed).toBe(false);
+  });
 });
 
 describe('auto tool choice and templates', () => {

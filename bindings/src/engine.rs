@@ -64,6 +64,24 @@ impl Engine {
         })
     }
 
+    /// `addRequest` on a blocking thread: tokenizing a long prompt and compiling a `structured_outputs` grammar
+    /// the cache has not seen (a large JSON Schema can take long) then never stall the event loop, and so never
+    /// other requests' streams. The compile still happens before the request reaches the engine thread, so it
+    /// never runs inside a step either.
+    #[napi]
+    pub async fn add_request_async(&self, input_json: String) -> Result<RequestHandle> {
+        let engine = self.engine()?.clone();
+        let added = joined(
+            spawn_blocking(move || {
+                let input = engine.request_input_from_json(&input_json)?;
+                let stream = engine.add_request(input)?;
+                Ok::<_, EngineError>(RequestHandle::new(engine, stream))
+            })
+            .await,
+        )?;
+        added.map_err(engine_error)
+    }
+
     /// Aborts a live request by id; false when none is live.
     #[napi]
     pub fn abort(&self, request_id: String) -> Result<bool> {

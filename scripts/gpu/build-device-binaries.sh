@@ -14,4 +14,7 @@ for t in gpu_decoder seeded_sampling beam_search; do
   cp "$test_bin" .gpu-bin/$t && strip .gpu-bin/$t
 done
 cp ../shared/device/hf_peer.py .gpu-bin/
+# The default model's tokenizer for the structured mode's checkpoint (scripts/gpu/make_structured_model.py).
+.gpu-bin/pagedllm-bench export-tokenizer --model "${STRUCTURED_TOKENIZER_MODEL:-$HOME/.cache/pagedllm/models/SmolLM2-135M-Instruct.Q4_1.gguf}" \
+  --out .gpu-bin/structured-tokenizer
 ls -la .gpu-bin

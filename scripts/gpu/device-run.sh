@@ -6,12 +6,17 @@
 #   .gpu-bin/seeded_sampling   the engine's seeded-sampling test binary (crates/engine/tests/seeded_sampling.rs)
 #   .gpu-bin/beam_search       the engine's beam search test binary (crates/engine/tests/beam_search.rs)
 #   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
-# Usage: scripts/gpu/device-run.sh check|measure|profile|families|stash-model|parity-wide   (results under $OUT, a summary table printed last)
+#   .gpu-bin/structured-tokenizer/  the default model's tokenizer.json (pagedllm-bench export-tokenizer)
+# Usage: scripts/gpu/device-run.sh check|measure|profile|families|stash-model|parity-wide|structured   (results under $OUT, a summary table printed last)
 #   check:   kernel tests vs the CPU backend; parity vs HF on the real SmolLM2 weights (when stashed) and on
 #            random smollm2-135m, qwen2-0.5b, llama-1b, llama-8b checkpoints (--peaked): GPU bf16 vs HF bf16/fp32,
 #            GPU f32 vs HF fp32 at the issue's thresholds, and HF bf16 against itself (hf_bf16_spread.py).
 #   measure: copy bandwidth, single-stream decode, 128 x 512/128 and 1000 x 1024/128 on llama-8b, each beside
 #            HF generate() on the same workload, and start-up time.
+#   structured: the GPU tests (masked sampler included), then issue 10's GPU measurement: decode tok/s with a
+#            JSON-schema constraint vs unconstrained at batch 1 and 128, TTFT with/without, 20-field schema
+#            compile time, on an 8B-shaped random checkpoint with the default model's tokenizer (vocab 49152).
+#            SKIP_TESTS=1 skips the tests; STRUCTURED_BATCHES=1,128 is the default batch list.
 #   profile: kernel tests, engine-only speed (prefill attention on tensor cores vs CUDA cores), and ncu
 #            per-kernel times of one decode step and one prefill step.
 set -uo pipefail
@@ -184,6 +189,21 @@ PY
   run_hf 128x512 --batch 128 --input 512 --output 128
   run_hf 1000x1024 --batch 128 --input 1024 --output 128 --requests 1000
   python3 scripts/gpu/summarize.py "$OUT" > "$OUT/gpu-llama8b.json" && tail -25 "$OUT/gpu-llama8b.json" | tee -a "$OUT/summary.txt"
+fi
+if [ "$MODE" = structured ]; then
+  # SKIP_TESTS=1 leaves the GPU tests out (when a `check` call ran them already: one call has 10 minutes).
+  if [ -z "${SKIP_TESTS:-}" ]; then
+    log "kernel tests (decoder vs CPU backend; GPU sampler vs CPU sampler, grammar-masked rows included)"
+    gpu_tests 12
+  fi
+  dir=$MODELS/llama-8b-vocab49152
+  [ -d "$dir" ] || python3 scripts/gpu/make_structured_model.py --tokenizer $BIN/structured-tokenizer --out "$dir" \
+    >>"$OUT/peer.log" 2>&1
+  tail -1 "$OUT/peer.log" | tee -a "$OUT/summary.txt"
+  log "structured outputs on llama-8b shape, vocab 49152 (constrained vs unconstrained decode, TTFT, compile)"
+  timeout 500 $BIN/pagedllm-bench structured --device cuda --model "$dir" --batch ${STRUCTURED_BATCHES:-1,128} \
+    --output-len 128 --max-num-batched-tokens 8192 --out "$OUT/structured-gpu-llama8b.json" 2>&1 \
+    | grep -E '^(batch|20-field|loaded|error)' | tee -a "$OUT/summary.txt"
 fi
 if [ "$MODE" = profile ]; then
   # Correctness of the current kernels, engine-only speed, and an ncu per-kernel breakdown of one decode step

@@ -44,7 +44,6 @@ function settle(p: Promise<IteratorResult<StreamDelta>>): Promise<Settled> {
   );
 }
 
-const nextMacrotask = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /**
  * Submits `jobs`; throws an `HttpError` when the server is overloaded or the engine refuses one of them.
@@ -78,11 +77,22 @@ export async function startGeneration(
     jobs.forEach((_, i) => releaseOnce(i));
   };
 
+  // Every job is either queued (`onAdded`) or refused (its first `next()` fails) before the response starts, so a
+  // refusal is an HTTP error, not a broken stream. Queuing is synchronous except for a constrained request, whose
+  // grammar compile runs off the event loop.
+  let queued = 0;
+  let decided!: () => void;
+  const allDecided = new Promise<void>((resolve) => (decided = resolve));
+  const onAdded = () => {
+    if (++queued === jobs.length) decided();
+  };
+  if (jobs.length === 0) decided();
   const gens = jobs.map((job) =>
     llm.stream(job.prompt, job.params, {
       signal: controller.signal,
       requestId: state.engineRequestId(opts.requestId),
       addSpecialTokens: job.addSpecialTokens,
+      onAdded,
       ...(job.cacheSalt === undefined ? {} : { cacheSalt: job.cacheSalt }),
     }),
   );
@@ -92,13 +102,17 @@ export async function startGeneration(
     pending.set(
       job,
       settle(g.next()).then((r) => {
-        if (!r.ok) early ??= r;
+        if (!r.ok) {
+          early ??= r;
+          decided();
+        }
+        // A generator that ended without a delta or an error was still decided.
+        if (r.ok && r.value.done) decided();
         return { job, r };
       }),
     );
   });
-  // The engine validates synchronously when a request is added: one macrotask later every refusal has landed.
-  await nextMacrotask();
+  await allDecided;
   if (early && !early.ok) {
     controller.abort();
     cleanup();

@@ -136,6 +136,13 @@ export class AnswerStream {
     return this.withTools(split.reasoning ?? '', split.content === '' ? EMPTY_OUTPUT : this.tools.push(split.content));
   }
 
+  /** The last text of the output: `push(text)` and `finish()` in one delta. */
+  pushLast(text: string): AnswerDelta {
+    const a = this.push(text);
+    const b = this.finish();
+    return { reasoningContent: a.reasoningContent + b.reasoningContent, content: a.content + b.content, toolCalls: [...a.toolCalls, ...b.toolCalls] };
+  }
+
   finish(): AnswerDelta {
     let reasoningContent = '';
     let tail = EMPTY_OUTPUT;

@@ -5,15 +5,15 @@
  */
 
 import { ValidationError } from '../errors.js';
-import type { CompletionOutput } from '../outputs.js';
+import type { CompletionOutput, StreamDelta } from '../outputs.js';
 import { type ReasoningParser, reasoningParserByName } from '../reasoning/think-parser.js';
 import { REASONING_PARSER_NAMES } from '../reasoning/think-parser.js';
 import type { SamplingParamsInput } from '../sampling-params.js';
-import { parseAnswer } from './answer.js';
+import { AnswerStream, parseAnswer } from './answer.js';
 import { enforceToolChoice } from './constraint.js';
 import { TOOL_PARSER_NAMES, toolParserByName } from './registry.js';
 import { type ChatTool, type ToolChoice, type ToolPlan, chatToolSchema, planToolUse, toolChoiceSchema } from './tool-choice.js';
-import type { ToolCall, ToolParser } from './types.js';
+import type { ToolCall, ToolCallDelta, ToolParser } from './types.js';
 
 export interface ChatToolOptions {
   /** Functions the model may call (OpenAI's `tools`); also passed to the chat template as `tools`. */
@@ -33,6 +33,18 @@ export interface ChatCompletionOutput extends CompletionOutput {
   content?: string | null;
   reasoningContent?: string | null;
   toolCalls?: ToolCall[];
+}
+
+/**
+ * A streamed chat chunk with its answer taken apart (set when `tools` or `reasoningParser` was given): the new
+ * `reasoningContent` and `content` text, and `toolCalls` fragments shaped as OpenAI's streamed `tool_calls`
+ * deltas (a call's index, id and name first, then its arguments in pieces; concatenating a call's `arguments`
+ * gives its JSON). `text` stays the raw model text.
+ */
+export interface ChatStreamDelta extends StreamDelta {
+  content?: string;
+  reasoningContent?: string;
+  toolCalls?: ToolCallDelta[];
 }
 
 export interface ChatToolRequest {
@@ -76,4 +88,18 @@ export function withParsedAnswers(outputs: CompletionOutput[], req: ChatToolRequ
     const answer = parseAnswer(o.text, req.plan, req.reasoning);
     return { ...o, content: answer.content, reasoningContent: answer.reasoningContent, toolCalls: answer.toolCalls };
   });
+}
+
+/** Takes each sample's streamed text apart as the server's streamed chat completions do (one `AnswerStream` per sample). */
+export async function* withStreamedAnswers(chunks: AsyncIterable<StreamDelta>, req: ChatToolRequest): AsyncGenerator<ChatStreamDelta> {
+  const answers = new Map<number, AnswerStream>();
+  for await (const d of chunks) {
+    let answer = answers.get(d.index);
+    if (!answer) {
+      answer = new AnswerStream(req.plan, req.reasoning);
+      answers.set(d.index, answer);
+    }
+    const parsed = d.finishReason === null ? answer.push(d.text) : answer.pushLast(d.text);
+    yield { ...d, content: parsed.content, reasoningContent: parsed.reasoningContent, toolCalls: parsed.toolCalls };
+  }
 }

@@ -9,9 +9,13 @@
 //! `--device cuda[:N]` runs the GPU backend (build with `--features cuda`); `--model` may then be an HF
 //! checkpoint directory without a tokenizer (random-weight shapes from `hf_peer.py make-model`): prompts are
 //! token ids, so no tokenizer is needed.
+//!
+//! Other subcommands: `parity` (against HF references, see `parity.rs`), `structured` (what structured outputs
+//! cost, see `structured.rs`) and `export-tokenizer` (a model's tokenizer as `tokenizer.json`).
 
 mod alloc_count;
 mod parity;
+mod structured;
 
 #[global_allocator]
 static ALLOCATOR: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
@@ -64,7 +68,7 @@ fn parse_args() -> Result<Args, String> {
         Some("throughput") => {}
         other => {
             return Err(format!(
-                "usage: pagedllm-bench throughput|parity [flags] (got {other:?})"
+                "usage: pagedllm-bench throughput|parity|structured|export-tokenizer [flags] (got {other:?})"
             ))
         }
     }
@@ -201,7 +205,7 @@ fn settled_stats(engine: &LLMEngine) -> pagedllm_engine::engine::EngineStats {
     }
 }
 
-fn machine() -> serde_json::Value {
+pub(crate) fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -220,6 +224,18 @@ fn machine() -> serde_json::Value {
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
+    let other = match argv.get(1).map(String::as_str) {
+        Some("structured") => Some(structured::run(&argv[2..])),
+        Some("export-tokenizer") => Some(structured::export_tokenizer(&argv[2..])),
+        _ => None,
+    };
+    if let Some(result) = other {
+        if let Err(e) = result {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if argv.get(1).map(String::as_str) == Some("parity") {
         match parity::run(&argv[2..]) {
             Ok(true) => return,

@@ -324,8 +324,17 @@ impl<B: Backend> On<B> {
 impl On<CudaBackend> {
     /// Samples logits row `i` with `rows[i]`.
     fn sample(&mut self, rows: &[DeviceSampleParams], edits: &[TokenEdit]) -> Result<Vec<DeviceSample>, CudaError> {
+        self.sample_masked(rows, edits, &[])
+    }
+    /// [`sample`](Self::sample) with the rows' allowed-token bitmasks (`DeviceSampleParams::mask_row`).
+    fn sample_masked(
+        &mut self,
+        rows: &[DeviceSampleParams],
+        edits: &[TokenEdit],
+        masks: &[u32],
+    ) -> Result<Vec<DeviceSample>, CudaError> {
         let logits_rows: Vec<u32> = (0..rows.len() as u32).collect();
-        self.backend.sample(rows, &logits_rows, edits)
+        self.backend.sample(rows, &logits_rows, edits, masks)
     }
     /// Sample `i` from logits row `logits_rows[i]` with `rows[i]`.
     fn sample_rows(
@@ -334,7 +343,7 @@ impl On<CudaBackend> {
         logits_rows: &[u32],
         edits: &[TokenEdit],
     ) -> Result<Vec<DeviceSample>, CudaError> {
-        self.backend.sample(rows, logits_rows, edits)
+        self.backend.sample(rows, logits_rows, edits, &[])
     }
     fn poison(&mut self, kv: bool) -> Result<(), CudaError> {
         self.backend.poison(kv)
@@ -655,3 +664,6 @@ fn copied_kv_blocks_serve_a_fork_in_every_type() {
 
 #[path = "gpu_decoder/sampler.rs"]
 mod sampler;
+
+#[path = "gpu_decoder/masked_sampler.rs"]
+mod masked_sampler;

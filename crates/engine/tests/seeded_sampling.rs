@@ -1,7 +1,8 @@
 //! A seeded request gives the same tokens whatever else shares its batch (vLLM V1's per-request generator
 //! contract): alone, and beside requests that force every sampling path there is — prompt log-probs (their
 //! logits rows go to the host), an `n > 1` fork (one logits row sampled several times), penalties and log-prob
-//! lists (token edits), requests joining mid-decode.
+//! lists (token edits), a structured-output request (its grammar mask goes with the step's sampling rows),
+//! requests joining mid-decode.
 //!
 //! The model is a tiny random Llama (head_dim 64, the smallest the CUDA kernels take) written to a temp dir.
 //! The CPU case runs in `cargo test`; the CUDA case (float32, so batch-dependent GEMM rounding stays far
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
+use pagedllm_engine::sampling_params::StructuredOutputs;
 use pagedllm_engine::{EngineConfig, SamplingParams};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -81,6 +83,84 @@ fn write_tiny_llama(dir: &Path) {
         .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// A byte-level BPE `tokenizer.json` for the tiny model: `<unk>`, `<s>`, `</s>` (ids 0-2), one token per byte
+/// (ids 3-258, GPT-2's byte-to-character spelling), two-letter tokens up to the vocabulary's size, no merges.
+/// Enough for a grammar to have real choices (every letter, digit, brace is a token).
+fn write_byte_tokenizer(dir: &Path) {
+    // GPT-2's `bytes_to_unicode`: printable bytes are themselves, the rest are shifted past 255.
+    let mut shifted = 0u32;
+    let mut vocab = serde_json::Map::new();
+    for b in 0u32..256 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let c = if printable {
+            char::from_u32(b).unwrap()
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).unwrap()
+        };
+        vocab.insert(c.to_string(), (3 + b).into());
+    }
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": true})
+    };
+    for (id, content) in [(0, "<unk>"), (1, "<s>"), (2, "</s>")] {
+        vocab.insert(content.into(), id.into());
+    }
+    // The head's remaining rows are two-letter tokens ("aa", "ab", ...): no merges produce them, but the model
+    // samples them, so they must decode (and a grammar over letters can take them).
+    let letters = || (b'a'..=b'z').map(char::from);
+    let pairs = letters().flat_map(|a| letters().map(move |b| format!("{a}{b}")));
+    for (id, pair) in (259..VOCAB as u32).zip(pairs) {
+        vocab.insert(pair, id.into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tokenizer).unwrap()).unwrap();
+}
+
+/// The structured-output neighbour's constraint: its whole output must match this.
+const NEIGHBOUR_REGEX: &str = "[a-z]{4,12}";
+
+/// Whether `text` matches [`NEIGHBOUR_REGEX`] (checked by hand: the engine has no `regex` dependency).
+fn matches_neighbour_regex(text: &str) -> bool {
+    (4..=12).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+fn constrained_params() -> SamplingParams {
+    SamplingParams {
+        temperature: 1.0,
+        seed: Some(5),
+        max_tokens: Some(20),
+        structured_outputs: Some(StructuredOutputs {
+            regex: Some(NEIGHBOUR_REGEX.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The text of a finished single-sample request.
+fn drain_text(mut stream: RequestStream) -> String {
+    let mut text = String::new();
+    while let Some(out) = stream.blocking_next() {
+        for o in out.expect("request succeeds").outputs {
+            text.push_str(&o.text);
+        }
+    }
+    text
 }
 
 fn submit(engine: &LLMEngine, prompt: Vec<u32>, params: SamplingParams) -> RequestStream {
@@ -181,6 +261,8 @@ fn neighbours(engine: &LLMEngine, salt: u32) -> Vec<RequestStream> {
                 ..Default::default()
             },
         ),
+        // Structured output: a grammar mask in the same step (on CUDA, a packed bitmask in the same launch).
+        submit(engine, prompt(6), constrained_params()),
         // Greedy.
         submit(
             engine,
@@ -199,12 +281,17 @@ fn neighbours(engine: &LLMEngine, salt: u32) -> Vec<RequestStream> {
 fn check_seeded_request_ignores_its_batch(config: EngineConfig) {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_llama(dir.path());
+    write_byte_tokenizer(dir.path());
     let model = dir.path().to_str().unwrap();
 
     let engine = LLMEngine::start(model, config.clone()).unwrap();
     let alone = drain(submit(&engine, target_prompt(), target_params())).remove(0);
+    // The constrained neighbour alone: its text matches, and it samples the same text beside others (its own
+    // seed, its own mask).
+    let constrained_alone = drain_text(submit(&engine, target_prompt(), constrained_params()));
     engine.shutdown();
     assert_eq!(alone.len(), 40);
+    assert!(matches_neighbour_regex(&constrained_alone), "constrained output {constrained_alone:?}");
 
     let engine = LLMEngine::start(model, config).unwrap();
     let early = neighbours(&engine, 1);
@@ -212,7 +299,9 @@ fn check_seeded_request_ignores_its_batch(config: EngineConfig) {
     let mut beside = Vec::new();
     read_tokens(&mut target, 10, &mut beside);
     let late = neighbours(&engine, 2);
+    let constrained = submit(&engine, target_prompt(), constrained_params());
     beside.extend(drain(target).into_iter().next().unwrap_or_default());
+    let constrained_beside = drain_text(constrained);
     for s in early.into_iter().chain(late) {
         let samples = drain(s);
         assert!(
@@ -222,6 +311,10 @@ fn check_seeded_request_ignores_its_batch(config: EngineConfig) {
     }
     engine.shutdown();
     assert_eq!(beside, alone, "a seeded request's tokens changed with its batch");
+    assert_eq!(
+        constrained_beside, constrained_alone,
+        "a seeded constrained request's text changed with its batch"
+    );
     let distinct = alone.iter().collect::<std::collections::HashSet<_>>().len();
     assert!(
         distinct > 5,

@@ -4,7 +4,8 @@
 //!
 //! Structured outputs: a constrained sample's `SampleConstraint` is kept here by sequence id. Its mask for the
 //! next token is queued on the mask pool as soon as it consumed a token (so it is computed while the next step's
-//! forward runs), the host sampler applies it, and such rows never take the device sampler.
+//! forward runs), and the sampler applies it: the host sampler as `allowed_tokens`, the device sampler as a packed
+//! bitmask uploaded with the step's sampling rows (so a constrained row samples wherever its neighbours do).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use crate::error::Result;
 use crate::request::{FinishReason, Request, RequestId, StopReason};
 use crate::runner::{BatchLayout, ModelRunner, ScheduledSeq, StepLogits};
 use crate::sampler::{
-    device_sampleable, prompt_logprobs, sample_batch, DeviceSamplingBatch,
-    RowHistory, SampleRow, SampledToken, SequenceRng,
+    device_sampleable, prompt_logprobs, sample_batch, DeviceSamplingBatch, RowHistory, RowShape, SampleRow,
+    SampledToken, SequenceRng,
 };
 use crate::sampling_params::SamplingParams;
 use crate::scheduler::{ScheduledRequest, Scheduler};
@@ -338,17 +339,18 @@ impl EngineCore {
         let vocab = self.runner.vocab_size();
         let on_device = self.runner.samples_on_device()
             && out.scheduled.iter().flat_map(|s| s.sample_ids.iter()).all(|&sid| {
-                // Grammar masks are applied by the host sampler only (no GPU bitmask yet): a step with a
-                // constrained row samples on the host.
-                if self.constraints.contains_key(&sid) {
-                    return false;
-                }
                 let r = self.scheduler.request(sid).expect("sampling request exists");
                 // Beam rows need the top log-probs of the full distribution: host path (CPU and CUDA alike).
                 if r.params.beam_search.is_some() {
                     return false;
                 }
-                device_sampleable(&r.params, r.prompt_token_ids.len(), r.output_token_ids.len(), r.eos_token_ids.len(), vocab)
+                let shape = RowShape {
+                    prompt_len: r.prompt_token_ids.len(),
+                    output_len: r.output_token_ids.len(),
+                    eos_len: r.eos_token_ids.len(),
+                    constrained: self.constraints.contains_key(&sid),
+                };
+                device_sampleable(&r.params, shape, vocab)
             });
         self.check_injected_fault()?;
         let t_prepared_rows;
@@ -373,7 +375,19 @@ impl EngineCore {
                         output_token_ids: &req.output_token_ids,
                         eos_token_ids: &req.eos_token_ids,
                     };
-                    self.device_batch.push(&req.params, &history, vocab, &mut state.rng);
+                    // The grammar mask (mostly computed already, on the mask pool, while the last step ran).
+                    let mask = match self.constraints.get(&sid).map(|c| c.mask()) {
+                        None => None,
+                        Some(Ok(mask)) => Some(mask),
+                        Some(Err(e)) => {
+                            // This row samples unconstrained; its request fails with the error after the step.
+                            sc.constraint_failures.push((sid, e));
+                            None
+                        }
+                    };
+                    let allowed = mask.as_deref().map(|m| m.as_slice());
+                    self.device_batch
+                        .push_masked(&req.params, &history, allowed, vocab, &mut state.rng);
                     sc.row_seqs.push(s.request_id);
                     sc.jobs.push((sid, sc.jobs.len()));
                 }

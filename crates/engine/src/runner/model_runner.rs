@@ -216,7 +216,7 @@ impl ModelRunner {
         }
         let samples = on_gpu
             .backend
-            .sample(&batch.rows, logits_rows, &batch.edits)
+            .sample(&batch.rows, logits_rows, &batch.edits, &batch.masks)
             .map_err(cuda_err)?;
         let mut logits = Vec::new();
         if !layout.prompt_logprob_rows.is_empty() {

@@ -7,6 +7,12 @@
 //! token history into a [`DeviceSampleParams`] and its [`TokenEdit`]s: every token whose logit changes before
 //! sampling, merged into one edit per token (so the GPU needs no per-row vocab-sized tables).
 //!
+//! A structured-output row also carries its grammar's allowed-token bitmask, copied into one `[rows x
+//! mask_words(vocab)]` block per step (llguidance's u32 words as they are; no per-row allocation once the block
+//! has grown): the kernel sets every disallowed logit to -inf before anything else, where the CPU sampler
+//! applies `allowed_tokens`, so both samplers see the same masked distribution (log-probs included), and, as
+//! on the CPU, min_tokens does not hold back EOS in such a row (the grammar decides where the output ends).
+//!
 //! A row stays on the CPU sampler only when the GPU would answer differently from it: a token id outside the
 //! vocabulary in `logit_bias` / stop ids (the CPU sampler reports the bad field), or more edits than the
 //! device buffer holds. Both are properties of the row alone, so whether a request samples on the device
@@ -18,7 +24,9 @@
 //! backend whatever its batch. (The device's noise differs from the CPU sampler's inverse-CDF draw, so the same
 //! seed gives different, equally valid, samples on the two backends.)
 
-use pagedllm_kernels::cuda::{DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS};
+use pagedllm_kernels::cuda::{
+    mask_words, DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS,
+};
 
 use super::logits_processors::penalties_are_neutral;
 use super::rng::SequenceRng;
@@ -27,21 +35,40 @@ use crate::sampling_params::SamplingParams;
 /// Below this temperature a row is greedy (the CPU sampler's threshold).
 pub const GREEDY_TEMPERATURE: f32 = 1e-5;
 
-/// Whether a row with `params`, a prompt of `prompt_len` tokens, `output_len` tokens produced so far and
-/// `eos_len` EOS ids can be sampled on the device for a vocabulary of `vocab` tokens.
-pub fn device_sampleable(params: &SamplingParams, prompt_len: usize, output_len: usize, eos_len: usize, vocab: usize) -> bool {
+/// What decides whether a row can take the device sampler, besides its parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct RowShape {
+    pub prompt_len: usize,
+    /// Tokens produced so far.
+    pub output_len: usize,
+    pub eos_len: usize,
+    /// A structured-output row (it has a grammar mask; min_tokens then holds nothing back).
+    pub constrained: bool,
+}
+
+impl RowShape {
+    fn min_tokens_active(&self, params: &SamplingParams) -> bool {
+        self.output_len < params.min_tokens && !self.constrained
+    }
+}
+
+/// Whether a row with `params` and `shape` can be sampled on the device for a vocabulary of `vocab` tokens.
+pub fn device_sampleable(params: &SamplingParams, shape: RowShape, vocab: usize) -> bool {
     let in_vocab = |t: &u32| (*t as usize) < vocab;
-    let stops_ok = output_len >= params.min_tokens || params.stop_token_ids.iter().all(in_vocab);
+    let stops_ok = !shape.min_tokens_active(params) || params.stop_token_ids.iter().all(in_vocab);
     params.logprobs.is_none_or(|k| k <= MAX_DEVICE_TOP_LOGPROBS)
         && params.logit_bias.iter().all(|(t, _)| in_vocab(t))
         && stops_ok
-        && device_edit_bound(params, prompt_len, output_len, eos_len) <= MAX_DEVICE_TOKEN_EDITS
+        && device_edit_bound(params, shape) <= MAX_DEVICE_TOKEN_EDITS
 }
 
 /// Upper bound of the edits [`DeviceSamplingBatch::push`] makes for a row (to check a step fits the device).
-pub fn device_edit_bound(params: &SamplingParams, prompt_len: usize, output_len: usize, eos_len: usize) -> usize {
+pub fn device_edit_bound(params: &SamplingParams, shape: RowShape) -> usize {
+    let RowShape {
+        prompt_len, output_len, eos_len, ..
+    } = shape;
     let mut n = params.logit_bias.len();
-    if output_len < params.min_tokens {
+    if shape.min_tokens_active(params) {
         n += eos_len + params.stop_token_ids.len();
     }
     if !penalties_are_neutral(params) {
@@ -62,6 +89,8 @@ pub fn device_edit_bound(params: &SamplingParams, prompt_len: usize, output_len:
 pub struct DeviceSamplingBatch {
     pub rows: Vec<DeviceSampleParams>,
     pub edits: Vec<TokenEdit>,
+    /// The constrained rows' allowed-token bitmasks, `mask_words(vocab)` words each (`rows[i].mask_row`).
+    pub masks: Vec<u32>,
     /// Index into `edits` of each token's edit in the row being packed (`u32::MAX` = none).
     slot: Vec<u32>,
 }
@@ -77,11 +106,25 @@ impl DeviceSamplingBatch {
     pub fn clear(&mut self) {
         self.rows.clear();
         self.edits.clear();
+        self.masks.clear();
     }
 
     /// Packs a device-sampleable row (see [`device_sampleable`]; ids must be inside `vocab`), taking the row's
     /// one random draw when it is not greedy.
     pub fn push(&mut self, params: &SamplingParams, history: &RowHistory, vocab: usize, rng: &mut SequenceRng) {
+        self.push_masked(params, history, None, vocab, rng);
+    }
+
+    /// [`push`](Self::push) for a row that may be constrained: `allowed_tokens` is its grammar's bitmask (bit
+    /// `t % 32` of word `t / 32`; tokens past its end are disallowed, words past `vocab` ignored).
+    pub fn push_masked(
+        &mut self,
+        params: &SamplingParams,
+        history: &RowHistory,
+        allowed_tokens: Option<&[u32]>,
+        vocab: usize,
+        rng: &mut SequenceRng,
+    ) {
         if self.slot.len() < vocab {
             self.slot.resize(vocab, u32::MAX);
         }
@@ -91,7 +134,8 @@ impl DeviceSamplingBatch {
                 e.bias += bias;
             }
         }
-        if history.output_token_ids.len() < params.min_tokens {
+        // As in the CPU sampler: a constrained row's grammar, not min_tokens, decides when EOS may come.
+        if history.output_token_ids.len() < params.min_tokens && allowed_tokens.is_none() {
             for &token in history.eos_token_ids.iter().chain(&params.stop_token_ids) {
                 if let Some(e) = self.edit(token) {
                     e.flags |= TokenEdit::MASKED;
@@ -119,6 +163,17 @@ impl DeviceSamplingBatch {
         for e in &self.edits[begin..] {
             self.slot[e.token as usize] = u32::MAX;
         }
+        let mask_row = match allowed_tokens {
+            Some(mask) => {
+                let words = mask_words(vocab);
+                let row = self.masks.len() / words;
+                let n = mask.len().min(words);
+                self.masks.extend_from_slice(&mask[..n]);
+                self.masks.resize((row + 1) * words, 0);
+                row as i32
+            }
+            None => -1,
+        };
         let greedy = params.temperature < GREEDY_TEMPERATURE;
         // 53 random bits (all an f64 draw has) as the noise seed.
         let seed = if greedy {
@@ -137,6 +192,8 @@ impl DeviceSamplingBatch {
             num_top_logprobs: params.logprobs.map_or(-1, |k| k as i32),
             edit_begin: begin as u32,
             edit_count: (self.edits.len() - begin) as u32,
+            mask_row,
+            reserved: 0,
             seed,
         });
     }

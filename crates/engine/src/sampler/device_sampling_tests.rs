@@ -21,6 +21,15 @@ fn history<'a>(prompt: &'a [u32], output: &'a [u32], eos: &'a [u32]) -> RowHisto
     }
 }
 
+fn shape(prompt_len: usize, output_len: usize, eos_len: usize) -> RowShape {
+    RowShape {
+        prompt_len,
+        output_len,
+        eos_len,
+        constrained: false,
+    }
+}
+
 /// What sampling.cu does with a row's edits (step 2 of the kernel), on the host.
 fn apply_edits_like_the_gpu(row: &mut [f32], p: &DeviceSampleParams, edits: &[TokenEdit]) {
     for e in &edits[p.edit_begin as usize..(p.edit_begin + p.edit_count) as usize] {
@@ -72,7 +81,7 @@ fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
         SamplingParams::greedy(),
     ];
     for p in &cases {
-        assert!(device_sampleable(p, 4, 0, 1, VOCAB), "{p:?}");
+        assert!(device_sampleable(p, shape(4, 0, 1), VOCAB), "{p:?}");
     }
     let bad = [
         SamplingParams {
@@ -90,7 +99,7 @@ fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
         },
     ];
     for p in &bad {
-        assert!(!device_sampleable(p, 4, 0, 1, VOCAB), "{p:?}");
+        assert!(!device_sampleable(p, shape(4, 0, 1), VOCAB), "{p:?}");
     }
     // A bad stop id only matters while min_tokens masks it.
     let p = SamplingParams {
@@ -98,14 +107,14 @@ fn every_row_with_valid_ids_and_at_most_20_logprobs_qualifies() {
         stop_token_ids: vec![VOCAB as u32 + 5],
         ..base()
     };
-    assert!(device_sampleable(&p, 4, 2, 1, VOCAB));
+    assert!(device_sampleable(&p, shape(4, 2, 1), VOCAB));
     // More edits than the device buffer holds (repetition penalty over a huge prompt): a property of the row.
     let rep = SamplingParams {
         repetition_penalty: 1.2,
         ..base()
     };
-    assert!(device_sampleable(&rep, 1000, 0, 1, VOCAB));
-    assert!(!device_sampleable(&rep, MAX_DEVICE_TOKEN_EDITS + 1, 0, 1, VOCAB));
+    assert!(device_sampleable(&rep, shape(1000, 0, 1), VOCAB));
+    assert!(!device_sampleable(&rep, shape(MAX_DEVICE_TOKEN_EDITS + 1, 0, 1), VOCAB));
 }
 
 #[test]
@@ -237,7 +246,7 @@ fn gpu_edit_rule_matches_the_cpu_processors_on_random_rows() {
             &mut SequenceRng::new(trial),
         );
         let row = batch.rows[0];
-        assert!(row.edit_count as usize <= device_edit_bound(&params, prompt.len(), output.len(), eos.len()));
+        assert!(row.edit_count as usize <= device_edit_bound(&params, shape(prompt.len(), output.len(), eos.len())));
         let mut gpu = raw.clone();
         apply_edits_like_the_gpu(&mut gpu, &row, &batch.edits);
         for t in 0..VOCAB {
@@ -249,4 +258,47 @@ fn gpu_edit_rule_matches_the_cpu_processors_on_random_rows() {
             );
         }
     }
+}
+
+#[test]
+fn constrained_rows_carry_their_mask_and_min_tokens_holds_nothing_back() {
+    // VOCAB = 64 tokens = 2 mask words per row.
+    let words = mask_words(VOCAB);
+    assert_eq!(words, 2);
+    let params = SamplingParams {
+        min_tokens: 5,
+        stop_token_ids: vec![9],
+        ..base()
+    };
+    let h = history(&[1], &[2], &[0]);
+    let mut batch = DeviceSamplingBatch::default();
+    let mut rng = SequenceRng::new(3);
+    // A short mask (llguidance's may be shorter than the model's vocabulary) is padded with disallowed words; a
+    // long one is cut at the vocabulary's words.
+    batch.push_masked(&params, &h, Some(&[0b1010]), VOCAB, &mut rng);
+    batch.push(&params, &h, VOCAB, &mut rng);
+    batch.push_masked(&params, &h, Some(&[1, 2, 3, 4]), VOCAB, &mut rng);
+    assert_eq!(batch.rows.iter().map(|r| r.mask_row).collect::<Vec<_>>(), vec![0, -1, 1]);
+    assert_eq!(batch.masks, vec![0b1010, 0, 1, 2]);
+    // min_tokens masks EOS and the stop id on the plain row only (the CPU sampler's rule for constrained rows).
+    assert_eq!(batch.rows[0].edit_count, 0);
+    assert_eq!(batch.rows[1].edit_count, 2);
+    assert_eq!(batch.rows[2].edit_count, 0);
+    // A bad stop id does not matter to a constrained row (min_tokens is not applied), as on the CPU.
+    let bad_stop = SamplingParams {
+        min_tokens: 5,
+        stop_token_ids: vec![VOCAB as u32 + 1],
+        ..base()
+    };
+    let constrained = RowShape {
+        constrained: true,
+        ..shape(1, 0, 1)
+    };
+    assert!(device_sampleable(&bad_stop, constrained, VOCAB));
+    assert!(!device_sampleable(&bad_stop, shape(1, 0, 1), VOCAB));
+    assert_eq!(device_edit_bound(&params, constrained), 0);
+    // Clearing keeps the block's capacity (no per-step allocation once grown).
+    let cap = batch.masks.capacity();
+    batch.clear();
+    assert!(batch.masks.is_empty() && batch.masks.capacity() == cap);
 }

@@ -14,7 +14,7 @@ pub mod rng;
 pub mod sampler;
 pub mod top_k_top_p;
 
-pub use device_sampling::{device_edit_bound, device_sampleable, DeviceSamplingBatch, RowHistory};
+pub use device_sampling::{device_edit_bound, device_sampleable, DeviceSamplingBatch, RowHistory, RowShape};
 pub use logprobs::{log_softmax_top_n, prompt_logprobs, PromptTokenLogprob};
 pub use rng::SequenceRng;
 pub use sampler::{sample_batch, sample_row, SampleRow, SampledToken};

@@ -96,24 +96,47 @@ impl GrammarCache {
         Ok(compiled)
     }
 
-    /// Compiles without the cache (the benchmark measures this).
+    /// Compiles without the cache (the benchmark measures this), on a thread of its own with a large stack
+    /// (see [`COMPILE_STACK_BYTES`]), whatever thread calls it.
     pub fn compile(&self, spec: &StructuredOutputs) -> Result<CompiledGrammar> {
         let (kind, grammar) = to_grammar(spec)?;
         let factory = self.factory()?;
         let field = format!("structured_outputs.{kind}");
-        // llguidance reports bad grammars as errors; the unwind guard is a last line of defence for a bug in it.
-        let parser = catch_unwind(AssertUnwindSafe(|| factory.create_parser(grammar)))
-            .map_err(|_| EngineError::invalid(&field, "llguidance failed on this grammar (internal panic)"))?
-            .map_err(|e| EngineError::invalid(&field, e.to_string()))?;
-        let matcher = Matcher::new(Ok(parser));
-        if let Some(e) = matcher.get_error() {
-            return Err(EngineError::invalid(&field, e));
-        }
-        Ok(CompiledGrammar {
-            kind,
-            template: Mutex::new(matcher),
-        })
+        on_compile_stack(|| {
+            // llguidance reports bad grammars as errors; the unwind guard is a last line of defence for a bug in it.
+            let parser = catch_unwind(AssertUnwindSafe(|| factory.create_parser(grammar)))
+                .map_err(|_| EngineError::invalid(&field, "llguidance failed on this grammar (internal panic)"))?
+                .map_err(|e| EngineError::invalid(&field, e.to_string()))?;
+            let matcher = Matcher::new(Ok(parser));
+            if let Some(e) = matcher.get_error() {
+                return Err(EngineError::invalid(&field, e));
+            }
+            Ok(CompiledGrammar {
+                kind,
+                template: Mutex::new(matcher),
+            })
+        })?
     }
+}
+
+/// Stack of the thread a grammar compiles on. llguidance's compiler recurses over the grammar, and a large schema
+/// (a few thousand properties, still under llguidance's own size limit) overflowed the 2 MiB stack of a tokio or
+/// rayon worker thread, killing the process (found by test/structured-compile-async.test.ts, which compiles on a
+/// blocking thread). Stack pages are committed only when touched, so a large reservation costs address space.
+pub const COMPILE_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `f` on a scoped thread with a [`COMPILE_STACK_BYTES`] stack (one thread per cache miss: its start-up,
+/// some tens of microseconds, is small beside any compile).
+fn on_compile_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("pagedllm-grammar".into())
+            .stack_size(COMPILE_STACK_BYTES)
+            .spawn_scoped(scope, f)
+            .map_err(|e| EngineError::Internal(format!("starting the grammar compile thread: {e}")))?
+            .join()
+            .map_err(|_| EngineError::Internal("the grammar compile thread panicked".into()))
+    })
 }
 
 /// The llguidance grammar for `spec`, and the kind it came from.

@@ -10,7 +10,7 @@ use pagedllm_kernels::cuda::DeviceSampleParams;
 use super::*;
 
 /// Runs `rows` one-token sequences of the same token (identical logits rows) and returns that row's logits.
-fn identical_rows(p: &mut Pair, rows: usize) -> Vec<f32> {
+pub(crate) fn identical_rows(p: &mut Pair, rows: usize) -> Vec<f32> {
     let blocks: Vec<Vec<u32>> = (0..rows).map(|i| vec![1 + i as u32]).collect();
     let scheduled: Vec<ScheduledSeq<'_>> = blocks
         .iter()
@@ -33,7 +33,7 @@ fn identical_rows(p: &mut Pair, rows: usize) -> Vec<f32> {
     logits
 }
 
-fn sharp_pair(rows: usize) -> (Pair, usize) {
+pub(crate) fn sharp_pair(rows: usize) -> (Pair, usize) {
     let case = &CASES[2]; // untied head: scale it up so distributions are sharp enough to test
     let cfg = config(case);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -42,7 +42,7 @@ fn sharp_pair(rows: usize) -> (Pair, usize) {
 }
 
 /// Tokens by descending logit.
-fn by_logit(row: &[f32]) -> Vec<u32> {
+pub(crate) fn by_logit(row: &[f32]) -> Vec<u32> {
     let mut order: Vec<u32> = (0..row.len() as u32).collect();
     order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
     order
@@ -206,7 +206,7 @@ fn gpu_sampler_greedy_rows_match_the_cpu_sampler_with_processing_and_logprobs() 
 }
 
 /// The CPU sampler's kept set and renormalized probabilities for scaled logits `s` (naive, by sorting).
-fn kept_distribution(s: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
+pub(crate) fn kept_distribution(s: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
     let max = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let order = by_logit(s);
     let kth = if params.top_k > 0 && (params.top_k as usize) < s.len() {
@@ -330,7 +330,7 @@ fn gpu_sampler_truncation_keeps_the_cpu_nucleus_and_its_probabilities() {
 }
 
 /// A step of `rows` one-token sequences of different tokens (different logits rows), left on the GPU.
-fn distinct_rows(p: &mut Pair, rows: usize) {
+pub(crate) fn distinct_rows(p: &mut Pair, rows: usize) {
     let blocks: Vec<Vec<u32>> = (0..rows).map(|i| vec![1 + i as u32]).collect();
     let scheduled: Vec<ScheduledSeq<'_>> = blocks
         .iter()

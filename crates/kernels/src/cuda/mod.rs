@@ -22,7 +22,9 @@ mod weight_encoding;
 
 pub use error::CudaError;
 pub use memory_plan::{plan_kv_blocks, KvPlan};
-pub use sample_params::{DeviceSample, DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS};
+pub use sample_params::{
+    mask_words, DeviceSample, DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS,
+};
 pub use shape::{ActivationDtype, CudaOptions, ModelShape};
 pub use weight_encoding::encode_weight;
 

@@ -2,7 +2,9 @@
 //!
 //! Compiled with or without the `cuda` feature, so the engine packs rows without a `cfg`. The engine turns a
 //! request's `SamplingParams` and token history into one [`DeviceSampleParams`] and a run of [`TokenEdit`]s
-//! (logit bias, min_tokens mask and penalties merged per token); the GPU returns a [`DeviceSample`] per row.
+//! (logit bias, min_tokens mask and penalties merged per token), and a structured-output row its grammar's
+//! allowed-token bitmask (llguidance's layout: bit `t % 32` of word `t / 32`, [`mask_words`] words per row);
+//! the GPU returns a [`DeviceSample`] per row.
 
 /// Log-prob list lengths the GPU sampler serves (the engine's `MAX_LOGPROBS`).
 pub const MAX_DEVICE_TOP_LOGPROBS: usize = 20;
@@ -10,7 +12,12 @@ pub const MAX_DEVICE_TOP_LOGPROBS: usize = 20;
 /// Edits one step may carry across all rows (the edit buffer is allocated once at load).
 pub const MAX_DEVICE_TOKEN_EDITS: usize = 1 << 20;
 
-/// One row's sampling parameters (`SampleParams` in sampling.cu, 48 bytes).
+/// u32 words of one row's allowed-token bitmask for a vocabulary of `vocab` tokens.
+pub fn mask_words(vocab: usize) -> usize {
+    vocab.div_ceil(32)
+}
+
+/// One row's sampling parameters (`SampleParams` in sampling.cu, 56 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DeviceSampleParams {
@@ -31,6 +38,12 @@ pub struct DeviceSampleParams {
     /// This row's edits: `edits[edit_begin .. edit_begin + edit_count]`.
     pub edit_begin: u32,
     pub edit_count: u32,
+    /// This row's allowed-token bitmask: `masks[mask_row * mask_words(vocab) ..][.. mask_words(vocab)]`;
+    /// -1 = unconstrained. Every token it disallows gets -inf before anything else (the raw distribution,
+    /// and so the log-probs, are the masked ones, as in the CPU sampler).
+    pub mask_row: i32,
+    /// Keeps the layout free of implicit padding (the struct is copied to the GPU byte for byte).
+    pub reserved: u32,
     /// Noise seed of a sampled row (unused when greedy).
     pub seed: u64,
 }
@@ -48,6 +61,8 @@ impl Default for DeviceSampleParams {
             num_top_logprobs: -1,
             edit_begin: 0,
             edit_count: 0,
+            mask_row: -1,
+            reserved: 0,
             seed: 0,
         }
     }
@@ -94,7 +109,7 @@ mod tests {
 
     #[test]
     fn layouts_match_the_kernel_structs() {
-        assert_eq!(std::mem::size_of::<DeviceSampleParams>(), 48);
+        assert_eq!(std::mem::size_of::<DeviceSampleParams>(), 56);
         assert_eq!(std::mem::align_of::<DeviceSampleParams>(), 8);
         assert_eq!(std::mem::size_of::<TokenEdit>(), 20);
     }

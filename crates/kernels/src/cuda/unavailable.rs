@@ -37,6 +37,7 @@ impl CudaBackend {
         _: &[DeviceSampleParams],
         _: &[u32],
         _: &[TokenEdit],
+        _: &[u32],
     ) -> Result<Vec<DeviceSample>, CudaError> {
         match *self {}
     }

@@ -20,8 +20,8 @@ use super::gemm::{Gemm, OutType};
 use super::graph_sizes::{bucket_for, capture_sizes};
 use super::memory_plan::{plan_kv_blocks, KvPlan};
 use super::{
-    ActivationDtype, CudaOptions, DeviceSample, DeviceSampleParams, ModelShape, TokenEdit, MAX_DEVICE_TOKEN_EDITS,
-    MAX_DEVICE_TOP_LOGPROBS,
+    mask_words, ActivationDtype, CudaOptions, DeviceSample, DeviceSampleParams, ModelShape, TokenEdit,
+    MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS,
 };
 use crate::backend::{Backend, Forward, Rows, TensorId, WeightId};
 use crate::InputBatch;
@@ -50,6 +50,8 @@ struct Inputs {
     block_pairs: DeviceBuffer<u32>,
     sample_params: DeviceBuffer<DeviceSampleParams>,
     token_edits: DeviceBuffer<TokenEdit>,
+    /// `[logits_capacity, mask_words(vocab)]`: the allowed-token bitmasks of a launch's constrained rows.
+    token_masks: DeviceBuffer<u32>,
     /// The logits row of each sample, when the LM head runs on gathered rows.
     sample_logits_rows: DeviceBuffer<u32>,
 }
@@ -213,6 +215,7 @@ impl CudaBackend {
             block_pairs: DeviceBuffer::alloc(2 * MAX_BLOCK_PAIRS, "block copy list")?,
             sample_params: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
             token_edits: DeviceBuffer::alloc(MAX_DEVICE_TOKEN_EDITS, "sampling inputs")?,
+            token_masks: DeviceBuffer::alloc(logits_capacity * mask_words(shape.vocab_size), "sampling inputs")?,
             sample_logits_rows: DeviceBuffer::alloc(logits_capacity, "sampling inputs")?,
         };
         let v = shape.vocab_size;
@@ -342,7 +345,7 @@ impl CudaBackend {
             ..DeviceSampleParams::default()
         };
         let logits_rows: Vec<u32> = (0..rows as u32).collect();
-        self.sample(&vec![heavy; rows], &logits_rows, &[])?;
+        self.sample(&vec![heavy; rows], &logits_rows, &[], &[])?;
         self.gpu.synchronize()
     }
 

@@ -5,6 +5,11 @@
 //! of a prompt), rows beside prompt log-prob rows (which go to the host separately), and more rows or token
 //! edits than one launch holds (done in chunks). A seeded request then always meets the same sampler, which
 //! is what makes its tokens independent of the batch (the GPU's noise differs from the CPU sampler's draw).
+//!
+//! Structured-output rows carry their grammar's allowed-token bitmask (`DeviceSampleParams::mask_row` into a
+//! `[masks, mask_words(vocab)]` u32 block, llguidance's own layout): the block is uploaded once per launch
+//! (once per step unless the step overflows a launch) and the kernel sets every disallowed logit to -inf in its
+//! first pass, so no logits are copied back for them either (vLLM's `apply_grammar_bitmask`, done in-kernel).
 
 use super::*;
 
@@ -91,13 +96,16 @@ impl CudaBackend {
     }
 
     /// Samples one token per entry of `rows` on the GPU (see `kernels/sampling.cu`): sample `i` draws from
-    /// logits row `logits_rows[i]` following `rows[i]`, whose edits index into `edits`. Only ids, log-probs,
-    /// ranks and the asked-for log-prob lists come back.
+    /// logits row `logits_rows[i]` following `rows[i]`, whose edits index into `edits` and whose allowed-token
+    /// bitmask (when `mask_row >= 0`) is row `mask_row` of `masks` (`mask_words(vocab)` words per row; rows
+    /// must use increasing mask rows, as `DeviceSamplingBatch` packs them). Only ids, log-probs, ranks and the
+    /// asked-for log-prob lists come back.
     pub fn sample(
         &mut self,
         rows: &[DeviceSampleParams],
         logits_rows: &[u32],
         edits: &[TokenEdit],
+        masks: &[u32],
     ) -> Result<Vec<DeviceSample>, CudaError> {
         self.gpu.bind()?;
         if rows.len() != logits_rows.len() {
@@ -114,14 +122,25 @@ impl CudaBackend {
             )));
         }
         let vocab = self.shape.vocab_size;
+        let words = mask_words(vocab);
+        if masks.len() % words != 0 {
+            return Err(CudaError::Unsupported(format!(
+                "{} mask words is not a whole number of {words}-word rows",
+                masks.len()
+            )));
+        }
+        let mut last_mask = -1;
         for (r, p) in rows.iter().enumerate() {
             let end = p.edit_begin as usize + p.edit_count as usize;
+            let mask_ok = p.mask_row < 0 || (p.mask_row > last_mask && (p.mask_row as usize + 1) * words <= masks.len());
             if end > edits.len()
                 || p.edit_count as usize > MAX_DEVICE_TOKEN_EDITS
                 || p.num_top_logprobs > MAX_DEVICE_TOP_LOGPROBS as i32
+                || !mask_ok
             {
                 return Err(CudaError::Unsupported(format!("sampling row {r} is malformed: {p:?}")));
             }
+            last_mask = last_mask.max(p.mask_row);
             if let Some(e) = edits[p.edit_begin as usize..end]
                 .iter()
                 .find(|e| e.token as usize >= vocab)
@@ -145,7 +164,7 @@ impl CudaBackend {
                 num_edits += rows[end].edit_count as usize;
                 end += 1;
             }
-            self.sample_chunk(&rows[begin..end], &logits_rows[begin..end], edits, &mut out)?;
+            self.sample_chunk(&rows[begin..end], &logits_rows[begin..end], edits, masks, &mut out)?;
             begin = end;
         }
         Ok(out)
@@ -157,10 +176,17 @@ impl CudaBackend {
         rows: &[DeviceSampleParams],
         logits_rows: &[u32],
         edits: &[TokenEdit],
+        masks: &[u32],
         out: &mut Vec<DeviceSample>,
     ) -> Result<(), CudaError> {
         let n = rows.len();
         self.lm_head_rows(logits_rows)?;
+        let vocab = self.shape.vocab_size;
+        let words = mask_words(vocab);
+        // This chunk's masks are one contiguous run of mask rows (they increase along `rows`, one per
+        // constrained row, so at most `logits_capacity` of them): uploaded as is, re-based to 0.
+        let first_mask = rows.iter().map(|p| p.mask_row).find(|&m| m >= 0);
+        let last_mask = rows.iter().map(|p| p.mask_row).max().unwrap_or(-1);
         // This chunk's edits, packed from 0.
         let mut chunk_rows = Vec::with_capacity(n);
         let mut chunk_edits = Vec::new();
@@ -168,15 +194,29 @@ impl CudaBackend {
             let b = p.edit_begin as usize;
             chunk_rows.push(DeviceSampleParams {
                 edit_begin: chunk_edits.len() as u32,
+                mask_row: match first_mask {
+                    Some(f) if p.mask_row >= 0 => p.mask_row - f,
+                    _ => -1,
+                },
                 ..*p
             });
             chunk_edits.extend_from_slice(&edits[b..b + p.edit_count as usize]);
         }
-        let vocab = self.shape.vocab_size;
         let g = &self.gpu;
         let a = &self.scratch;
         g.upload(self.inputs.sample_params.ptr(), &chunk_rows)?;
         g.upload(self.inputs.token_edits.ptr(), &chunk_edits)?;
+        if let Some(f) = first_mask {
+            let (begin, end) = (f as usize * words, (last_mask as usize + 1) * words);
+            if end - begin > self.logits_capacity * words {
+                return Err(CudaError::Unsupported(format!(
+                    "{} masks in one sampling launch; the buffer holds {}",
+                    (end - begin) / words,
+                    self.logits_capacity
+                )));
+            }
+            g.upload(self.inputs.token_masks.ptr(), &masks[begin..end])?;
+        }
         g.launch(
             "sample_rows",
             (n as u32, 1, 1),
@@ -186,6 +226,8 @@ impl CudaBackend {
                 Arg::I32(vocab as i32),
                 Arg::Ptr(self.inputs.sample_params.ptr()),
                 Arg::Ptr(self.inputs.token_edits.ptr()),
+                Arg::Ptr(self.inputs.token_masks.ptr()),
+                Arg::I32(words as i32),
                 Arg::Ptr(a.sampled_ids.ptr()),
                 Arg::Ptr(a.sampled_logprobs.ptr()),
                 Arg::Ptr(a.sampled_ranks.ptr()),

@@ -1,4 +1,7 @@
 // Sampling on the GPU, one block of 1024 threads per logits row, in vLLM V1's order (the CPU sampler's too):
+//   0. a structured-output row's grammar bitmask (llguidance's layout, bit t % 32 of word t / 32): every token
+//      it disallows gets -inf in the row itself, fused into pass 1, so the "raw" distribution of everything
+//      below is the masked one, as in the CPU sampler (and in vLLM, which masks the logits before sampling);
 //   1. raw log-sum-exp, and the top-N raw log-probs when asked (ties by lower id);
 //   2. the row's sparse edits, merged per token by the host: logit bias, the min_tokens mask, repetition /
 //      frequency / presence penalties (each edit keeps the raw value it replaced, for the log-prob and rank);
@@ -19,7 +22,7 @@
 #define FIXED_ONE 1099511627776.0  // 2^40
 #define NO_TOKEN 0xffffffffu       // nothing could be sampled (NaN logits, or every logit -inf after processing)
 
-// Mirrors `DeviceSampleParams` in decoder/sampling.rs (48 bytes).
+// Mirrors `DeviceSampleParams` in cuda/sample_params.rs (56 bytes).
 struct SampleParams {
   float temperature;  // 0 = greedy
   float top_p;        // 1 = off
@@ -30,10 +33,12 @@ struct SampleParams {
   int top_k;    // 0 = off
   int num_top;  // length of the top log-prob list; -1 = no log-probs asked (no rank either)
   unsigned int edit_begin, edit_count;
+  int mask_row;           // row of `masks` with the allowed tokens; -1 = unconstrained
+  unsigned int reserved;  // explicit padding (the host copies the struct byte for byte)
   unsigned long long seed;
 };
 
-// Mirrors `TokenEdit` in decoder/sampling.rs (20 bytes).
+// Mirrors `TokenEdit` in cuda/sample_params.rs (20 bytes).
 struct TokenEdit {
   unsigned int token;
   float bias;
@@ -265,7 +270,8 @@ __device__ void top_logprobs_of_row(const float* row, int vocab, int num, float 
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_rows(float* __restrict__ logits, int vocab, const SampleParams* __restrict__ params,
-                TokenEdit* __restrict__ edits, uint32_t* __restrict__ out_ids, float* __restrict__ out_logprobs,
+                TokenEdit* __restrict__ edits, const uint32_t* __restrict__ masks, int mask_words,
+                uint32_t* __restrict__ out_ids, float* __restrict__ out_logprobs,
                 int* __restrict__ out_ranks, uint32_t* __restrict__ top_ids, float* __restrict__ top_logprobs) {
   __shared__ u64 hist[256];
   __shared__ float s_raw;
@@ -279,12 +285,23 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
   const bool plain = P.edit_count == 0 && !truncates;
   TokenEdit* row_edits = edits + P.edit_begin;
 
-  // 1. Raw log-sum-exp (float4 loads: vocab % 4 == 0 is checked by the host); a plain row also chooses here.
+  // 0-1. The grammar mask, then the raw log-sum-exp (float4 loads: vocab % 4 == 0 is checked by the host); a
+  // plain row also chooses here. A masked float4 is written back: the passes below read the row again.
+  const uint32_t* mask = P.mask_row >= 0 ? masks + (size_t)P.mask_row * mask_words : nullptr;
   float m = -INFINITY, s = 0.f;
   Best best = {-INFINITY, 0x7fffffff};
-  const float4* row4 = reinterpret_cast<const float4*>(row);
+  float4* row4 = reinterpret_cast<float4*>(row);
   for (int c = threadIdx.x; c < vocab / 4; c += blockDim.x) {
-    const float4 x4 = row4[c];
+    float4 x4 = row4[c];
+    if (mask) {
+      // The 4 tokens of a float4 share one mask word (4c is a multiple of 4, a word holds 32 tokens).
+      const uint32_t bits = mask[c >> 3] >> ((4 * c) & 31);
+      if (!(bits & 1u)) x4.x = -INFINITY;
+      if (!(bits & 2u)) x4.y = -INFINITY;
+      if (!(bits & 4u)) x4.z = -INFINITY;
+      if (!(bits & 8u)) x4.w = -INFINITY;
+      row4[c] = x4;
+    }
     const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -296,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
       }
     }
   }
-  const float lse = block_lse(m, s);
+  const float lse = block_lse(m, s);  // its barriers also publish the masked row to the whole block
   if (P.num_top > 0)
     top_logprobs_of_row(row, vocab, min(min(P.num_top, MAX_TOP_LOGPROBS), vocab), lse,
                         top_ids + (size_t)r * MAX_TOP_LOGPROBS, top_logprobs + (size_t)r * MAX_TOP_LOGPROBS, hist);
