@@ -26,6 +26,7 @@ const USAGE = `usage: node bench/structured.mjs [options]
   --output-len N      tokens per request (default 128)
   --compile-reps N    distinct 20-field schemas compiled (default 7)
   --ttft-reps N       single-request TTFT samples each way (default 7)
+  --reps N            interleaved constrained/unconstrained pairs per batch size (default 3; the median is reported)
   --threads N         CPU threads (default: all cores)
   --out FILE          default bench/results/structured-<date>.json
   --note TEXT         recorded in the JSON`;
@@ -37,6 +38,7 @@ const { values: args } = parseArgs({
     'output-len': { type: 'string', default: '128' },
     'compile-reps': { type: 'string', default: '7' },
     'ttft-reps': { type: 'string', default: '7' },
+    reps: { type: 'string', default: '3' },
     threads: { type: 'string' },
     out: { type: 'string' },
     note: { type: 'string' },
@@ -145,6 +147,7 @@ async function main() {
   const { LLM } = await import(pathToFileURL(path.join(ROOT, 'dist/index.js')).href);
   const batches = args.batch.split(',').map(Number);
   const outputLen = Number(args['output-len']);
+  const reps = Math.max(1, Number(args.reps));
   const before = machine();
   const llm = await LLM.create({
     ...(args.model ? { model: args.model } : {}),
@@ -162,8 +165,19 @@ async function main() {
 
   const decode = [];
   for (const batch of batches) {
-    const unconstrained = await decodeRun(llm, prompt, batch, { ...base, ignoreEos: true });
-    const constrained = await decodeRun(llm, prompt, batch, { ...base, structuredOutputs: { json: schema } });
+    // --reps interleaved pairs, the order alternating (U C, C U, ...), so drift and warm-up hit both sides alike;
+    // each side's figure is the median run by decode tok/s.
+    const runs = { unconstrained: [], constrained: [] };
+    for (let rep = 0; rep < reps; rep++) {
+      const order = rep % 2 === 0 ? ['unconstrained', 'constrained'] : ['constrained', 'unconstrained'];
+      for (const kind of order) {
+        const params = kind === 'unconstrained' ? { ...base, ignoreEos: true } : { ...base, structuredOutputs: { json: schema } };
+        runs[kind].push(await decodeRun(llm, prompt, batch, params));
+      }
+    }
+    const medianRun = (rs) => [...rs].sort((a, b) => (a.decode_tokens_per_s ?? 0) - (b.decode_tokens_per_s ?? 0))[Math.floor(rs.length / 2)];
+    const unconstrained = { ...medianRun(runs.unconstrained), runs_decode_tokens_per_s: runs.unconstrained.map((r) => r.decode_tokens_per_s) };
+    const constrained = { ...medianRun(runs.constrained), runs_decode_tokens_per_s: runs.constrained.map((r) => r.decode_tokens_per_s) };
     const cost =
       unconstrained.decode_tokens_per_s && constrained.decode_tokens_per_s
         ? round3(100 * (1 - constrained.decode_tokens_per_s / unconstrained.decode_tokens_per_s))
@@ -198,7 +212,7 @@ async function main() {
     note: args.note ?? null,
     machine_before: before,
     machine_after: machine(),
-    config: { model: args.model ?? 'default (SmolLM2-135M-Instruct Q4_1)', batches, output_len: outputLen, schema },
+    config: { model: args.model ?? 'default (SmolLM2-135M-Instruct Q4_1)', batches, output_len: outputLen, reps, schema },
     decode,
     compile_20_field_schema_ms: { median: median(compileMs), samples: compileMs },
     ttft_s: {
