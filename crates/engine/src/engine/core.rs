@@ -115,6 +115,10 @@ struct StepScratch {
     constraint_failures: Vec<(RequestId, crate::error::EngineError)>,
     /// Beam rows of this step: (sampling id, logits row); they are not sampled but proposed from.
     beam_jobs: Vec<(RequestId, usize)>,
+    /// Beam rows of a device-sampled step before it ran: (sampling id, scheduled sequence).
+    beam_seqs: Vec<(RequestId, RequestId)>,
+    /// Constrained rows of a device-sampled step: (sampling id, mask row), filled while the forward runs.
+    late_masks: Vec<(RequestId, usize)>,
     /// Each beam's best next-token log-probs this step.
     beam_proposals: HashMap<RequestId, Vec<(u32, f32)>>,
     /// (beam slot's sequence, parent beam's sequence, token): rebased after the scheduler update.
@@ -279,7 +283,8 @@ impl EngineCore {
         let t_scheduled = Instant::now();
         self.stats.step_phase_seconds.schedule += (t_scheduled - t_start).as_secs_f64();
         self.stats.steps += 1;
-        let in_use = self.scheduler.stats().num_blocks_in_use;
+        // Not `stats()`: that walks the free list (~1 ms per step on a large GPU cache).
+        let in_use = self.scheduler.num_blocks_in_use();
         self.stats.max_kv_blocks_in_use = self.stats.max_kv_blocks_in_use.max(in_use);
         let now = now_secs();
         for &(parent, child) in &out.forked {
@@ -340,9 +345,10 @@ impl EngineCore {
         let on_device = self.runner.samples_on_device()
             && out.scheduled.iter().flat_map(|s| s.sample_ids.iter()).all(|&sid| {
                 let r = self.scheduler.request(sid).expect("sampling request exists");
-                // Beam rows need the top log-probs of the full distribution: host path (CPU and CUDA alike).
+                // A beam row is not sampled: its logits row is copied to the host and the beams are proposed
+                // from it there, beside its neighbours' device samples.
                 if r.params.beam_search.is_some() {
-                    return false;
+                    return true;
                 }
                 let shape = RowShape {
                     prompt_len: r.prompt_token_ids.len(),
@@ -361,9 +367,16 @@ impl EngineCore {
             // One device row per sampling id, in the order of the sequences that sample (the layout's order).
             self.device_batch.clear();
             sc.row_seqs.clear();
+            sc.beam_seqs.clear();
+            sc.late_masks.clear();
             for s in &out.scheduled {
                 for &sid in &s.sample_ids {
                     let req = self.scheduler.request(sid).expect("sampling request exists");
+                    if req.params.beam_search.is_some() {
+                        // Its logits row is known once the step ran (below).
+                        sc.beam_seqs.push((sid, s.request_id));
+                        continue;
+                    }
                     let (ext, idx) = &self.seq_owner[&sid];
                     let state = self
                         .groups
@@ -375,34 +388,61 @@ impl EngineCore {
                         output_token_ids: &req.output_token_ids,
                         eos_token_ids: &req.eos_token_ids,
                     };
-                    // The grammar mask (mostly computed already, on the mask pool, while the last step ran).
-                    let mask = match self.constraints.get(&sid).map(|c| c.mask()) {
-                        None => None,
-                        Some(Ok(mask)) => Some(mask),
-                        Some(Err(e)) => {
-                            // This row samples unconstrained; its request fails with the error after the step.
-                            sc.constraint_failures.push((sid, e));
-                            None
-                        }
-                    };
-                    let allowed = mask.as_deref().map(|m| m.as_slice());
-                    self.device_batch
-                        .push_masked(&req.params, &history, allowed, vocab, &mut state.rng);
+                    if self.constraints.contains_key(&sid) {
+                        // Its grammar mask is taken once the forward pass runs (below): the mask pool may still
+                        // be computing it.
+                        let row = self
+                            .device_batch
+                            .push_with_late_mask(&req.params, &history, vocab, &mut state.rng);
+                        sc.late_masks.push((sid, row));
+                    } else {
+                        self.device_batch.push(&req.params, &history, vocab, &mut state.rng);
+                    }
                     sc.row_seqs.push(s.request_id);
                     sc.jobs.push((sid, sc.jobs.len()));
                 }
             }
             t_prepared_rows = Instant::now();
+            let constraints = &self.constraints;
+            let (late_masks, failures) = (&sc.late_masks, &mut sc.constraint_failures);
+            // While the GPU runs the forward pass: the grammar masks (mostly computed already, on the mask pool).
+            let fill_masks = |batch: &mut DeviceSamplingBatch| {
+                for &(sid, row) in late_masks {
+                    match constraints.get(&sid).map(|c| c.mask()) {
+                        Some(Ok(mask)) => batch.set_mask(row, Some(&mask), vocab),
+                        Some(Err(e)) => {
+                            // This row samples unconstrained; its request fails with the error after the step.
+                            failures.push((sid, e));
+                            batch.set_mask(row, None, vocab);
+                        }
+                        None => batch.set_mask(row, None, vocab),
+                    }
+                }
+            };
             let step = self.runner.execute_and_sample(
                 &seqs,
                 &out.blocks_to_copy,
-                &self.device_batch,
+                &mut self.device_batch,
                 &sc.row_seqs,
+                !sc.beam_seqs.is_empty(),
+                fill_masks,
             )?;
             drop(seqs);
             if !step.logits.is_empty() {
                 let t_host = Instant::now();
                 self.host_prompt_logprobs(&step.layout, &step.logits, vocab)?;
+                if !sc.beam_seqs.is_empty() {
+                    sc.beam_jobs.clear();
+                    for &(sid, seq) in &sc.beam_seqs {
+                        let row = step.layout.sample_rows.iter().find(|(rid, _)| *rid == seq).map(|&(_, row)| row);
+                        let row = row.ok_or_else(|| {
+                            crate::error::EngineError::Internal(format!("beam {seq} has no logits row this step"))
+                        })?;
+                        sc.beam_jobs.push((sid, row));
+                    }
+                    self.propose_beams(&mut sc, |row| &step.logits[row * vocab..(row + 1) * vocab]);
+                    self.plan_beams(&mut sc);
+                }
                 self.stats.step_phase_seconds.host_sampling += t_host.elapsed().as_secs_f64();
             }
             sc.sampled.extend(step.samples.into_iter().map(|d| SampledToken {
@@ -452,10 +492,8 @@ impl EngineCore {
             if update.finished.iter().any(|&(f, _)| f == sid) {
                 continue;
             }
-            match c.consume(token) {
-                Ok(()) => c.prefetch(&self.mask_pool),
-                Err(e) => sc.constraint_failures.push((sid, e)),
-            }
+            // The matcher consumes the token on the mask pool too (it costs as much as a mask at large batch).
+            c.advance(token, &self.mask_pool);
         }
         self.stats.generation_tokens_total += update.new_tokens.len() as u64;
         let t_outputs = Instant::now();
@@ -570,12 +608,7 @@ impl EngineCore {
                 }
             }
         }
-        sc.beam_proposals.clear();
-        for &(sid, row) in &sc.beam_jobs {
-            let (ext, _) = &self.seq_owner[&sid];
-            let m = self.groups[ext].beam.as_ref().map_or(0, |b| b.candidates_per_beam());
-            sc.beam_proposals.insert(sid, top_logprobs(logits.row(row), m));
-        }
+        self.propose_beams(sc, |row| logits.row(row));
         let jobs = &sc.jobs;
         let mut rngs: Vec<SequenceRng> = jobs
             .iter()
@@ -628,6 +661,16 @@ impl EngineCore {
         sc.sampled.extend(sampled);
         sc.constraint_failures.extend(failures);
         Ok(())
+    }
+
+    /// Each beam row's best next-token log-probs (`sc.beam_jobs`: sequence, logits row) into `sc.beam_proposals`.
+    fn propose_beams<'l>(&self, sc: &mut StepScratch, row_logits: impl Fn(usize) -> &'l [f32]) {
+        sc.beam_proposals.clear();
+        for &(sid, row) in &sc.beam_jobs {
+            let (ext, _) = &self.seq_owner[&sid];
+            let m = self.groups[ext].beam.as_ref().map_or(0, |b| b.candidates_per_beam());
+            sc.beam_proposals.insert(sid, top_logprobs(row_logits(row), m));
+        }
     }
 
     /// Beam search step of every beam request whose live beams all got logits this step: its plan goes into

@@ -175,17 +175,22 @@ impl ModelRunner {
     /// Runs the step and samples on the device: `batch.rows[i]` is a sample of the logits row of the scheduled
     /// sequence `row_seqs[i]` (a sequence appears once per sample: the `n > 1` fork samples one row several
     /// times). When the step has prompt log-prob rows, every logits row is also copied to the host
-    /// (`StepSamples::logits`). Only for backends where `samples_on_device()`; the caller checked each row is
-    /// device-sampleable.
+    /// (`StepSamples::logits`), and so when `copy_logits` (beam rows, which are proposed from on the host).
+    /// A sampling row without a device sample is skipped. `before_sampling` runs on the host while the GPU runs
+    /// the forward pass (the engine fills grammar masks there). Only for backends where `samples_on_device()`;
+    /// the caller checked each row is device-sampleable.
     pub fn execute_and_sample(
         &mut self,
         seqs: &[ScheduledSeq<'_>],
         blocks_to_copy: &[(u32, u32)],
-        batch: &DeviceSamplingBatch,
+        batch: &mut DeviceSamplingBatch,
         row_seqs: &[RequestId],
+        copy_logits: bool,
+        before_sampling: impl FnOnce(&mut DeviceSamplingBatch),
     ) -> Result<StepSamples> {
         let t0 = Instant::now();
         let layout = self.run(seqs, blocks_to_copy)?;
+        before_sampling(batch);
         let t1 = Instant::now();
         let Device::Cuda(on_gpu) = &mut self.device else {
             return Err(EngineError::Internal(
@@ -214,12 +219,16 @@ impl ModelRunner {
                 logits_rows.len()
             )));
         }
-        let samples = on_gpu
-            .backend
-            .sample(&batch.rows, logits_rows, &batch.edits, &batch.masks)
-            .map_err(cuda_err)?;
+        let samples = if batch.rows.is_empty() {
+            Vec::new()
+        } else {
+            on_gpu
+                .backend
+                .sample(&batch.rows, logits_rows, &batch.edits, &batch.masks)
+                .map_err(cuda_err)?
+        };
         let mut logits = Vec::new();
-        if !layout.prompt_logprob_rows.is_empty() {
+        if copy_logits || !layout.prompt_logprob_rows.is_empty() {
             on_gpu.backend.copy_logits_rows_to_host(0, &mut logits).map_err(cuda_err)?;
         }
         Ok(StepSamples {

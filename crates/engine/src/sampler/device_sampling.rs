@@ -125,6 +125,60 @@ impl DeviceSamplingBatch {
         vocab: usize,
         rng: &mut SequenceRng,
     ) {
+        let mask_row = allowed_tokens.map(|mask| {
+            let row = self.reserve_mask_row(vocab);
+            self.set_mask(row, Some(mask), vocab);
+            row
+        });
+        self.push_row(params, history, mask_row, vocab, rng);
+    }
+
+    /// [`push`](Self::push) for a constrained row whose mask is not known yet: returns its mask row, to be
+    /// filled by [`set_mask`](Self::set_mask) before the batch is sampled (the engine waits for grammar masks
+    /// only once the forward pass is running).
+    pub fn push_with_late_mask(
+        &mut self,
+        params: &SamplingParams,
+        history: &RowHistory,
+        vocab: usize,
+        rng: &mut SequenceRng,
+    ) -> usize {
+        let row = self.reserve_mask_row(vocab);
+        self.push_row(params, history, Some(row), vocab, rng);
+        row
+    }
+
+    /// Writes mask row `row` (from `push_with_late_mask`): `allowed_tokens` as in `push_masked`, or `None` for
+    /// every token allowed (a row whose grammar failed samples unconstrained; its request fails after the step).
+    pub fn set_mask(&mut self, row: usize, allowed_tokens: Option<&[u32]>, vocab: usize) {
+        let words = mask_words(vocab);
+        let dst = &mut self.masks[row * words..(row + 1) * words];
+        match allowed_tokens {
+            Some(mask) => {
+                let n = mask.len().min(words);
+                dst[..n].copy_from_slice(&mask[..n]);
+                dst[n..].fill(0);
+            }
+            None => dst.fill(u32::MAX),
+        }
+    }
+
+    /// A new all-disallowed mask row.
+    fn reserve_mask_row(&mut self, vocab: usize) -> usize {
+        let words = mask_words(vocab);
+        let row = self.masks.len() / words;
+        self.masks.resize((row + 1) * words, 0);
+        row
+    }
+
+    fn push_row(
+        &mut self,
+        params: &SamplingParams,
+        history: &RowHistory,
+        mask_row: Option<usize>,
+        vocab: usize,
+        rng: &mut SequenceRng,
+    ) {
         if self.slot.len() < vocab {
             self.slot.resize(vocab, u32::MAX);
         }
@@ -135,7 +189,7 @@ impl DeviceSamplingBatch {
             }
         }
         // As in the CPU sampler: a constrained row's grammar, not min_tokens, decides when EOS may come.
-        if history.output_token_ids.len() < params.min_tokens && allowed_tokens.is_none() {
+        if history.output_token_ids.len() < params.min_tokens && mask_row.is_none() {
             for &token in history.eos_token_ids.iter().chain(&params.stop_token_ids) {
                 if let Some(e) = self.edit(token) {
                     e.flags |= TokenEdit::MASKED;
@@ -163,17 +217,7 @@ impl DeviceSamplingBatch {
         for e in &self.edits[begin..] {
             self.slot[e.token as usize] = u32::MAX;
         }
-        let mask_row = match allowed_tokens {
-            Some(mask) => {
-                let words = mask_words(vocab);
-                let row = self.masks.len() / words;
-                let n = mask.len().min(words);
-                self.masks.extend_from_slice(&mask[..n]);
-                self.masks.resize((row + 1) * words, 0);
-                row as i32
-            }
-            None => -1,
-        };
+        let mask_row = mask_row.map_or(-1, |r| r as i32);
         let greedy = params.temperature < GREEDY_TEMPERATURE;
         // 53 random bits (all an f64 draw has) as the noise seed.
         let seed = if greedy {

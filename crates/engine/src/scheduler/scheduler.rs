@@ -202,6 +202,12 @@ impl Scheduler {
         self.kv.reset_prefix_cache()
     }
 
+    /// KV blocks held by requests now; O(1), unlike [`stats`](Self::stats) (which counts cached free blocks),
+    /// so the engine can track the peak every step.
+    pub fn num_blocks_in_use(&self) -> usize {
+        self.kv.pool().num_blocks_in_use()
+    }
+
     pub fn stats(&self) -> SchedulerStats {
         let pool = self.kv.pool();
         SchedulerStats {

@@ -2,11 +2,12 @@
 //! next position.
 //!
 //! Masks are computed off the engine thread, vLLM-style (`vllm/v1/structured_output/__init__.py` fills the
-//! grammar bitmask while the model runs): when a sample's state changes (it was admitted, or it consumed a
-//! token), `prefetch` queues the mask for its next position on the `MaskPool`, so it is computed while the next
-//! step's forward pass runs; `mask` at sampling time takes the finished mask, or computes it itself when the job
-//! has not run yet (the lock makes "compute once per position" exact: a job that finds the mask already there does
-//! nothing).
+//! grammar bitmask while the model runs): when a sample's state changes (it was admitted, or it sampled a
+//! token), `prefetch` / `advance` queue the work on the `MaskPool` — advancing the matcher past the token, then
+//! the mask for the next position —, so it runs while the engine finishes this step and the next step's forward
+//! pass runs; `mask` at sampling time takes the finished mask, or does the queued work itself when the job has
+//! not run yet. The lock makes this exact: tokens are queued in order under it (`pending`), whoever holds it
+//! first consumes them, and a job that finds the mask already there does nothing.
 //!
 //! The state lives with the engine's per-sample output state, not with the scheduler's request, so preemption and
 //! resume (which recompute KV but keep the output tokens) leave it as it was; a forked sample (`n > 1`) starts from
@@ -28,10 +29,27 @@ struct State {
     mask_at: Option<usize>,
     /// The first error the matcher reported (the request is failed with it).
     error: Option<String>,
+    /// Sampled tokens not consumed by the matcher yet (`advance` queued them; the next holder of the lock
+    /// consumes them, in order).
+    pending: Vec<u32>,
 }
 
 impl State {
+    /// Consumes the queued tokens (stops at the first the grammar rejects: the error is kept).
+    fn catch_up(&mut self) {
+        for token in std::mem::take(&mut self.pending) {
+            if self.error.is_some() {
+                return;
+            }
+            match self.matcher.consume_token(token) {
+                Ok(_) => self.consumed += 1,
+                Err(e) => self.error = Some(format!("token {token} rejected: {e}")),
+            }
+        }
+    }
+
     fn ensure_mask(&mut self) {
+        self.catch_up();
         if self.mask_at == Some(self.consumed) || self.error.is_some() {
             return;
         }
@@ -60,6 +78,7 @@ impl SampleConstraint {
                 mask: Arc::new(Vec::new()),
                 mask_at: None,
                 error: None,
+                pending: Vec::new(),
             })),
         }
     }
@@ -70,7 +89,8 @@ impl SampleConstraint {
 
     /// An independent copy of this state (a forked sample continues from its parent's position).
     pub fn fork(&self) -> Self {
-        let s = self.lock();
+        let mut s = self.lock();
+        s.catch_up();
         Self {
             state: Arc::new(Mutex::new(State {
                 matcher: s.matcher.deep_clone(),
@@ -78,6 +98,7 @@ impl SampleConstraint {
                 mask: s.mask.clone(),
                 mask_at: s.mask_at,
                 error: s.error.clone(),
+                pending: Vec::new(),
             })),
         }
     }
@@ -98,24 +119,29 @@ impl SampleConstraint {
         }
     }
 
-    /// Advances past `token` (one the mask allowed).
+    /// Advances past `token` (one the mask allowed) now, on this thread.
     pub fn consume(&self, token: u32) -> Result<()> {
         let mut s = self.lock();
-        if let Some(e) = &s.error {
-            return Err(grammar_error(e));
+        s.pending.push(token);
+        s.catch_up();
+        match &s.error {
+            Some(e) => Err(grammar_error(e)),
+            None => Ok(()),
         }
-        if let Err(e) = s.matcher.consume_token(token) {
-            let message = format!("token {token} rejected: {e}");
-            s.error = Some(message.clone());
-            return Err(grammar_error(&message));
-        }
-        s.consumed += 1;
-        Ok(())
+    }
+
+    /// Queues `token` (one the mask allowed) and the next position's mask on `pool`; returns at once. A token
+    /// the grammar rejects fails the next `mask` (and so the request) with the matcher's error.
+    pub fn advance(&self, token: u32, pool: &MaskPool) {
+        self.lock().pending.push(token);
+        self.prefetch(pool);
     }
 
     /// Whether the output so far is a complete match (EOS would be allowed now).
     pub fn is_accepting(&self) -> bool {
-        self.lock().matcher.is_accepting().unwrap_or(false)
+        let mut s = self.lock();
+        s.catch_up();
+        s.matcher.is_accepting().unwrap_or(false)
     }
 }
 

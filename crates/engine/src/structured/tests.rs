@@ -229,3 +229,48 @@ proptest! {
         let _ = generate(&tok, &cache, &specs[which], seed, greedy);
     }
 }
+
+/// `advance` (the engine's path: the token and the next mask go to the mask pool) gives the same masks as
+/// consuming on the caller's thread, whether the pool job or `mask` takes the lock first; a token the grammar
+/// rejects fails the next `mask`, and a fork taken before the pool ran starts after the queued token.
+#[test]
+fn advance_on_the_pool_matches_consuming_in_place() {
+    let (tok, _) = spm_synthetic();
+    let cache = cache_for(&tok);
+    let grammar = cache.get_or_compile(&regex("(ab|cd)+e")).unwrap();
+    let table = token_bytes_table(&tok, tok.vocab_size()).unwrap();
+    let id = |s: &[u8]| table.iter().position(|b| b == s).unwrap() as u32;
+    let (a, b, c, d) = (id(b"a"), id(b"b"), id(b"c"), id(b"d"));
+    // One pool thread held busy: every queued job waits, so `mask` must do the queued work itself.
+    let busy = MaskPool::new(1).unwrap();
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    busy.spawn(move || {
+        let _ = blocked.recv();
+    });
+    let pooled = SampleConstraint::new(grammar.new_matcher());
+    let in_place = SampleConstraint::new(grammar.new_matcher());
+    for t in [a, b, c, d, a] {
+        pooled.advance(t, &busy);
+        in_place.consume(t).unwrap();
+        assert_eq!(*pooled.mask().unwrap(), *in_place.mask().unwrap());
+    }
+    let fork = pooled.fork();
+    pooled.advance(b, &busy);
+    let forked_after = fork.fork();
+    forked_after.consume(b).unwrap();
+    assert_eq!(*pooled.mask().unwrap(), *forked_after.mask().unwrap());
+    release.send(()).unwrap();
+    // The free pool now runs the jobs first: same masks.
+    let free = MaskPool::new(1).unwrap();
+    pooled.advance(id(b"e"), &free);
+    in_place.consume(b).unwrap();
+    in_place.consume(id(b"e")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(*pooled.mask().unwrap(), *in_place.mask().unwrap());
+    assert!(pooled.is_accepting());
+    // A rejected token ("a" right after "ab": the grammar wants "b") surfaces at the next mask.
+    let bad = SampleConstraint::new(grammar.new_matcher());
+    bad.advance(a, &free);
+    bad.advance(a, &free);
+    assert!(bad.mask().is_err(), "a token the grammar rejects must fail the next mask");
+}

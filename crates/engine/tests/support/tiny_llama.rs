@@ -1,6 +1,6 @@
 //! A random 2-layer Llama checkpoint for engine tests (head_dim 64, the smallest the CUDA kernels take), written
-//! as config.json + model.safetensors in f32; no tokenizer, so prompts are token ids. Same model as the one
-//! `seeded_sampling.rs` writes (kept there unchanged).
+//! as config.json + model.safetensors in f32; no tokenizer, so prompts are token ids (`seeded_sampling.rs` adds a
+//! byte-level tokenizer for its grammar-constrained rows).
 
 use std::collections::HashMap;
 use std::path::Path;
