@@ -8,7 +8,6 @@
 //! The CPU case runs in `cargo test`; the CUDA case (float32, so batch-dependent GEMM rounding stays far
 //! below the sampler's noise) is `#[ignore]`d and run on a GPU machine by `scripts/gpu/device-run.sh`.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
