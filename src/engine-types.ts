@@ -128,6 +128,12 @@ export interface EngineStats {
   /** Most KV blocks held at once so far (after each step's scheduling). */
   maxKvBlocksInUse: number;
   kvBlocksCached: number;
+  /** KV slots in the running requests' blocks after the last step, and those holding no token (the waste). */
+  kvSlotsHeld: number;
+  kvSlotsUnused: number;
+  /** The same summed over all steps (time-weighted waste = ratio of their increments). */
+  kvSlotStepsHeld: number;
+  kvSlotStepsUnused: number;
   kvCacheUsage: number;
   prefixCacheQueries: number;
   prefixCacheHits: number;

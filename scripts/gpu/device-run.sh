@@ -7,7 +7,7 @@
 #   .gpu-bin/beam_search       the engine's beam search test binary (crates/engine/tests/beam_search.rs)
 #   .gpu-bin/hf_peer.py        ../shared/device/hf_peer.py (the HF transformers peer)
 #   .gpu-bin/structured-tokenizer/  the default model's tokenizer.json (pagedllm-bench export-tokenizer)
-# Usage: scripts/gpu/device-run.sh check|measure|profile|families|stash-model|parity-wide|structured   (results under $OUT, a summary table printed last)
+# Usage: scripts/gpu/device-run.sh check|measure|profile|families|stash-model|parity-wide|structured|workloads   (results under $OUT, a summary table printed last)
 #   check:   kernel tests vs the CPU backend; parity vs HF on the real SmolLM2 weights (when stashed) and on
 #            random smollm2-135m, qwen2-0.5b, llama-1b, llama-8b checkpoints (--peaked): GPU bf16 vs HF bf16/fp32,
 #            GPU f32 vs HF fp32 at the issue's thresholds, and HF bf16 against itself (hf_bf16_spread.py).
@@ -204,6 +204,32 @@ if [ "$MODE" = structured ]; then
   timeout 500 $BIN/pagedllm-bench structured --device cuda --model "$dir" --batch ${STRUCTURED_BATCHES:-1,128} \
     --output-len 128 --max-num-batched-tokens 8192 --out "$OUT/structured-gpu-llama8b.json" 2>&1 \
     | grep -E '^(batch|20-field|loaded|error)' | tee -a "$OUT/summary.txt"
+fi
+if [ "$MODE" = workloads ]; then
+  # Issue 13's request-set workloads on llama-8b bf16 (pagedllm-bench throughput --workload, see
+  # crates/bench/src/workloads.rs): ShareGPT-shaped 1000 requests; 256 requests sharing a 2,048-token prefix with
+  # and without the prefix cache (TTFT); random prompts (0% hits) with and without it (throughput cost).
+  dir=$(make_model llama-8b "")
+  run_ours() { # name, extra args...
+    local name=$1; shift
+    log "pagedllm $name"
+    timeout 300 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --out "$OUT/pagedllm-$name.json" \
+      --max-num-batched-tokens 8192 "$@" 2>&1 \
+      | grep -E '^\{"|^loaded|^error' | python3 -c "
+import sys, json
+for l in sys.stdin:
+    if not l.startswith('{'): print(l.strip()); continue
+    d = json.loads(l); keep = ('requests','batch','output_tokens_per_s','requests_per_s','ttft_p50_s','ttft_p90_s','tpot_p50_s','kv_waste_share','prefix_cache_hit_tokens','num_preemptions')
+    print(json.dumps({k: d.get(k) for k in keep}))" | tee -a "$OUT/summary.txt"
+  }
+  run_ours sharegpt --workload sharegpt --requests 1000 --seed 0 --max-num-seqs 256 --no-warmup
+  run_ours prefix-cached --workload shared-prefix --requests 256 --prefix-len 2048 --suffix-len 128 --output-len 16
+  run_ours prefix-uncached --workload shared-prefix --requests 256 --prefix-len 2048 --suffix-len 128 --output-len 16 --no-prefix-caching
+  for round in 1 2; do
+    run_ours random-cached-r$round --batch 128 --input-len 512 --output-len 128
+    run_ours random-uncached-r$round --batch 128 --input-len 512 --output-len 128 --no-prefix-caching
+  done
+  run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --no-warmup
 fi
 if [ "$MODE" = profile ]; then
   # Correctness of the current kernels, engine-only speed, and an ncu per-kernel breakdown of one decode step

@@ -91,6 +91,11 @@ export class ServerMetrics {
     gauge('vllm:kv_cache_usage_perc', 'KV-cache usage. 1 means 100 percent usage (cached free blocks count as free).', (s) =>
       s.kvBlocksTotal > 0 ? s.kvBlocksInUse / s.kvBlocksTotal : 0,
     );
+    // Not a vLLM metric: the PagedAttention paper's KV waste (slots of the running requests' blocks holding no
+    // token), live after the last step.
+    gauge('pagedllm:kv_cache_waste_perc', 'Share of the running requests\' KV slots that hold no token (1 = 100 percent).', (s) =>
+      s.kvSlotsHeld > 0 ? s.kvSlotsUnused / s.kvSlotsHeld : 0,
+    );
     const mirror = (name: string, help: string, read: (s: NonNullable<typeof cached>) => number) =>
       mirroredCounter(registry, name, help, modelName, () => {
         const s = snapshot();

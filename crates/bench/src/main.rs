@@ -10,12 +10,17 @@
 //! checkpoint directory without a tokenizer (random-weight shapes from `hf_peer.py make-model`): prompts are
 //! token ids, so no tokenizer is needed.
 //!
+//! `--workload sharegpt|shared-prefix` (with `--requests`, `--prefix-len`, `--suffix-len`, `--seed`) offers a
+//! ShareGPT-shaped or a shared-prefix request set instead (see `workloads.rs`); `--no-prefix-caching` turns the
+//! prefix cache off. Every result reports TTFT/TPOT percentiles and the KV waste over the run.
+//!
 //! Other subcommands: `parity` (against HF references, see `parity.rs`), `structured` (what structured outputs
 //! cost, see `structured.rs`) and `export-tokenizer` (a model's tokenizer as `tokenizer.json`).
 
 mod alloc_count;
 mod parity;
 mod structured;
+mod workloads;
 
 #[global_allocator]
 static ALLOCATOR: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
@@ -43,6 +48,13 @@ struct Args {
     max_model_len: Option<usize>,
     enforce_eager: bool,
     dtype: String,
+    /// None: the `--batch` list of fixed-shape random batches.
+    workload: Option<String>,
+    requests: usize,
+    prefix_len: usize,
+    suffix_len: usize,
+    seed: u64,
+    prefix_caching: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +74,12 @@ fn parse_args() -> Result<Args, String> {
         max_model_len: None,
         enforce_eager: false,
         dtype: "auto".into(),
+        workload: None,
+        requests: 1000,
+        prefix_len: 2048,
+        suffix_len: 128,
+        seed: 0,
+        prefix_caching: true,
     };
     let mut it = std::env::args().skip(1);
     match it.next().as_deref() {
@@ -98,6 +116,18 @@ fn parse_args() -> Result<Args, String> {
             "--max-model-len" => a.max_model_len = Some(num(val()?)?),
             "--enforce-eager" => a.enforce_eager = true,
             "--dtype" => a.dtype = val()?,
+            "--workload" => {
+                let w = val()?;
+                if w != "sharegpt" && w != "shared-prefix" {
+                    return Err(format!("--workload: sharegpt or shared-prefix, got {w:?}"));
+                }
+                a.workload = Some(w)
+            }
+            "--requests" => a.requests = num(val()?)?,
+            "--prefix-len" => a.prefix_len = num(val()?)?,
+            "--suffix-len" => a.suffix_len = num(val()?)?,
+            "--seed" => a.seed = num(val()?)? as u64,
+            "--no-prefix-caching" => a.prefix_caching = false,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -122,74 +152,22 @@ pub(crate) fn submit_token_ids(
         .map_err(|e| e.to_string())
 }
 
+/// `batch` requests of `input_len` random ids generating `output_len` tokens each, all at once.
 fn run_batch(engine: &LLMEngine, batch: usize, input_len: usize, output_len: usize, seed: u64) -> serde_json::Value {
     let vocab = engine.model_info().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let stats0 = settled_stats(engine);
-    let allocs0 = alloc_count::allocations();
-    let start = Instant::now();
-    let mut streams: Vec<_> = (0..batch)
-        .map(|_| {
-            // Random ids from the ordinary part of the vocabulary (ids < 100 are special in most vocabularies).
-            let prompt: Vec<u32> = (0..input_len).map(|_| rng.random_range(100..vocab)).collect();
-            let params = SamplingParams {
-                temperature: 0.0,
-                max_tokens: Some(output_len),
-                ignore_eos: true,
-                ..Default::default()
-            };
-            submit_token_ids(engine, prompt, params).expect("request accepted")
+    let offered = (0..batch)
+        .map(|_| workloads::Offered {
+            prompt: workloads::random_prompt(&mut rng, input_len, vocab),
+            output_len,
         })
         .collect();
-    let mut ttft = Vec::with_capacity(batch);
-    let mut generated = 0usize;
-    for s in &mut streams {
-        while let Some(out) = s.blocking_next() {
-            let out = out.expect("request succeeds");
-            generated += out.outputs.iter().map(|o| o.token_ids.len()).sum::<usize>();
-            // The last delta carries the request's timings (epoch seconds, stamped by the engine thread).
-            if let Some(m) = &out.metrics {
-                ttft.push(m.first_token_time.unwrap_or(m.arrival_time) - m.arrival_time);
-            }
-        }
+    // The shape first (scripts match result lines on `{"batch"`), then the measurements.
+    let mut r = json!({ "batch": batch, "input_len": input_len, "output_len": output_len });
+    if let (Some(r), serde_json::Value::Object(m)) = (r.as_object_mut(), workloads::run_requests(engine, offered)) {
+        r.extend(m);
     }
-    let wall = start.elapsed().as_secs_f64();
-    let stats1 = settled_stats(engine);
-    let allocs = alloc_count::allocations() - allocs0;
-    let engine_steps = stats1.steps - stats0.steps;
-    let steps = engine_steps.max(1) as f64;
-    let (p0, p1) = (&stats0.step_phase_seconds, &stats1.step_phase_seconds);
-    let ms = |a: f64, b: f64| (b - a) * 1e3 / steps;
-    let per_step_ms = json!({
-        "schedule": ms(p0.schedule, p1.schedule),
-        "prepare": ms(p0.prepare, p1.prepare),
-        "launch": ms(p0.launch, p1.launch),
-        "wait": ms(p0.wait, p1.wait),
-        "host_sampling": ms(p0.host_sampling, p1.host_sampling),
-        "update": ms(p0.update, p1.update),
-        "outputs": ms(p0.outputs, p1.outputs),
-    });
-    ttft.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let last_first_token = ttft.last().copied().unwrap_or(0.0);
-    // Decode phase: from the moment every request has its first token to the end.
-    let decode_tokens = generated.saturating_sub(batch);
-    let decode_time = (wall - last_first_token).max(1e-9);
-    json!({
-        "batch": batch,
-        "input_len": input_len,
-        "output_len": output_len,
-        "generated_tokens": generated,
-        "wall_s": wall,
-        "output_tokens_per_s": generated as f64 / wall,
-        "total_tokens_per_s": (generated + batch * input_len) as f64 / wall,
-        "decode_tokens_per_s": decode_tokens as f64 / decode_time,
-        "ttft_p50_s": ttft.get(ttft.len() / 2).copied(),
-        "ttft_max_s": last_first_token,
-        "engine_steps": engine_steps,
-        "step_phase_ms": per_step_ms,
-        // Whole process: the engine thread's and this consumer's (prompts, streams, received deltas).
-        "process_allocations_per_step": allocs as f64 / steps,
-    })
+    r
 }
 
 /// The engine's counters once it is idle: they are published after each step, so right after the last output
@@ -256,12 +234,16 @@ fn main() {
     let mut config = EngineConfig {
         num_threads: args.threads,
         max_num_batched_tokens: args.max_num_batched_tokens,
-        max_num_seqs: args.max_num_seqs.unwrap_or(*args.batches.iter().max().unwrap_or(&1)),
+        max_num_seqs: args.max_num_seqs.unwrap_or(match args.workload {
+            Some(_) => 256,
+            None => *args.batches.iter().max().unwrap_or(&1),
+        }),
         max_model_len: args.max_model_len,
         device: args.device.clone(),
         gpu_memory_utilization: args.gpu_memory_utilization,
         enforce_eager: args.enforce_eager,
         dtype: args.dtype.clone(),
+        enable_prefix_caching: args.prefix_caching,
         ..Default::default()
     };
     if let Some(b) = args.kv_cache_bytes {
@@ -283,7 +265,27 @@ fn main() {
         run_batch(&engine, 1, 16, 8, 0);
     }
     let mut results = Vec::new();
-    for (i, &b) in args.batches.iter().enumerate() {
+    let vocab = engine.model_info().vocab_size as u32;
+    let max_model_len = engine.model_info().max_model_len;
+    let offered = match args.workload.as_deref() {
+        Some("sharegpt") => Some(workloads::sharegpt(args.requests, vocab, max_model_len, args.seed)),
+        Some(_) => Some(workloads::shared_prefix(
+            args.requests,
+            args.prefix_len,
+            args.suffix_len,
+            args.output_len,
+            vocab,
+            args.seed,
+        )),
+        None => None,
+    };
+    if let Some(offered) = offered {
+        let mut r = workloads::run_requests(&engine, offered);
+        r["workload"] = json!(args.workload);
+        eprintln!("{r}");
+        results.push(r);
+    }
+    for (i, &b) in args.batches.iter().enumerate().filter(|_| args.workload.is_none()) {
         let r = run_batch(&engine, b, args.input_len, args.output_len, 1 + i as u64);
         eprintln!("{r}");
         results.push(r);

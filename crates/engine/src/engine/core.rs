@@ -496,6 +496,11 @@ impl EngineCore {
             c.advance(token, &self.mask_pool);
         }
         self.stats.generation_tokens_total += update.new_tokens.len() as u64;
+        let (held, unused) = self.scheduler.kv_slot_usage();
+        self.stats.kv_slots_held = held;
+        self.stats.kv_slots_unused = unused;
+        self.stats.kv_slot_steps_held += held as u64;
+        self.stats.kv_slot_steps_unused += unused as u64;
         let t_outputs = Instant::now();
         self.stats.step_phase_seconds.update += (t_outputs - t_update).as_secs_f64();
 

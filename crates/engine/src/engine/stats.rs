@@ -16,6 +16,14 @@ pub struct EngineStats {
     pub max_kv_blocks_in_use: usize,
     /// Free blocks that still hold a prefix-cache entry (evictable).
     pub kv_blocks_cached: usize,
+    /// After the last step: KV slots in the running requests' blocks, and how many of them hold no token (the
+    /// last block's tail). `kv_slots_unused / kv_slots_held` is the live KV waste.
+    pub kv_slots_held: usize,
+    pub kv_slots_unused: usize,
+    /// The same two summed over every step so far (a time-weighted waste share over a run: the ratio of their
+    /// increments).
+    pub kv_slot_steps_held: u64,
+    pub kv_slot_steps_unused: u64,
     /// `kv_blocks_in_use / kv_blocks_total` (cached-but-free blocks count as free, as in vLLM).
     pub kv_cache_usage: f64,
     /// Prefix-cache lookups and hits, in tokens (vLLM's `prefix_cache_queries` / `prefix_cache_hits`).

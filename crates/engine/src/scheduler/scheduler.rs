@@ -208,6 +208,19 @@ impl Scheduler {
         self.kv.pool().num_blocks_in_use()
     }
 
+    /// (KV slots the running requests' block tables hold, slots among them that hold no token yet): the
+    /// internal fragmentation the PagedAttention paper measures (a request wastes at most its last block's
+    /// tail). O(running). A block shared by several tables counts once per table: exact for full shared blocks
+    /// (no waste), an overcount only for a partial block shared by `n > 1` forks.
+    pub fn kv_slot_usage(&self) -> (usize, usize) {
+        let bs = self.config.block_size;
+        self.running.iter().fold((0, 0), |(slots, unused), id| {
+            let held = self.kv.block_table(*id).len() * bs;
+            let tokens = self.requests.get(id).map_or(0, |r| r.num_computed_tokens).min(held);
+            (slots + held, unused + held - tokens)
+        })
+    }
+
     pub fn stats(&self) -> SchedulerStats {
         let pool = self.kv.pool();
         SchedulerStats {
