@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
 use pagedllm_engine::{EngineConfig, SamplingParams};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde_json::json;
 
 struct Args {
