@@ -139,6 +139,9 @@ impl EngineCore {
             Some(s) => rand_chacha::ChaCha8Rng::seed_from_u64(s),
             None => rand_chacha::ChaCha8Rng::from_os_rng(),
         };
+        // On a GPU the host cores idle while the forward runs, and at large batch the masks (one per constrained
+        // row per step) must all be ready by the time it ends; on the CPU backend the matmuls need the cores.
+        let mask_pool = MaskPool::new(MaskPool::default_threads(runner.samples_on_device()))?;
         Ok(Self {
             scheduler,
             runner,
@@ -152,7 +155,7 @@ impl EngineCore {
             device_batch: DeviceSamplingBatch::default(),
             scratch: StepScratch::default(),
             constraints: HashMap::new(),
-            mask_pool: MaskPool::new(0)?,
+            mask_pool,
             injected_fault: None,
         })
     }

@@ -2,8 +2,10 @@
 //!
 //! Its own small rayon pool rather than rayon's global one: the CPU backend's matmuls fill the global pool, and a
 //! mask job queued behind a whole forward pass would be late by exactly the time it was meant to hide. Masks of a
-//! typical JSON schema take tens of microseconds each (llguidance's figures), so two threads keep up with large
-//! batches.
+//! typical JSON schema take tens to hundreds of microseconds each (and advancing the matcher a few more), so
+//! with a GPU backend, whose forward leaves the host cores idle, the pool takes most of them: at batch 128 an
+//! 8B decode step lasts ~7 ms on an H200, and 128 masks on 4 threads did not fit in it (14% slower decode,
+//! bench/results/gpu-structured-overlap-h200-2026-12-02/).
 
 use crate::error::{EngineError, Result};
 
@@ -12,10 +14,20 @@ pub struct MaskPool {
 }
 
 impl MaskPool {
-    /// `threads` = 0 picks one per four cores, at least one and at most four.
-    pub fn new(threads: usize) -> Result<Self> {
+    /// The pool size for a backend: with a GPU, every core but two (the engine thread and the Node/server
+    /// thread), at most 16; with the CPU backend, one per four cores, at least one and at most four.
+    pub fn default_threads(gpu_backend: bool) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = if threads == 0 { (cores / 4).clamp(1, 4) } else { threads };
+        if gpu_backend {
+            cores.saturating_sub(2).clamp(1, 16)
+        } else {
+            (cores / 4).clamp(1, 4)
+        }
+    }
+
+    /// `threads` = 0 picks [`default_threads`](Self::default_threads) for the CPU backend.
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 { Self::default_threads(false) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("pagedllm-mask-{i}"))
