@@ -524,7 +524,7 @@ describe('metrics', () => {
     expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
     const text = await res.text();
     const label = `{model_name="${MODEL}"}`;
-    for (const name of ['vllm:num_requests_running', 'vllm:num_requests_waiting', 'vllm:kv_cache_usage_perc']) {
+    for (const name of ['vllm:num_requests_running', 'vllm:num_requests_waiting', 'vllm:kv_cache_usage_perc', 'pagedllm:kv_cache_waste_perc']) {
       expect(text).toContain(`${name}${label} 0`);
     }
     const value = (name: string) => Number(new RegExp(`^${name}\\{model_name="${MODEL}"\\} (\\S+)$`, 'm').exec(text)?.[1]);

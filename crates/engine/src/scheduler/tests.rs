@@ -338,3 +338,20 @@ fn rejects_configs_and_requests_that_could_never_run() {
     assert!(s.add_request(dup).is_err());
     s.check_integrity().unwrap();
 }
+
+/// KV waste is the running requests' unfilled block tails: 10 prompt tokens in blocks of 4 hold 12 slots, 2 of
+/// them empty; after 2 decodes 12 tokens fill them; a finished request holds nothing.
+#[test]
+fn kv_slot_usage_counts_the_unfilled_tails() {
+    let mut h = Harness::new(config(4, 33, 4, 64));
+    assert_eq!(h.sched.kv_slot_usage(), (0, 0));
+    let a = h.add(prompt(0, 10), no_eos(), 3, |_| {});
+    h.step(); // prefill: 10 computed; the sampled token is not in the KV yet
+    assert_eq!(h.sched.kv_slot_usage(), (12, 2));
+    h.add(prompt(50, 5), no_eos(), 8, |_| {});
+    h.step(); // a: 11 computed in 12 slots; b: 5 computed in 8
+    assert_eq!(h.sched.kv_slot_usage(), (20, 1 + 3));
+    h.run(100);
+    assert!(h.finished.contains_key(&a));
+    assert_eq!(h.sched.kv_slot_usage(), (0, 0));
+}
