@@ -1,4 +1,5 @@
-//! RoPE scaling of a GGUF file as a `RopeScaling`.
+//! RoPE scaling of a GGUF file as a `RopeScaling`. Phi-3's LongRoPE is stored explicitly (`longrope` below: the
+//! converter's `rope_factors_long/short` tensors); the rest of this module recovers Llama 3.1 scaling.
 //!
 //! Linear scaling is explicit metadata (`{arch}.rope.scaling.type = "linear"` + `.factor`). Llama 3.1-style
 //! scaling is not: llama.cpp's converter (`LlamaModel.generate_extra_tensors`) bakes it into a `rope_freqs.weight`
