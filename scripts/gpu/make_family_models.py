@@ -50,12 +50,23 @@ FAMILIES = {
                     rope_scaling=dict(rope_type="linear", factor=4.0),
                     query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
                None),
+    # Phi-4-mini's shape scaled down: fused qkv / gate_up, partial rotary 0.75 (12 of 16 dims rotate), window 8,
+    # LongRoPE with short/long factors and original_max_position_embeddings 8: the 12-token prompts are past it, so
+    # HF runs every forward on the long factors (as the engine does when max_model_len > 8); `SHORT_REFERENCE`
+    # below checks the short factors on sequences that stay within 8 tokens.
     "phi3": ("Phi3Config", "Phi3ForCausalLM",
-             dict(rope_theta=10000.0, partial_rotary_factor=0.75, tie_word_embeddings=False,
-                  original_max_position_embeddings=64,
+             dict(rope_theta=10000.0, partial_rotary_factor=0.75, tie_word_embeddings=False, sliding_window=8,
+                  original_max_position_embeddings=8,
                   rope_scaling=dict(type="longrope", short_factor=[1.0 + 0.1 * i for i in range(6)],
-                                    long_factor=[1.5 + 0.2 * i for i in range(6)])), None),
+                                    long_factor=[1.5 + 0.7 * i for i in range(6)]),
+                  ), None),
 }
+
+# LongRoPE families: HF picks the long factors for a whole forward once the sequence passes
+# original_max_position_embeddings (and Phi3's `generate` recomputes the cache when it crosses). A second reference,
+# ref-fp32-short.json, holds sequences within that many tokens (3-token prompts, 4 steps: 7 tokens, and the engine's
+# 8-token scoring request), all on the short factors, for an engine with max_model_len = that original context.
+SHORT_REFERENCE = {"phi3": (3, 4)}
 
 
 def build(family, overrides, dtype, seed):
@@ -128,6 +139,13 @@ def tiny(a):
         items = reference(model, prompts, 32)
         with open(os.path.join(d, "ref-fp32.json"), "w") as f:
             json.dump(dict(model=fam, dtype="fp32", steps=32, transformers=transformers.__version__, items=items), f)
+        if fam in SHORT_REFERENCE:
+            plen, steps = SHORT_REFERENCE[fam]
+            short = [torch.randint(3, TINY["vocab_size"], (plen,), generator=g).tolist() for _ in range(4)]
+            with open(os.path.join(d, "ref-fp32-short.json"), "w") as f:
+                json.dump(dict(model=fam, dtype="fp32", steps=steps, transformers=transformers.__version__,
+                               max_model_len=overrides["original_max_position_embeddings"],
+                               items=reference(model, short, steps)), f)
         made.append(fam)
         print(json.dumps(dict(family=fam, out=d, params=sum(p.numel() for p in model.parameters()))), flush=True)
     print(json.dumps(dict(verb="tiny", made=made)), flush=True)

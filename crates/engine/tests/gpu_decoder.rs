@@ -5,7 +5,8 @@
 //!
 //! Every case draws fresh random weights and batches: GQA ratios 1/4/8, head dims 64 and 128, Qwen2 biases,
 //! llama3 RoPE scaling, Qwen3 qk-norm, untied heads, Mistral windows, Gemma 2 (GELU-tanh GLU, sandwich norms,
-//! embedding scale, attention and final-logit soft-caps) and Gemma 3 (qk-norm, two RoPE tables); block tables are shuffled (non-contiguous) block ids; prompts are
+//! embedding scale, attention and final-logit soft-caps), Gemma 3 (qk-norm, two RoPE tables) and Phi-4-mini
+//! (fused weights as stored, partial rotary, LongRoPE with its attention factor); block tables are shuffled (non-contiguous) block ids; prompts are
 //! prefilled in two chunks so the second reads the first's blocks (what a prefix-cache hit looks like to the
 //! kernels); decode steps follow; lengths cross block boundaries; batches of 1 to 256 sequences. Buffers and
 //! the KV cache are poisoned with NaN before each run, so an unwritten output or a wrong index shows.
@@ -39,6 +40,9 @@ struct Case {
     window: Option<usize>,
     /// 2 or 3: Gemma 2 / Gemma 3's block (see `config`); 0: the Llama block.
     gemma: u8,
+    /// Phi-4-mini's block: fused qkv / gate_up weights, RoPE on 3/4 of each head, LongRoPE (long factors and
+    /// the attention factor on cos/sin).
+    phi3: bool,
 }
 
 const CASES: &[Case] = &[
@@ -54,6 +58,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: None,
         gemma: 0,
+        phi3: false,
     },
     Case {
         name: "gqa4-hd64-qwen2-bias",
@@ -67,6 +72,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: None,
         gemma: 0,
+        phi3: false,
     },
     Case {
         name: "gqa8-hd128-llama3-untied",
@@ -80,6 +86,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: None,
         gemma: 0,
+        phi3: false,
     },
     Case {
         name: "gqa4-hd128",
@@ -93,6 +100,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: None,
         gemma: 0,
+        phi3: false,
     },
     // Qwen3: per-head q/k RMSNorm before RoPE (in the rope kernel's block reduction).
     Case {
@@ -107,6 +115,7 @@ const CASES: &[Case] = &[
         qk_norm: true,
         window: None,
         gemma: 0,
+        phi3: false,
     },
     // Mistral: sliding-window attention (a window shorter than most contexts here, not a multiple of a key tile).
     Case {
@@ -121,6 +130,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: Some(40),
         gemma: 0,
+        phi3: false,
     },
     Case {
         name: "gqa2-hd64-mistral-window17",
@@ -134,6 +144,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: Some(17),
         gemma: 0,
+        phi3: false,
     },
     // Head dim 256 runs on the CUDA-core attention kernel in every type.
     Case {
@@ -148,6 +159,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: None,
         gemma: 0,
+        phi3: false,
     },
     // Gemma 2: (1 + w) sandwich norms, sqrt(hidden) embedding scale, GELU-tanh GLU, query_pre_attn_scalar,
     // attention and final-logit soft-caps (small caps, so that they bend these logits), window on layer 0 only.
@@ -163,6 +175,7 @@ const CASES: &[Case] = &[
         qk_norm: false,
         window: Some(24),
         gemma: 2,
+        phi3: false,
     },
     // Gemma 3: as Gemma 2 without caps, (1 + w) qk-norm, a second RoPE table (base 1e4) on the local layer 0.
     Case {
@@ -177,6 +190,21 @@ const CASES: &[Case] = &[
         qk_norm: true,
         window: Some(17),
         gemma: 3,
+        phi3: false,
+    },
+    Case {
+        name: "phi4mini-hd128-partial96-longrope-window40",
+        hidden: 512,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 128,
+        bias: false,
+        llama3_rope: false,
+        tied: true,
+        qk_norm: false,
+        window: Some(40),
+        gemma: 0,
+        phi3: true,
     },
 ];
 
@@ -186,6 +214,7 @@ fn gemma_variant(c: &Case) -> DecoderVariant {
         return DecoderVariant::default();
     }
     DecoderVariant {
+        rotary_dim: None,
         norm_unit_offset: true,
         scale_embeddings: true,
         sandwich_norms: true,
@@ -204,6 +233,8 @@ fn config(c: &Case) -> ModelConfig {
             "gemma2"
         } else if c.gemma == 3 {
             "gemma3_text"
+        } else if c.phi3 {
+            "phi3"
         } else if c.qk_norm {
             "qwen3"
         } else if c.window.is_some() {
@@ -230,6 +261,17 @@ fn config(c: &Case) -> ModelConfig {
                 high_freq_factor: 4.0,
                 original_max_position_embeddings: 64,
             }
+        } else if c.phi3 {
+            // Original context 64 of 4096, so the engine's rule picks the long factors.
+            let half = c.head_dim * 3 / 8;
+            RopeScaling::LongRope {
+                short_factor: (0..half).map(|i| 1.0 + 0.05 * i as f32).collect(),
+                long_factor: (0..half).map(|i| 1.0 + 0.8 * i as f32).collect(),
+                original_max_position_embeddings: 64,
+                // HF default: sqrt(1 + ln(4096 / 64) / ln(64)).
+                attention_factor: 2.0f32.sqrt(),
+                use_long: true,
+            }
         } else {
             RopeScaling::None
         },
@@ -238,7 +280,10 @@ fn config(c: &Case) -> ModelConfig {
         attention_bias: c.bias,
         qk_norm: c.qk_norm,
         sliding_window: c.window,
-        variant: gemma_variant(c),
+        variant: DecoderVariant {
+            rotary_dim: c.phi3.then_some(c.head_dim * 3 / 4),
+            ..gemma_variant(c)
+        },
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -270,9 +315,15 @@ fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightSt
             put(format!("{p}.post_feedforward_layernorm.weight"), 1, h, 0.2, norm_center, rng);
         }
         // Scales so that attention is neither uniform nor one-hot.
-        put(format!("{p}.self_attn.q_proj.weight"), q, h, 0.15, 0.0, rng);
-        put(format!("{p}.self_attn.k_proj.weight"), kv, h, 0.15, 0.0, rng);
-        put(format!("{p}.self_attn.v_proj.weight"), kv, h, 0.1, 0.0, rng);
+        let phi3 = cfg.architecture == "phi3";
+        if phi3 {
+            // Phi-3 stores q|k|v fused (one scale for the three: v's is q/k's here).
+            put(format!("{p}.self_attn.qkv_proj.weight"), q + 2 * kv, h, 0.15, 0.0, rng);
+        } else {
+            put(format!("{p}.self_attn.q_proj.weight"), q, h, 0.15, 0.0, rng);
+            put(format!("{p}.self_attn.k_proj.weight"), kv, h, 0.15, 0.0, rng);
+            put(format!("{p}.self_attn.v_proj.weight"), kv, h, 0.1, 0.0, rng);
+        }
         put(format!("{p}.self_attn.o_proj.weight"), h, q, 0.05, 0.0, rng);
         if cfg.attention_bias {
             put(format!("{p}.self_attn.q_proj.bias"), 1, q, 0.5, 0.0, rng);
@@ -283,8 +334,12 @@ fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightSt
             put(format!("{p}.self_attn.q_norm.weight"), 1, hd, 0.3, norm_center, rng);
             put(format!("{p}.self_attn.k_norm.weight"), 1, hd, 0.3, norm_center, rng);
         }
-        put(format!("{p}.mlp.gate_proj.weight"), i, h, 0.1, 0.0, rng);
-        put(format!("{p}.mlp.up_proj.weight"), i, h, 0.1, 0.0, rng);
+        if phi3 {
+            put(format!("{p}.mlp.gate_up_proj.weight"), 2 * i, h, 0.1, 0.0, rng);
+        } else {
+            put(format!("{p}.mlp.gate_proj.weight"), i, h, 0.1, 0.0, rng);
+            put(format!("{p}.mlp.up_proj.weight"), i, h, 0.1, 0.0, rng);
+        }
         put(format!("{p}.mlp.down_proj.weight"), h, i, 0.05, 0.0, rng);
     }
     put("model.norm.weight".into(), 1, h, 0.2, norm_center, rng);

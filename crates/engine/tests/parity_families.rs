@@ -1,7 +1,7 @@
 //! CPU parity with HF transformers (float32) for every model family the one model definition serves.
 //!
 //! Fixtures: `tests/fixtures/families/<family>/` — a tiny random-weight checkpoint of the family's config
-//! (scaled down: 2 layers, hidden 64, vocab 512, Mistral's window 8; safetensors in f32 + config.json) and HF's references for
+//! (scaled down: 2 layers, hidden 64, vocab 512, the windows 8; safetensors in f32 + config.json) and HF's references for
 //! random token-id prompts in `hf_peer.py`'s format (`ref-fp32.json`), made on the GPU machine by
 //! `scripts/gpu/make_family_models.py tiny` (`scripts/gpu/device-run.sh families`). Per prompt: the engine's
 //! greedy continuation equals HF's for all 32 steps, and the teacher-forced log-prob of every token (prompt +
@@ -46,12 +46,18 @@ fn submit(engine: &LLMEngine, ids: Vec<u32>, params: SamplingParams) -> RequestS
 }
 
 fn check_family(family: &str) {
+    check_reference(family, "ref-fp32.json", None);
+}
+
+/// The references in `file` of `family`'s fixture, on an engine limited to `max_model_len` when given.
+fn check_reference(family: &str, file: &str, max_model_len: Option<usize>) {
     let dir = fixture_dir(family);
-    let text = std::fs::read_to_string(dir.join("ref-fp32.json"))
+    let text = std::fs::read_to_string(dir.join(file))
         .unwrap_or_else(|e| panic!("{family}: fixture missing ({e}); make it with scripts/gpu/make_family_models.py"));
     let reference: Reference = serde_json::from_str(&text).unwrap();
     let config = EngineConfig {
         kv_cache_bytes: 16 << 20,
+        max_model_len,
         ..EngineConfig::default()
     };
     let engine = LLMEngine::start(dir.to_str().unwrap(), config).unwrap_or_else(|e| panic!("{family}: {e}"));
@@ -102,7 +108,10 @@ fn check_family(family: &str) {
             .zip(&theirs)
             .map(|(a, b)| (a.expect("a log-prob for every prompt token after the first") - b).abs())
             .fold(0.0, f64::max);
-        println!("{family} prompt {i}: 32 greedy tokens equal, max |dlogprob| {worst:.2e}");
+        println!(
+            "{family} {file} prompt {i}: {} greedy tokens equal, max |dlogprob| {worst:.2e}",
+            item.greedy.len()
+        );
         assert!(worst < TOL, "{family} prompt {i}: teacher-forced log-probs differ by {worst:.3e}");
     }
     engine.shutdown();
@@ -141,4 +150,25 @@ fn gemma2_matches_hf_float32() {
 #[test]
 fn gemma3_matches_hf_float32() {
     check_family("gemma3");
+}
+
+/// Phi-3 / Phi-4-mini: fused `qkv_proj` and `gate_up_proj`, partial rotary (12 of 16 dims), sliding window 8 and
+/// LongRoPE with original context 8 and an attention factor of sqrt(1 + ln 32 / ln 8). The 12-token prompts are
+/// past the original context, so HF runs on the long factors throughout, as the engine does when its
+/// max_model_len (here the model's 256) exceeds it.
+#[test]
+fn phi3_longrope_long_factors_match_hf_float32() {
+    check_reference("phi3", "ref-fp32.json", None);
+}
+
+/// The short factors: sequences of at most 8 tokens (3-token prompts, 5 steps), where HF stays on the short
+/// list, on an engine whose max_model_len of 8 keeps it there too.
+#[test]
+fn phi3_longrope_short_factors_match_hf_float32() {
+    let dir = fixture_dir("phi3");
+    let short: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ref-fp32-short.json")).unwrap()).unwrap();
+    let len = short["max_model_len"].as_u64().expect("max_model_len in the short reference") as usize;
+    assert_eq!(len, 8, "the fixture's original_max_position_embeddings");
+    check_reference("phi3", "ref-fp32-short.json", Some(len));
 }

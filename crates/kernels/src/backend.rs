@@ -62,12 +62,31 @@ pub struct Norm {
     pub eps: f32,
 }
 
-/// A rotary embedding in HF's rotate-half convention: the pair `(x[i], x[i + head_dim / 2])` turns by
-/// `position * inv_freq[i]`. Scaling schemes (llama3, linear) are folded into `inv_freq` by the model.
+/// A rotary embedding in HF's rotate-half convention over the first `rotary_dim = 2 * inv_freq.len()` dims of
+/// each head: the pair `(x[i], x[i + rotary_dim / 2])` turns by `position * inv_freq[i]`, and dims from
+/// `rotary_dim` on pass through (partial rotary: Phi-4-mini rotates 3/4 of each head). Scaling schemes (llama3,
+/// linear, the chosen LongRoPE factor list) are folded into `inv_freq` by the model; LongRoPE's attention
+/// factor scales cos and sin (HF: `cos = emb.cos() * attention_scaling`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RopeSpec {
-    /// `head_dim / 2` inverse frequencies.
+    /// `rotary_dim / 2` inverse frequencies (`rotary_dim` even, at most `head_dim`).
     pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (1 except for LongRoPE).
+    pub attention_factor: f32,
+}
+
+impl RopeSpec {
+    /// Full-head RoPE with no attention factor.
+    pub fn new(inv_freq: Vec<f32>) -> Self {
+        Self {
+            inv_freq,
+            attention_factor: 1.0,
+        }
+    }
+
+    pub fn rotary_dim(&self) -> usize {
+        2 * self.inv_freq.len()
+    }
 }
 
 /// How the fused q|k|v rows of a layer are laid out: `[q (num_heads * head_dim) | k | v (num_kv_heads *

@@ -73,7 +73,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         return Err(EngineError::invalid("max_num_batched_tokens", "must be at least 1"));
     }
     let loaded = load_model(spec)?;
-    let mc = loaded.config.clone();
+    let mut mc = loaded.config.clone();
     let tokenizer = match &loaded.tokenizer {
         Some(src) => Some(Arc::new(Tokenizer::from_source(src)?)),
         None => None,
@@ -108,6 +108,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         Some(m) => m,
         None => mc.max_position_embeddings,
     };
+    // LongRoPE's factor list follows the context the engine allows (vLLM's rule; see `RopeScaling::LongRope`).
+    mc.set_max_model_len(requested_len);
     // The GPU decoder plans its KV cache from a memory profile; the CPU cache comes from a byte budget.
     let cuda = match device {
         Device::Cpu => None,

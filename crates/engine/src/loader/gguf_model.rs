@@ -1,5 +1,6 @@
 //! GGUF -> model: `ModelConfig` from `{arch}.*` metadata, tensors renamed to HF names (llama.cpp
-//! `tensor_mapping.py` / `LLM_TENSOR_NAMES`, read in reverse), Q/K rows un-permuted for `llama`, tokenizer data
+//! `tensor_mapping.py` / `LLM_TENSOR_NAMES`, read in reverse), Q/K rows un-permuted for `llama`, Phi-3's fused
+//! tensors and LongRoPE factors and Gemma 2/3's conventions as `convert_hf_to_gguf.py` writes them, tokenizer data
 //! from `tokenizer.ggml.*`, sampling defaults from `general.sampling.*`.
 //!
 //! A GGUF 2-D tensor with dims `[in, out]` (dims[0] contiguous) is HF's `[out, in]`: `WeightMatrix` rows = out,
@@ -8,7 +9,7 @@
 use std::path::Path;
 
 use crate::error::{EngineError, Result};
-use crate::model::{ModelConfig, RopeScaling, WeightStore};
+use crate::model::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling, WeightStore};
 use crate::tokenizer::{GgufTokenizerData, TokenizerSource};
 
 use super::gguf_file::{GgufFile, GgufValue};
@@ -16,7 +17,7 @@ use super::qk_unpermute::{arch_is_permuted, unpermute_qk};
 use super::{gguf_rope, push_unique, GenerationDefaults, LoadedModel, ModelFormat, ModelSourceInfo};
 
 /// Architectures whose GGUF tensors this loader maps (Mistral GGUFs use "llama").
-const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
 /// Loads a `.gguf` file.
 pub fn load_gguf(path: &Path, name: String) -> Result<LoadedModel> {
@@ -102,8 +103,7 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         return Err(load_err(
             file,
             format!(
-                "architecture `{arch}` is not supported in GGUF files (supported: {}; Gemma 2/3 load from HF \
-                 safetensors)",
+                "architecture `{arch}` is not supported in GGUF files (supported: {})",
                 GGUF_ARCHITECTURES.join(", ")
             ),
         ));
@@ -131,18 +131,28 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
             format!("head dimension {head_dim} must be a positive even number"),
         ));
     }
+    let mut rotary_dim = None;
     if let Some(rot) = file.get(&k("rope.dimension_count")).and_then(GgufValue::as_u64) {
-        if rot as usize != head_dim {
+        let rot = rot as usize;
+        // Phi-4-mini rotates 3/4 of each head; the other families rotate it whole.
+        if arch == "phi3" && rot > 0 && rot % 2 == 0 && rot < head_dim {
+            rotary_dim = Some(rot);
+        } else if rot != head_dim {
             return Err(load_err(
                 file,
                 format!(
-                    "partial rotary embeddings (rope.dimension_count {rot} != head_dim {head_dim}) are not supported"
+                    "partial rotary embeddings (rope.dimension_count {rot} != head_dim {head_dim}) are not supported \
+                     for {arch}"
                 ),
             ));
         }
     }
+    let max_position_embeddings = req_u64(file, &k("context_length"))? as usize;
     let rope_theta = opt_f32(file, &k("rope.freq_base"))?.unwrap_or(10_000.0);
-    let rope_scaling = gguf_rope::rope_scaling(file, &arch, head_dim, rope_theta)?;
+    let rope_scaling = match gguf_rope::longrope(file, &arch, rotary_dim.unwrap_or(head_dim), max_position_embeddings)? {
+        Some(longrope) => longrope,
+        None => gguf_rope::rope_scaling(file, &arch, head_dim, rope_theta)?,
+    };
     if arch == "qwen2" && !matches!(rope_scaling, RopeScaling::None | RopeScaling::Linear { .. }) {
         return Err(load_err(
             file,
@@ -164,6 +174,19 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
             })?,
     };
 
+    let num_hidden_layers = req_u64(file, &k("block_count"))? as usize;
+    // llama.cpp's converter writes the window of Phi-3 (0: none, Phi-4) and Gemma; Mistral's is dropped.
+    let sliding_window = match opt_u32(file, &k("attention.sliding_window"))? {
+        Some(w) if w > 0 && matches!(arch.as_str(), "phi3" | "gemma2" | "gemma3") => Some(w as usize),
+        _ => None,
+    };
+    let mut variant = if arch.starts_with("gemma") {
+        gemma_variant(file, &arch, num_hidden_layers, hidden_size / num_attention_heads, head_dim)?
+    } else {
+        Default::default()
+    };
+    variant.rotary_dim = rotary_dim;
+
     let bos_token_id = opt_u32(file, "tokenizer.ggml.bos_token_id")?;
     let mut eos_token_ids = Vec::new();
     push_unique(&mut eos_token_ids, opt_u32(file, "tokenizer.ggml.eos_token_id")?);
@@ -172,7 +195,7 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     Ok(ModelConfig {
         hidden_size,
         intermediate_size: req_u64(file, &k("feed_forward_length"))? as usize,
-        num_hidden_layers: req_u64(file, &k("block_count"))? as usize,
+        num_hidden_layers,
         num_attention_heads,
         num_key_value_heads,
         head_dim,
@@ -185,22 +208,70 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         })?,
         rope_theta,
         rope_scaling,
-        max_position_embeddings: req_u64(file, &k("context_length"))? as usize,
+        max_position_embeddings,
         tie_word_embeddings: file.tensor_info("output.weight").is_none(),
         attention_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
         qk_norm: file.tensor_info("blk.0.attn_q_norm.weight").is_some(),
-        // llama.cpp's converter writes Mistral as `llama` without its window (as llama.cpp runs it).
-        sliding_window: None,
-        variant: Default::default(),
+        sliding_window,
+        variant,
         bos_token_id,
         eos_token_ids,
-        architecture: arch,
+        // Our name of Gemma 3's text model (HF `gemma3_text`).
+        architecture: if arch == "gemma3" { "gemma3_text".into() } else { arch },
     })
 }
 
-/// The HF name of a GGUF tensor, or `None` for tensors the model does not use (e.g. `rope_freqs.weight`, whose
-/// content `gguf_rope` turns into `RopeScaling`).
-pub fn hf_tensor_name(gguf: &str) -> Option<String> {
+/// Gemma 2 / 3 from GGUF, as llama.cpp runs them (`llama-model.cpp`): the converter stores the norms with HF's
+/// `1 +` already added, writes the soft-caps and the window but not `query_pre_attn_scalar` (llama.cpp scales
+/// by `hidden / heads` for the 27B models, 46 / 62 layers, else by `head_dim`, which is what their configs say),
+/// and Gemma 3's layer pattern (every 6th layer global) and local RoPE base (1e4) are llama.cpp constants unless
+/// the file names them (`attention.sliding_window_pattern`, `rope.freq_base_swa`).
+fn gemma_variant(
+    file: &GgufFile,
+    arch: &str,
+    layers: usize,
+    hidden_per_head: usize,
+    head_dim: usize,
+) -> Result<DecoderVariant> {
+    let k = |suffix: &str| format!("{arch}.{suffix}");
+    let gemma2 = arch == "gemma2";
+    let big = (gemma2 && layers == 46) || (!gemma2 && layers == 62);
+    let sliding_layers = match file.get(&k("attention.sliding_window_pattern")) {
+        None => (0..layers).map(|i| if gemma2 { i % 2 == 0 } else { (i + 1) % 6 != 0 }).collect(),
+        Some(GgufValue::Array(flags)) if flags.len() == layers => flags
+            .iter()
+            .map(|f| f.as_bool().ok_or_else(|| load_err(file, format!("`{}` should hold booleans", k("attention.sliding_window_pattern")))))
+            .collect::<Result<Vec<_>>>()?,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => (0..layers).map(|i| (i + 1) % n as usize != 0).collect(),
+            _ => {
+                return Err(load_err(
+                    file,
+                    format!("`{}` should be a positive period or one flag per layer, found {v:?}", k("attention.sliding_window_pattern")),
+                ))
+            }
+        },
+    };
+    Ok(DecoderVariant {
+        norm_unit_offset: false,
+        scale_embeddings: true,
+        sandwich_norms: true,
+        activation: HiddenActivation::GeluTanh,
+        query_pre_attn_scalar: Some(if big { hidden_per_head } else { head_dim } as f32),
+        attn_logit_softcap: opt_f32(file, &k("attn_logit_softcapping"))?.filter(|c| *c > 0.0),
+        final_logit_softcap: opt_f32(file, &k("final_logit_softcapping"))?.filter(|c| *c > 0.0),
+        sliding_layers,
+        rope_local_theta: if gemma2 { None } else { Some(opt_f32(file, &k("rope.freq_base_swa"))?.unwrap_or(10_000.0)) },
+        rotary_dim: None,
+    })
+}
+
+/// The HF name of a GGUF tensor of architecture `arch`, or `None` for tensors the model does not use (e.g.
+/// `rope_freqs.weight` and Phi-3's `rope_factors_*.weight`, whose content `gguf_rope` turns into `RopeScaling`).
+/// Phi-3 keeps q|k|v fused (`attn_qkv`) and stores gate|up fused as `ffn_up`; Gemma's `ffn_norm` is the norm
+/// before the MLP (`pre_feedforward_layernorm`), its sandwich norms are `post_attention_norm` / `post_ffw_norm`.
+pub fn hf_tensor_name(arch: &str, gguf: &str) -> Option<String> {
+    let gemma = arch.starts_with("gemma");
     match gguf {
         "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
         "output_norm.weight" => return Some("model.norm.weight".into()),
@@ -222,8 +293,13 @@ pub fn hf_tensor_name(gguf: &str) -> Option<String> {
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
+        "attn_qkv" => "self_attn.qkv_proj",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "post_attention_norm" if gemma => "post_attention_layernorm",
+        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" if arch == "phi3" => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         _ => return None,
@@ -238,7 +314,7 @@ fn weights_from_gguf(file: &GgufFile, config: &ModelConfig) -> Result<WeightStor
     };
     let permuted = arch_is_permuted(&config.architecture);
     for info in &file.tensors {
-        let Some(hf_name) = hf_tensor_name(&info.name) else {
+        let Some(hf_name) = hf_tensor_name(&config.architecture, &info.name) else {
             continue;
         };
         let mut w = file.tensor_matrix(info)?;
@@ -676,21 +752,21 @@ mod tests {
     #[test]
     fn tensor_name_mapping() {
         assert_eq!(
-            hf_tensor_name("blk.12.ffn_gate.weight").as_deref(),
+            hf_tensor_name("llama", "blk.12.ffn_gate.weight").as_deref(),
             Some("model.layers.12.mlp.gate_proj.weight")
         );
         assert_eq!(
-            hf_tensor_name("blk.0.attn_v.bias").as_deref(),
+            hf_tensor_name("llama", "blk.0.attn_v.bias").as_deref(),
             Some("model.layers.0.self_attn.v_proj.bias")
         );
-        assert_eq!(hf_tensor_name("output.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(hf_tensor_name("llama", "output.weight").as_deref(), Some("lm_head.weight"));
         for unused in [
             "rope_freqs.weight",
             "blk.x.attn_q.weight",
             "blk.0.attn_q.scale",
             "blk.0.unknown.weight",
         ] {
-            assert_eq!(hf_tensor_name(unused), None, "{unused}");
+            assert_eq!(hf_tensor_name("llama", unused), None, "{unused}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! RoPE scaling of a GGUF file as a `RopeScaling`.
+//! RoPE scaling of a GGUF file as a `RopeScaling`. Phi-3's LongRoPE is stored explicitly (`longrope` below: the
+//! converter's `rope_factors_long/short` tensors); the rest of this module recovers Llama 3.1 scaling.
 //!
 //! Linear scaling is explicit metadata (`{arch}.rope.scaling.type = "linear"` + `.factor`). Llama 3.1-style
 //! scaling is not: llama.cpp's converter (`LlamaModel.generate_extra_tensors`) bakes it into a `rope_freqs.weight`
@@ -68,6 +69,58 @@ pub fn rope_scaling(file: &GgufFile, arch: &str, head_dim: usize, theta: f32) ->
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     infer_llama3(&ff, head_dim, theta, orig_ctx.unwrap_or(DEFAULT_ORIGINAL_CONTEXT)).map_err(err)
+}
+
+/// Phi-3's LongRoPE, as llama.cpp's converter (`Phi3MiniModel.generate_extra_tensors`) stores it: the factor
+/// lists as `rope_factors_long.weight` / `rope_factors_short.weight` (F32, `rotary_dim / 2` each), the original
+/// context as `rope.scaling.original_context_length` and the attention factor as `rope.scaling.attn_factor`
+/// (HF's default formula when absent). `None` when the file has no factor tensors.
+pub fn longrope(file: &GgufFile, arch: &str, rotary_dim: usize, max_position_embeddings: usize) -> Result<Option<RopeScaling>> {
+    let err = |m: String| EngineError::load(file.path.display(), m);
+    let (Some(long), Some(short)) = (
+        file.tensor_info("rope_factors_long.weight"),
+        file.tensor_info("rope_factors_short.weight"),
+    ) else {
+        return Ok(None);
+    };
+    let read = |info: &super::gguf_file::GgufTensorInfo| -> Result<Vec<f32>> {
+        if info.dtype != GgmlType::F32 || info.dims.iter().product::<u64>() as usize != rotary_dim / 2 {
+            return Err(err(format!(
+                "`{}` should be F32 with {} values (rotary dim {rotary_dim} / 2), found {:?} {:?}",
+                info.name,
+                rotary_dim / 2,
+                info.dtype,
+                info.dims
+            )));
+        }
+        Ok(file
+            .tensor_bytes(info)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let key = |s: &str| format!("{arch}.rope.scaling.{s}");
+    let original = file
+        .get(&key("original_context_length"))
+        .and_then(GgufValue::as_u64)
+        .ok_or_else(|| err(format!("LongRoPE factor tensors without `{}`", key("original_context_length"))))?
+        as usize;
+    if original < 2 {
+        return Err(err(format!("`{}` is {original}", key("original_context_length"))));
+    }
+    let scale = max_position_embeddings as f64 / original as f64;
+    let attention_factor = match file.get(&key("attn_factor")).and_then(GgufValue::as_f64) {
+        Some(a) => a as f32,
+        None if scale <= 1.0 => 1.0,
+        None => (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32,
+    };
+    Ok(Some(RopeScaling::LongRope {
+        short_factor: read(short)?,
+        long_factor: read(long)?,
+        original_max_position_embeddings: original,
+        attention_factor,
+        use_long: max_position_embeddings > original,
+    }))
 }
 
 fn wavelen(i: usize, head_dim: usize, theta: f32) -> f64 {

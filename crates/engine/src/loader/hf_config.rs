@@ -1,6 +1,6 @@
 //! HF `config.json` -> `ModelConfig` and `generation_config.json` -> `GenerationDefaults`, with transformers'
 //! defaults for absent keys (`LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Gemma2Config`,
-//! `Gemma3TextConfig`): `num_key_value_heads` = heads, `head_dim` = hidden / heads, `rope_theta` = 10000
+//! `Gemma3TextConfig`, `Phi3Config`): `num_key_value_heads` = heads, `head_dim` = hidden / heads, `rope_theta` = 10000
 //! (Gemma 3: 1e6), `tie_word_embeddings` = false (Gemma: true), Qwen2 always has q/k/v bias. Gemma's
 //! local/global layers come from `layer_types`, else from HF's older rule (Gemma 2: even layers slide; Gemma 3:
 //! all but every `sliding_window_pattern`-th).
@@ -21,6 +21,7 @@ const ARCHITECTURE_CLASSES: &[(&str, &str)] = &[
     ("Qwen3ForCausalLM", "qwen3"),
     ("Gemma2ForCausalLM", "gemma2"),
     ("Gemma3ForCausalLM", "gemma3_text"),
+    ("Phi3ForCausalLM", "phi3"),
 ];
 
 /// A token id or a list of them (transformers accepts both for `eos_token_id`).
@@ -83,6 +84,11 @@ struct RawConfig {
     rope_local_base_freq: Option<f32>,
     /// EmbeddingGemma's bidirectional attention (not a causal LM).
     use_bidirectional_attention: Option<bool>,
+    // --- Phi-3 ---
+    /// The fraction of each head that RoPE rotates (Phi-4-mini: 0.75).
+    partial_rotary_factor: Option<f64>,
+    /// LongRoPE's pretraining context (top level in transformers < 5; inside `rope_parameters` from 5 on).
+    original_max_position_embeddings: Option<usize>,
 }
 
 /// A key that is present, even as `null` (serde's `Option` would read `null` as absent).
@@ -144,7 +150,7 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
     let head_dim = raw.head_dim.unwrap_or(hidden_size / num_attention_heads);
     let gemma = arch.starts_with("gemma");
     let sliding_window = match (arch.as_str(), raw.use_sliding_window) {
-        ("mistral" | "gemma2" | "gemma3_text", _) => raw.sliding_window,
+        ("mistral" | "gemma2" | "gemma3_text" | "phi3", _) => raw.sliding_window,
         (_, Some(true)) => {
             return Err(err(format!(
                 "use_sliding_window = true (sliding-window attention on some {arch} layers) is not supported"
@@ -157,7 +163,7 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         return Err(err(format!("head dimension {head_dim} must be a positive even number")));
     }
     let num_hidden_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
-    let variant = if gemma {
+    let mut variant = if gemma {
         gemma_variant(&raw, &arch, num_hidden_layers).map_err(err)?
     } else {
         match raw.hidden_act.as_deref() {
@@ -167,6 +173,15 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
     };
     // Gemma 3 in transformers >= 5: `rope_parameters` per layer type; the global layers' entry is the model's.
     let rope_params = raw.rope_parameters.as_ref().map(|p| p.get("full_attention").unwrap_or(p));
+    let max_position_embeddings = need(raw.max_position_embeddings, "max_position_embeddings")?;
+    if arch == "phi3" {
+        variant.rotary_dim = partial_rotary_dim(&raw, rope_params, head_dim).map_err(err)?;
+    }
+    let rope_context = RopeContext {
+        rotary_dim: variant.rotary_dim.unwrap_or(head_dim),
+        max_position_embeddings,
+        original_max_position_embeddings: raw.original_max_position_embeddings,
+    };
     let config = ModelConfig {
         hidden_size,
         intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
@@ -180,8 +195,8 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
             .rope_theta
             .or_else(|| rope_params?.get("rope_theta").and_then(Value::as_f64).map(|t| t as f32))
             .unwrap_or(if arch == "gemma3_text" { 1_000_000.0 } else { 10_000.0 }),
-        rope_scaling: rope_scaling(raw.rope_scaling.as_ref().or(rope_params)).map_err(err)?,
-        max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
+        rope_scaling: rope_scaling(raw.rope_scaling.as_ref().or(rope_params), &rope_context).map_err(err)?,
+        max_position_embeddings,
         tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
         attention_bias: raw.attention_bias.unwrap_or(arch == "qwen2"),
         qk_norm: arch == "qwen3" || arch == "gemma3_text",
@@ -244,6 +259,7 @@ fn gemma_variant(raw: &RawConfig, arch: &str, layers: usize) -> Result<DecoderVa
         final_logit_softcap: softcap(&raw.final_logit_softcapping, "final_logit_softcapping", gemma2.then_some(30.0))?,
         sliding_layers,
         rope_local_theta: if gemma2 { None } else { Some(local_theta.unwrap_or(10_000.0)) },
+        rotary_dim: None,
     })
 }
 
@@ -286,8 +302,88 @@ fn architecture(raw: &RawConfig) -> Result<String, String> {
     ))
 }
 
-/// `rope_scaling` or `rope_parameters` ({"rope_type" | "type": "llama3" | "linear" | "default", "factor", ...}).
-fn rope_scaling(v: Option<&Value>) -> Result<RopeScaling, String> {
+/// Phi-3's `partial_rotary_factor` (top level, or in transformers 5's `rope_parameters`) as a dim count, HF's
+/// `int(head_dim * factor)`; None when the whole head rotates.
+fn partial_rotary_dim(raw: &RawConfig, rope_params: Option<&Value>, head_dim: usize) -> Result<Option<usize>, String> {
+    let factor = raw
+        .partial_rotary_factor
+        .or_else(|| rope_params?.get("partial_rotary_factor")?.as_f64());
+    let Some(f) = factor else { return Ok(None) };
+    if !(f > 0.0 && f <= 1.0) {
+        return Err(format!("partial_rotary_factor {f} must be in (0, 1]"));
+    }
+    let dim = (head_dim as f64 * f) as usize;
+    if dim == 0 || dim % 2 != 0 {
+        return Err(format!(
+            "partial_rotary_factor {f} of head_dim {head_dim} gives {dim} rotary dims; an even positive count is needed"
+        ));
+    }
+    Ok((dim != head_dim).then_some(dim))
+}
+
+/// What LongRoPE's parameters depend on besides its own keys.
+struct RopeContext {
+    rotary_dim: usize,
+    max_position_embeddings: usize,
+    /// The top-level key (transformers < 5 writes it there).
+    original_max_position_embeddings: Option<usize>,
+}
+
+/// `longrope` / `su` (HF `_compute_longrope_parameters`, transformers 5 precedence): `factor` from the key, else
+/// `max_position_embeddings / original_max_position_embeddings`; `attention_factor` from the key, else
+/// `sqrt(1 + ln(factor) / ln(original))` (1 when `factor <= 1`).
+fn longrope(obj: &serde_json::Map<String, Value>, ctx: &RopeContext) -> Result<RopeScaling, String> {
+    let factors = |key: &str| -> Result<Vec<f32>, String> {
+        let list = obj
+            .get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("rope_scaling of type `longrope` has no `{key}` list"))?;
+        let values: Option<Vec<f32>> = list.iter().map(|v| v.as_f64().map(|x| x as f32)).collect();
+        match values {
+            Some(v) if v.len() == ctx.rotary_dim / 2 && v.iter().all(|x| x.is_finite() && *x > 0.0) => Ok(v),
+            _ => Err(format!(
+                "rope_scaling `{key}` must hold {} positive numbers (rotary dim {} / 2), found {}",
+                ctx.rotary_dim / 2,
+                ctx.rotary_dim,
+                Value::Array(list.clone())
+            )),
+        }
+    };
+    let (short_factor, long_factor) = (factors("short_factor")?, factors("long_factor")?);
+    let original = obj
+        .get("original_max_position_embeddings")
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .or(ctx.original_max_position_embeddings)
+        .unwrap_or(ctx.max_position_embeddings);
+    if original < 2 {
+        return Err(format!("LongRoPE original_max_position_embeddings {original} must be at least 2"));
+    }
+    let factor = obj
+        .get("factor")
+        .and_then(Value::as_f64)
+        .unwrap_or(ctx.max_position_embeddings as f64 / original as f64);
+    let attention_factor = match obj.get("attention_factor").and_then(Value::as_f64) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    if !(attention_factor.is_finite() && attention_factor > 0.0) {
+        return Err(format!("LongRoPE attention_factor {attention_factor} must be positive"));
+    }
+    Ok(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+        attention_factor: attention_factor as f32,
+        // vLLM's default (max_model_len = the model's context); the engine sets it from its own limit.
+        use_long: ctx.max_position_embeddings > original,
+    })
+}
+
+/// `rope_scaling` or `rope_parameters` ({"rope_type" | "type": "llama3" | "linear" | "longrope" | "default",
+/// "factor", ...}).
+fn rope_scaling(v: Option<&Value>, ctx: &RopeContext) -> Result<RopeScaling, String> {
     let Some(obj) = v.filter(|v| !v.is_null()) else {
         return Ok(RopeScaling::None);
     };
@@ -312,8 +408,9 @@ fn rope_scaling(v: Option<&Value>) -> Result<RopeScaling, String> {
             high_freq_factor: need("high_freq_factor")? as f32,
             original_max_position_embeddings: need("original_max_position_embeddings")? as usize,
         }),
+        "longrope" | "su" => longrope(obj, ctx),
         other => Err(format!(
-            "rope_scaling type `{other}` is not supported (supported: default, linear, llama3)"
+            "rope_scaling type `{other}` is not supported (supported: default, linear, llama3, longrope)"
         )),
     }
 }
@@ -557,3 +654,7 @@ mod tests {
         assert!(parse_generation_config("g", "[]").is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "hf_config_phi3_tests.rs"]
+mod phi3_tests;

@@ -10,6 +10,8 @@
 //! `gguf_rope` (Llama 3 RoPE scaling recovered from `rope_freqs`), `qk_unpermute`, `hf_config` (config.json,
 //! generation_config.json), `safetensors_model` (HF directory -> model), `hub_download` (HF Hub fetch, `hub` feature).
 
+#[cfg(test)]
+mod gguf_family_tests;
 pub mod gguf_file;
 mod gguf_model;
 mod gguf_rope;

@@ -1,5 +1,5 @@
 //! `ModelConfig`: the switches that tell the decoder families apart (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2,
-//! Qwen3, Gemma 2, Gemma 3 text). Filled from GGUF metadata or an HF `config.json` by the loaders; read by the
+//! Qwen3, Gemma 2, Gemma 3 text, Phi-3 / Phi-4-mini). Filled from GGUF metadata or an HF `config.json` by the loaders; read by the
 //! model and the memory planner. Gemma's differences from Llama are data in `DecoderVariant` (after HF's
 //! `modeling_gemma2.py` / `modeling_gemma3.py`), so the one model forward serves both.
 
@@ -18,6 +18,27 @@ pub enum RopeScaling {
     /// Position interpolation: positions divided by `factor`.
     Linear {
         factor: f32,
+    },
+    /// Phi-3's LongRoPE (HF `longrope`, formerly `su`; `_compute_longrope_parameters`): per-frequency rescale
+    /// factors, `short_factor` for sequences within `original_max_position_embeddings` and `long_factor` beyond,
+    /// with cos and sin times `attention_factor` (default `sqrt(1 + ln(s) / ln(original))`, `s` = the context
+    /// extension factor).
+    ///
+    /// Which list a model runs on is `use_long`, fixed per engine as vLLM does (`Phi3LongRoPEScaledRotaryEmbedding`:
+    /// `use_long_rope = max_model_len > original_max_position_embeddings`): the engine sets it from its
+    /// `max_model_len` (`ModelConfig::set_max_model_len`). HF switches per forward (long once the last position
+    /// passes the original context) and Phi3's `generate` recomputes the whole KV cache when a sequence crosses it;
+    /// a fixed choice keeps every cached key valid (prefix cache included) and the forward free of host decisions,
+    /// and equals HF exactly for sequences past the original context (engine on the long factors) and for engines
+    /// limited to it (short factors). vLLM's older rule (long for the whole batch once any position passes) made a
+    /// request's keys depend on its batch-mates; a per-position rule would mix keys of two RoPEs in one sequence,
+    /// which HF never computes.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f32,
+        use_long: bool,
     },
 }
 
@@ -63,6 +84,10 @@ pub struct DecoderVariant {
     /// use `rope_theta` with `rope_scaling`.
     #[serde(default)]
     pub rope_local_theta: Option<f32>,
+    /// Phi-3 family: RoPE on the first this-many dims of each head only (`int(head_dim * partial_rotary_factor)`,
+    /// Phi-4-mini: 96 of 128); None: the whole head.
+    #[serde(default)]
+    pub rotary_dim: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,7 +125,32 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The architectures the Llama model file implements.
     pub const SUPPORTED_ARCHITECTURES: &'static [&'static str] =
-        &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"];
+        &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"];
+
+    /// The leading dims of each head that RoPE rotates.
+    pub fn rotary_dim(&self) -> usize {
+        self.variant.rotary_dim.unwrap_or(self.head_dim)
+    }
+
+    /// Fixes what depends on the engine's context limit: LongRoPE's factor list (see `RopeScaling::LongRope`).
+    pub fn set_max_model_len(&mut self, max_model_len: usize) {
+        if let RopeScaling::LongRope {
+            original_max_position_embeddings,
+            use_long,
+            ..
+        } = &mut self.rope_scaling
+        {
+            *use_long = max_model_len > *original_max_position_embeddings;
+        }
+    }
+
+    /// What multiplies RoPE's cos and sin (LongRoPE's attention factor; 1 otherwise).
+    pub fn rope_attention_factor(&self) -> f32 {
+        match self.rope_scaling {
+            RopeScaling::LongRope { attention_factor, .. } => attention_factor,
+            _ => 1.0,
+        }
+    }
 
     /// The sliding window of layer `layer` (None: it attends to its whole context).
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
@@ -112,20 +162,20 @@ impl ModelConfig {
     pub fn layer_rope_inv_freq(&self, layer: usize) -> Vec<f32> {
         match self.variant.rope_local_theta {
             Some(theta) if self.layer_window(layer).is_some() => {
-                pagedllm_kernels::cpu::rope::default_inv_freq(self.head_dim, theta)
+                pagedllm_kernels::cpu::rope::default_inv_freq(self.rotary_dim(), theta)
             }
             _ => self.rope_inv_freq(),
         }
     }
 
-    /// RoPE inverse frequencies (`head_dim / 2`) with this model's scaling applied; shared by every backend.
+    /// RoPE inverse frequencies (`rotary_dim / 2`) with this model's scaling applied; shared by every backend.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         use pagedllm_kernels::cpu::rope;
-        let (hd, theta) = (self.head_dim, self.rope_theta);
-        match self.rope_scaling {
+        let (hd, theta) = (self.rotary_dim(), self.rope_theta);
+        match &self.rope_scaling {
             RopeScaling::None => rope::default_inv_freq(hd, theta),
-            RopeScaling::Linear { factor } => rope::linear_inv_freq(hd, theta, factor),
-            RopeScaling::Llama3 {
+            RopeScaling::Linear { factor } => rope::linear_inv_freq(hd, theta, *factor),
+            &RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
@@ -138,6 +188,12 @@ impl ModelConfig {
                 high_freq_factor,
                 original_max_position_embeddings,
             ),
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                use_long,
+                ..
+            } => rope::longrope_inv_freq(hd, theta, if *use_long { long_factor } else { short_factor }),
         }
     }
 

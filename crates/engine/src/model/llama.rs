@@ -1,5 +1,6 @@
-//! The decoder of the Llama family (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2, Qwen3) and of Gemma 2 / Gemma 3 text,
-//! after HF's `LlamaForCausalLM`: pre-norm blocks of RMSNorm -> GQA attention with rotate-half RoPE -> residual
+//! The decoder of the Llama family (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2, Qwen3), of Gemma 2 / Gemma 3 text and
+//! of Phi-3 / Phi-4-mini (HF `modeling_phi3.py`: the Llama block with q|k|v and gate|up stored fused, partial
+//! rotary and LongRoPE, all data in `ModelConfig`), after HF's `LlamaForCausalLM`: pre-norm blocks of RMSNorm -> GQA attention with rotate-half RoPE -> residual
 //! -> RMSNorm -> GLU MLP -> residual, then a final norm and the LM head. The family's switches are data in
 //! `ModelConfig`: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3), sliding-window attention
 //! (Mistral: every layer; Gemma: the local layers of `layer_types`), tied embeddings, RoPE scaling, and
@@ -20,7 +21,7 @@ use pagedllm_kernels::backend::{
 };
 use pagedllm_kernels::WeightMatrix;
 
-use super::config::{HiddenActivation, ModelConfig};
+use super::config::{HiddenActivation, ModelConfig, RopeScaling};
 use super::weights::WeightStore;
 use crate::error::{EngineError, Result};
 
@@ -137,6 +138,34 @@ fn check_config(c: &ModelConfig) -> Result<()> {
     if c.head_dim == 0 || c.head_dim % 2 != 0 || c.head_dim > 512 {
         return bad(format!("head_dim {} must be even and at most 512", c.head_dim));
     }
+    let rot = c.rotary_dim();
+    if rot == 0 || rot % 2 != 0 || rot > c.head_dim {
+        return bad(format!("rotary dim {rot} must be even and in 2..={}", c.head_dim));
+    }
+    if let RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    } = &c.rope_scaling
+    {
+        let ok = |f: &[f32]| f.len() == rot / 2 && f.iter().all(|x| x.is_finite() && *x > 0.0);
+        if !ok(short_factor) || !ok(long_factor) {
+            return bad(format!(
+                "LongRoPE needs {} positive short and long factors (rotary dim {rot} / 2), found {} and {}",
+                rot / 2,
+                short_factor.len(),
+                long_factor.len()
+            ));
+        }
+        if *original_max_position_embeddings == 0 || !(attention_factor.is_finite() && *attention_factor > 0.0) {
+            return bad(format!(
+                "LongRoPE original_max_position_embeddings {original_max_position_embeddings} and attention factor \
+                 {attention_factor} must be positive"
+            ));
+        }
+    }
     let v = &c.variant;
     if !v.sliding_layers.is_empty() && v.sliding_layers.len() != c.num_hidden_layers {
         return bad(format!(
@@ -192,7 +221,11 @@ impl LlamaModel {
             let rope = match ropes.iter().find(|(f, _)| *f == inv_freq) {
                 Some(&(_, id)) => id,
                 None => {
-                    let id = b.upload_rope(&RopeSpec { inv_freq: inv_freq.clone() }).map_err(backend_err)?;
+                    let spec = RopeSpec {
+                        inv_freq: inv_freq.clone(),
+                        attention_factor: c.rope_attention_factor(),
+                    };
+                    let id = b.upload_rope(&spec).map_err(backend_err)?;
                     ropes.push((inv_freq, id));
                     id
                 }
@@ -204,13 +237,18 @@ impl LlamaModel {
             };
             let p = format!("model.layers.{i}");
             let attn = |n: &str| format!("{p}.self_attn.{n}");
-            let qkv = b
-                .upload_matrix(&[
+            // Phi-3 stores q|k|v and gate|up fused, in the order the ops use (`qkv_proj`, `gate_up_proj`).
+            let fused_qkv = attn("qkv_proj.weight");
+            let qkv = if weights.contains(&fused_qkv) {
+                b.upload_matrix(&[matrix(weights, &fused_qkv, q_dim + 2 * kv_dim, hidden)?])
+            } else {
+                b.upload_matrix(&[
                     matrix(weights, &attn("q_proj.weight"), q_dim, hidden)?,
                     matrix(weights, &attn("k_proj.weight"), kv_dim, hidden)?,
                     matrix(weights, &attn("v_proj.weight"), kv_dim, hidden)?,
                 ])
-                .map_err(backend_err)?;
+            }
+            .map_err(backend_err)?;
             let qkv_bias = if c.attention_bias {
                 let (bq, bk, bv) = (
                     vector(weights, &attn("q_proj.bias"), q_dim)?,
@@ -231,6 +269,16 @@ impl LlamaModel {
                 None
             };
             let mlp = |n: &str| format!("{p}.mlp.{n}");
+            let fused_gate_up = mlp("gate_up_proj.weight");
+            let gate_up = if weights.contains(&fused_gate_up) {
+                b.upload_matrix(&[matrix(weights, &fused_gate_up, 2 * inter, hidden)?])
+            } else {
+                b.upload_matrix(&[
+                    matrix(weights, &mlp("gate_proj.weight"), inter, hidden)?,
+                    matrix(weights, &mlp("up_proj.weight"), inter, hidden)?,
+                ])
+            }
+            .map_err(backend_err)?;
             let layer_norm = |b: &mut B, n: &str| norm_vec(b, &format!("{p}.{n}.weight"), hidden);
             let (mlp_norm, output_norms) = if v.sandwich_norms {
                 let post_attention = layer_norm(b, "post_attention_layernorm")?;
@@ -249,12 +297,7 @@ impl LlamaModel {
                     .map_err(backend_err)?,
                 mlp_norm,
                 output_norms,
-                gate_up: b
-                    .upload_matrix(&[
-                        matrix(weights, &mlp("gate_proj.weight"), inter, hidden)?,
-                        matrix(weights, &mlp("up_proj.weight"), inter, hidden)?,
-                    ])
-                    .map_err(backend_err)?,
+                gate_up,
                 down: b
                     .upload_matrix(&[matrix(weights, &mlp("down_proj.weight"), hidden, inter)?])
                     .map_err(backend_err)?,

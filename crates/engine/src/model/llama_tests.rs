@@ -490,6 +490,7 @@ fn gemma_config(gemma3: bool) -> ModelConfig {
         final_logit_softcap: (!gemma3).then_some(2.0),
         sliding_layers: vec![true, false],
         rope_local_theta: gemma3.then_some(50.0),
+        rotary_dim: None,
     };
     c
 }

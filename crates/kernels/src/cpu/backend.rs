@@ -167,11 +167,16 @@ impl Backend for CpuBackend {
     }
 
     fn upload_rope(&mut self, spec: &RopeSpec) -> Result<RopeId, CpuError> {
-        if spec.inv_freq.is_empty() || spec.inv_freq.len() > 256 {
-            return bad(format!("{} RoPE frequencies (head_dim up to 512)", spec.inv_freq.len()));
+        let hd = self.kv.head_dim;
+        if spec.inv_freq.is_empty() || spec.rotary_dim() > hd || hd > 512 {
+            return bad(format!("{} RoPE frequencies for head_dim {hd} (at most 512)", spec.inv_freq.len()));
+        }
+        if !(spec.attention_factor.is_finite() && spec.attention_factor > 0.0) {
+            return bad(format!("RoPE attention factor {} must be positive", spec.attention_factor));
         }
         let cached = self.max_position_embeddings.min(ROPE_CACHED_POSITIONS);
-        self.ropes.push(RopeTable::new(spec.inv_freq.clone(), cached));
+        self.ropes
+            .push(RopeTable::partial(spec.inv_freq.clone(), hd, spec.attention_factor, cached));
         Ok(RopeId((self.ropes.len() - 1) as u32))
     }
 

@@ -57,9 +57,22 @@ pub fn llama3_inv_freq(
         .collect()
 }
 
-/// cos/sin of `pos * inv_freq` for the first `cached_positions` positions, computed once.
+/// LongRoPE (HF `_compute_longrope_parameters`, Phi-3): `inv_freq[i] = 1 / (ext[i] * theta^(2i / rotary_dim))`
+/// with `ext` the short or the long rescale factors (`rotary_dim / 2` of them: one frequency per factor).
+pub fn longrope_inv_freq(rotary_dim: usize, theta: f32, ext_factors: &[f32]) -> Vec<f32> {
+    ext_factors
+        .iter()
+        .enumerate()
+        .map(|(i, &ext)| (1.0 / (ext as f64 * (theta as f64).powf((2 * i) as f64 / rotary_dim as f64))) as f32)
+        .collect()
+}
+
+/// cos/sin of `pos * inv_freq` (times the attention factor) for the first `cached_positions` positions,
+/// computed once; rotates the first `2 * inv_freq.len()` dims of each `head_dim`-wide head.
 pub struct RopeTable {
     inv_freq: Vec<f32>,
+    head_dim: usize,
+    attention_factor: f32,
     cached: usize,
     /// `[cached, half]` each.
     cos: Vec<f32>,
@@ -67,15 +80,26 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    /// Panics if `inv_freq` is empty or longer than 256 (head_dim > 512), which no supported model has.
+    /// Full-head RoPE (`head_dim = 2 * inv_freq.len()`), no attention factor.
     pub fn new(inv_freq: Vec<f32>, cached_positions: usize) -> Self {
+        let hd = 2 * inv_freq.len();
+        Self::partial(inv_freq, hd, 1.0, cached_positions)
+    }
+
+    /// RoPE on the first `2 * inv_freq.len()` of `head_dim` dims, cos and sin times `attention_factor`.
+    /// Panics if `inv_freq` is empty, longer than 256 or wider than `head_dim` (the backend checks first).
+    pub fn partial(inv_freq: Vec<f32>, head_dim: usize, attention_factor: f32, cached_positions: usize) -> Self {
         let half = inv_freq.len();
-        assert!(half > 0 && half <= MAX_HALF, "RoPE: unsupported head_dim {}", 2 * half);
+        assert!(
+            half > 0 && half <= MAX_HALF && 2 * half <= head_dim,
+            "RoPE: {half} frequencies for head_dim {head_dim}"
+        );
         let mut cos = vec![0.0f32; cached_positions * half];
         let mut sin = vec![0.0f32; cached_positions * half];
         for p in 0..cached_positions {
             angles(
                 &inv_freq,
+                attention_factor,
                 p as u32,
                 &mut cos[p * half..(p + 1) * half],
                 &mut sin[p * half..(p + 1) * half],
@@ -83,6 +107,8 @@ impl RopeTable {
         }
         Self {
             inv_freq,
+            head_dim,
+            attention_factor,
             cached: cached_positions,
             cos,
             sin,
@@ -90,10 +116,15 @@ impl RopeTable {
     }
 
     pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// The rotated leading dims of each head.
+    pub fn rotary_dim(&self) -> usize {
         2 * self.inv_freq.len()
     }
 
-    /// Calls `f(cos, sin)` with the `head_dim / 2` values of position `pos`.
+    /// Calls `f(cos, sin)` with the `rotary_dim / 2` values of position `pos`.
     #[inline]
     fn with_angles<R>(&self, pos: u32, f: impl FnOnce(&[f32], &[f32]) -> R) -> R {
         let half = self.inv_freq.len();
@@ -102,33 +133,32 @@ impl RopeTable {
             f(&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half])
         } else {
             let (mut c, mut s) = ([0.0f32; MAX_HALF], [0.0f32; MAX_HALF]);
-            angles(&self.inv_freq, pos, &mut c[..half], &mut s[..half]);
+            angles(&self.inv_freq, self.attention_factor, pos, &mut c[..half], &mut s[..half]);
             f(&c[..half], &s[..half])
         }
     }
 
     /// Rotates `x` (`[T, n_heads, head_dim]`) in place, token `t` at `positions[t]`.
     pub fn apply(&self, x: &mut [f32], n_heads: usize, positions: &[u32]) {
-        let row = n_heads * self.head_dim();
+        let (row, hd) = (n_heads * self.head_dim, self.head_dim);
         assert_eq!(
             x.len(),
             positions.len() * row,
-            "RoPE: x is not [{}, {n_heads}, {}]",
-            positions.len(),
-            self.head_dim()
+            "RoPE: x is not [{}, {n_heads}, {hd}]",
+            positions.len()
         );
         x.par_chunks_mut(row)
             .zip(positions.par_iter())
             .with_min_len(8)
             .for_each(|(xt, &pos)| {
-                self.with_angles(pos, |c, s| rotate_heads(xt, c, s));
+                self.with_angles(pos, |c, s| rotate_heads(xt, hd, c, s));
             });
     }
 
     /// Rotates q (`[T, n_heads, head_dim]`) and k (`[T, n_kv_heads, head_dim]`) in place, sharing each
     /// token's cos/sin between them.
     pub fn apply_qk(&self, q: &mut [f32], n_heads: usize, k: &mut [f32], n_kv_heads: usize, positions: &[u32]) {
-        let hd = self.head_dim();
+        let hd = self.head_dim;
         let t = positions.len();
         assert_eq!(q.len(), t * n_heads * hd, "RoPE: q is not [{t}, {n_heads}, {hd}]");
         assert_eq!(k.len(), t * n_kv_heads * hd, "RoPE: k is not [{t}, {n_kv_heads}, {hd}]");
@@ -141,27 +171,29 @@ impl RopeTable {
             .with_min_len(8)
             .for_each(|((qt, kt), &pos)| {
                 self.with_angles(pos, |c, s| {
-                    rotate_heads(qt, c, s);
-                    rotate_heads(kt, c, s);
+                    rotate_heads(qt, hd, c, s);
+                    rotate_heads(kt, hd, c, s);
                 })
             });
     }
 }
 
-fn angles(inv_freq: &[f32], pos: u32, cos: &mut [f32], sin: &mut [f32]) {
+/// HF's order: the angle in f32, its cos/sin (to f32), then times the attention factor in f32.
+fn angles(inv_freq: &[f32], attention_factor: f32, pos: u32, cos: &mut [f32], sin: &mut [f32]) {
     for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
         let a = (pos as f32 * f) as f64;
-        *c = a.cos() as f32;
-        *s = a.sin() as f32;
+        *c = a.cos() as f32 * attention_factor;
+        *s = a.sin() as f32 * attention_factor;
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` for every head in `x` (consecutive heads of `2 * cos.len()` dims).
+/// `x * cos + rotate_half(x) * sin` on the first `2 * cos.len()` dims of every `head_dim`-wide head in `x`;
+/// the other dims are left as they are.
 #[inline]
-fn rotate_heads(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+fn rotate_heads(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     let half = cos.len();
-    for head in x.chunks_exact_mut(2 * half) {
-        let (a, b) = head.split_at_mut(half);
+    for head in x.chunks_exact_mut(head_dim) {
+        let (a, b) = head[..2 * half].split_at_mut(half);
         for i in 0..half {
             let (x1, x2) = (a[i], b[i]);
             a[i] = x1 * cos[i] - x2 * sin[i];
@@ -222,6 +254,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Partial rotary with a cos/sin factor (Phi-4-mini: 96 of 128 dims; LongRoPE's attention factor): HF's
+    /// `cat(q_rot * cos + rotate_half(q_rot) * sin, q_pass)` with `cos, sin` times the factor.
+    #[test]
+    fn partial_rotary_with_attention_factor_matches_hf_formula() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (hd, rot, af) = (16usize, 12usize, 1.3f32);
+        let inv = longrope_inv_freq(rot, 10000.0, &[1.0, 1.5, 2.0, 3.0, 4.0, 8.0]);
+        assert_eq!(inv.len(), rot / 2);
+        let table = RopeTable::partial(inv.clone(), hd, af, 4);
+        let pos: Vec<u32> = vec![0, 3, 4, 1000];
+        let nh = 3;
+        let x: Vec<f32> = (0..pos.len() * nh * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut got = x.clone();
+        table.apply(&mut got, nh, &pos);
+        let half = rot / 2;
+        for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+            let (t, d) = (i / (nh * hd), i % hd);
+            let head = i - d;
+            let want = if d >= rot {
+                v as f64
+            } else {
+                let a = (pos[t] as f32 * inv[d % half]) as f64;
+                let (c, s) = ((a.cos() as f32 * af) as f64, (a.sin() as f32 * af) as f64);
+                let rotated = if d < half { -(x[head + d + half] as f64) } else { x[head + d - half] as f64 };
+                v as f64 * c + rotated * s
+            };
+            assert!((g as f64 - want).abs() < 1e-6, "dim {d} of token {t}: {g} vs {want}");
+        }
+        // The pass-through dims are untouched bit for bit.
+        assert!(got.chunks(hd).zip(x.chunks(hd)).all(|(a, b)| a[rot..] == b[rot..]));
+        // LongRoPE frequencies: 1 / (ext * theta^(2i / rot)).
+        let want = 1.0 / (1.5 * 10000f64.powf(2.0 / 12.0));
+        assert!(((inv[1] as f64 - want) / want).abs() < 1e-6, "{} vs {want}", inv[1]);
     }
 
     #[test]

@@ -86,6 +86,14 @@ struct PendingHead {
     final_softcap: Option<f32>,
 }
 
+/// A RoPE table on the device: `rotary_half` inverse frequencies (the first `2 * rotary_half` dims of a head
+/// rotate) and the factor on cos and sin (LongRoPE's attention factor; 1 otherwise).
+struct DeviceRope {
+    inv_freq: DeviceBuffer<f32>,
+    rotary_half: usize,
+    attention_factor: f32,
+}
+
 pub struct CudaBackend {
     gpu: Gpu,
     gemm: Gemm,
@@ -93,7 +101,7 @@ pub struct CudaBackend {
     opts: CudaOptions,
     weights: Vec<FloatBuffer>,
     vectors: Vec<FloatBuffer>,
-    ropes: Vec<DeviceBuffer<f32>>,
+    ropes: Vec<DeviceRope>,
     acts: Vec<FloatBuffer>,
     /// K then V of every layer: `[layers][2][num_blocks * block_size * kv_dim]`.
     kv: FloatBuffer,

@@ -65,16 +65,26 @@ impl Backend for CudaBackend {
 
     fn upload_rope(&mut self, spec: &RopeSpec) -> Result<RopeId, CudaError> {
         let hd = self.shape.layout.heads.head_dim;
-        if spec.inv_freq.len() != hd / 2 {
+        if spec.inv_freq.is_empty() || spec.rotary_dim() > hd {
             return Err(CudaError::Unsupported(format!(
                 "{} RoPE frequencies for head_dim {hd}",
                 spec.inv_freq.len()
             )));
         }
+        if !(spec.attention_factor.is_finite() && spec.attention_factor > 0.0) {
+            return Err(CudaError::Unsupported(format!(
+                "RoPE attention factor {} must be positive",
+                spec.attention_factor
+            )));
+        }
         let buf = DeviceBuffer::alloc(spec.inv_freq.len(), "RoPE frequencies")?;
         self.gpu.upload(buf.ptr(), &spec.inv_freq)?;
         self.gpu.synchronize()?;
-        self.ropes.push(buf);
+        self.ropes.push(DeviceRope {
+            inv_freq: buf,
+            rotary_half: spec.inv_freq.len(),
+            attention_factor: spec.attention_factor,
+        });
         Ok(RopeId((self.ropes.len() - 1) as u32))
     }
 
@@ -193,6 +203,7 @@ impl Backend for CudaBackend {
             None => (0, 0, 0.0),
         };
         let (k_cache, v_cache) = self.kv_layer(layer);
+        let rope = &self.ropes[rope.0 as usize];
         self.gpu.launch(
             &self.kernels.rope_qkv_cache,
             (self.step.tokens as u32, (heads.num_heads + heads.num_kv_heads) as u32, 1),
@@ -204,7 +215,9 @@ impl Backend for CudaBackend {
                 Arg::Ptr(kn),
                 Arg::F32(eps),
                 Arg::Ptr(self.inputs.positions.ptr()),
-                Arg::Ptr(self.ropes[rope.0 as usize].ptr()),
+                Arg::Ptr(rope.inv_freq.ptr()),
+                Arg::I32(rope.rotary_half as i32),
+                Arg::F32(rope.attention_factor),
                 Arg::Ptr(self.inputs.slots.ptr()),
                 Arg::Ptr(k_cache),
                 Arg::Ptr(v_cache),

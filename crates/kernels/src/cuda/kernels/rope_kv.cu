@@ -4,17 +4,24 @@
 // qkv row t: [q (num_heads * hd) | k (num_kv_heads * hd) | v (num_kv_heads * hd)]. `bias` (Qwen2) is added
 // first when given, then (Qwen3: `q_norm`/`k_norm` given) each q and k head is RMS-normed over its hd values
 // as HF does it: normalized in f32, rounded to T, times the weight, rounded to T. Cache layout per layer: [num_blocks * block_size, num_kv_heads, hd], so a slot's row is
-// contiguous. Angles are position * inv_freq[i] (llama3 / linear scaling folded into inv_freq on the host).
-// Grid (T, num_heads + num_kv_heads), hd / 2 threads: one rotation pair per thread; kv-head blocks also copy
-// their v head (every launch is one short round, the decode case is latency-bound).
+// contiguous. Angles are position * inv_freq[i] (llama3 / linear / LongRoPE scaling folded into inv_freq on the
+// host); cos and sin are multiplied by `rope_scale` first (LongRoPE's attention factor, HF's `attention_scaling`;
+// 1 otherwise). Partial rotary (Phi-4-mini, vLLM's `rotary_dim < head_size`): only the first 2 * rot_half dims of a
+// head rotate, pairing (j, j + rot_half); the rest pass through. Grid (T, num_heads + num_kv_heads), hd / 2
+// threads: thread i owns dims i and i + hd / 2 (one rotation pair when rot_half == hd / 2; with partial rotary the
+// head goes through shared memory, since a thread's outputs then need other threads' inputs); kv-head blocks also
+// copy their v head (every launch is one short round, the decode case is latency-bound).
 #include "common.cuh"
+
+// check_config caps head_dim at 512.
+#define ROPE_MAX_HEAD_DIM 512
 
 template <typename T>
 __device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, const T* __restrict__ q_norm,
                                const T* __restrict__ k_norm, float norm_eps, const int* __restrict__ positions,
-                               const float* __restrict__ inv_freq, const long long* __restrict__ slot_mapping,
-                               T* __restrict__ k_cache, T* __restrict__ v_cache, int num_heads, int num_kv_heads,
-                               int hd) {
+                               const float* __restrict__ inv_freq, int rot_half, float rope_scale,
+                               const long long* __restrict__ slot_mapping, T* __restrict__ k_cache,
+                               T* __restrict__ v_cache, int num_heads, int num_kv_heads, int hd) {
   const int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int half = hd / 2;
   const int q_dim = num_heads * hd, kv_dim = num_kv_heads * hd;
@@ -33,9 +40,40 @@ __device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, 
     x1 = round_to<T>(round_to<T>(x1 * inv) * to_f32(norm_w[i]));
     x2 = round_to<T>(round_to<T>(x2 * inv) * to_f32(norm_w[i + half]));
   }
-  float s, c;
-  sincosf((float)positions[t] * inv_freq[i], &s, &c);
-  const T o1 = from_f32<T>(x1 * c - x2 * s), o2 = from_f32<T>(x2 * c + x1 * s);
+  const float pos = (float)positions[t];
+  T o1, o2;
+  if (rot_half == half) {
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    c *= rope_scale;
+    s *= rope_scale;
+    o1 = from_f32<T>(x1 * c - x2 * s);
+    o2 = from_f32<T>(x2 * c + x1 * s);
+  } else {
+    // Uniform per launch, so the barrier is safe.
+    __shared__ float xs[ROPE_MAX_HEAD_DIM];
+    xs[i] = x1;
+    xs[i + half] = x2;
+    __syncthreads();
+    float out[2];
+    const int dims[2] = {i, i + half};
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int e = dims[k];
+      if (e >= 2 * rot_half) {
+        out[k] = xs[e];
+        continue;
+      }
+      const int j = e < rot_half ? e : e - rot_half;
+      float s, c;
+      sincosf(pos * inv_freq[j], &s, &c);
+      c *= rope_scale;
+      s *= rope_scale;
+      out[k] = e < rot_half ? xs[e] * c - xs[e + rot_half] * s : xs[e] * c + xs[e - rot_half] * s;
+    }
+    o1 = from_f32<T>(out[0]);
+    o2 = from_f32<T>(out[1]);
+  }
   row[base + i] = o1;
   row[base + i + half] = o2;
   if (head >= num_heads) {
@@ -62,10 +100,11 @@ __device__ void rope_qkv_cache(T* __restrict__ qkv, const T* __restrict__ bias, 
 #define ROPE_QKV_CACHE(T)                                                                                     \
   extern "C" __global__ void rope_qkv_cache_##T(T* qkv, const T* bias, const T* q_norm, const T* k_norm,     \
                                                 float norm_eps, const int* positions, const float* inv_freq,  \
-                                                const long long* slot_mapping, T* k_cache, T* v_cache,        \
-                                                int num_heads, int num_kv_heads, int hd) {                    \
-    rope_qkv_cache<T>(qkv, bias, q_norm, k_norm, norm_eps, positions, inv_freq, slot_mapping, k_cache, v_cache, \
-                      num_heads, num_kv_heads, hd);                                                           \
+                                                int rot_half, float rope_scale, const long long* slot_mapping, \
+                                                T* k_cache, T* v_cache, int num_heads, int num_kv_heads,      \
+                                                int hd) {                                                     \
+    rope_qkv_cache<T>(qkv, bias, q_norm, k_norm, norm_eps, positions, inv_freq, rot_half, rope_scale,         \
+                      slot_mapping, k_cache, v_cache, num_heads, num_kv_heads, hd);                           \
   }
 ROPE_QKV_CACHE(bf16)
 ROPE_QKV_CACHE(f16)
