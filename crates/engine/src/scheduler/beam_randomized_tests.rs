@@ -367,7 +367,8 @@ fn beam_requests_mixed_into_randomized_workloads_keep_invariants_and_results() {
     let n = reports.len();
     let preempted = reports.iter().filter(|r| r.beam_preemptions > 0).count();
     let rebased = reports.iter().filter(|r| r.rebases > 0).count();
-    assert!(n == 1 || preempted > n / 10, "only {preempted} of {n} runs preempted a beam");
+    // Whole-search admission makes beam preemption rarer here (29 of the 300 seeds at the time of writing).
+    assert!(n == 1 || preempted > n / 20, "only {preempted} of {n} runs preempted a beam");
     assert!(n == 1 || rebased > n / 2, "only {rebased} of {n} runs rebased a beam");
 }
 

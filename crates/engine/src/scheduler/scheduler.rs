@@ -379,7 +379,6 @@ impl Scheduler {
                 };
                 for (m, n) in chunks {
                     scheduled.push(Self::scheduled_chunk(&self.requests[&m], n));
-                    budget -= n;
                 }
                 // The search's worst case is what the free blocks were checked against: admit nobody after it.
                 break;
