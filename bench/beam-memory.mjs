@@ -11,7 +11,8 @@
 //     --output-len tokens (ignoreEos), greedy or seeded, from a --prompt-len-token prompt.
 //   throughput (--throughput; timings, so run it on an idle machine):
 //     - beam search width W vs greedy decoding of W independent requests (the same number of sequences per
-//       step), generated tokens per second over the whole request.
+//       step, the same prompt, the same --output-len tokens each), on fresh engines after a one-token warm-up:
+//       wall seconds, generated tokens per second (W * output-len / seconds), and beam / greedy.
 //
 // Writes one JSON document (command, machine, config, results) to bench/results/beam-memory-<date>.json or --out.
 // Build first: `npm run build`.
@@ -27,7 +28,7 @@ const USAGE = `usage: node bench/beam-memory.mjs [options]
 
   --model PATH        model (default: the default model)
   --prompt-len N      prompt tokens (default 512)
-  --output-len N      tokens per sequence (default 128)
+  --output-len N      tokens per sequence (default 128); --max-tokens N is the same
   --widths LIST       beam widths (default 4,8)
   --parallel N        n of the parallel-sampling case (default 8)
   --throughput        also time beam search against greedy at the same number of sequences
@@ -40,7 +41,8 @@ const { values: args } = parseArgs({
   options: {
     model: { type: 'string' },
     'prompt-len': { type: 'string', default: '512' },
-    'output-len': { type: 'string', default: '128' },
+    'output-len': { type: 'string' },
+    'max-tokens': { type: 'string' },
     widths: { type: 'string', default: '4,8' },
     parallel: { type: 'string', default: '8' },
     throughput: { type: 'boolean', default: false },
@@ -57,8 +59,12 @@ if (args.help) {
 }
 
 const promptLen = Number(args['prompt-len']);
-const outputLen = Number(args['output-len']);
+const outputLen = Number(args['output-len'] ?? args['max-tokens'] ?? '128');
+for (const [name, v] of [['prompt-len', promptLen], ['output-len', outputLen], ['parallel', Number(args.parallel)]]) {
+  if (!Number.isInteger(v) || v < 1) throw new Error(`--${name} must be a positive integer`);
+}
 const widths = args.widths.split(',').map(Number);
+if (widths.some((w) => !Number.isInteger(w) || w < 1)) throw new Error(`--widths must list positive integers, got ${args.widths}`);
 const parallel = Number(args.parallel);
 const log = (line) => process.stderr.write(`${line}\n`);
 
@@ -86,11 +92,13 @@ function promptIds(llm) {
   return ids.slice(0, promptLen);
 }
 
-/** Runs `submit` on a fresh engine; returns the peak blocks, block size facts and wall time. */
+/** Runs `submit` on a fresh engine (after a one-token warm-up, so thread start-up is not timed); returns the
+ * peak blocks, the generated tokens and the wall time. */
 async function measure(label, submit) {
   const llm = await engine();
   try {
     const ids = promptIds(llm);
+    await llm.generate([ids.slice(0, 8)], { temperature: 0, maxTokens: 1 });
     const t0 = performance.now();
     const outs = await submit(llm, ids);
     const seconds = (performance.now() - t0) / 1000;
@@ -125,7 +133,20 @@ const saving = (shared, indep) => ({
 for (const w of widths) {
   const shared = await measure(`beam search width ${w}`, (llm, ids) => llm.beamSearch([ids], { beamWidth: w, maxTokens: outputLen, ignoreEos: true }));
   const indep = await measure(`${w} independent greedy requests`, independent(w, { temperature: 0, maxTokens: outputLen, ignoreEos: true }));
-  memory.push({ ...saving(shared, indep), ...(args.throughput ? { beamTokPerS: shared.generatedTokens / shared.seconds, greedyTokPerS: indep.generatedTokens / indep.seconds } : {}) });
+  memory.push(saving(shared, indep));
+}
+
+// Beam search against greedy decoding at the same batch: W beams vs W independent greedy requests.
+const throughput = [];
+if (args.throughput) {
+  const rate = (r) => ({ seconds: r.seconds, generatedTokens: r.generatedTokens, tokensPerSecond: r.generatedTokens / r.seconds, preemptions: r.preemptions });
+  for (const w of widths) {
+    const beam = await measure(`timed: beam search width ${w}`, (llm, ids) => llm.beamSearch([ids], { beamWidth: w, maxTokens: outputLen, ignoreEos: true }));
+    const greedy = await measure(`timed: ${w} independent greedy requests`, independent(w, { temperature: 0, maxTokens: outputLen, ignoreEos: true }));
+    const b = rate(beam);
+    const g = rate(greedy);
+    throughput.push({ sequences: w, beamSearch: b, greedy: g, beamOverGreedy: b.tokensPerSecond / g.tokensPerSecond });
+  }
 }
 
 const doc = {
@@ -134,9 +155,9 @@ const doc = {
   machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? null, loadavg: os.loadavg(), platform: `${os.platform()} ${os.arch()}` },
   config: { model: args.model ?? 'default (SmolLM2-135M-Instruct Q4_1)', promptLen, outputLen, widths, parallel, device: args.device, prefixCaching: false },
   note: args.note ?? null,
-  results: { memory, timingsValid: args.throughput },
+  results: { memory, throughput, timingsValid: args.throughput },
 };
 const out = args.out ?? path.join(ROOT, 'bench', 'results', `beam-memory-${doc.date.slice(0, 10)}.json`);
 fs.writeFileSync(out, `${JSON.stringify(doc, null, 2)}\n`);
-console.log(JSON.stringify(memory, null, 2));
+console.log(JSON.stringify({ memory, throughput }, null, 2));
 log(`wrote ${path.relative(ROOT, out)}`);

@@ -8,41 +8,17 @@
 //! change a single token. The model file is fetched by `npm install`; without it the test is skipped locally
 //! but fails under CI (`CI` set).
 
-use std::path::Path;
-
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestOutput};
 use pagedllm_engine::{BeamSearchParams, EarlyStopping, EngineConfig, SamplingParams};
 
 const TOL: f64 = 1e-3;
 
-fn default_model_present() -> bool {
-    let path = pagedllm_engine::loader::default_model_path();
-    if !Path::new(&path).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "default model missing at {} under CI",
-            path.display()
-        );
-        eprintln!(
-            "skipping: default model not found at {} (run `npm run fetch-model`)",
-            path.display()
-        );
-        return false;
-    }
-    true
-}
+#[path = "support/hf_fixture.rs"]
+mod hf_fixture;
+use hf_fixture::{default_model_present, ids};
 
 fn fixture() -> serde_json::Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/beam_smollm2.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    hf_fixture::load("beam_smollm2.json")
 }
 
 fn early_stopping(v: &serde_json::Value) -> EarlyStopping {
@@ -75,6 +51,10 @@ fn beam_params(case: &serde_json::Value) -> SamplingParams {
             length_penalty: case["length_penalty"].as_f64().unwrap() as f32,
             early_stopping: early_stopping(&case["early_stopping"]),
         }),
+        stop: case["stop"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -133,6 +113,19 @@ fn check_against_hf(cases: &[serde_json::Value], outs: &[RequestOutput]) {
         for (i, (ours, theirs)) in out.outputs.iter().zip(hf).enumerate() {
             assert_eq!(ours.index, i);
             assert_eq!(ours.token_ids, ids(&theirs["token_ids"]), "{label}: beam {i} tokens");
+            // Text: HF's decoded beam, cut where the stop string that ended it begins (vLLM's rule).
+            let hf_text = theirs["text"].as_str().unwrap();
+            match ours.stop_reason.as_ref().and_then(|v| v.as_str()) {
+                Some(stop) => {
+                    assert!(hf_text.starts_with(&ours.text), "{label}: beam {i} text {:?} vs HF {hf_text:?}", ours.text);
+                    assert!(!ours.text.contains(stop), "{label}: beam {i} text keeps its stop string {stop:?}");
+                }
+                None => assert_eq!(
+                    ours.text,
+                    hf_text.replace("<|im_end|>", "").replace("<|endoftext|>", ""),
+                    "{label}: beam {i} text"
+                ),
+            }
             let score = ours.cumulative_logprob as f64 / (ours.token_ids.len() as f64).powf(lp);
             let want = theirs["score"].as_f64().unwrap();
             assert!(
@@ -163,7 +156,7 @@ fn beam_search_matches_hf_transformers_batched_and_under_preemption() {
     }
     let fx = fixture();
     let cases = fx["cases"].as_array().unwrap();
-    assert!(cases.len() >= 12);
+    assert!(cases.len() >= 24);
 
     let engine = LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model");
     assert_eq!(
@@ -175,6 +168,15 @@ fn beam_search_matches_hf_transformers_batched_and_under_preemption() {
     check_against_hf(cases, &outs);
     let stats = settled_stats(&engine);
     assert_eq!(stats.kv_blocks_in_use, 0, "every beam's blocks are released");
+    // HF's StopStringCriteria counts a stop string that begins in the prompt ("... is" + " Paris"): our beams
+    // end there too, with an empty text (all of it was the stop string's tail).
+    let straddle = cases
+        .iter()
+        .position(|c| c["stop"].as_array().is_some_and(|a| a.iter().any(|s| s == "is Paris")))
+        .expect("the fixture has the prompt-straddling stop case");
+    assert!(cases.iter().filter(|c| c.get("stop").is_some()).count() >= 5);
+    assert_eq!(outs[straddle].outputs[0].token_ids.len(), 1);
+    assert_eq!(outs[straddle].outputs[0].text, "");
     engine.shutdown();
 
     // Few blocks: the beams of the batched cases cannot all stay resident, so some are preempted and recompute.
@@ -288,4 +290,118 @@ fn tiny_model_beams_on_cuda_match_cpu() {
             );
         }
     }
+}
+
+/// One width-8 search on the tiny Llama beside seeded sampled requests; returns the beams (tokens, cumulative
+/// log-prob), the sampled requests' tokens, and the run's stats.
+fn search_beside_others(config: EngineConfig) -> (Vec<(Vec<u32>, f32)>, Vec<Vec<u32>>, pagedllm_engine::engine::EngineStats) {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_llama::write_tiny_llama(dir.path());
+    let engine = LLMEngine::start(dir.path().to_str().unwrap(), config).unwrap();
+    let prompt: Vec<u32> = (0..40u32).map(|i| (i * 53 + 7) % tiny_llama::VOCAB as u32).collect();
+    let params = SamplingParams {
+        n: 8,
+        max_tokens: Some(40),
+        beam_search: Some(BeamSearchParams {
+            beam_width: 8,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Never,
+        }),
+        ..Default::default()
+    };
+    let mut search = engine.add_request(input(prompt, params)).unwrap();
+    let mut others = Vec::new();
+    for seed in 0..3u64 {
+        let p = SamplingParams {
+            seed: Some(seed),
+            max_tokens: Some(48),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let prompt: Vec<u32> = (0..20u32).map(|i| (i * 31 + seed as u32 * 5 + 1) % tiny_llama::VOCAB as u32).collect();
+        others.push(engine.add_request(input(prompt, p)).unwrap());
+    }
+    let mut beams = Vec::new();
+    while let Some(o) = search.blocking_next() {
+        beams.extend(o.unwrap().outputs.into_iter().map(|c| (c.token_ids, c.cumulative_logprob)));
+    }
+    let sampled = others
+        .into_iter()
+        .map(|mut s| {
+            let mut tokens = Vec::new();
+            while let Some(o) = s.blocking_next() {
+                tokens.extend(o.unwrap().outputs.into_iter().flat_map(|c| c.token_ids));
+            }
+            tokens
+        })
+        .collect();
+    let stats = settled_stats(&engine);
+    engine.shutdown();
+    (beams, sampled, stats)
+}
+
+#[test]
+fn a_search_that_fills_most_of_a_small_cache_finishes_with_the_large_cache_beams() {
+    // Width 8, a 40-token prompt, 40 new tokens, 16-token blocks: up to 2 + 8 * (5 - 2) = 26 of the 28 usable
+    // blocks, so the sampled neighbours (up to 5 blocks each) preempt it or wait for it.
+    let small = EngineConfig {
+        num_threads: Some(1),
+        num_gpu_blocks_override: Some(29),
+        max_model_len: Some(128),
+        ..EngineConfig::default()
+    };
+    let (beams, sampled, stats) = search_beside_others(small);
+    let large = EngineConfig {
+        num_threads: Some(1),
+        ..EngineConfig::default()
+    };
+    let (want_beams, want_sampled, _) = search_beside_others(large);
+    assert!(stats.num_preemptions > 0, "the small cache must force preemptions: {stats:?}");
+    assert!(stats.max_kv_blocks_in_use >= 20, "the search held most of the cache: {stats:?}");
+    assert_eq!(stats.kv_blocks_in_use, 0);
+    assert_eq!(beams.len(), 8);
+    for (i, ((t, l), (wt, wl))) in beams.iter().zip(&want_beams).enumerate() {
+        assert_eq!(t, wt, "beam {i}: tokens differ under memory pressure");
+        assert!((l - wl).abs() < 1e-4, "beam {i}: cumulative log-prob {l} vs {wl}");
+    }
+    assert_eq!(sampled, want_sampled, "the sampled neighbours are unchanged too");
+}
+
+#[test]
+fn a_search_that_could_never_fit_the_cache_is_refused_when_added() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_llama::write_tiny_llama(dir.path());
+    let config = EngineConfig {
+        num_threads: Some(1),
+        num_gpu_blocks_override: Some(29),
+        max_model_len: Some(128),
+        ..EngineConfig::default()
+    };
+    let engine = LLMEngine::start(dir.path().to_str().unwrap(), config).unwrap();
+    let params = |k: usize| SamplingParams {
+        n: k,
+        max_tokens: Some(80),
+        beam_search: Some(BeamSearchParams {
+            beam_width: k,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // 16 beams of 40 + 79 tokens: 2 + 16 * (8 - 2) = 98 blocks > 28.
+    let err = engine.add_request(input(vec![1; 40], params(16))).err().expect("refused");
+    match &err {
+        pagedllm_engine::EngineError::InvalidParam { field, message } => {
+            assert_eq!(field, "beam_width");
+            assert!(message.contains("98 KV blocks") && message.contains("28"), "{message}");
+        }
+        other => panic!("expected an invalid beam_width, got {other:?}"),
+    }
+    // The same prompt with 2 beams fits (2 + 2 * 6 = 14 blocks) and runs.
+    let mut ok = engine.add_request(input(vec![1; 40], params(2))).unwrap();
+    let mut outs = 0;
+    while let Some(o) = ok.blocking_next() {
+        outs += o.unwrap().outputs.len();
+    }
+    assert_eq!(outs, 2);
+    engine.shutdown();
 }

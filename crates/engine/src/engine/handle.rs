@@ -52,6 +52,7 @@ struct Shared {
     /// Tokens the whole KV cache holds: a longer request could never run.
     kv_capacity_tokens: usize,
     max_num_seqs: usize,
+    max_num_batched_tokens: usize,
     /// Compiled `structured_outputs` grammars (compiled here, on the caller's thread, never in a step).
     grammars: GrammarCache,
 }
@@ -79,6 +80,7 @@ impl LLMEngine {
         let alive = Arc::new(AtomicBool::new(true));
         let kv_capacity_tokens = info.num_kv_blocks * info.block_size;
         let max_num_seqs = config.max_num_seqs;
+        let max_num_batched_tokens = config.max_num_batched_tokens;
         let thread = {
             let (stats, live, alive) = (stats.clone(), live.clone(), alive.clone());
             std::thread::Builder::new()
@@ -113,6 +115,7 @@ impl LLMEngine {
                 next_id: AtomicU64::new(0),
                 kv_capacity_tokens,
                 max_num_seqs,
+                max_num_batched_tokens,
             }),
         })
     }
@@ -226,6 +229,16 @@ impl LLMEngine {
             }
             None => room,
         };
+        if params.beam_search.is_some() {
+            crate::scheduler::check_beam_search_fits(
+                prompt_ids.len(),
+                max_tokens,
+                params.num_sequences(),
+                info.block_size,
+                info.num_kv_blocks,
+                self.shared.max_num_batched_tokens,
+            )?;
+        }
         let external_id = match input.request_id {
             Some(id) if id.is_empty() => return Err(EngineError::invalid("request_id", "must not be empty")),
             Some(id) => id,

@@ -3,6 +3,7 @@
 //! thread never waits on JavaScript and JavaScript never waits on a step.
 
 pub(crate) mod beam_search;
+mod beam_stop;
 mod builder;
 mod core;
 pub mod handle;

@@ -14,6 +14,7 @@ use crate::tokenizer::token_bytes::token_display;
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 use super::beam_search::BeamSearch;
+use super::beam_stop::BeamStopStrings;
 use super::output::{CompletionDelta, PositionLogprobs, RequestMetrics, RequestOutput, TopLogprob};
 
 pub(crate) struct SampleState {
@@ -41,6 +42,8 @@ pub(crate) struct RequestGroup {
     pub beam: Option<BeamSearch>,
     /// Decodes the beams' final text.
     tokenizer: Option<Arc<Tokenizer>>,
+    /// The beam search's stop strings (HF's matching rule), when it has any and a tokenizer.
+    pub beam_stops: Option<BeamStopStrings>,
 }
 
 pub(crate) fn now_secs() -> f64 {
@@ -76,12 +79,16 @@ impl RequestGroup {
             touched: false,
             beam: None,
             tokenizer: None,
+            beam_stops: None,
         }
     }
 
     /// Makes this a beam search request (see `beam_search.rs`).
     pub fn set_beam_search(&mut self, beam: BeamSearch, tokenizer: Option<Arc<Tokenizer>>) {
         self.beam = Some(beam);
+        self.beam_stops = tokenizer.clone().and_then(|t| {
+            BeamStopStrings::new(t, &self.params.stop, &self.prompt_ids, self.params.skip_special_tokens)
+        });
         self.tokenizer = tokenizer;
     }
 
@@ -283,7 +290,7 @@ impl RequestGroup {
 
 impl RequestGroup {
     /// The best `n` finished beams as outputs `0..n`, best first: tokens (the stop token included, as for a
-    /// sampled request), text cut at a stop string like the detokenizer cuts it, the raw cumulative log-prob.
+    /// sampled request), text cut where a stop string begins (`beam_stop.rs`), the raw cumulative log-prob.
     /// An aborted search (no hypotheses yet) returns its samples' abort markers instead.
     fn beam_outputs(&mut self) -> Option<Vec<CompletionDelta>> {
         let beam = self.beam.as_ref()?;
@@ -292,16 +299,13 @@ impl RequestGroup {
         }
         let mut outs = Vec::new();
         for (index, h) in beam.best(self.params.n).iter().enumerate() {
-            let mut text = match &self.tokenizer {
-                Some(t) => t.decode(&h.tokens, self.params.skip_special_tokens).unwrap_or_default(),
-                None => String::new(),
-            };
-            if let Some(StopReason::String(stop)) = &h.stop.1 {
-                if let Some(at) = text.find(stop.as_str()) {
-                    let keep = if self.params.include_stop_str_in_output { at + stop.len() } else { at };
-                    text.truncate(keep);
+            let text = match (&h.stop.1, &self.beam_stops, &self.tokenizer) {
+                (Some(StopReason::String(_)), Some(stops), _) => {
+                    stops.stopped_text(&h.tokens, self.params.include_stop_str_in_output)
                 }
-            }
+                (_, _, Some(t)) => t.decode(&h.tokens, self.params.skip_special_tokens).unwrap_or_default(),
+                (_, _, None) => String::new(),
+            };
             outs.push(CompletionDelta {
                 index,
                 text,

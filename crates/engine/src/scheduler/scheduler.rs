@@ -11,6 +11,9 @@
 //! the front of the waiting order. If the victim would be the request itself, that request sits this step out.
 //! A step that had to preempt or sit out admits nobody new (admitting would only steal the blocks back).
 //!
+//! Beam search: the beams of one search are scheduled, preempted and admitted as one unit, and a search that
+//! could never fit is refused when added (`beam_group.rs`).
+//!
 //! `n > 1`: when a request's final prompt chunk is scheduled it forks `n - 1` children sharing its blocks; they
 //! sample from the parent's logits that step (`sample_ids`). A request with pending forks occupies `n` seats
 //! from admission on, so forking never exceeds `max_num_seqs`.
@@ -130,8 +133,9 @@ impl Scheduler {
         id
     }
 
-    /// Queues a request. Rejects an empty prompt, a prompt that leaves no room for output, a reused id, and
-    /// `n` above `max_num_seqs` (its samples could never run together).
+    /// Queues a request. Rejects an empty prompt, a prompt that leaves no room for output, a reused id, `n`
+    /// above `max_num_seqs` (its samples could never run together), and a beam search that could never fit
+    /// (`check_beam_search_fits`).
     pub fn add_request(&mut self, mut request: Request) -> Result<()> {
         let prompt_len = request.num_prompt_tokens();
         if prompt_len == 0 {
@@ -157,6 +161,16 @@ impl Scheduler {
         }
         if request.max_tokens == 0 {
             return Err(EngineError::invalid("max_tokens", "must be at least 1"));
+        }
+        if request.params.beam_search.is_some() {
+            super::check_beam_search_fits(
+                prompt_len,
+                request.max_tokens,
+                request.params.num_sequences(),
+                self.config.block_size,
+                self.kv.pool().num_usable_blocks(),
+                self.config.max_num_batched_tokens,
+            )?;
         }
         if self.requests.contains_key(&request.id) {
             return Err(EngineError::Internal(format!(
@@ -269,29 +283,6 @@ impl Scheduler {
         }
     }
 
-    /// For a waiting beam: the full blocks of the longest token prefix it shares with a running beam of the same
-    /// search (never all of its tokens: the last one is computed to sample), and that prefix's length.
-    fn sibling_prefix(&self, r: &Request) -> Option<(Vec<u32>, usize)> {
-        r.params.beam_search.as_ref()?;
-        let bs = self.config.block_size;
-        let root = r.parent.unwrap_or(r.id);
-        let mut best: Option<(RequestId, usize)> = None;
-        for id in &self.running {
-            let s = &self.requests[id];
-            if s.parent.unwrap_or(s.id) != root || s.id == r.id {
-                continue;
-            }
-            let limit = s.num_computed_tokens.min(r.num_tokens() - 1);
-            let common = (0..limit).take_while(|&i| s.token_at(i) == r.token_at(i)).count();
-            let blocks = common / bs;
-            if blocks > 0 && best.is_none_or(|(_, b)| blocks > b) {
-                best = Some((s.id, blocks));
-            }
-        }
-        let (sibling, blocks) = best?;
-        Some((self.kv.block_table(sibling)[..blocks].to_vec(), blocks * bs))
-    }
-
     /// The running requests preempted with `victim`: all beams of its beam search, else itself.
     fn preemption_group(&self, victim: RequestId) -> Vec<RequestId> {
         let r = &self.requests[&victim];
@@ -326,30 +317,34 @@ impl Scheduler {
         let mut preempted = Vec::new();
         let mut short_of_blocks = false;
 
-        // Running requests first, in order.
+        // Running requests first, in order; the beams of a search as one unit (`beam_group.rs`).
+        let mut planned: HashSet<RequestId> = HashSet::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
-            let r = &self.requests[&id];
-            let num_new = (r.num_tokens() - r.num_computed_tokens).min(budget);
-            if num_new == 0 {
+            if planned.contains(&id) {
                 i += 1;
                 continue;
             }
+            let unit = self.unit_of(id);
+            planned.extend(unit.iter().copied());
             loop {
-                let r = &self.requests[&id];
-                if self.kv.allocate_slots(r, num_new, &[]).is_some() {
-                    scheduled.push(Self::scheduled_chunk(r, num_new));
-                    budget -= num_new;
+                if let Ok(chunks) = self.plan_unit(&unit, budget) {
+                    for (m, n) in chunks {
+                        scheduled.push(Self::scheduled_chunk(&self.requests[&m], n));
+                        budget -= n;
+                    }
                     i += 1;
                     break;
                 }
                 short_of_blocks = true;
-                let Some(v) = self.preemption_victim() else { break };
-                // The beams of a beam search only advance together, so they are preempted together.
+                let Some(v) = self.preemption_victim() else {
+                    i += 1;
+                    break;
+                };
                 let victims = self.preemption_group(self.running[v]);
-                if victims.contains(&id) {
-                    i += 1; // sits this step out, keeping its blocks
+                if victims.iter().any(|x| unit.contains(x)) {
+                    i += 1; // the unit sits this step out, keeping its blocks
                     break;
                 }
                 for victim in victims {
@@ -377,15 +372,18 @@ impl Scheduler {
             if seats + need > self.config.max_num_seqs {
                 break;
             }
-            let (mut hit_blocks, mut hit_tokens) = self.kv.get_computed_blocks(r);
-            // A preempted beam resumes on the blocks it still shares with a running sibling (the prompt and
-            // their common output prefix), as it held them before: recomputing beams apart would need more
-            // memory than the search had, and could never fit back.
-            if let Some((blocks, tokens)) = self.sibling_prefix(r) {
-                if tokens > hit_tokens {
-                    (hit_blocks, hit_tokens) = (blocks, tokens);
+            if self.is_resumed_search(id) {
+                // A preempted beam search comes back whole, or not yet (`beam_group.rs`).
+                let Some(chunks) = self.admit_search(id, self.config.max_num_seqs.saturating_sub(seats), budget) else {
+                    break;
+                };
+                for (m, n) in chunks {
+                    scheduled.push(Self::scheduled_chunk(&self.requests[&m], n));
                 }
+                // The search's worst case is what the free blocks were checked against: admit nobody after it.
+                break;
             }
+            let (hit_blocks, hit_tokens) = self.kv.get_computed_blocks(r);
             let num_new = (r.num_tokens() - hit_tokens).min(budget);
             if self.kv.allocate_slots(r, num_new, &hit_blocks).is_none() {
                 break; // the head does not fit; do not let later requests overtake it
