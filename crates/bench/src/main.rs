@@ -23,7 +23,7 @@ static ALLOCATOR: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
 use std::time::Instant;
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
-use pagedllm_engine::{EngineConfig, SamplingParams};
+use pagedllm_engine::{CpuPrecisionChoice, EngineConfig, SamplingParams};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -43,6 +43,7 @@ struct Args {
     max_model_len: Option<usize>,
     enforce_eager: bool,
     dtype: String,
+    cpu_precision: CpuPrecisionChoice,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         max_model_len: None,
         enforce_eager: false,
         dtype: "auto".into(),
+        cpu_precision: CpuPrecisionChoice::Fast,
     };
     let mut it = std::env::args().skip(1);
     match it.next().as_deref() {
@@ -98,6 +100,13 @@ fn parse_args() -> Result<Args, String> {
             "--max-model-len" => a.max_model_len = Some(num(val()?)?),
             "--enforce-eager" => a.enforce_eager = true,
             "--dtype" => a.dtype = val()?,
+            "--cpu-precision" => {
+                a.cpu_precision = match val()?.as_str() {
+                    "fast" => CpuPrecisionChoice::Fast,
+                    "exact" => CpuPrecisionChoice::Exact,
+                    v => return Err(format!("--cpu-precision must be fast or exact, got {v:?}")),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -262,6 +271,7 @@ fn main() {
         gpu_memory_utilization: args.gpu_memory_utilization,
         enforce_eager: args.enforce_eager,
         dtype: args.dtype.clone(),
+        cpu_precision: args.cpu_precision,
         ..Default::default()
     };
     if let Some(b) = args.kv_cache_bytes {

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput};
-use pagedllm_engine::{EngineConfig, SamplingParams};
+use pagedllm_engine::{CpuPrecisionChoice, EngineConfig, SamplingParams};
 
 const TOL: f64 = 1e-3;
 
@@ -26,7 +26,12 @@ fn engine_or_skip() -> Option<LLMEngine> {
         );
         return None;
     }
-    Some(LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model"))
+    // HF parity is the exact mode's contract (f32 activations); fast mode is tested against exact elsewhere.
+    let config = EngineConfig {
+        cpu_precision: CpuPrecisionChoice::Exact,
+        ..EngineConfig::default()
+    };
+    Some(LLMEngine::start("", config).expect("engine starts on the default model"))
 }
 
 fn fixture() -> serde_json::Value {

@@ -102,6 +102,11 @@ unsafe fn run_group(isa: CpuIsa, w: &WeightMatrix, a: &Q8Acts, i0: usize, g: usi
             use super::int8_x86::rows_avx512_vnni;
             by_rows!(rows_avx512_vnni)
         }
+        #[cfg(target_arch = "aarch64")]
+        CpuIsa::NeonDotprod => {
+            use super::int8_neon::rows_neon_dotprod;
+            by_rows!(rows_neon_dotprod)
+        }
         _ => by_rows!(rows_scalar),
     }
 }

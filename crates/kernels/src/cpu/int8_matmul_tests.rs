@@ -76,6 +76,8 @@ fn simd_integer_dots_are_bit_exact() {
                         CpuIsa::AvxVnni => crate::cpu::int8_x86::probe::avx_vnni(dtype, &b, &x),
                         #[cfg(target_arch = "x86_64")]
                         CpuIsa::Avx512Vnni => crate::cpu::int8_x86::probe::avx512_vnni(dtype, &b, &x),
+                        #[cfg(target_arch = "aarch64")]
+                        CpuIsa::NeonDotprod => crate::cpu::int8_neon::probe(dtype, &b, &x),
                         _ => {
                             println!("{}: no integer probe (the kernels are the scalar reference)", isa.name());
                             want

@@ -18,7 +18,7 @@ pub enum CpuIsa {
     AvxVnni,
     /// AVX2 + FMA + F16C: `vpmaddubsw` then `vpmaddwd` to 32-bit sums.
     Avx2,
-    /// Arm NEON with the dot-product extension (detected; its kernels use the scalar reference for now).
+    /// Arm NEON with the dot-product extension: `sdot`.
     NeonDotprod,
     /// No SIMD kernel: the portable reference loops.
     Scalar,

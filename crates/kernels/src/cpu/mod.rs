@@ -6,6 +6,8 @@ pub mod activation;
 pub mod attention;
 mod backend;
 pub mod int8_matmul;
+#[cfg(target_arch = "aarch64")]
+mod int8_neon;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
 pub mod isa;
