@@ -87,7 +87,7 @@ impl CpuBackend {
         }
     }
 
-    /// Sets the numeric mode of the quantized matmuls (`fast` by default).
+    /// Sets the numeric mode of the quantized matmuls (`exact` by default).
     pub fn with_precision(mut self, precision: CpuPrecision) -> Self {
         self.precision = precision;
         self

@@ -82,10 +82,12 @@ fn avx2_fma_f16c() -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum CpuPrecision {
     /// Activations quantized to int8 per 32 once per matmul input, integer dot products, scales in f32
-    /// (llama.cpp's scheme): the default, several times less work per weight.
-    #[default]
+    /// (llama.cpp's scheme). Opt-in for now: on the default model its greedy tokens agree with exact mode's on
+    /// 66% of 32 x 32 prefix-matched tokens (`crates/engine/tests/cpu_precision.rs`), below issue 14's 95% bar.
     Fast,
-    /// f32 activations, weights dequantized inside f32 FMAs: the reference mode the HF-parity tests use.
+    /// f32 activations, weights dequantized inside f32 FMAs: the reference mode the HF-parity tests use, and the
+    /// default until fast mode meets the agreement bar.
+    #[default]
     Exact,
 }
 
@@ -126,6 +128,6 @@ mod tests {
         assert_eq!(CpuPrecision::parse("fast"), Ok(CpuPrecision::Fast));
         assert_eq!(CpuPrecision::parse(" EXACT "), Ok(CpuPrecision::Exact));
         assert!(CpuPrecision::parse("int4").unwrap_err().contains("fast or exact"));
-        assert_eq!(CpuPrecision::default(), CpuPrecision::Fast);
+        assert_eq!(CpuPrecision::default(), CpuPrecision::Exact);
     }
 }
