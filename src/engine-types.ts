@@ -36,8 +36,14 @@ export const llmOptionsSchema = z
      */
     prefixCachingHashAlgo: z.enum(['sha256', 'xxhash']),
     schedulingPolicy: z.enum(['fcfs', 'priority']),
-    /** CPU compute threads; defaults to all cores. */
+    /** CPU compute threads; defaults to the physical cores. */
     numThreads: positiveInt,
+    /**
+     * CPU matmuls with Q4_0 / Q4_1 / Q8_0 weights: `exact` (default; f32 activations, what the HF-parity tests use)
+     * or `fast` (activations quantized to int8 per 32 and integer dot products, as llama.cpp; opt-in until its greedy
+     * agreement with exact meets issue 14's bar).
+     */
+    cpuPrecision: z.enum(['fast', 'exact']),
     /** Default seed for requests that set none. */
     seed: z.number().int('must be an integer').min(0, 'must be >= 0'),
     /** Where the model runs: `cpu` (default), `cuda` or `cuda:N` (needs a build with the CUDA backend). */
@@ -76,6 +82,7 @@ export function toEngineConfig(o: z.output<typeof llmOptionsSchema>): Record<str
     ['prefixCachingHashAlgo', 'prefix_caching_hash_algo'],
     ['schedulingPolicy', 'scheduling_policy'],
     ['numThreads', 'num_threads'],
+    ['cpuPrecision', 'cpu_precision'],
     ['seed', 'seed'],
     ['device', 'device'],
     ['gpuMemoryUtilization', 'gpu_memory_utilization'],
@@ -118,6 +125,10 @@ export interface ModelInfo {
   eosTokenIds: number[];
   numThreads: number;
   device: string;
+  /** The CPU kernel family detected at start-up: `avx512-vnni`, `avx-vnni`, `avx2`, `neon-dotprod` or `scalar`. */
+  cpuIsa: string;
+  /** The CPU matmuls' numeric mode: `fast` or `exact`. */
+  cpuPrecision: 'fast' | 'exact';
 }
 
 export interface EngineStats {

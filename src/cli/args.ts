@@ -18,6 +18,13 @@ export function intFlag(name: string, value: string | undefined): number | undef
   return n;
 }
 
+/** `--cpu-precision`: `fast` or `exact`. */
+export function cpuPrecisionFlag(value: string | undefined): 'fast' | 'exact' | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'fast' || value === 'exact') return value;
+  throw new UsageError(`--cpu-precision must be fast or exact, got '${value}'`);
+}
+
 /** Reads all of stdin as text (for prompts piped in). */
 export async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];

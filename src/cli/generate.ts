@@ -12,7 +12,7 @@ import { AbortError } from '../errors.js';
 import type { LLMOptions } from '../engine-types.js';
 import { LLM, type ChatMessage } from '../llm.js';
 import { type SamplingParamsInput, parseSamplingParams } from '../sampling-params.js';
-import { UsageError, intFlag, numberFlag, readStdin } from './args.js';
+import { UsageError, cpuPrecisionFlag, intFlag, numberFlag, readStdin } from './args.js';
 
 export const GENERATE_USAGE = `usage: pagedllm generate [options] [prompt]
 
@@ -26,6 +26,8 @@ model and engine:
   --dtype D                 GPU weights/KV dtype: auto, bfloat16, float16, float32 (default auto)
   --gpu-memory-utilization F  share of GPU memory for the engine (default 0.9)
   --enforce-eager           no CUDA graphs
+  --threads N               CPU compute threads (default: the physical cores)
+  --cpu-precision fast|exact  CPU quant matmuls: f32 activations (exact, default) or int8 (fast)
 sampling:
   --max-tokens N            most tokens to generate (default 16)
   --temperature T           0 = greedy (default 1.0)
@@ -51,6 +53,8 @@ const options = {
   dtype: { type: 'string' },
   'gpu-memory-utilization': { type: 'string' },
   'enforce-eager': { type: 'boolean' },
+  threads: { type: 'string' },
+  'cpu-precision': { type: 'string' },
   'max-tokens': { type: 'string' },
   temperature: { type: 'string' },
   'top-p': { type: 'string' },
@@ -132,12 +136,18 @@ export async function generateCommand(argv: string[]): Promise<void> {
       dtype: v.dtype as LLMOptions['dtype'],
       gpuMemoryUtilization: numberFlag('gpu-memory-utilization', v['gpu-memory-utilization']),
       enforceEager: v['enforce-eager'],
+      numThreads: intFlag('threads', v.threads),
+      cpuPrecision: cpuPrecisionFlag(v['cpu-precision']),
     });
   } catch (err) {
     if (!quiet) process.stderr.write('failed\n');
     throw err;
   }
-  if (!quiet) process.stderr.write(`done in ${((performance.now() - started) / 1000).toFixed(1)}s\n`);
+  if (!quiet) {
+    const info = llm.modelInfo;
+    const on = info.device === 'cpu' ? `cpu, ${info.cpuIsa} kernels, ${info.cpuPrecision} precision, ${info.numThreads} threads` : info.device;
+    process.stderr.write(`done in ${((performance.now() - started) / 1000).toFixed(1)}s (${on})\n`);
+  }
 
   const controller = new AbortController();
   const onSigint = () => controller.abort();

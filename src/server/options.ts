@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 
-import { UsageError, intFlag } from '../cli/args.js';
+import { UsageError, cpuPrecisionFlag, intFlag } from '../cli/args.js';
 import { DEFAULT_MODEL_FILE, type LLMOptions } from '../engine-types.js';
 import { REASONING_PARSER_NAMES } from '../reasoning/think-parser.js';
 import { TOOL_PARSER_NAMES } from '../tools/registry.js';
@@ -94,6 +94,8 @@ model and engine:
   --device D                      cpu (default), cuda or cuda:N (a build with the CUDA backend)
   --gpu-memory-utilization F      GPU memory share for weights + activations + KV cache (default 0.9)
   --enforce-eager                 GPU: no CUDA graphs
+  --threads N                     CPU compute threads (default: the physical cores)
+  --cpu-precision P               CPU quant matmuls: exact (default; f32 activations) or fast (int8)
   --dtype T                       GPU: auto (default: the checkpoint's), bfloat16, float16 (half) or float32 (float)
   --enable-prefix-caching / --no-enable-prefix-caching
   --prefix-caching-hash-algo A    block hash of the prefix cache: sha256 (default, collision-resistant) or xxhash
@@ -133,6 +135,8 @@ const flags = {
   'gpu-memory-utilization': { type: 'string' },
   'enforce-eager': { type: 'boolean' },
   dtype: { type: 'string' },
+  threads: { type: 'string' },
+  'cpu-precision': { type: 'string' },
   'enable-prefix-caching': { type: 'boolean' },
   'prefix-caching-hash-algo': { type: 'string' },
   'trust-request-chat-template': { type: 'boolean' },
@@ -216,6 +220,8 @@ export function parseServeArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   setEngine('kvCacheBytes', positive('kv-cache-bytes', intFlag('kv-cache-bytes', v['kv-cache-bytes'])));
   setEngine('seed', positive('seed', intFlag('seed', v.seed), 0));
   setEngine('device', v.device);
+  setEngine('numThreads', positive('threads', intFlag('threads', v.threads)));
+  setEngine('cpuPrecision', cpuPrecisionFlag(v['cpu-precision']));
   if (v['gpu-memory-utilization'] !== undefined) {
     const f = Number(v['gpu-memory-utilization']);
     if (!(f > 0 && f <= 1)) throw new UsageError(`--gpu-memory-utilization must be in (0, 1], got '${v['gpu-memory-utilization']}'`);

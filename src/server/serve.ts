@@ -62,7 +62,8 @@ export async function startServer(input: StartOptions = {}): Promise<RunningServ
   log(`pagedllm ${VERSION}: model ${info.name} (${info.path}), served as ${state.modelNames.join(', ')}`);
   log(
     `max model len ${info.maxModelLen} tokens; KV cache ${info.numKvBlocks} blocks of ${info.blockSize} tokens; ` +
-      `max concurrency ${info.maxConcurrency.toFixed(2)}x requests of full length; ${info.numThreads} threads on ${info.device}`,
+      `max concurrency ${info.maxConcurrency.toFixed(2)}x requests of full length; ${info.numThreads} threads on ${info.device}` +
+      (info.device === 'cpu' ? ` (${info.cpuIsa} kernels, ${info.cpuPrecision} precision)` : ''),
   );
 
   let listening: { server: Server; port: number };

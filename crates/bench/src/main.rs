@@ -28,7 +28,7 @@ static ALLOCATOR: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
 use std::time::Instant;
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
-use pagedllm_engine::{EngineConfig, SamplingParams};
+use pagedllm_engine::{CpuPrecisionChoice, EngineConfig, SamplingParams};
 use rand::SeedableRng;
 use serde_json::json;
 
@@ -55,6 +55,7 @@ struct Args {
     suffix_len: usize,
     seed: u64,
     prefix_caching: bool,
+    cpu_precision: CpuPrecisionChoice,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -80,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
         suffix_len: 128,
         seed: 0,
         prefix_caching: true,
+        cpu_precision: CpuPrecisionChoice::Fast,
     };
     let mut it = std::env::args().skip(1);
     match it.next().as_deref() {
@@ -128,6 +130,13 @@ fn parse_args() -> Result<Args, String> {
             "--suffix-len" => a.suffix_len = num(val()?)?,
             "--seed" => a.seed = num(val()?)? as u64,
             "--no-prefix-caching" => a.prefix_caching = false,
+            "--cpu-precision" => {
+                a.cpu_precision = match val()?.as_str() {
+                    "fast" => CpuPrecisionChoice::Fast,
+                    "exact" => CpuPrecisionChoice::Exact,
+                    v => return Err(format!("--cpu-precision must be fast or exact, got {v:?}")),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -244,6 +253,7 @@ fn main() {
         enforce_eager: args.enforce_eager,
         dtype: args.dtype.clone(),
         enable_prefix_caching: args.prefix_caching,
+        cpu_precision: args.cpu_precision,
         ..Default::default()
     };
     if let Some(b) = args.kv_cache_bytes {

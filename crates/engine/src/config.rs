@@ -15,6 +15,27 @@ pub enum SchedulingPolicy {
     Priority,
 }
 
+/// How the CPU backend multiplies activations with Q4_0 / Q4_1 / Q8_0 weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuPrecisionChoice {
+    /// int8 activations per 32, integer dot products (llama.cpp's scheme); opt-in until its greedy agreement
+    /// with exact mode meets issue 14's bar (measured 0.66 of 0.95, `tests/cpu_precision.rs`).
+    Fast,
+    /// f32 activations (the HF-parity reference): the default.
+    #[default]
+    Exact,
+}
+
+impl From<CpuPrecisionChoice> for pagedllm_kernels::cpu::CpuPrecision {
+    fn from(c: CpuPrecisionChoice) -> Self {
+        match c {
+            CpuPrecisionChoice::Fast => Self::Fast,
+            CpuPrecisionChoice::Exact => Self::Exact,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
@@ -35,8 +56,11 @@ pub struct EngineConfig {
     /// default) or `xxhash` (faster; only for trusted clients).
     pub prefix_caching_hash_algo: BlockHashAlgo,
     pub scheduling_policy: SchedulingPolicy,
-    /// Compute threads for the CPU backend; `None` = all cores.
+    /// Compute threads for the CPU backend; `None` = the physical cores (`default_num_threads`).
     pub num_threads: Option<usize>,
+    /// CPU backend: `exact` (f32 activations, the default; what the HF-parity tests use) or `fast` (int8
+    /// activations and integer dot products for Q4_0 / Q4_1 / Q8_0 weights). Other weight types are f32 in both.
+    pub cpu_precision: CpuPrecisionChoice,
     /// Engine-wide default seed for requests that set none (vLLM's `--seed`).
     pub seed: Option<u64>,
     /// Where the model runs: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
@@ -107,6 +131,7 @@ impl Default for EngineConfig {
             prefix_caching_hash_algo: BlockHashAlgo::Sha256,
             scheduling_policy: SchedulingPolicy::Fcfs,
             num_threads: None,
+            cpu_precision: CpuPrecisionChoice::Exact,
             seed: None,
             device: "cpu".into(),
             gpu_memory_utilization: 0.9,
@@ -118,7 +143,16 @@ impl Default for EngineConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::{Device, DtypeChoice};
+    use super::{CpuPrecisionChoice, Device, DtypeChoice, EngineConfig};
+
+    #[test]
+    fn cpu_precision_json() {
+        let c: EngineConfig = serde_json::from_str(r#"{"cpu_precision":"exact"}"#).unwrap();
+        assert_eq!(c.cpu_precision, CpuPrecisionChoice::Exact);
+        assert_eq!(EngineConfig::default().cpu_precision, CpuPrecisionChoice::Exact);
+        let e = serde_json::from_str::<EngineConfig>(r#"{"cpu_precision":"int4"}"#).unwrap_err().to_string();
+        assert!(e.contains("fast") && e.contains("exact"), "{e}");
+    }
 
     #[test]
     fn dtype_strings() {

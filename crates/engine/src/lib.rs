@@ -19,7 +19,7 @@ pub mod scheduler;
 pub mod structured;
 pub mod tokenizer;
 
-pub use config::{EngineConfig, SchedulingPolicy};
+pub use config::{CpuPrecisionChoice, EngineConfig, SchedulingPolicy};
 pub use error::{EngineError, Result};
 pub use request::{FinishReason, RequestId};
 pub use sampling_params::{BeamSearchParams, EarlyStopping, SamplingParams};

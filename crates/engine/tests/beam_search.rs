@@ -9,7 +9,7 @@
 //! but fails under CI (`CI` set).
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestOutput};
-use pagedllm_engine::{BeamSearchParams, EarlyStopping, EngineConfig, SamplingParams};
+use pagedllm_engine::{BeamSearchParams, CpuPrecisionChoice, EarlyStopping, EngineConfig, SamplingParams};
 
 const TOL: f64 = 1e-3;
 
@@ -158,7 +158,12 @@ fn beam_search_matches_hf_transformers_batched_and_under_preemption() {
     let cases = fx["cases"].as_array().unwrap();
     assert!(cases.len() >= 24);
 
-    let engine = LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model");
+    // HF parity is the exact mode's contract (f32 activations).
+    let exact = EngineConfig {
+        cpu_precision: CpuPrecisionChoice::Exact,
+        ..EngineConfig::default()
+    };
+    let engine = LLMEngine::start("", exact.clone()).expect("engine starts on the default model");
     assert_eq!(
         engine.eos_token_ids(),
         ids(&fx["eos_token_ids"]).as_slice(),
@@ -183,7 +188,7 @@ fn beam_search_matches_hf_transformers_batched_and_under_preemption() {
     let tight = EngineConfig {
         num_gpu_blocks_override: Some(40),
         max_model_len: Some(256),
-        ..EngineConfig::default()
+        ..exact
     };
     let engine = LLMEngine::start("", tight).expect("engine starts with a small KV cache");
     let outs = run_all(&engine, cases);

@@ -18,7 +18,7 @@ use pagedllm_engine::model::llama::LlamaModel;
 use pagedllm_engine::model::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling, WeightStore};
 use pagedllm_engine::runner::{build_input_batch, ScheduledSeq};
 use pagedllm_kernels::backend::Backend;
-use pagedllm_kernels::cpu::CpuBackend;
+use pagedllm_kernels::cpu::{CpuBackend, CpuPrecision};
 use pagedllm_kernels::cuda::{ActivationDtype, CudaBackend, CudaError, CudaOptions, DeviceSample, DeviceSampleParams, TokenEdit};
 use pagedllm_kernels::{InputBatch, WeightMatrix};
 use rand::seq::SliceRandom;
@@ -442,7 +442,9 @@ fn pair(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize) -> Pair {
 }
 
 fn pair_in(cfg: &ModelConfig, ws: &WeightStore, num_blocks: usize, dtype: ActivationDtype) -> Pair {
-    let mut backend = CpuBackend::new(LlamaModel::kv_layout(cfg), num_blocks, BLOCK, cfg.max_position_embeddings);
+    // The CPU reference in exact mode (f32 activations), as the GPU tolerances were set against it.
+    let mut backend = CpuBackend::new(LlamaModel::kv_layout(cfg), num_blocks, BLOCK, cfg.max_position_embeddings)
+        .with_precision(CpuPrecision::Exact);
     let model = LlamaModel::load(cfg, ws, &mut backend).unwrap();
     let gpu = gpu_decoder(cfg, ws, num_blocks, true, dtype);
     Pair {

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput, RequestStream};
-use pagedllm_engine::{EngineConfig, SamplingParams};
+use pagedllm_engine::{CpuPrecisionChoice, EngineConfig, SamplingParams};
 use serde::Deserialize;
 
 const TOL: f64 = 1e-3;
@@ -58,6 +58,8 @@ fn check_reference(family: &str, file: &str, max_model_len: Option<usize>) {
     let config = EngineConfig {
         kv_cache_bytes: 16 << 20,
         max_model_len,
+        // HF parity is the exact mode's contract.
+        cpu_precision: CpuPrecisionChoice::Exact,
         ..EngineConfig::default()
     };
     let engine = LLMEngine::start(dir.to_str().unwrap(), config).unwrap_or_else(|e| panic!("{family}: {e}"));

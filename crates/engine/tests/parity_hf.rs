@@ -6,7 +6,7 @@
 //! skip-without-the-model rule are `support/hf_fixture.rs`'s.
 
 use pagedllm_engine::engine::{LLMEngine, Prompt, RequestInput};
-use pagedllm_engine::{EngineConfig, SamplingParams};
+use pagedllm_engine::{CpuPrecisionChoice, EngineConfig, SamplingParams};
 
 const TOL: f64 = 1e-3;
 
@@ -15,8 +15,13 @@ mod hf_fixture;
 use hf_fixture::ids;
 
 fn engine_or_skip() -> Option<LLMEngine> {
+    // HF parity is the exact mode's contract (f32 activations); fast mode is tested against exact elsewhere.
+    let config = EngineConfig {
+        cpu_precision: CpuPrecisionChoice::Exact,
+        ..EngineConfig::default()
+    };
     hf_fixture::default_model_present()
-        .then(|| LLMEngine::start("", EngineConfig::default()).expect("engine starts on the default model"))
+        .then(|| LLMEngine::start("", config).expect("engine starts on the default model"))
 }
 
 fn fixture() -> serde_json::Value {

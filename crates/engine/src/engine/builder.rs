@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use pagedllm_kernels::cpu::{CpuBackend, KvCache};
+use pagedllm_kernels::cpu::{CpuBackend, CpuIsa, CpuPrecision, KvCache};
 use pagedllm_kernels::cuda::CudaBackend;
 
 use crate::config::{Device, DtypeChoice, EngineConfig};
@@ -176,9 +176,11 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             kv_capacity as f64 / max_model_len as f64
         );
     }
-    let threads = config
-        .num_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = match config.num_threads {
+        Some(0) => return Err(EngineError::invalid("num_threads", "must be at least 1".to_string())),
+        Some(n) => n,
+        None => super::threads::default_num_threads(),
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("pagedllm-cpu-{i}"))
@@ -197,7 +199,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
                 num_blocks,
                 config.block_size,
                 mc.max_position_embeddings,
-            );
+            )
+            .with_precision(config.cpu_precision.into());
             let model = LlamaModel::load(&mc, &loaded.weights, &mut backend)?;
             ModelRunner::new(ModelOn { model, backend }, config.block_size)
         }
@@ -221,6 +224,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         eos_token_ids: eos.clone(),
         num_threads: threads,
         device: device_name,
+        cpu_isa: CpuIsa::detect().name().to_string(),
+        cpu_precision: CpuPrecision::from(config.cpu_precision).name().to_string(),
     };
     let mut core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed)?;
     core.inject_fault(InjectedFault::from_env());

@@ -12,6 +12,7 @@ mod request_group;
 pub mod request_input;
 pub mod sampling_defaults;
 pub mod stats;
+mod threads;
 
 pub use handle::{LLMEngine, RequestStream};
 pub use output::{CompletionDelta, PositionLogprobs, RequestMetrics, RequestOutput, TopLogprob};

@@ -86,4 +86,9 @@ pub struct ModelInfo {
     pub num_threads: usize,
     /// `"cpu"` (other backends later).
     pub device: String,
+    /// The CPU kernel family in use (`avx512-vnni`, `avx-vnni`, `avx2`, `neon-dotprod`, `scalar`), detected at
+    /// start-up.
+    pub cpu_isa: String,
+    /// The CPU matmuls' numeric mode: `fast` (int8 activations) or `exact` (f32 activations).
+    pub cpu_precision: String,
 }

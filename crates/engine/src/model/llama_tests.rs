@@ -1,7 +1,7 @@
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use pagedllm_kernels::cpu::{CpuBackend, CpuError};
+use pagedllm_kernels::cpu::{CpuBackend, CpuError, CpuPrecision};
 use pagedllm_kernels::InputBatch;
 
 use super::*;
@@ -14,7 +14,9 @@ struct OnCpu {
 }
 
 fn on_cpu(c: &ModelConfig, ws: &WeightStore, num_blocks: usize) -> Result<OnCpu> {
-    let mut backend = CpuBackend::new(LlamaModel::kv_layout(c), num_blocks, BS, c.max_position_embeddings);
+    // Exact mode: the model is checked against a float reference.
+    let mut backend = CpuBackend::new(LlamaModel::kv_layout(c), num_blocks, BS, c.max_position_embeddings)
+        .with_precision(CpuPrecision::Exact);
     let model = LlamaModel::load(c, ws, &mut backend)?;
     Ok(OnCpu { model, backend })
 }

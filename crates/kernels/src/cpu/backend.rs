@@ -7,6 +7,9 @@
 
 use rayon::prelude::*;
 
+use super::int8_matmul::{self, matmul_q8};
+use super::isa::{CpuIsa, CpuPrecision};
+use super::q8_acts::Q8Acts;
 use super::{activation, attention, kv_cache::KvCache, matmul::matmul, norm, rope::RopeTable};
 use crate::backend::{
     Activation, AttentionSpec, Backend, Forward, HeadLayout, KvLayout, Norm, QkNorm, RopeId, RopeSpec, Rows,
@@ -15,6 +18,11 @@ use crate::backend::{
 use crate::batch::InputBatch;
 use crate::quant;
 use crate::tensor::WeightMatrix;
+
+/// Most activation rows that take the int8 kernels in fast mode: decode batches up to 64 (the batch-64
+/// case). Longer prefill chunks keep the dequantize + GEMM path, which already leads llama.cpp's prompt
+/// processing; where the int8 kernels overtake it is for a benchmark on an idle machine to decide (not measured).
+const FAST_MAX_ROWS: usize = 64;
 
 /// RoPE cos/sin are tabulated for this many leading positions (later ones are computed per token).
 const ROPE_CACHED_POSITIONS: usize = 8192;
@@ -50,6 +58,10 @@ pub struct CpuBackend {
     v: Vec<f32>,
     part: Vec<f32>,
     max_position_embeddings: usize,
+    precision: CpuPrecision,
+    isa: CpuIsa,
+    /// The int8 activations of the current matmul input (fast mode), reused across calls.
+    q8: Q8Acts,
 }
 
 impl CpuBackend {
@@ -69,7 +81,25 @@ impl CpuBackend {
             v: Vec::new(),
             part: Vec::new(),
             max_position_embeddings,
+            precision: CpuPrecision::default(),
+            isa: CpuIsa::detect(),
+            q8: Q8Acts::default(),
         }
+    }
+
+    /// Sets the numeric mode of the quantized matmuls (`exact` by default).
+    pub fn with_precision(mut self, precision: CpuPrecision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> CpuPrecision {
+        self.precision
+    }
+
+    /// The kernel family fast mode runs on this CPU.
+    pub fn isa(&self) -> CpuIsa {
+        self.isa
     }
 
     pub fn kv_cache(&self) -> &KvCache {
@@ -256,20 +286,35 @@ impl Backend for CpuBackend {
         let mut o = self.take(out);
         let parts = &self.weights[w.index as usize];
         let xs = &self.acts[x.index as usize];
+        // Fast mode: quantize the input once for every part (q, k, v or gate, up each take it).
+        let fast = self.precision == CpuPrecision::Fast
+            && m <= FAST_MAX_ROWS
+            && parts.iter().all(int8_matmul::supports);
+        if fast {
+            self.q8.quantize(xs, m, w.cols);
+        }
+        let (q8, isa) = (&self.q8, self.isa);
+        let product = |p: &WeightMatrix, rows_x: &[f32], rows: usize, dst: &mut [f32]| {
+            if fast {
+                matmul_q8(q8, p, dst, isa)
+            } else {
+                matmul(rows_x, rows, p, dst)
+            }
+        };
         if parts.len() == 1 {
-            matmul(xs, m, &parts[0], &mut o);
+            product(&parts[0], xs, m, &mut o);
         } else if m == 1 {
             // One row: each part's columns are a contiguous slice of it.
             let mut off = 0;
             for p in parts {
-                matmul(xs, 1, p, &mut o[off..off + p.rows]);
+                product(p, xs, 1, &mut o[off..off + p.rows]);
                 off += p.rows;
             }
         } else {
             let mut off = 0;
             for p in parts {
                 self.part.resize(m * p.rows, 0.0);
-                matmul(xs, m, p, &mut self.part);
+                product(p, xs, m, &mut self.part);
                 for (dst, src) in o.chunks_exact_mut(w.rows).zip(self.part.chunks_exact(p.rows)) {
                     dst[off..off + p.rows].copy_from_slice(src);
                 }
@@ -376,7 +421,13 @@ impl Backend for CpuBackend {
         let m = self.rows(Rows::Logits);
         self.logits.resize(m * w.rows, 0.0);
         let x = &self.acts[hidden.index as usize];
-        matmul(x, m, &self.weights[w.index as usize][0], &mut self.logits);
+        let head = &self.weights[w.index as usize][0];
+        if self.precision == CpuPrecision::Fast && m <= FAST_MAX_ROWS && int8_matmul::supports(head) {
+            self.q8.quantize(x, m, w.cols);
+            matmul_q8(&self.q8, head, &mut self.logits, self.isa);
+        } else {
+            matmul(x, m, head, &mut self.logits);
+        }
         if let Some(cap) = final_softcap {
             if !(cap.is_finite() && cap > 0.0) {
                 return bad(format!("lm_head: final soft-cap {cap} must be a positive number"));

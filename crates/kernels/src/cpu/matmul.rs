@@ -60,13 +60,13 @@ pub fn matmul(x: &[f32], m: usize, w: &WeightMatrix, out: &mut [f32]) {
 
 /// A raw pointer to `out` shared by tasks that write disjoint elements of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: every task writes a disjoint set of columns of `out`, which outlives the parallel region.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     // A method (not field access) so closures capture the whole Sync wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

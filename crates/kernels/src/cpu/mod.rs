@@ -5,11 +5,19 @@
 pub mod activation;
 pub mod attention;
 mod backend;
+pub mod int8_matmul;
+#[cfg(target_arch = "aarch64")]
+mod int8_neon;
+#[cfg(target_arch = "x86_64")]
+mod int8_x86;
+pub mod isa;
 pub mod kv_cache;
 pub mod matmul;
 pub mod norm;
+pub mod q8_acts;
 pub mod rope;
 pub mod vec;
 
 pub use backend::{CpuBackend, CpuError};
+pub use isa::{CpuIsa, CpuPrecision};
 pub use kv_cache::KvCache;
