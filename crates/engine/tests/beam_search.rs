@@ -348,7 +348,7 @@ fn search_beside_others(config: EngineConfig) -> (Vec<(Vec<u32>, f32)>, Vec<Vec<
 #[test]
 fn a_search_that_fills_most_of_a_small_cache_finishes_with_the_large_cache_beams() {
     // Width 8, a 40-token prompt, 40 new tokens, 16-token blocks: up to 2 + 8 * (5 - 2) = 26 of the 28 usable
-    // blocks, so the sampled neighbours (up to 5 blocks each) preempt it or wait for it.
+    // blocks, so the sampled neighbours (up to 5 blocks each) wait for it (or preempt it).
     let small = EngineConfig {
         num_threads: Some(1),
         num_gpu_blocks_override: Some(29),
@@ -361,8 +361,9 @@ fn a_search_that_fills_most_of_a_small_cache_finishes_with_the_large_cache_beams
         ..EngineConfig::default()
     };
     let (want_beams, want_sampled, _) = search_beside_others(large);
-    assert!(stats.num_preemptions > 0, "the small cache must force preemptions: {stats:?}");
-    assert!(stats.max_kv_blocks_in_use >= 20, "the search held most of the cache: {stats:?}");
+    // Whole-search admission makes the neighbours wait for the search rather than preempt it (CI run: 0
+    // preemptions, a peak of 26 of 28 blocks); either way the cache was nearly full.
+    assert!(stats.max_kv_blocks_in_use >= 24, "the search held most of the cache: {stats:?}");
     assert_eq!(stats.kv_blocks_in_use, 0);
     assert_eq!(beams.len(), 8);
     for (i, ((t, l), (wt, wl))) in beams.iter().zip(&want_beams).enumerate() {
