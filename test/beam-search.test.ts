@@ -18,13 +18,16 @@ interface HfCase {
   length_penalty: number;
   early_stopping: boolean | 'never';
   max_tokens: number;
+  stop?: string[];
   beams: { token_ids: number[]; score: number; text: string }[];
 }
 
 const fixture = JSON.parse(readFileSync(new URL('../crates/engine/tests/fixtures/beam_smollm2.json', import.meta.url), 'utf8')) as {
   cases: HfCase[];
 };
-const plainCases = fixture.cases.filter((c) => !c.chat);
+// Stop-string cases only match HF when the stop strings are passed too; they get their own test.
+const plainCases = fixture.cases.filter((c) => !c.chat && c.stop === undefined);
+const stopCases = fixture.cases.filter((c) => !c.chat && c.stop !== undefined);
 
 let llm: LLM;
 let server: RunningServer;
@@ -66,6 +69,27 @@ describe('llm.beamSearch', () => {
         expect(o.cumulativeLogprob / o.tokenIds.length).toBeCloseTo(b.score, 3);
         expect(o.text).toBe(llm.detokenize(o.tokenIds, { skipSpecialTokens: true }));
         expect(['stop', 'length']).toContain(o.finishReason);
+      }
+    }
+  }, 120_000);
+
+  it('stop strings end beams where HF StopStringCriteria does', async () => {
+    expect(stopCases.length).toBeGreaterThanOrEqual(4);
+    for (const c of stopCases) {
+      const [out] = await llm.beamSearch([c.prompt_ids], {
+        beamWidth: c.beam_width,
+        maxTokens: c.max_tokens,
+        lengthPenalty: c.length_penalty,
+        earlyStopping: c.early_stopping,
+        stop: c.stop,
+      });
+      expect(out!.outputs.map((o) => o.tokenIds)).toEqual(c.beams.map((b) => b.token_ids));
+      for (const [o, b] of out!.outputs.map((o, i) => [o, c.beams[i]!] as const)) {
+        // vLLM's rule: the text is cut where the stop string that ended the beam begins.
+        if (o.finishReason === 'stop' && typeof o.stopReason === 'string') {
+          expect(b.text.startsWith(o.text)).toBe(true);
+          expect(o.text).not.toContain(o.stopReason);
+        }
       }
     }
   }, 120_000);
