@@ -200,7 +200,9 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
                 config.block_size,
                 mc.max_position_embeddings,
             )
-            .with_precision(config.cpu_precision.into());
+            .with_precision(config.cpu_precision.into())
+            .with_threads(threads)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
             let model = LlamaModel::load(&mc, &loaded.weights, &mut backend)?;
             ModelRunner::new(ModelOn { model, backend }, config.block_size)
         }

@@ -2,9 +2,9 @@
 //! GeGLU with the tanh approximation (Gemma, `gelu_pytorch_tanh`: PyTorch's `gelu(x, approximate="tanh")`
 //! formula), plus the logit soft-cap `c * tanh(x / c)` (Gemma 2's final logits).
 
-use rayon::prelude::*;
+use super::team::par_chunks_mut;
 
-/// Elements per rayon task (small activations run on the calling thread).
+/// Elements per parallel task (small activations run on the calling thread).
 const PER_TASK: usize = 16 * 1024;
 
 /// `out = silu(gate) * up`, element-wise.
@@ -13,14 +13,12 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && gate.len() == out.len(),
         "silu_mul: lengths differ"
     );
-    out.par_chunks_mut(PER_TASK)
-        .zip(gate.par_chunks(PER_TASK))
-        .zip(up.par_chunks(PER_TASK))
-        .for_each(|((o, g), u)| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
-        });
+    par_chunks_mut(out, PER_TASK, |i, o| {
+        let (g, u) = (&gate[i * PER_TASK..][..o.len()], &up[i * PER_TASK..][..o.len()]);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    });
 }
 
 /// `sqrt(2 / pi)`, as PyTorch's tanh-approximate GELU writes it (`M_SQRT2 * M_2_SQRTPI * 0.5`).
@@ -40,19 +38,17 @@ pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && gate.len() == out.len(),
         "gelu_tanh_mul: lengths differ"
     );
-    out.par_chunks_mut(PER_TASK)
-        .zip(gate.par_chunks(PER_TASK))
-        .zip(up.par_chunks(PER_TASK))
-        .for_each(|((o, g), u)| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = gelu_tanh(g) * u;
-            }
-        });
+    par_chunks_mut(out, PER_TASK, |i, o| {
+        let (g, u) = (&gate[i * PER_TASK..][..o.len()], &up[i * PER_TASK..][..o.len()]);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = gelu_tanh(g) * u;
+        }
+    });
 }
 
 /// Soft-capping in place: `x -> cap * tanh(x / cap)` (HF: `x / cap`, `tanh`, `* cap`, in that order).
 pub fn softcap(x: &mut [f32], cap: f32) {
-    x.par_chunks_mut(PER_TASK).for_each(|c| {
+    par_chunks_mut(x, PER_TASK, |_, c| {
         for v in c {
             *v = (*v / cap).tanh() * cap;
         }
@@ -73,7 +69,11 @@ mod tests {
             let x = gate[i] as f64;
             let t = ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh();
             let want = 0.5 * x * (1.0 + t) * up[i] as f64;
-            assert!((out[i] as f64 - want).abs() < 1e-6 * want.abs().max(1.0), "{i}: {} vs {want}", out[i]);
+            assert!(
+                (out[i] as f64 - want).abs() < 1e-6 * want.abs().max(1.0),
+                "{i}: {} vs {want}",
+                out[i]
+            );
         }
         // Far left it is 0, far right the identity.
         assert_eq!(out[0], 0.0);

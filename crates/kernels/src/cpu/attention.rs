@@ -15,15 +15,13 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::kv_cache::KvCache;
 use super::vec::{axpy, dot, has_avx2_fma, scale as scale_vec};
 use crate::backend::AttentionSpec;
 use crate::batch::InputBatch;
 
-/// Context positions per partition of the split path.
-const PARTITION: usize = 512;
+/// Fewest context positions per partition of the split path (shorter ones cost more in merging than they save).
+const MIN_PARTITION: usize = 128;
 
 /// Largest supported number of query heads per KV head.
 const MAX_GROUP: usize = 64;
@@ -43,8 +41,12 @@ pub fn paged_attention(
 ) {
     // Split contexts only when the (token, KV head) pairs alone cannot keep the threads busy.
     let pairs = batch.num_tokens() * kv.num_kv_heads;
-    let partition = if pairs < 2 * rayon::current_num_threads() {
-        PARTITION
+    let threads = super::team::current_threads();
+    let partition = if pairs < 2 * threads {
+        // About 4 items per thread over the longest context, at least MIN_PARTITION positions each.
+        let longest = batch.seq_lens.iter().copied().max().unwrap_or(0) as usize;
+        let per_pair = (4 * threads).div_ceil(pairs.max(1));
+        longest.div_ceil(per_pair).max(MIN_PARTITION)
     } else {
         usize::MAX
     };
@@ -57,13 +59,6 @@ struct Geo {
     block_size: usize,
     num_kv_heads: usize,
     head_dim: usize,
-}
-
-/// Softmax state of one head over part of the context: running max, sum of exponentials, unnormalized output.
-struct Partial {
-    m: Vec<f32>,
-    l: Vec<f32>,
-    acc: Vec<f32>,
 }
 
 thread_local! {
@@ -120,65 +115,188 @@ fn attention_impl(
         softcap: spec.softcap.unwrap_or(0.0),
     };
 
-    out.par_chunks_mut(group * hd).enumerate().for_each(|(job, out_g)| {
-        let (tok, kh) = (job / nkv, job % nkv);
-        let b = batch.query_start_loc.partition_point(|&s| s as usize <= tok) - 1;
+    // Work items: one per (token, KV head) pair, or per partition of its context when `partition` splits it.
+    // Items are flattened (not nested) so the threads share the partitions of every pair.
+    let span = |job: usize| -> (usize, std::ops::Range<usize>) {
+        let (tok, b) = (job / nkv, seq_of(batch, job / nkv));
         let q_start = batch.query_start_loc[b] as usize;
         let q_len = batch.query_start_loc[b + 1] as usize - q_start;
         let ctx = batch.seq_lens[b] as usize - q_len + (tok - q_start) + 1;
         // The first position this token sees.
         let lo = spec.sliding_window.map_or(0, |w| ctx.saturating_sub(w as usize));
+        (b, lo..ctx)
+    };
+    let parts_of = |job: usize| {
+        let n = span(job).1.len();
+        if n.div_ceil(partition) < 2 {
+            1
+        } else {
+            n.div_ceil(partition)
+        }
+    };
+    // first_item[j]: the first item of pair j; items of split pairs write partial states into `partials`.
+    let jobs = t * nkv;
+    let mut first_item = Vec::with_capacity(jobs + 1);
+    let mut items = 0usize;
+    for j in 0..jobs {
+        first_item.push(items);
+        items += parts_of(j);
+    }
+    first_item.push(items);
+    let split = items > jobs;
+    let mut partials = if split {
+        Partials::new(items, group, hd)
+    } else {
+        Partials::new(0, group, hd)
+    };
+    let out_p = SyncPtr(out.as_mut_ptr());
+    let part_p = partials.ptrs();
+    super::team::parallel_for(items, |item| {
+        let job = first_item.partition_point(|&f| f <= item) - 1;
+        let (tok, kh) = (job / nkv, job % nkv);
+        let (b, range) = span(job);
         let table = batch.block_table(b);
         let q_g = &q[tok * num_heads * hd + kh * group * hd..][..group * hd];
         let run = |range: std::ops::Range<usize>, acc: &mut [f32], m: &mut [f32], l: &mut [f32]| {
+            let mut scores = SCORES.with(|s| std::mem::take(&mut *s.borrow_mut()));
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU supports the features (checked above).
-                return unsafe { attend_part_avx2(q_g, kc, vc, table, geo, kh, range, score, acc, m, l) };
+                unsafe {
+                    attend_part_avx2(
+                        q_g,
+                        kc,
+                        vc,
+                        table,
+                        geo,
+                        kh,
+                        range.clone(),
+                        score,
+                        acc,
+                        m,
+                        l,
+                        &mut scores,
+                    )
+                };
+                SCORES.with(|s| *s.borrow_mut() = scores);
+                return;
             }
             let _ = avx2;
-            attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l)
+            attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l, &mut scores);
+            SCORES.with(|s| *s.borrow_mut() = scores);
         };
-
-        let n = ctx - lo;
-        if n.div_ceil(partition) < 2 {
+        let n_parts = first_item[job + 1] - first_item[job];
+        if n_parts == 1 {
+            // SAFETY: pair `job` owns `out[job * group * hd..][..group * hd]`; no other item writes it.
+            let out_g = unsafe { std::slice::from_raw_parts_mut(out_p.get().add(job * group * hd), group * hd) };
             let (mut m, mut l) = ([0.0f32; MAX_GROUP], [0.0f32; MAX_GROUP]);
-            run(lo..ctx, out_g, &mut m[..group], &mut l[..group]);
+            run(range, out_g, &mut m[..group], &mut l[..group]);
             for (o, &l) in out_g.chunks_exact_mut(hd).zip(&l[..group]) {
                 scale_vec(o, 1.0 / l);
             }
-            return;
+        } else {
+            let i = item - first_item[job];
+            let lo = range.start + i * partition;
+            // SAFETY: item `item` owns its slot of the partial states.
+            let (acc, m, l) = unsafe { part_p.slot(item) };
+            run(lo..(lo + partition).min(range.end), acc, m, l);
         }
-        let parts: Vec<Partial> = (0..n.div_ceil(partition))
-            .into_par_iter()
-            .map(|i| {
-                let mut p = Partial {
-                    m: vec![0.0; group],
-                    l: vec![0.0; group],
-                    acc: vec![0.0; group * hd],
-                };
-                run(
-                    lo + i * partition..(lo + (i + 1) * partition).min(ctx),
-                    &mut p.acc,
-                    &mut p.m,
-                    &mut p.l,
-                );
-                p
-            })
-            .collect();
-        // Merge: rescale every partial to the global max of its head.
+    });
+    if !split {
+        return;
+    }
+    // Merge the split pairs: rescale every partial to the global max of its head.
+    for job in 0..jobs {
+        let (f0, f1) = (first_item[job], first_item[job + 1]);
+        if f1 - f0 < 2 {
+            continue;
+        }
+        let out_g = &mut out[job * group * hd..][..group * hd];
         for (h, o) in out_g.chunks_exact_mut(hd).enumerate() {
-            let m = parts.iter().fold(f32::NEG_INFINITY, |a, p| a.max(p.m[h]));
+            let mx = (f0..f1).fold(f32::NEG_INFINITY, |a, p| a.max(partials.m[p * group + h]));
             o.fill(0.0);
             let mut l = 0.0f32;
-            for p in &parts {
-                let w = (p.m[h] - m).exp();
-                l += p.l[h] * w;
-                axpy(o, w, &p.acc[h * hd..(h + 1) * hd]);
+            for p in f0..f1 {
+                let w = (partials.m[p * group + h] - mx).exp();
+                l += partials.l[p * group + h] * w;
+                axpy(o, w, &partials.acc[(p * group + h) * hd..][..hd]);
             }
             scale_vec(o, 1.0 / l);
         }
-    });
+    }
+}
+
+/// The sequence that owns flattened token `tok`.
+fn seq_of(batch: &InputBatch, tok: usize) -> usize {
+    batch.query_start_loc.partition_point(|&s| s as usize <= tok) - 1
+}
+
+/// A raw pointer shared by work items that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every item writes only its own disjoint range, and the buffer outlives the parallel region.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    // A method, so closures capture the Sync wrapper rather than the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Softmax states of the split items: per item and head the running max, the sum of exponentials and the
+/// unnormalized output.
+struct Partials {
+    group: usize,
+    hd: usize,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct PartialPtrs {
+    group: usize,
+    hd: usize,
+    m: SyncPtr,
+    l: SyncPtr,
+    acc: SyncPtr,
+}
+
+impl Partials {
+    fn new(items: usize, group: usize, hd: usize) -> Self {
+        Self {
+            group,
+            hd,
+            m: vec![0.0; items * group],
+            l: vec![0.0; items * group],
+            acc: vec![0.0; items * group * hd],
+        }
+    }
+
+    fn ptrs(&mut self) -> PartialPtrs {
+        PartialPtrs {
+            group: self.group,
+            hd: self.hd,
+            m: SyncPtr(self.m.as_mut_ptr()),
+            l: SyncPtr(self.l.as_mut_ptr()),
+            acc: SyncPtr(self.acc.as_mut_ptr()),
+        }
+    }
+}
+
+impl PartialPtrs {
+    /// # Safety
+    /// `item` is in range and no one else touches its slot while the borrow lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slot<'a>(self, item: usize) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32]) {
+        let (g, hd) = (self.group, self.hd);
+        (
+            std::slice::from_raw_parts_mut(self.acc.get().add(item * g * hd), g * hd),
+            std::slice::from_raw_parts_mut(self.m.get().add(item * g), g),
+            std::slice::from_raw_parts_mut(self.l.get().add(item * g), g),
+        )
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -196,8 +314,9 @@ unsafe fn attend_part_avx2(
     acc: &mut [f32],
     m: &mut [f32],
     l: &mut [f32],
+    scores: &mut Vec<f32>,
 ) {
-    attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l)
+    attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l, scores)
 }
 
 /// How a raw `q · k` becomes a score: scaled, then soft-capped when `softcap > 0`.
@@ -235,6 +354,7 @@ fn attend_part(
     acc: &mut [f32],
     m: &mut [f32],
     l: &mut [f32],
+    s: &mut Vec<f32>,
 ) {
     let hd = geo.head_dim;
     let group = m.len();
@@ -243,8 +363,7 @@ fn attend_part(
         let slot = table[p / geo.block_size] as usize * geo.block_size + p % geo.block_size;
         (slot * geo.num_kv_heads + kh) * hd
     };
-    SCORES.with(|s| {
-        let mut s = s.borrow_mut();
+    {
         s.resize(group * n, 0.0);
         for (i, p) in range.clone().enumerate() {
             let k = &kc[row_of(p)..][..hd];
@@ -270,7 +389,7 @@ fn attend_part(
                 axpy(&mut acc[h * hd..(h + 1) * hd], s[h * n + i], v);
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -325,7 +444,14 @@ mod tests {
         (batch, kv)
     }
 
-    fn reference(q: &[f32], kv: &KvCache, layer: usize, batch: &InputBatch, nh: usize, spec: &AttentionSpec) -> Vec<f64> {
+    fn reference(
+        q: &[f32],
+        kv: &KvCache,
+        layer: usize,
+        batch: &InputBatch,
+        nh: usize,
+        spec: &AttentionSpec,
+    ) -> Vec<f64> {
         let scale = spec.scale;
         let (hd, nkv, bs) = (kv.head_dim, kv.num_kv_heads, kv.block_size);
         let mut out = vec![0.0f64; q.len()];
@@ -346,8 +472,8 @@ mod tests {
                     let seen = |p: usize| spec.sliding_window.map_or(true, |w| pos - p < w as usize);
                     let scores: Vec<f64> = (0..=pos)
                         .map(|p| {
-                            let s = (0..hd).map(|d| qh[d] as f64 * at(&kv.k[layer], p, kh, d)).sum::<f64>()
-                                * scale as f64;
+                            let s =
+                                (0..hd).map(|d| qh[d] as f64 * at(&kv.k[layer], p, kh, d)).sum::<f64>() * scale as f64;
                             let s = spec.softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh());
                             if seen(p) {
                                 s
@@ -430,7 +556,12 @@ mod tests {
     #[test]
     fn sliding_window_and_softcap_match_dense_reference() {
         let seqs = [(21, 12), (0, 20), (69, 1), (5, 1), (0, 1)];
-        for (window, softcap) in [(Some(8u32), None), (Some(1), None), (None, Some(5.0f32)), (Some(16), Some(2.0))] {
+        for (window, softcap) in [
+            (Some(8u32), None),
+            (Some(1), None),
+            (None, Some(5.0f32)),
+            (Some(16), Some(2.0)),
+        ] {
             let spec = AttentionSpec {
                 scale: 0.125,
                 sliding_window: window,

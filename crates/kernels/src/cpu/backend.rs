@@ -5,15 +5,16 @@
 //! in a Q4_K_M file): one product per part, written into the fused rows. Ops run eagerly, so `lm_head` computes
 //! the logits at once and `logits_to_host` hands them over.
 
-use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::int8_matmul::{self, matmul_q8};
 use super::isa::{CpuIsa, CpuPrecision};
 use super::q8_acts::Q8Acts;
+use super::team::{par_chunks_mut, ThreadTeam};
 use super::{activation, attention, kv_cache::KvCache, matmul::matmul, norm, rope::RopeTable};
 use crate::backend::{
-    Activation, AttentionSpec, Backend, Forward, HeadLayout, KvLayout, Norm, QkNorm, RopeId, RopeSpec, Rows,
-    TensorId, VectorId, WeightId,
+    Activation, AttentionSpec, Backend, Forward, HeadLayout, KvLayout, Norm, QkNorm, RopeId, RopeSpec, Rows, TensorId,
+    VectorId, WeightId,
 };
 use crate::batch::InputBatch;
 use crate::quant;
@@ -62,6 +63,9 @@ pub struct CpuBackend {
     isa: CpuIsa,
     /// The int8 activations of the current matmul input (fast mode), reused across calls.
     q8: Q8Acts,
+    /// The compute threads the ops of a forward pass run on (`with_threads`); without one the kernels use
+    /// rayon's current pool.
+    team: Option<Arc<ThreadTeam>>,
 }
 
 impl CpuBackend {
@@ -84,7 +88,17 @@ impl CpuBackend {
             precision: CpuPrecision::default(),
             isa: CpuIsa::detect(),
             q8: Q8Acts::default(),
+            team: None,
         }
+    }
+
+    /// Runs the ops of every forward pass on a persistent team of `threads` threads (the calling thread and
+    /// `threads - 1` workers; see `team`). Fails only if the OS refuses to start a thread.
+    pub fn with_threads(mut self, threads: usize) -> Result<Self, CpuError> {
+        let team =
+            ThreadTeam::new(threads).map_err(|e| CpuError(format!("starting {threads} compute threads: {e}")))?;
+        self.team = Some(Arc::new(team));
+        Ok(self)
     }
 
     /// Sets the numeric mode of the quantized matmuls (`exact` by default).
@@ -143,7 +157,11 @@ impl CpuBackend {
         let (qd, kvd) = (heads.q_dim(), heads.kv_dim());
         let t = self.batch.num_tokens();
         let rows = &self.acts[qkv.index as usize];
-        for (buf, off, w) in [(&mut self.q, 0, qd), (&mut self.k, qd, kvd), (&mut self.v, qd + kvd, kvd)] {
+        for (buf, off, w) in [
+            (&mut self.q, 0, qd),
+            (&mut self.k, qd, kvd),
+            (&mut self.v, qd + kvd, kvd),
+        ] {
             buf.clear();
             buf.reserve(t * w);
             for r in 0..t {
@@ -157,7 +175,7 @@ impl CpuBackend {
 /// Per-head RMSNorm in place over `[rows, heads, head_dim]`.
 fn head_rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     let d = weight.len();
-    x.par_chunks_mut(d * 16).for_each(|c| {
+    par_chunks_mut(x, d * 16, |_, c| {
         for h in c.chunks_exact_mut(d) {
             let ss: f32 = h.iter().map(|v| v * v).sum();
             let inv = 1.0 / (ss / d as f32 + eps).sqrt();
@@ -199,14 +217,24 @@ impl Backend for CpuBackend {
     fn upload_rope(&mut self, spec: &RopeSpec) -> Result<RopeId, CpuError> {
         let hd = self.kv.head_dim;
         if spec.inv_freq.is_empty() || spec.rotary_dim() > hd || hd > 512 {
-            return bad(format!("{} RoPE frequencies for head_dim {hd} (at most 512)", spec.inv_freq.len()));
+            return bad(format!(
+                "{} RoPE frequencies for head_dim {hd} (at most 512)",
+                spec.inv_freq.len()
+            ));
         }
         if !(spec.attention_factor.is_finite() && spec.attention_factor > 0.0) {
-            return bad(format!("RoPE attention factor {} must be positive", spec.attention_factor));
+            return bad(format!(
+                "RoPE attention factor {} must be positive",
+                spec.attention_factor
+            ));
         }
         let cached = self.max_position_embeddings.min(ROPE_CACHED_POSITIONS);
-        self.ropes
-            .push(RopeTable::partial(spec.inv_freq.clone(), hd, spec.attention_factor, cached));
+        self.ropes.push(RopeTable::partial(
+            spec.inv_freq.clone(),
+            hd,
+            spec.attention_factor,
+            cached,
+        ));
         Ok(RopeId((self.ropes.len() - 1) as u32))
     }
 
@@ -228,21 +256,30 @@ impl Backend for CpuBackend {
         }
         let mut o = self.take(out);
         let emb = &self.weights[table.index as usize][0];
-        o.par_chunks_mut(out.width)
-            .zip(self.batch.token_ids.par_iter())
-            .for_each(|(row, &id)| {
-                quant::dequantize_row(emb.dtype, emb.row(id as usize), row);
-                if let Some(s) = scale {
-                    row.iter_mut().for_each(|v| *v *= s);
-                }
-            });
+        let ids = &self.batch.token_ids;
+        par_chunks_mut(&mut o, out.width, |i, row| {
+            quant::dequantize_row(emb.dtype, emb.row(ids[i] as usize), row);
+            if let Some(s) = scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        });
         self.put(out, o);
         Ok(())
     }
 
-    fn add_rms_norm(&mut self, residual: TensorId, delta: Option<TensorId>, weight: VectorId, n: Norm, out: TensorId) -> R {
+    fn add_rms_norm(
+        &mut self,
+        residual: TensorId,
+        delta: Option<TensorId>,
+        weight: VectorId,
+        n: Norm,
+        out: TensorId,
+    ) -> R {
         if residual.rows != Rows::Tokens || residual.width != weight.len || out.width != weight.len {
-            return bad(format!("add_rms_norm: {residual:?} / {out:?} with a weight of {}", weight.len));
+            return bad(format!(
+                "add_rms_norm: {residual:?} / {out:?} with a weight of {}",
+                weight.len
+            ));
         }
         let mut o = self.take(out);
         match out.rows {
@@ -280,16 +317,18 @@ impl Backend for CpuBackend {
     fn linear(&mut self, x: TensorId, w: WeightId, out: TensorId) -> R {
         self.check_rows(x, out, "linear")?;
         if x.width != w.cols || out.width != w.rows {
-            return bad(format!("linear: {x:?} -> {out:?} through a [{}, {}] weight", w.rows, w.cols));
+            return bad(format!(
+                "linear: {x:?} -> {out:?} through a [{}, {}] weight",
+                w.rows, w.cols
+            ));
         }
         let m = self.rows(x.rows);
         let mut o = self.take(out);
         let parts = &self.weights[w.index as usize];
         let xs = &self.acts[x.index as usize];
         // Fast mode: quantize the input once for every part (q, k, v or gate, up each take it).
-        let fast = self.precision == CpuPrecision::Fast
-            && m <= FAST_MAX_ROWS
-            && parts.iter().all(int8_matmul::supports);
+        let fast =
+            self.precision == CpuPrecision::Fast && m <= FAST_MAX_ROWS && parts.iter().all(int8_matmul::supports);
         if fast {
             self.q8.quantize(xs, m, w.cols);
         }
@@ -341,22 +380,38 @@ impl Backend for CpuBackend {
         let (qd, kvd, hd) = (heads.q_dim(), heads.kv_dim(), heads.head_dim);
         if let Some(b) = bias {
             let b = &self.vectors[b.index as usize];
-            for (buf, bb) in [(&mut self.q, &b[..qd]), (&mut self.k, &b[qd..qd + kvd]), (&mut self.v, &b[qd + kvd..])] {
+            for (buf, bb) in [
+                (&mut self.q, &b[..qd]),
+                (&mut self.k, &b[qd..qd + kvd]),
+                (&mut self.v, &b[qd + kvd..]),
+            ] {
                 buf.chunks_exact_mut(bb.len()).for_each(|row| norm::add_assign(row, bb));
             }
         }
         if let Some(n) = qk_norm {
             if n.q.len != hd || n.k.len != hd {
-                return bad(format!("qk-norm weights of {} / {} values for head_dim {hd}", n.q.len, n.k.len));
+                return bad(format!(
+                    "qk-norm weights of {} / {} values for head_dim {hd}",
+                    n.q.len, n.k.len
+                ));
             }
             head_rms_norm(&mut self.q, &self.vectors[n.q.index as usize], n.norm.eps);
             head_rms_norm(&mut self.k, &self.vectors[n.k.index as usize], n.norm.eps);
         }
         let table = &self.ropes[rope.0 as usize];
         if table.head_dim() != hd {
-            return bad(format!("a RoPE table for head_dim {} in a head_dim {hd} layer", table.head_dim()));
+            return bad(format!(
+                "a RoPE table for head_dim {} in a head_dim {hd} layer",
+                table.head_dim()
+            ));
         }
-        table.apply_qk(&mut self.q, heads.num_heads, &mut self.k, heads.num_kv_heads, &self.batch.positions);
+        table.apply_qk(
+            &mut self.q,
+            heads.num_heads,
+            &mut self.k,
+            heads.num_kv_heads,
+            &self.batch.positions,
+        );
         self.kv.write(layer, &self.batch.slot_mapping, &self.k, &self.v);
         // The rotated q and k back into the fused rows (attention reads q from there).
         let rows = &mut self.acts[qkv.index as usize];
@@ -376,7 +431,8 @@ impl Backend for CpuBackend {
         let (qd, t) = (heads.q_dim(), self.batch.num_tokens());
         self.q.clear();
         for r in 0..t {
-            self.q.extend_from_slice(&self.acts[qkv.index as usize][r * qkv.width..r * qkv.width + qd]);
+            self.q
+                .extend_from_slice(&self.acts[qkv.index as usize][r * qkv.width..r * qkv.width + qd]);
         }
         let mut o = self.take(out);
         attention::paged_attention(&self.q, &self.kv, layer, &self.batch, heads.num_heads, &spec, &mut o);
@@ -392,10 +448,10 @@ impl Backend for CpuBackend {
         let inter = out.width;
         let mut o = self.take(out);
         let gu = &self.acts[gate_up.index as usize];
-        o.par_chunks_mut(inter)
-            .zip(gu.par_chunks(2 * inter))
-            .with_min_len(4)
-            .for_each(|(o, gu)| {
+        // Four rows per task (one row is too little work to hand to another thread).
+        par_chunks_mut(&mut o, 4 * inter, |i, o4| {
+            for (r, o) in o4.chunks_exact_mut(inter).enumerate() {
+                let gu = &gu[(4 * i + r) * 2 * inter..][..2 * inter];
                 let (g, u) = gu.split_at(inter);
                 match act {
                     Activation::Silu => {
@@ -409,7 +465,8 @@ impl Backend for CpuBackend {
                         }
                     }
                 }
-            });
+            }
+        });
         self.put(out, o);
         Ok(())
     }
@@ -442,7 +499,10 @@ impl Backend for CpuBackend {
             .iter()
             .find(|&&(a, b)| a as usize >= self.kv.num_blocks || b as usize >= self.kv.num_blocks)
         {
-            return bad(format!("KV block copy {a} -> {b} is outside {} blocks", self.kv.num_blocks));
+            return bad(format!(
+                "KV block copy {a} -> {b} is outside {} blocks",
+                self.kv.num_blocks
+            ));
         }
         self.kv.copy_blocks(pairs);
         Ok(())
@@ -454,7 +514,15 @@ impl Backend for CpuBackend {
         let result = if self.batch.num_tokens() == 0 && self.batch.logits_indices.is_empty() {
             Ok(())
         } else {
-            check_batch(&self.batch, &self.kv).and_then(|()| forward(self))
+            check_batch(&self.batch, &self.kv).and_then(|()| match self.team.clone() {
+                Some(team) => {
+                    let r = team.install(|| forward(self));
+                    // The engine samples and schedules next: the workers sleep instead of spinning beside it.
+                    team.rest();
+                    r
+                }
+                None => forward(self),
+            })
         };
         std::mem::swap(&mut self.batch, batch);
         result
@@ -470,10 +538,17 @@ impl Backend for CpuBackend {
 fn check_batch(b: &InputBatch, kv: &KvCache) -> R {
     let (t, n) = (b.num_tokens(), b.num_seqs());
     if b.block_size == 0 || b.block_size != kv.block_size {
-        return bad(format!("block_size {} but the KV cache uses {}", b.block_size, kv.block_size));
+        return bad(format!(
+            "block_size {} but the KV cache uses {}",
+            b.block_size, kv.block_size
+        ));
     }
     if b.positions.len() != t || b.slot_mapping.len() != t {
-        return bad(format!("{t} tokens but {} positions, {} slots", b.positions.len(), b.slot_mapping.len()));
+        return bad(format!(
+            "{t} tokens but {} positions, {} slots",
+            b.positions.len(),
+            b.slot_mapping.len()
+        ));
     }
     if b.query_start_loc.len() != n + 1 || b.query_start_loc.first() != Some(&0) {
         return bad("query_start_loc must have one entry per sequence plus one, starting at 0".into());
@@ -482,7 +557,10 @@ fn check_batch(b: &InputBatch, kv: &KvCache) -> R {
         return bad(format!("query_start_loc must rise to the token count {t}"));
     }
     if b.block_tables.len() != n * b.max_blocks_per_seq {
-        return bad(format!("block_tables has {} entries for {n} sequences", b.block_tables.len()));
+        return bad(format!(
+            "block_tables has {} entries for {n} sequences",
+            b.block_tables.len()
+        ));
     }
     let slots = kv.num_blocks * kv.block_size;
     if let Some(&s) = b.slot_mapping.iter().find(|&&s| s >= slots as i64) {
@@ -498,13 +576,19 @@ fn check_batch(b: &InputBatch, kv: &KvCache) -> R {
             return bad(format!("sequence {s} has {q_len} new tokens but a context of {ctx}"));
         }
         if ctx.div_ceil(b.block_size) > b.max_blocks_per_seq {
-            return bad(format!("sequence {s}: a context of {ctx} needs more than {} blocks", b.max_blocks_per_seq));
+            return bad(format!(
+                "sequence {s}: a context of {ctx} needs more than {} blocks",
+                b.max_blocks_per_seq
+            ));
         }
         if let Some(&blk) = b.block_table(s)[..ctx.div_ceil(b.block_size)]
             .iter()
             .find(|&&blk| blk as usize >= kv.num_blocks)
         {
-            return bad(format!("sequence {s}: block {blk} beyond the cache's {} blocks", kv.num_blocks));
+            return bad(format!(
+                "sequence {s}: block {blk} beyond the cache's {} blocks",
+                kv.num_blocks
+            ));
         }
     }
     Ok(())

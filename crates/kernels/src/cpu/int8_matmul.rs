@@ -10,14 +10,12 @@
 //! with `s_a = d_a·Σ q_a`. The integer sums are exact and identical on every ISA path (the tests check that);
 //! only the f32 accumulation order differs between the scalar reference and the SIMD kernels.
 //!
-//! Tiling keeps the decode structure of `matmul`: parallel (rayon) tasks over tiles of weight rows, each weight
+//! Tiling keeps the decode structure of `matmul`: parallel tasks (`team::parallel_for`) over tiles of weight rows, each weight
 //! block decoded once and multiplied into up to 4 activation rows. With more rows, a task walks sub-tiles of
 //! `SUBTILE_ROWS` weight rows and runs every group of 4 activation rows over each, so the sub-tile is re-read
 //! from cache rather than from memory.
 
 use std::ops::Range;
-
-use rayon::prelude::*;
 
 use super::isa::CpuIsa;
 use super::matmul::OutPtr;
@@ -43,18 +41,38 @@ pub fn supports(w: &WeightMatrix) -> bool {
 /// Panics if `w` is not `supports`-ed, `acts.k != w.cols`, `out` is not `[acts.m, w.rows]`, or `isa` is not
 /// supported by this CPU (callers check; the model validates shapes at load).
 pub fn matmul_q8(acts: &Q8Acts, w: &WeightMatrix, out: &mut [f32], isa: CpuIsa) {
-    assert!(supports(w), "matmul_q8: {:?} [{}, {}] is not a fast-mode weight", w.dtype, w.rows, w.cols);
-    assert_eq!(acts.k, w.cols, "matmul_q8: activations have {} columns, the weight {}", acts.k, w.cols);
-    assert_eq!(out.len(), acts.m * w.rows, "matmul_q8: out is not [{}, {}]", acts.m, w.rows);
-    assert!(isa.is_supported(), "matmul_q8: {} kernels on a CPU without them", isa.name());
+    assert!(
+        supports(w),
+        "matmul_q8: {:?} [{}, {}] is not a fast-mode weight",
+        w.dtype,
+        w.rows,
+        w.cols
+    );
+    assert_eq!(
+        acts.k, w.cols,
+        "matmul_q8: activations have {} columns, the weight {}",
+        acts.k, w.cols
+    );
+    assert_eq!(
+        out.len(),
+        acts.m * w.rows,
+        "matmul_q8: out is not [{}, {}]",
+        acts.m,
+        w.rows
+    );
+    assert!(
+        isa.is_supported(),
+        "matmul_q8: {} kernels on a CPU without them",
+        isa.name()
+    );
     let (m, n) = (acts.m, w.rows);
     if m == 0 || n == 0 {
         return;
     }
-    // ~8 tasks per thread for load balance, at least 16 rows so the rayon overhead stays small (as `matmul`).
-    let per_task = n.div_ceil(8 * rayon::current_num_threads()).clamp(16, 512);
+    // ~8 tasks per thread for load balance, at least 16 rows so the per-task overhead stays small (as `matmul`).
+    let per_task = n.div_ceil(8 * super::team::current_threads()).clamp(16, 512);
     let out = OutPtr(out.as_mut_ptr());
-    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
+    super::team::parallel_for(n.div_ceil(per_task), |t| {
         let task = t * per_task..((t + 1) * per_task).min(n);
         let mut r0 = task.start;
         while r0 < task.end {

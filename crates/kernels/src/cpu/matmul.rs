@@ -4,7 +4,7 @@
 //! smaller than its f32 form, and reading it is what bounds decode speed). Activations stay f32 — unlike
 //! llama.cpp, which quantizes them to Q8 for integer dots — because we must match HF float32 log-probs.
 //!
-//! Two paths, both parallel (rayon) over tiles of output columns (= weight rows), each tile writing a disjoint
+//! Two paths, both parallel (`team::parallel_for`) over tiles of output columns (= weight rows), each tile writing a disjoint
 //! column range of `out`:
 //! - small `m` (decode, `m <= 4`): a fused loop decodes one weight block onto the stack and multiplies it into
 //!   8-lane f32 accumulators of all `m` rows, so each weight byte is read once per step (explicit AVX2 kernels
@@ -16,7 +16,6 @@
 use std::cell::RefCell;
 
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 use super::vec::{has_avx2_fma, sum_lanes};
 use crate::quant::{self, GgmlType};
@@ -255,8 +254,8 @@ unsafe fn fused_rows_avx2<B: Block, const M: usize>(
 
 fn fused_typed<B: Block, const M: usize>(x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
     let n = w.rows;
-    // ~8 tasks per thread for load balance, but at least 16 rows so the rayon overhead stays small.
-    let per_task = n.div_ceil(8 * rayon::current_num_threads()).clamp(16, 512);
+    // ~8 tasks per thread for load balance, but at least 16 rows so the per-task overhead stays small.
+    let per_task = n.div_ceil(8 * crate::cpu::team::current_threads()).clamp(16, 512);
     let out = OutPtr(out.as_mut_ptr());
     let avx2 = has_avx2_fma();
     // Σ x per block and row of x, shared by every weight row (the offset term of Q4_0 / Q4_1).
@@ -267,7 +266,7 @@ fn fused_typed<B: Block, const M: usize>(x: &[f32], w: &WeightMatrix, out: &mut 
         Vec::new()
     };
     let xsums = xsums.as_slice();
-    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
+    crate::cpu::team::parallel_for(n.div_ceil(per_task), |t| {
         let rows = t * per_task..((t + 1) * per_task).min(n);
         #[cfg(target_arch = "x86_64")]
         if avx2 {
@@ -311,8 +310,6 @@ fn fused_m<const M: usize>(x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
-
-    use rayon::prelude::*;
 
     use super::{OutPtr, WeightMatrix};
 
@@ -429,9 +426,9 @@ mod avx2 {
             Vec::new()
         };
         let xsums = xsums.as_slice();
-        let per_task = n.div_ceil(8 * rayon::current_num_threads()).clamp(16, 512);
+        let per_task = n.div_ceil(8 * crate::cpu::team::current_threads()).clamp(16, 512);
         let out = OutPtr(out.as_mut_ptr());
-        (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        crate::cpu::team::parallel_for(n.div_ceil(per_task), |t| {
             let rs = t * per_task..((t + 1) * per_task).min(n);
             // SAFETY: AVX2 + FMA + F16C were detected by the caller; slice bounds asserted above.
             unsafe { rows::<M>(kind, x, xsums, w, rs, out) }
@@ -449,20 +446,20 @@ fn fused(x: &[f32], m: usize, w: &WeightMatrix, out: &mut [f32]) {
 }
 
 thread_local! {
-    /// Dequantized weight tile of the gemm path, reused across calls on each rayon worker.
+    /// Dequantized weight tile of the gemm path, reused across calls on each compute thread.
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 fn tiled_gemm(x: &[f32], m: usize, w: &WeightMatrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
-    let threads = rayon::current_num_threads();
+    let threads = crate::cpu::team::current_threads();
     // Wide tiles amortize gemm's packing of `x`; narrow matrices use 32-row tiles and split `m` instead.
     let tile = if n.div_ceil(64) >= 4 * threads { 64 } else { 32 };
     let n_tiles = n.div_ceil(tile);
     let m_chunks = (4 * threads).div_ceil(n_tiles).min(m / 64).max(1);
     let m_chunk = m.div_ceil(m_chunks);
     let out = OutPtr(out.as_mut_ptr());
-    (0..n_tiles * m_chunks).into_par_iter().for_each(|task| {
+    crate::cpu::team::parallel_for(n_tiles * m_chunks, |task| {
         let (t, c) = (task / m_chunks, task % m_chunks);
         let (r0, r1) = (t * tile, ((t + 1) * tile).min(n));
         let (i0, i1) = (c * m_chunk, ((c + 1) * m_chunk).min(m));

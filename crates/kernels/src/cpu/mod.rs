@@ -1,5 +1,5 @@
-//! The CPU backend: multi-threaded (rayon) kernels over f32 activations, reading weights in their stored
-//! format. Each kernel is one module; `vec` holds the vectorizable primitives they share; `backend` puts them behind
+//! The CPU backend: multi-threaded kernels over f32 activations (a persistent `team` of threads
+//! during a forward pass, rayon outside one), reading weights in their stored format. Each kernel is one module; `vec` holds the vectorizable primitives they share; `backend` puts them behind
 //! the backend ops a model is written against.
 
 pub mod activation;
@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod norm;
 pub mod q8_acts;
 pub mod rope;
+pub mod team;
 pub mod vec;
 
 pub use backend::{CpuBackend, CpuError};

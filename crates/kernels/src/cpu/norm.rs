@@ -1,11 +1,11 @@
 //! RMSNorm (`x / sqrt(mean(x²) + eps) * weight`, HF `LlamaRMSNorm` in float32) over rows, and residual adds.
-//! Rows are independent, so the kernels run rayon over rows when there are enough to pay for it.
+//! Rows are independent, so the kernels run in parallel over rows when there are enough to pay for it.
 
-use rayon::prelude::*;
+use super::team::{par_chunks_mut, par_chunks_mut2};
 
 use super::vec::{dot, sum_lanes};
 
-/// Rows per rayon task: a decode batch (a few rows) runs on the calling thread.
+/// Rows per parallel task: a decode batch (a few rows) runs on the calling thread.
 const ROWS_PER_TASK: usize = 16;
 
 #[inline(always)]
@@ -27,13 +27,12 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         "rms_norm: length {} is not a multiple of {d}",
         x.len()
     );
-    out.par_chunks_mut(d * ROWS_PER_TASK)
-        .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .for_each(|(o, xs)| {
-            for (o, xr) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
-                norm_row(xr, weight, eps, o);
-            }
-        });
+    let n = d * ROWS_PER_TASK;
+    par_chunks_mut(out, n, |i, o| {
+        for (o, xr) in o.chunks_exact_mut(d).zip(x[i * n..].chunks_exact(d)) {
+            norm_row(xr, weight, eps, o);
+        }
+    });
 }
 
 /// `dst += src`.
@@ -57,11 +56,9 @@ pub fn add_rms_norm(residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f3
         residual.len()
     );
     let n = d * ROWS_PER_TASK;
-    residual
-        .par_chunks_mut(n)
-        .zip(delta.par_chunks(n))
-        .zip(out.par_chunks_mut(n))
-        .for_each(|((res, del), o)| {
+    par_chunks_mut2(residual, n, out, n, |i, res, o| {
+        let del = &delta[i * n..][..res.len()];
+        {
             for ((r, dl), o) in res
                 .chunks_exact_mut(d)
                 .zip(del.chunks_exact(d))
@@ -86,7 +83,8 @@ pub fn add_rms_norm(residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f3
                     *o = w * (v * inv);
                 }
             }
-        });
+        }
+    });
 }
 
 #[cfg(test)]

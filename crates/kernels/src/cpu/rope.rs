@@ -7,7 +7,7 @@
 //! `RopeTable` caches cos/sin for the first positions; later positions are computed on the fly (a Llama 3.1
 //! table for all 131072 positions would cost 64 MiB for a few hundred nanoseconds saved per token).
 
-use rayon::prelude::*;
+use super::team::{par_chunks_mut, par_chunks_mut2};
 
 /// Largest supported `head_dim / 2` (bounds the on-stack cos/sin of uncached positions).
 const MAX_HALF: usize = 256;
@@ -133,7 +133,13 @@ impl RopeTable {
             f(&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half])
         } else {
             let (mut c, mut s) = ([0.0f32; MAX_HALF], [0.0f32; MAX_HALF]);
-            angles(&self.inv_freq, self.attention_factor, pos, &mut c[..half], &mut s[..half]);
+            angles(
+                &self.inv_freq,
+                self.attention_factor,
+                pos,
+                &mut c[..half],
+                &mut s[..half],
+            );
             f(&c[..half], &s[..half])
         }
     }
@@ -147,12 +153,12 @@ impl RopeTable {
             "RoPE: x is not [{}, {n_heads}, {hd}]",
             positions.len()
         );
-        x.par_chunks_mut(row)
-            .zip(positions.par_iter())
-            .with_min_len(8)
-            .for_each(|(xt, &pos)| {
+        // Eight tokens per task: one token's rotation is too little work to hand to another thread.
+        par_chunks_mut(x, 8 * row, |i, xs| {
+            for (xt, &pos) in xs.chunks_exact_mut(row).zip(&positions[i * 8..]) {
                 self.with_angles(pos, |c, s| rotate_heads(xt, hd, c, s));
-            });
+            }
+        });
     }
 
     /// Rotates q (`[T, n_heads, head_dim]`) and k (`[T, n_kv_heads, head_dim]`) in place, sharing each
@@ -165,16 +171,19 @@ impl RopeTable {
         if t == 0 {
             return;
         }
-        q.par_chunks_mut(n_heads * hd)
-            .zip(k.par_chunks_mut(n_kv_heads * hd))
-            .zip(positions.par_iter())
-            .with_min_len(8)
-            .for_each(|((qt, kt), &pos)| {
+        let (qr, kr) = (n_heads * hd, n_kv_heads * hd);
+        par_chunks_mut2(q, 8 * qr, k, 8 * kr, |i, qs, ks| {
+            for ((qt, kt), &pos) in qs
+                .chunks_exact_mut(qr)
+                .zip(ks.chunks_exact_mut(kr))
+                .zip(&positions[i * 8..])
+            {
                 self.with_angles(pos, |c, s| {
                     rotate_heads(qt, hd, c, s);
                     rotate_heads(kt, hd, c, s);
                 })
-            });
+            }
+        });
     }
 }
 
@@ -267,7 +276,9 @@ mod tests {
         let table = RopeTable::partial(inv.clone(), hd, af, 4);
         let pos: Vec<u32> = vec![0, 3, 4, 1000];
         let nh = 3;
-        let x: Vec<f32> = (0..pos.len() * nh * hd).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let x: Vec<f32> = (0..pos.len() * nh * hd)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
         let mut got = x.clone();
         table.apply(&mut got, nh, &pos);
         let half = rot / 2;
@@ -279,7 +290,11 @@ mod tests {
             } else {
                 let a = (pos[t] as f32 * inv[d % half]) as f64;
                 let (c, s) = ((a.cos() as f32 * af) as f64, (a.sin() as f32 * af) as f64);
-                let rotated = if d < half { -(x[head + d + half] as f64) } else { x[head + d - half] as f64 };
+                let rotated = if d < half {
+                    -(x[head + d + half] as f64)
+                } else {
+                    x[head + d - half] as f64
+                };
                 v as f64 * c + rotated * s
             };
             assert!((g as f64 - want).abs() < 1e-6, "dim {d} of token {t}: {g} vs {want}");
