@@ -342,13 +342,10 @@ impl Backend for CpuBackend {
         };
         if parts.len() == 1 {
             product(&parts[0], xs, m, &mut o);
+        } else if m == 1 && fast {
+            int8_matmul::matmul_q8_row_parts(q8, parts, &mut o, isa);
         } else if m == 1 {
-            // One row: each part's columns are a contiguous slice of it.
-            let mut off = 0;
-            for p in parts {
-                product(p, xs, 1, &mut o[off..off + p.rows]);
-                off += p.rows;
-            }
+            super::matmul::matmul_row_parts(xs, parts, &mut o);
         } else {
             let mut off = 0;
             for p in parts {

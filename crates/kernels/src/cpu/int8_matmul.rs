@@ -89,6 +89,41 @@ pub fn matmul_q8(acts: &Q8Acts, w: &WeightMatrix, out: &mut [f32], isa: CpuIsa) 
     });
 }
 
+/// `out = acts · [W_0; W_1; ...]ᵀ` for one activation row: the parts' outputs side by side (`out` is
+/// `Σ rows` long), as one parallel op. A decode step's q, k, v (and gate, up) are small products; run one after
+/// another, each pays an op's start and its threads' drain, which costs more than the k and v products themselves.
+///
+/// Panics as `matmul_q8` does, per part, and if `acts.m != 1`.
+pub fn matmul_q8_row_parts(acts: &Q8Acts, parts: &[WeightMatrix], out: &mut [f32], isa: CpuIsa) {
+    assert_eq!(acts.m, 1, "matmul_q8_row_parts: {} activation rows (one expected)", acts.m);
+    for w in parts {
+        assert!(supports(w) && acts.k == w.cols, "matmul_q8_row_parts: a {:?} [{}, {}] part", w.dtype, w.rows, w.cols);
+    }
+    let total: usize = parts.iter().map(|w| w.rows).sum();
+    assert_eq!(out.len(), total, "matmul_q8_row_parts: out is not [1, {total}]");
+    assert!(isa.is_supported(), "matmul_q8_row_parts: {} kernels on a CPU without them", isa.name());
+    let per_task = total.div_ceil(16 * super::team::current_threads()).clamp(16, 512);
+    // (part, rows of it, offset of the part in `out`) per task.
+    let mut tasks = Vec::with_capacity(total.div_ceil(per_task) + parts.len());
+    let mut off = 0;
+    for (p, w) in parts.iter().enumerate() {
+        let mut r0 = 0;
+        while r0 < w.rows {
+            let r1 = (r0 + per_task).min(w.rows);
+            tasks.push((p, r0..r1, off));
+            r0 = r1;
+        }
+        off += w.rows;
+    }
+    let out = OutPtr(out.as_mut_ptr());
+    super::team::parallel_for(tasks.len(), |t| {
+        let (p, rows, off) = tasks[t].clone();
+        // One activation row: the part's output `r` sits at `off + r`, so its kernels see `out + off`.
+        // SAFETY: tasks cover disjoint rows of disjoint parts; shapes asserted above; `isa` supported.
+        unsafe { run_group(isa, &parts[p], acts, 0, 1, rows, OutPtr(out.get().add(off))) };
+    });
+}
+
 /// Activation rows `i0..i0 + g` (`g` in 1..=4) against weight rows `rows`.
 ///
 /// # Safety

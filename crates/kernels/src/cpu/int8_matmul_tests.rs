@@ -171,3 +171,42 @@ fn shapes_it_does_not_take() {
     let a = Q8Acts { k: 64, ..Q8Acts::default() };
     matmul_q8(&a, &w, &mut [], CpuIsa::Scalar);
 }
+
+/// The one-op products of a fused weight's parts (q, k, v; gate, up) equal the parts multiplied one by one,
+/// bit for bit (the same kernels over the same rows), in both precisions, on a thread team and without one,
+/// with parts of mixed types as a Q4_K_M-style file has them.
+#[test]
+fn row_parts_equal_their_parts_one_by_one() {
+    use crate::cpu::matmul::matmul_row_parts;
+    use crate::cpu::team::ThreadTeam;
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let team = ThreadTeam::new(3).unwrap();
+    let k = 160;
+    let parts = vec![
+        weights(GgmlType::Q4_1, 77, k, &mut rng),
+        weights(GgmlType::Q8_0, 5, k, &mut rng),
+        weights(GgmlType::Q4_0, 301, k, &mut rng),
+    ];
+    let x = activations(1, k, &mut rng);
+    let total: usize = parts.iter().map(|w| w.rows).sum();
+    let mut a = Q8Acts::default();
+    a.quantize(&x, 1, k);
+    for on_team in [false, true] {
+        let within = |f: &mut dyn FnMut()| if on_team { team.install(f) } else { f() };
+        for isa in std::iter::once(CpuIsa::Scalar).chain(simd_paths()) {
+            let want: Vec<f32> = parts.iter().flat_map(|w| run(isa, &x, 1, w)).collect();
+            let mut got = vec![f32::NAN; total];
+            within(&mut || matmul_q8_row_parts(&a, &parts, &mut got, isa));
+            assert_eq!(got, want, "fast {} on_team={on_team}", isa.name());
+        }
+        let mut want = vec![f32::NAN; total];
+        let mut off = 0;
+        for w in &parts {
+            matmul(&x, 1, w, &mut want[off..off + w.rows]);
+            off += w.rows;
+        }
+        let mut got = vec![f32::NAN; total];
+        within(&mut || matmul_row_parts(&x, &parts, &mut got));
+        assert_eq!(got, want, "exact on_team={on_team}");
+    }
+}

@@ -86,8 +86,11 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// Weight rows `rows` against activation rows `i0..i0 + M`, `R` weight rows at a time: each activation block
+/// (its quants, scale and sum) is loaded once for the `R` rows, and the `R·M` accumulators are independent FMA
+/// chains, so a one-row decode is not bound by the latency of a single chain.
 #[inline(always)]
-unsafe fn rows_kind<D: DotU8I8, const KIND: u8, const M: usize>(
+unsafe fn rows_kind<D: DotU8I8, const KIND: u8, const M: usize, const R: usize>(
     w: &WeightMatrix,
     a: &Q8Acts,
     i0: usize,
@@ -99,38 +102,65 @@ unsafe fn rows_kind<D: DotU8I8, const KIND: u8, const M: usize>(
     let xq = a.qs.as_ptr().add(i0 * k);
     let xd = a.d.as_ptr().add(i0 * nb);
     let xs = a.s.as_ptr().add(i0 * nb);
-    for r in rows {
-        let row = w.row(r).as_ptr();
-        let mut acc = [_mm256_setzero_ps(); M];
-        let mut off = [0.0f32; M];
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        if r0 + R > rows.end {
+            // The tail: one weight row at a time.
+            rows_kind::<D, KIND, M, 1>(w, a, i0, r0..rows.end, out);
+            return;
+        }
+        let row: [*const u8; R] = std::array::from_fn(|j| w.row(r0 + j).as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); M]; R];
+        let mut off = [[0.0f32; M]; R];
         for blk in 0..nb {
-            let b = row.add(blk * bb);
-            let d = f16_at(b);
-            let (wu, ws) = weight_bytes::<KIND>(b);
-            // Q4_1's min, Q4_0's -8·d: the weight of the activation block sum.
-            let c = if KIND == Q4_1 { f16_at(b.add(2)) } else { -8.0 * d };
-            for i in 0..M {
-                let dot = block_dot::<D, KIND>(wu, ws, xq.add(i * k + blk * 32));
-                let scale = _mm256_set1_ps(d * *xd.add(i * nb + blk));
-                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[i]);
-                if KIND != Q8_0 {
-                    off[i] += c * *xs.add(i * nb + blk);
+            for j in 0..R {
+                let b = row[j].add(blk * bb);
+                let d = f16_at(b);
+                let (wu, ws) = weight_bytes::<KIND>(b);
+                // Q4_1's min, Q4_0's -8·d: the weight of the activation block sum.
+                let c = if KIND == Q4_1 { f16_at(b.add(2)) } else { -8.0 * d };
+                for i in 0..M {
+                    let dot = block_dot::<D, KIND>(wu, ws, xq.add(i * k + blk * 32));
+                    let scale = _mm256_set1_ps(d * *xd.add(i * nb + blk));
+                    acc[j][i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[j][i]);
+                    if KIND != Q8_0 {
+                        off[j][i] += c * *xs.add(i * nb + blk);
+                    }
                 }
             }
         }
-        for i in 0..M {
-            // SAFETY (caller): row `r` belongs to this task only; `(i0 + i) * n + r < m * n`.
-            *out.get().add((i0 + i) * n + r) = hsum(acc[i]) + off[i];
+        for j in 0..R {
+            for i in 0..M {
+                // SAFETY (caller): these rows belong to this task only; `(i0 + i) * n + r < m * n`.
+                *out.get().add((i0 + i) * n + r0 + j) = hsum(acc[j][i]) + off[j][i];
+            }
         }
+        r0 += R;
     }
 }
 
 #[inline(always)]
-unsafe fn rows_typed<D: DotU8I8, const M: usize>(w: &WeightMatrix, a: &Q8Acts, i0: usize, rows: Range<usize>, out: OutPtr) {
-    match w.dtype {
-        GgmlType::Q4_0 => rows_kind::<D, Q4_0, M>(w, a, i0, rows, out),
-        GgmlType::Q4_1 => rows_kind::<D, Q4_1, M>(w, a, i0, rows, out),
-        _ => rows_kind::<D, Q8_0, M>(w, a, i0, rows, out),
+unsafe fn rows_typed<D: DotU8I8, const M: usize>(
+    w: &WeightMatrix,
+    a: &Q8Acts,
+    i0: usize,
+    rows: Range<usize>,
+    out: OutPtr,
+) {
+    // Weight rows per pass: 4 for one activation row, 2 for two, then 1 (at most 8 accumulators in flight).
+    macro_rules! kinds {
+        ($r:literal) => {
+            match w.dtype {
+                GgmlType::Q4_0 => rows_kind::<D, Q4_0, M, $r>(w, a, i0, rows, out),
+                GgmlType::Q4_1 => rows_kind::<D, Q4_1, M, $r>(w, a, i0, rows, out),
+                _ => rows_kind::<D, Q8_0, M, $r>(w, a, i0, rows, out),
+            }
+        };
+    }
+    match M {
+        1 => kinds!(4),
+        2 => kinds!(2),
+        _ => kinds!(1),
     }
 }
 
@@ -148,7 +178,13 @@ pub unsafe fn rows_avx_vnni<const M: usize>(w: &WeightMatrix, a: &Q8Acts, i0: us
 
 /// As `rows_avx2`, with AVX-512 VNNI's `vpdpbusd` on 256-bit registers (VL).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn rows_avx512_vnni<const M: usize>(w: &WeightMatrix, a: &Q8Acts, i0: usize, rows: Range<usize>, out: OutPtr) {
+pub unsafe fn rows_avx512_vnni<const M: usize>(
+    w: &WeightMatrix,
+    a: &Q8Acts,
+    i0: usize,
+    rows: Range<usize>,
+    out: OutPtr,
+) {
     rows_typed::<Avx512Vnni, M>(w, a, i0, rows, out)
 }
 

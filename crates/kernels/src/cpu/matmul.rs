@@ -416,6 +416,38 @@ mod avx2 {
         }
     }
 
+    /// `matmul_row_parts` on these kernels: `parts` as `(kind, matrix)`, every one `x.len()` columns wide (a
+    /// multiple of 32); the caller checked AVX2 + FMA + F16C support.
+    pub fn fused_row_parts<'a>(parts: impl Iterator<Item = (u8, &'a WeightMatrix)>, x: &[f32], out: &mut [f32]) {
+        let parts: Vec<(u8, &WeightMatrix)> = parts.collect();
+        let total: usize = parts.iter().map(|(_, w)| w.rows).sum();
+        assert!(x.len() % 32 == 0 && out.len() >= total);
+        // Σ x per block: only Q4_1's offset term reads it.
+        let xsums: Vec<f32> = x.chunks_exact(32).map(|c| c.iter().sum()).collect();
+        let per_task = total.div_ceil(16 * crate::cpu::team::current_threads()).clamp(16, 512);
+        let mut tasks = Vec::with_capacity(total.div_ceil(per_task) + parts.len());
+        let mut off = 0;
+        for (p, (_, w)) in parts.iter().enumerate() {
+            let mut r0 = 0;
+            while r0 < w.rows {
+                let r1 = (r0 + per_task).min(w.rows);
+                tasks.push((p, r0..r1, off));
+                r0 = r1;
+            }
+            off += w.rows;
+        }
+        let out = OutPtr(out.as_mut_ptr());
+        let (xsums, parts) = (xsums.as_slice(), parts.as_slice());
+        crate::cpu::team::parallel_for(tasks.len(), |t| {
+            let (p, rs, off) = tasks[t].clone();
+            let (kind, w) = parts[p];
+            let xs = if kind == Q4_1 { xsums } else { &[] };
+            // SAFETY: AVX2 + FMA + F16C detected by the caller; one row, so part `p`'s output `r` is at
+            // `off + r`; tasks write disjoint rows.
+            unsafe { rows::<1>(kind, x, xs, w, rs, OutPtr(out.get().add(off))) }
+        });
+    }
+
     /// `out[M, N] = x · Wᵀ` for a Q4_0 / Q4_1 / Q8_0 `w`; the caller checked AVX2 + FMA + F16C support.
     pub fn fused<const M: usize>(kind: u8, x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
         let (k, n) = (w.cols, w.rows);
@@ -433,6 +465,34 @@ mod avx2 {
             // SAFETY: AVX2 + FMA + F16C were detected by the caller; slice bounds asserted above.
             unsafe { rows::<M>(kind, x, xsums, w, rs, out) }
         });
+    }
+}
+
+/// `out = x · [W_0; W_1; ...]ᵀ` for one row `x`: the parts' outputs side by side (`out` is `Σ rows` long) in
+/// one parallel op when every part is a Q4_0 / Q4_1 / Q8_0 matrix on an AVX2 CPU (a decode step's q, k, v and
+/// gate, up: small products whose separate ops cost more in start and drain than the k and v products
+/// themselves); otherwise one `matmul` per part.
+///
+/// Panics if `x` or `out` disagree with the parts' shapes.
+pub fn matmul_row_parts(x: &[f32], parts: &[WeightMatrix], out: &mut [f32]) {
+    let total: usize = parts.iter().map(|w| w.rows).sum();
+    assert_eq!(out.len(), total, "matmul_row_parts: out is not [1, {total}]");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let kind = |w: &WeightMatrix| match w.dtype {
+            GgmlType::Q4_0 => Some(avx2::Q4_0),
+            GgmlType::Q4_1 => Some(avx2::Q4_1),
+            GgmlType::Q8_0 => Some(avx2::Q8_0),
+            _ => None,
+        };
+        if has_avx2_fma() && parts.iter().all(|w| kind(w).is_some() && w.cols == x.len() && w.cols % 32 == 0) {
+            return avx2::fused_row_parts(parts.iter().map(|w| (kind(w).unwrap(), w)), x, out);
+        }
+    }
+    let mut off = 0;
+    for w in parts {
+        matmul(x, 1, w, &mut out[off..off + w.rows]);
+        off += w.rows;
     }
 }
 

@@ -45,6 +45,24 @@ impl Q8Acts {
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         self.qsum.resize(nb, 0);
+        #[cfg(target_arch = "x86_64")]
+        if super::vec::has_avx2_fma() {
+            // SAFETY: the CPU has the features.
+            return unsafe { self.quantize_blocks_avx2(x) };
+        }
+        self.quantize_blocks(x);
+    }
+
+    /// `quantize_blocks` compiled for AVX2 (+ SSE4.1's rounding: the baseline build calls libm's `roundf` per
+    /// element, which cost more than the decode-step matmul it feeds for the narrow matrices).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,sse4.1")]
+    unsafe fn quantize_blocks_avx2(&mut self, x: &[f32]) {
+        self.quantize_blocks(x)
+    }
+
+    #[inline(always)]
+    fn quantize_blocks(&mut self, x: &[f32]) {
         for (b, (xb, qb)) in x.chunks_exact(QK).zip(self.qs.chunks_exact_mut(QK)).enumerate() {
             let (d, sum) = quantize_block(xb, qb);
             self.d[b] = d;
@@ -55,7 +73,7 @@ impl Q8Acts {
 }
 
 /// One block: writes the quants, returns `(d, Σ q)`.
-#[inline]
+#[inline(always)]
 fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let mut amax = 0.0f32;
     let mut nan = false;
