@@ -102,19 +102,7 @@ pub fn matmul_q8_row_parts(acts: &Q8Acts, parts: &[WeightMatrix], out: &mut [f32
     let total: usize = parts.iter().map(|w| w.rows).sum();
     assert_eq!(out.len(), total, "matmul_q8_row_parts: out is not [1, {total}]");
     assert!(isa.is_supported(), "matmul_q8_row_parts: {} kernels on a CPU without them", isa.name());
-    let per_task = total.div_ceil(16 * super::team::current_threads()).clamp(16, 512);
-    // (part, rows of it, offset of the part in `out`) per task.
-    let mut tasks = Vec::with_capacity(total.div_ceil(per_task) + parts.len());
-    let mut off = 0;
-    for (p, w) in parts.iter().enumerate() {
-        let mut r0 = 0;
-        while r0 < w.rows {
-            let r1 = (r0 + per_task).min(w.rows);
-            tasks.push((p, r0..r1, off));
-            r0 = r1;
-        }
-        off += w.rows;
-    }
+    let tasks = super::matmul::part_tasks(parts.iter().map(|w| w.rows));
     let out = OutPtr(out.as_mut_ptr());
     super::team::parallel_for(tasks.len(), |t| {
         let (p, rows, off) = tasks[t].clone();

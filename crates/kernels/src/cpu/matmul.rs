@@ -424,18 +424,7 @@ mod avx2 {
         assert!(x.len() % 32 == 0 && out.len() >= total);
         // Σ x per block: only Q4_1's offset term reads it.
         let xsums: Vec<f32> = x.chunks_exact(32).map(|c| c.iter().sum()).collect();
-        let per_task = total.div_ceil(16 * crate::cpu::team::current_threads()).clamp(16, 512);
-        let mut tasks = Vec::with_capacity(total.div_ceil(per_task) + parts.len());
-        let mut off = 0;
-        for (p, (_, w)) in parts.iter().enumerate() {
-            let mut r0 = 0;
-            while r0 < w.rows {
-                let r1 = (r0 + per_task).min(w.rows);
-                tasks.push((p, r0..r1, off));
-                r0 = r1;
-            }
-            off += w.rows;
-        }
+        let tasks = super::part_tasks(parts.iter().map(|(_, w)| w.rows));
         let out = OutPtr(out.as_mut_ptr());
         let (xsums, parts) = (xsums.as_slice(), parts.as_slice());
         crate::cpu::team::parallel_for(tasks.len(), |t| {
@@ -494,6 +483,26 @@ pub fn matmul_row_parts(x: &[f32], parts: &[WeightMatrix], out: &mut [f32]) {
         matmul(x, 1, w, &mut out[off..off + w.rows]);
         off += w.rows;
     }
+}
+
+/// The tasks of a one-op product over a fused weight's parts (`matmul_row_parts` and its int8 twin): `(part, rows
+/// of it, offset of the part's outputs)`, ~16 per thread over all parts' rows (finer than a single matrix's 8: the
+/// parts' tails make tasks uneven), 16-512 rows each.
+pub(super) fn part_tasks(part_rows: impl Iterator<Item = usize> + Clone) -> Vec<(usize, std::ops::Range<usize>, usize)> {
+    let total: usize = part_rows.clone().sum();
+    let per_task = total.div_ceil(16 * crate::cpu::team::current_threads()).clamp(16, 512);
+    let mut tasks = Vec::new();
+    let mut off = 0;
+    for (p, rows) in part_rows.enumerate() {
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + per_task).min(rows);
+            tasks.push((p, r0..r1, off));
+            r0 = r1;
+        }
+        off += rows;
+    }
+    tasks
 }
 
 fn fused(x: &[f32], m: usize, w: &WeightMatrix, out: &mut [f32]) {
