@@ -12,7 +12,9 @@
 //   throughput (--throughput; timings, so run it on an idle machine):
 //     - beam search width W vs greedy decoding of W independent requests (the same number of sequences per
 //       step, the same prompt, the same --output-len tokens each), on fresh engines after a one-token warm-up:
-//       wall seconds, generated tokens per second (W * output-len / seconds), and beam / greedy.
+//       wall seconds, generated tokens per second (W * output-len / seconds), and beam / greedy; and the decode
+//       phase alone (last first token to last finish, from the outputs' metrics), where the prompt's prefill,
+//       done once by a beam search and W times by W independent requests, does not count.
 //
 // Writes one JSON document (command, machine, config, results) to bench/results/beam-memory-<date>.json or --out.
 // Build first: `npm run build`.
@@ -32,6 +34,7 @@ const USAGE = `usage: node bench/beam-memory.mjs [options]
   --widths LIST       beam widths (default 4,8)
   --parallel N        n of the parallel-sampling case (default 8)
   --throughput        also time beam search against greedy at the same number of sequences
+  --rounds N          interleaved timing rounds, medians reported (default 1)
   --device NAME       cpu (default) or cuda
   --threads N         CPU threads (default: all cores)
   --out FILE          default bench/results/beam-memory-<date>.json
@@ -46,6 +49,7 @@ const { values: args } = parseArgs({
     widths: { type: 'string', default: '4,8' },
     parallel: { type: 'string', default: '8' },
     throughput: { type: 'boolean', default: false },
+    rounds: { type: 'string', default: '1' },
     device: { type: 'string', default: 'cpu' },
     threads: { type: 'string' },
     out: { type: 'string' },
@@ -66,6 +70,8 @@ for (const [name, v] of [['prompt-len', promptLen], ['output-len', outputLen], [
 const widths = args.widths.split(',').map(Number);
 if (widths.some((w) => !Number.isInteger(w) || w < 1)) throw new Error(`--widths must list positive integers, got ${args.widths}`);
 const parallel = Number(args.parallel);
+const rounds = Number(args.rounds);
+if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${args.rounds}`);
 const log = (line) => process.stderr.write(`${line}\n`);
 
 const { LLM } = await import(pathToFileURL(path.join(ROOT, 'dist', 'index.js')).href);
@@ -106,7 +112,23 @@ async function measure(label, submit) {
     const sequences = outs.flatMap((o) => o.outputs);
     const tokens = sequences.reduce((s, o) => s + o.tokenIds.length, 0);
     if (sequences.some((o) => o.tokenIds.length !== outputLen)) throw new Error(`${label}: a sequence did not generate ${outputLen} tokens`);
-    const r = { label, sequences: sequences.length, peakKvBlocks: stats.maxKvBlocksInUse, generatedTokens: tokens, seconds, preemptions: stats.numPreemptions };
+    // The decode phase alone: from the last request's first token to the last finish (independent requests
+    // prefill the prompt once each with prefix caching off, a beam search once, so end-to-end mixes the two).
+    const firstTokens = outs.map((o) => o.metrics?.firstTokenTime);
+    const finishes = outs.map((o) => o.metrics?.finishedTime);
+    const decodeSeconds = [...firstTokens, ...finishes].every((t) => typeof t === 'number')
+      ? Math.max(...finishes) - Math.max(...firstTokens)
+      : null;
+    const r = {
+      label,
+      sequences: sequences.length,
+      peakKvBlocks: stats.maxKvBlocksInUse,
+      generatedTokens: tokens,
+      seconds,
+      decodeSeconds,
+      decodeTokens: sequences.length * (outputLen - 1),
+      preemptions: stats.numPreemptions,
+    };
     log(`${label}: ${sequences.length} sequences, peak ${r.peakKvBlocks} KV blocks, ${seconds.toFixed(1)} s`);
     return r;
   } finally {
@@ -139,13 +161,37 @@ for (const w of widths) {
 // Beam search against greedy decoding at the same batch: W beams vs W independent greedy requests.
 const throughput = [];
 if (args.throughput) {
-  const rate = (r) => ({ seconds: r.seconds, generatedTokens: r.generatedTokens, tokensPerSecond: r.generatedTokens / r.seconds, preemptions: r.preemptions });
+  const rate = (r) => ({
+    seconds: r.seconds,
+    generatedTokens: r.generatedTokens,
+    tokensPerSecond: r.generatedTokens / r.seconds,
+    decodeSeconds: r.decodeSeconds,
+    decodeTokensPerSecond: r.decodeSeconds ? r.decodeTokens / r.decodeSeconds : null,
+    preemptions: r.preemptions,
+  });
+  // Interleaved rounds, the median of each figure: one run of a configuration varies by ~10% on a shared vCPU.
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const medianRate = (runs) => {
+    const rs = runs.map(rate);
+    const m = (k) => (rs.every((r) => r[k] !== null) ? median(rs.map((r) => r[k])) : null);
+    return { ...Object.fromEntries(['seconds', 'tokensPerSecond', 'decodeSeconds', 'decodeTokensPerSecond'].map((k) => [k, m(k)])), generatedTokens: rs[0].generatedTokens, preemptions: Math.max(...rs.map((r) => r.preemptions)), rounds: rs.length };
+  };
   for (const w of widths) {
-    const beam = await measure(`timed: beam search width ${w}`, (llm, ids) => llm.beamSearch([ids], { beamWidth: w, maxTokens: outputLen, ignoreEos: true }));
-    const greedy = await measure(`timed: ${w} independent greedy requests`, independent(w, { temperature: 0, maxTokens: outputLen, ignoreEos: true }));
-    const b = rate(beam);
-    const g = rate(greedy);
-    throughput.push({ sequences: w, beamSearch: b, greedy: g, beamOverGreedy: b.tokensPerSecond / g.tokensPerSecond });
+    const beams = [];
+    const greedies = [];
+    for (let round = 0; round < rounds; round++) {
+      beams.push(await measure(`timed ${round + 1}/${rounds}: beam search width ${w}`, (llm, ids) => llm.beamSearch([ids], { beamWidth: w, maxTokens: outputLen, ignoreEos: true })));
+      greedies.push(await measure(`timed ${round + 1}/${rounds}: ${w} independent greedy requests`, independent(w, { temperature: 0, maxTokens: outputLen, ignoreEos: true })));
+    }
+    const b = medianRate(beams);
+    const g = medianRate(greedies);
+    throughput.push({
+      sequences: w,
+      beamSearch: b,
+      greedy: g,
+      beamOverGreedy: b.tokensPerSecond / g.tokensPerSecond,
+      beamOverGreedyDecode: b.decodeTokensPerSecond && g.decodeTokensPerSecond ? b.decodeTokensPerSecond / g.decodeTokensPerSecond : null,
+    });
   }
 }
 
@@ -153,7 +199,7 @@ const doc = {
   command: `node ${process.argv.slice(1).map((a) => path.relative(ROOT, a) || a).join(' ')}`,
   date: new Date().toISOString(),
   machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? null, loadavg: os.loadavg(), platform: `${os.platform()} ${os.arch()}` },
-  config: { model: args.model ?? 'default (SmolLM2-135M-Instruct Q4_1)', promptLen, outputLen, widths, parallel, device: args.device, prefixCaching: false },
+  config: { model: args.model ?? 'default (SmolLM2-135M-Instruct Q4_1)', promptLen, outputLen, widths, parallel, rounds, device: args.device, prefixCaching: false },
   note: args.note ?? null,
   results: { memory, throughput, timingsValid: args.throughput },
 };

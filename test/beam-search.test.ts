@@ -70,6 +70,10 @@ describe('llm.beamSearch', () => {
         expect(o.text).toBe(llm.detokenize(o.tokenIds, { skipSpecialTokens: true }));
         expect(['stop', 'length']).toContain(o.finishReason);
       }
+      // Metrics as for any request: a beam search's first step sets the first-token time.
+      expect(out.metrics?.firstTokenTime).toBeTypeOf('number');
+      expect(out.metrics!.firstTokenTime!).toBeLessThanOrEqual(out.metrics!.finishedTime!);
+      expect(out.metrics!.numGenerationTokens).toBeGreaterThan(0);
     }
   }, 120_000);
 

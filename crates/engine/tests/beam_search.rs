@@ -107,6 +107,11 @@ fn check_against_hf(cases: &[serde_json::Value], outs: &[RequestOutput]) {
             case["early_stopping"]
         );
         assert!(out.finished);
+        // A search's metrics count its steps like any request's: a first-token time no later than the finish.
+        let m = out.metrics.as_ref().expect("a finished beam search carries its metrics");
+        let first = m.first_token_time.expect("a beam search records when its first step chose tokens");
+        assert!(first <= m.finished_time.unwrap(), "{label}: first token after the finish");
+        assert!(m.num_generation_tokens > 0, "{label}: no generated tokens counted");
         let hf = case["beams"].as_array().unwrap();
         assert_eq!(out.outputs.len(), hf.len(), "{label}: number of beams");
         let lp = case["length_penalty"].as_f64().unwrap();

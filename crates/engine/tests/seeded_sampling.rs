@@ -293,14 +293,9 @@ fn seeded_request_ignores_its_batch_on_cuda() {
 /// `best_of`: of `best_of` generated samples the `n` with the highest cumulative log-prob come back, best first,
 /// in one final output. Sample `i` of a seeded request has its own stream (seed + i) whatever its batch, so the
 /// same request with `n = best_of` shows every candidate: the answer must be that set's top `n`.
-#[test]
-fn best_of_returns_the_top_n_samples_by_cumulative_logprob() {
+fn check_best_of_returns_the_top_n_samples(config: EngineConfig) {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_llama(dir.path());
-    let config = EngineConfig {
-        kv_cache_bytes: 16 << 20,
-        ..EngineConfig::default()
-    };
     let engine = LLMEngine::start(dir.path().to_str().unwrap(), config).unwrap();
     let params = |n: usize, best_of: Option<usize>| SamplingParams {
         n,
@@ -359,4 +354,24 @@ fn best_of_returns_the_top_n_samples_by_cumulative_logprob() {
         .expect("best_of < n refused");
     assert!(err.to_string().contains("best_of"), "{err}");
     engine.shutdown();
+}
+
+#[test]
+fn best_of_returns_the_top_n_samples_by_cumulative_logprob() {
+    check_best_of_returns_the_top_n_samples(EngineConfig {
+        kv_cache_bytes: 16 << 20,
+        ..EngineConfig::default()
+    });
+}
+
+/// The same on CUDA: the device sampler's seeded streams and the sampled tokens' log-probs (summed on the host).
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/gpu/device-run.sh runs it"]
+fn best_of_returns_the_top_n_samples_on_cuda() {
+    check_best_of_returns_the_top_n_samples(EngineConfig {
+        device: "cuda".into(),
+        dtype: "float32".into(),
+        gpu_memory_utilization: 0.3,
+        ..EngineConfig::default()
+    });
 }

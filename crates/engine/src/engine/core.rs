@@ -714,12 +714,18 @@ impl EngineCore {
                 let hit = stop_strings?.stop_for(generated, token)?;
                 Some((FinishReason::Stop, Some(StopReason::String(hit.to_string()))))
             };
-            match beam.step(&proposals, stops) {
-                BeamStep::Continue(moves) => sc
-                    .beam_rebases
-                    .extend(moves.iter().map(|m| (seqs[m.slot], seqs[m.parent], m.token))),
-                BeamStep::Done => sc.beams_done.push(ext.clone()),
-            }
+            let chosen = match beam.step(&proposals, stops) {
+                BeamStep::Continue(moves) => {
+                    sc.beam_rebases
+                        .extend(moves.iter().map(|m| (seqs[m.slot], seqs[m.parent], m.token)));
+                    moves.len()
+                }
+                BeamStep::Done => {
+                    sc.beams_done.push(ext.clone());
+                    0
+                }
+            };
+            g.note_beam_step(chosen);
         }
     }
 

@@ -92,6 +92,13 @@ impl RequestGroup {
         self.tokenizer = tokenizer;
     }
 
+    /// Counts one step of the beam search (`tokens` continuations chosen) in the request's metrics: beams take
+    /// no `push_token`, so this is where their first-token time and generated-token count come from.
+    pub fn note_beam_step(&mut self, tokens: usize) {
+        self.metrics.first_token_time.get_or_insert_with(now_secs);
+        self.metrics.num_generation_tokens += tokens;
+    }
+
     /// Marks sample `index` done without output of its own (a beam: the hypotheses carry the output).
     pub fn end_beam(&mut self, index: usize) {
         self.touched = true;
