@@ -34,10 +34,12 @@ describe('cpuPrecision', () => {
 
   it('modelInfo reports the mode, the kernels and the threads; both modes generate', async () => {
     const texts: string[] = [];
+    const blocks: Record<string, number> = {};
     for (const cpuPrecision of ['exact', 'fast'] as const) {
       const llm = await LLM.create({ ...TEST_ENGINE, cpuPrecision, numThreads: 1 });
       try {
         expect(llm.modelInfo.cpuPrecision).toBe(cpuPrecision);
+        blocks[cpuPrecision] = llm.modelInfo.numKvBlocks;
         expect(ISAS).toContain(llm.modelInfo.cpuIsa);
         expect(llm.modelInfo.numThreads).toBe(1);
         const [out] = await llm.generate('The capital of France is', { temperature: 0, maxTokens: 4 });
@@ -49,6 +51,9 @@ describe('cpuPrecision', () => {
       }
     }
     expect(texts).toHaveLength(2);
+    // Fast mode's KV cache is f16: the same byte budget holds twice the blocks (give or take the rounding).
+    expect(blocks.fast).toBeGreaterThanOrEqual(2 * blocks.exact!);
+    expect(blocks.fast).toBeLessThanOrEqual(2 * blocks.exact! + 1);
   });
 
   it('the default is exact mode', async () => {

@@ -52,6 +52,7 @@ pub fn num_kv_blocks(config: &EngineConfig, model: &crate::model::ModelConfig) -
                 config.block_size,
                 model.num_key_value_heads,
                 model.head_dim,
+                CpuPrecision::from(config.cpu_precision).kv_dtype(),
             );
             config.kv_cache_bytes / per_block
         }

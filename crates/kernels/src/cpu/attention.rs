@@ -15,8 +15,8 @@
 
 use std::cell::RefCell;
 
-use super::kv_cache::KvCache;
-use super::vec::{axpy, dot, has_avx2_fma, scale as scale_vec};
+use super::kv_cache::{KvCache, KvData, KvElem, Planes};
+use super::vec::{axpy, has_avx2_fma, scale as scale_vec};
 use crate::backend::AttentionSpec;
 use crate::batch::InputBatch;
 
@@ -50,7 +50,25 @@ pub fn paged_attention(
     } else {
         usize::MAX
     };
-    attention_impl(q, kv, layer, batch, num_heads, spec, out, partition)
+    attend_cache(q, kv, layer, batch, num_heads, spec, out, partition)
+}
+
+/// `attention_impl` over the cache's element type.
+#[allow(clippy::too_many_arguments)]
+fn attend_cache(
+    q: &[f32],
+    kv: &KvCache,
+    layer: usize,
+    batch: &InputBatch,
+    num_heads: usize,
+    spec: &AttentionSpec,
+    out: &mut [f32],
+    partition: usize,
+) {
+    match &kv.data {
+        KvData::F32(p) => attention_impl(q, kv, p, layer, batch, num_heads, spec, out, partition),
+        KvData::F16(p) => attention_impl(q, kv, p, layer, batch, num_heads, spec, out, partition),
+    }
 }
 
 /// The cache geometry one (token, KV head) pair needs.
@@ -67,9 +85,10 @@ thread_local! {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attention_impl(
+fn attention_impl<T: KvElem>(
     q: &[f32],
     kv: &KvCache,
+    planes: &Planes<T>,
     layer: usize,
     batch: &InputBatch,
     num_heads: usize,
@@ -108,7 +127,7 @@ fn attention_impl(
     if t == 0 {
         return;
     }
-    let (kc, vc) = (&kv.k[layer][..], &kv.v[layer][..]);
+    let (kc, vc) = (&planes.k[layer][..], &planes.v[layer][..]);
     let avx2 = has_avx2_fma();
     let score = Score {
         scale: spec.scale,
@@ -182,7 +201,7 @@ fn attention_impl(
                 return;
             }
             let _ = avx2;
-            attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l, &mut scores);
+            attend_part::<T, false>(q_g, kc, vc, table, geo, kh, range, score, acc, m, l, &mut scores);
             SCORES.with(|s| *s.borrow_mut() = scores);
         };
         let n_parts = first_item[job + 1] - first_item[job];
@@ -300,12 +319,12 @@ impl PartialPtrs {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_part_avx2(
+unsafe fn attend_part_avx2<T: KvElem>(
     q_g: &[f32],
-    kc: &[f32],
-    vc: &[f32],
+    kc: &[T],
+    vc: &[T],
     table: &[u32],
     geo: Geo,
     kh: usize,
@@ -316,7 +335,29 @@ unsafe fn attend_part_avx2(
     l: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    attend_part(q_g, kc, vc, table, geo, kh, range, score, acc, m, l, scores)
+    attend_part::<T, true>(q_g, kc, vc, table, geo, kh, range, score, acc, m, l, scores)
+}
+
+/// `q · k` over a cache row, on the AVX2 path inside `attend_part_avx2` (`SIMD`), plain code otherwise.
+#[inline(always)]
+fn row_dot<T: KvElem, const SIMD: bool>(q: &[f32], k: &[T]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: `SIMD` is set only by `attend_part_avx2`, which runs when the CPU has AVX2, FMA and F16C.
+        return unsafe { T::dot_avx2(q, k) };
+    }
+    T::dot(q, k)
+}
+
+/// `acc += w · v` over a cache row, as `row_dot`.
+#[inline(always)]
+fn row_axpy<T: KvElem, const SIMD: bool>(acc: &mut [f32], w: f32, v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: as in `row_dot`.
+        return unsafe { T::axpy_avx2(acc, w, v) };
+    }
+    T::axpy(acc, w, v)
 }
 
 /// How a raw `q · k` becomes a score: scaled, then soft-capped when `softcap > 0`.
@@ -342,10 +383,10 @@ impl Score {
 /// the sum of `exp(score - m)` as `l` and the unnormalized `Σ exp(score - m) v` as `acc`, per head.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_part(
+fn attend_part<T: KvElem, const SIMD: bool>(
     q_g: &[f32],
-    kc: &[f32],
-    vc: &[f32],
+    kc: &[T],
+    vc: &[T],
     table: &[u32],
     geo: Geo,
     kh: usize,
@@ -368,7 +409,7 @@ fn attend_part(
         for (i, p) in range.clone().enumerate() {
             let k = &kc[row_of(p)..][..hd];
             for h in 0..group {
-                s[h * n + i] = score.of(dot(&q_g[h * hd..(h + 1) * hd], k));
+                s[h * n + i] = score.of(row_dot::<T, SIMD>(&q_g[h * hd..(h + 1) * hd], k));
             }
         }
         for h in 0..group {
@@ -386,7 +427,7 @@ fn attend_part(
         for (i, p) in range.enumerate() {
             let v = &vc[row_of(p)..][..hd];
             for h in 0..group {
-                axpy(&mut acc[h * hd..(h + 1) * hd], s[h * n + i], v);
+                row_axpy::<T, SIMD>(&mut acc[h * hd..(h + 1) * hd], s[h * n + i], v);
             }
         }
     }
@@ -398,6 +439,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::cpu::kv_cache::KvDtype;
 
     /// (cached prefix length, new tokens) per sequence.
     fn build(
@@ -405,6 +447,7 @@ mod tests {
         block_size: usize,
         nkv: usize,
         hd: usize,
+        dtype: KvDtype,
         rng: &mut impl Rng,
     ) -> (InputBatch, KvCache) {
         let blocks_per: Vec<usize> = seqs.iter().map(|(c, n)| (c + n).div_ceil(block_size)).collect();
@@ -436,11 +479,8 @@ mod tests {
             batch.query_start_loc.push(batch.token_ids.len() as u32);
         }
         batch.check();
-        let mut kv = KvCache::new(2, total + 1, block_size, nkv, hd);
-        for layer in 0..2 {
-            kv.k[layer].iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0));
-            kv.v[layer].iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0));
-        }
+        let mut kv = KvCache::with_dtype(2, total + 1, block_size, nkv, hd, dtype);
+        kv.fill_with(|| rng.random_range(-1.0..1.0));
         (batch, kv)
     }
 
@@ -460,8 +500,9 @@ mod tests {
             let table = batch.block_table(b);
             // Gather this sequence's K/V densely.
             let ctx = batch.seq_lens[b] as usize;
-            let at = |c: &Vec<f32>, p: usize, kh: usize, d: usize| {
-                c[((table[p / bs] as usize * bs + p % bs) * nkv + kh) * hd + d] as f64
+            // The cache's values as stored (an f16 cache's rounding is the cache's, not the kernel's, error).
+            let at = |v: bool, p: usize, kh: usize, d: usize| {
+                kv.value(layer, v, ((table[p / bs] as usize * bs + p % bs) * nkv + kh) * hd + d) as f64
             };
             for t in s0..s1 {
                 let pos = ctx - (s1 - s0) + (t - s0);
@@ -473,7 +514,7 @@ mod tests {
                     let scores: Vec<f64> = (0..=pos)
                         .map(|p| {
                             let s =
-                                (0..hd).map(|d| qh[d] as f64 * at(&kv.k[layer], p, kh, d)).sum::<f64>() * scale as f64;
+                                (0..hd).map(|d| qh[d] as f64 * at(false, p, kh, d)).sum::<f64>() * scale as f64;
                             let s = spec.softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh());
                             if seen(p) {
                                 s
@@ -488,7 +529,7 @@ mod tests {
                     for d in 0..hd {
                         out[(t * nh + h) * hd + d] = (0..=pos)
                             .filter(|&p| seen(p))
-                            .map(|p| e[p] * at(&kv.v[layer], p, kh, d))
+                            .map(|p| e[p] * at(true, p, kh, d))
                             .sum::<f64>()
                             / z;
                     }
@@ -504,9 +545,12 @@ mod tests {
             sliding_window: None,
             softcap: None,
         };
-        check_spec(seqs, nh, nkv, hd, partition, seed, &spec);
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            check_spec(seqs, nh, nkv, hd, partition, seed, &spec, dtype);
+        }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check_spec(
         seqs: &[(usize, usize)],
         nh: usize,
@@ -515,18 +559,19 @@ mod tests {
         partition: usize,
         seed: u64,
         spec: &AttentionSpec,
+        dtype: KvDtype,
     ) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let (batch, kv) = build(seqs, 16, nkv, hd, &mut rng);
+        let (batch, kv) = build(seqs, 16, nkv, hd, dtype, &mut rng);
         let q: Vec<f32> = (0..batch.num_tokens() * nh * hd)
             .map(|_| rng.random_range(-2.0..2.0))
             .collect();
         let mut out = vec![f32::NAN; q.len()];
-        attention_impl(&q, &kv, 1, &batch, nh, spec, &mut out, partition);
+        attend_cache(&q, &kv, 1, &batch, nh, spec, &mut out, partition);
         for (i, (a, b)) in out.iter().zip(reference(&q, &kv, 1, &batch, nh, spec)).enumerate() {
             assert!(
                 (*a as f64 - b).abs() < 1e-5,
-                "seqs {seqs:?} nh {nh} nkv {nkv} hd {hd}: [{i}] {a} vs {b}"
+                "seqs {seqs:?} nh {nh} nkv {nkv} hd {hd} {dtype:?}: [{i}] {a} vs {b}"
             );
         }
     }
@@ -567,9 +612,11 @@ mod tests {
                 sliding_window: window,
                 softcap,
             };
-            check_spec(&seqs, 6, 2, 64, usize::MAX, 21, &spec);
-            // The split path starts its partitions at the window's first position.
-            check_spec(&[(300, 1), (40, 3)], 4, 2, 64, 16, 22, &spec);
+            for dtype in [KvDtype::F32, KvDtype::F16] {
+                check_spec(&seqs, 6, 2, 64, usize::MAX, 21, &spec, dtype);
+                // The split path starts its partitions at the window's first position.
+                check_spec(&[(300, 1), (40, 3)], 4, 2, 64, 16, 22, &spec, dtype);
+            }
         }
     }
 
@@ -577,7 +624,7 @@ mod tests {
     fn positions_before_the_window_are_never_read() {
         // Poison every block except the ones the window covers: a read of a freed block would give NaN.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (batch, mut kv) = build(&[(100, 1)], 16, 2, 64, &mut rng);
+        let (batch, mut kv) = build(&[(100, 1)], 16, 2, 64, KvDtype::F32, &mut rng);
         let table = batch.block_table(0).to_vec();
         let spec = AttentionSpec {
             scale: 0.125,
@@ -585,16 +632,17 @@ mod tests {
             softcap: None,
         };
         // Position 100 sees 81..=100: blocks 5 and 6 (positions 80..111); blocks 0..=4 are outside.
+        let planes = kv.f32_planes_mut().unwrap();
         for &blk in &table[..5] {
             for layer in 0..2 {
                 let (a, b) = (blk as usize * 16 * 128, (blk as usize + 1) * 16 * 128);
-                kv.k[layer][a..b].fill(f32::NAN);
-                kv.v[layer][a..b].fill(f32::NAN);
+                planes.k[layer][a..b].fill(f32::NAN);
+                planes.v[layer][a..b].fill(f32::NAN);
             }
         }
         let q: Vec<f32> = (0..4 * 64).map(|_| rng.random_range(-2.0..2.0)).collect();
         let mut out = vec![0.0; q.len()];
-        attention_impl(&q, &kv, 1, &batch, 4, &spec, &mut out, usize::MAX);
+        attend_cache(&q, &kv, 1, &batch, 4, &spec, &mut out, usize::MAX);
         assert!(out.iter().all(|v| v.is_finite()));
     }
 }

@@ -101,9 +101,21 @@ impl CpuBackend {
         Ok(self)
     }
 
-    /// Sets the numeric mode of the quantized matmuls (`exact` by default).
+    /// Sets the numeric mode (`exact` by default): fast mode's int8 matmul inputs and its f16 KV cache
+    /// ([`CpuPrecision::kv_dtype`]; the cache is reallocated empty in that element type).
     pub fn with_precision(mut self, precision: CpuPrecision) -> Self {
         self.precision = precision;
+        let kv = &self.kv;
+        if kv.dtype() != precision.kv_dtype() {
+            self.kv = KvCache::with_dtype(
+                kv.num_layers,
+                kv.num_blocks,
+                kv.block_size,
+                kv.num_kv_heads,
+                kv.head_dim,
+                precision.kv_dtype(),
+            );
+        }
         self
     }
 

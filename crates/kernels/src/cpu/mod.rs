@@ -21,4 +21,4 @@ pub mod vec;
 
 pub use backend::{CpuBackend, CpuError};
 pub use isa::{CpuIsa, CpuPrecision};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvDtype};
