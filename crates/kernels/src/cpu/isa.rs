@@ -83,7 +83,7 @@ fn avx2_fma_f16c() -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum CpuPrecision {
     /// Activations quantized to int8 per 32 once per matmul input, integer dot products, scales in f32
-    /// (llama.cpp's scheme), and an f16 KV cache (llama.cpp's default). On the default model it ranks 96.9% of
+    /// (llama.cpp's scheme), and an f16 KV cache (llama.cpp's default). On the default model it ranks 95.9% of
     /// exact mode's greedy tokens first on the same context (`crates/engine/tests/cpu_precision.rs`).
     Fast,
     /// f32 activations, weights dequantized inside f32 FMAs, f32 KV cache: the reference mode the HF-parity
