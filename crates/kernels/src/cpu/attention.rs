@@ -513,8 +513,7 @@ mod tests {
                     let seen = |p: usize| spec.sliding_window.map_or(true, |w| pos - p < w as usize);
                     let scores: Vec<f64> = (0..=pos)
                         .map(|p| {
-                            let s =
-                                (0..hd).map(|d| qh[d] as f64 * at(false, p, kh, d)).sum::<f64>() * scale as f64;
+                            let s = (0..hd).map(|d| qh[d] as f64 * at(false, p, kh, d)).sum::<f64>() * scale as f64;
                             let s = spec.softcap.map_or(s, |c| c as f64 * (s / c as f64).tanh());
                             if seen(p) {
                                 s

@@ -322,7 +322,10 @@ mod tests {
         let mut k = vec![f16::ZERO; 67];
         f16::store(&mut k, &src);
         for (a, b) in k.iter().zip(&src) {
-            assert!((a.to_f32() - b).abs() <= b.abs() / 1024.0, "f16 keeps 11 significant bits");
+            assert!(
+                (a.to_f32() - b).abs() <= b.abs() / 1024.0,
+                "f16 keeps 11 significant bits"
+            );
         }
         let want: f64 = q.iter().zip(&k).map(|(a, b)| *a as f64 * b.to_f32() as f64).sum();
         assert!((f16::dot(&q, &k) as f64 - want).abs() < 1e-4);
