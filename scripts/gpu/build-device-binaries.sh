@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds what scripts/gpu/device-run.sh runs on the GPU machine into .gpu-bin/ (git-ignored; name it in the
-# device tool's `carry`). Needs nvcc: scripts/install-nvcc.sh provides one from PyPI wheels.
+# Builds what scripts/gpu/device-run.sh runs on the GPU machine into .gpu-bin/ (git-ignored), and packs it as
+# .gpu-bin-pack/gpu-bin.tgz (name that in the device tool's `carry`; see the end). Needs nvcc:
+# scripts/install-nvcc.sh provides one from PyPI wheels.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export NVCC=${NVCC:-$(bash scripts/install-nvcc.sh)}
@@ -18,3 +19,6 @@ cp ../shared/device/hf_peer.py .gpu-bin/
 .gpu-bin/pagedllm-bench export-tokenizer --model "${STRUCTURED_TOKENIZER_MODEL:-$HOME/.cache/pagedllm/models/SmolLM2-135M-Instruct.Q4_1.gguf}" \
   --out .gpu-bin/structured-tokenizer
 ls -la .gpu-bin
+# The binaries (~60 MB) plus the tree pass the device tool's 64 MiB carry limit: carry this tarball instead
+# (`.gpu-bin-pack`, git-ignored) and untar it first on the device: `tar -xzf .gpu-bin-pack/gpu-bin.tgz && ...`.
+mkdir -p .gpu-bin-pack && tar -czf .gpu-bin-pack/gpu-bin.tgz .gpu-bin && ls -la .gpu-bin-pack

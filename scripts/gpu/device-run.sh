@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements, run ON the lent GPU machine (no cargo or node there) from the repository
-# root, with the binaries built here by scripts/gpu/build-device-binaries.sh in .gpu-bin/ (carried):
+# root, with the binaries built here by scripts/gpu/build-device-binaries.sh in .gpu-bin/ (carried as
+# .gpu-bin-pack/gpu-bin.tgz and untarred first: `tar -xzf .gpu-bin-pack/gpu-bin.tgz && bash scripts/gpu/device-run.sh ...`):
 #   .gpu-bin/pagedllm-bench    stripped release build with --features cuda
 #   .gpu-bin/gpu_decoder       the decoder-vs-CPU test binary (crates/engine/tests/gpu_decoder.rs)
 #   .gpu-bin/seeded_sampling   the engine's seeded-sampling test binary (crates/engine/tests/seeded_sampling.rs)
