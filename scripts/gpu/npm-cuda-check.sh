@@ -15,6 +15,7 @@ log "node $(node --version); packages: $(ls $W/app/node_modules | tr '\n' ' ')"
 python3 .gpu-bin/hf_peer.py make-model --shape smollm2-135m --out $W/model --peaked >"$OUT/make-model.log" 2>&1
 cp .gpu-app/tokenizer.json .gpu-app/tokenizer_config.json $W/model/
 CLI="node $W/app/node_modules/pagedllm/dist/cli.js"
+ROOT=$PWD
 cd $W/app
 node -e 'const p = "pagedllm-linux-x64-gnu-cuda"; console.log("installed", p, require(p + "/package.json").version, "backends", JSON.stringify(require(p).backends()))' 2>&1 | tee -a "$OUT/summary.txt"
 for dev in cuda cpu; do
@@ -34,3 +35,17 @@ let same = 0; while (same < Math.min(a.length, b.length) && a[same] === b[same])
 console.log(`greedy tokens: cuda ${a.length}, cpu ${b.length}, identical prefix ${same}` + (same === a.length && a.length === b.length ? " (PASS)" : " (FAIL)"));
 ' "$OUT" 2>&1 | tee -a "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$OUT/summary.txt"
+# Issue 15 through the installed packages on the GPU: llm.beamSearch (CUDA = CPU), bestOf, and the server's
+# use_beam_search / best_of on `pagedllm serve --device cuda` (scripts/gpu/npm-cuda-beam-check.mjs).
+cp "$ROOT/scripts/gpu/npm-cuda-beam-check.mjs" $W/app/
+PORT=8723
+$CLI serve --model $W/model --device cuda --dtype float32 --gpu-memory-utilization 0.3 --served-model-name m \
+  --port $PORT >"$OUT/serve.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 120); do
+  node -e "fetch('http://127.0.0.1:$PORT/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))" && break
+  sleep 0.5
+done
+timeout 300 node $W/app/npm-cuda-beam-check.mjs $W/model http://127.0.0.1:$PORT "$OUT/beam-check.json" 2>&1 | tee -a "$OUT/summary.txt"
+log "beam/best_of check exit ${PIPESTATUS[0]}"
+kill -TERM $SERVER; wait $SERVER; log "server exit $?"
