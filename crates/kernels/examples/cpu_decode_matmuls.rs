@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use pagedllm_kernels::cpu::int8_matmul::{matmul_q8, matmul_q8_row_parts};
 use pagedllm_kernels::cpu::matmul::{matmul, matmul_row_parts};
+use pagedllm_kernels::cpu::packed_matrix::{matmul_packed_parts, PackedMatrix};
 use pagedllm_kernels::cpu::q8_acts::Q8Acts;
 use pagedllm_kernels::cpu::team::ThreadTeam;
 use pagedllm_kernels::cpu::CpuIsa;
@@ -38,7 +39,7 @@ fn random_matrix(dtype: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> W
 }
 
 fn main() {
-    let (mut threads, mut rows, mut reps) = (2usize, 1usize, 30usize);
+    let (mut threads, mut rows, mut reps, mut layers) = (2usize, 1usize, 30usize, 30usize);
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let v: usize = pair.get(1).and_then(|v| v.parse().ok()).expect("flags take a number");
@@ -46,10 +47,11 @@ fn main() {
             "--threads" => threads = v,
             "--rows" => rows = v,
             "--reps" => reps = v,
+            "--layers" => layers = v,
             f => panic!("unknown flag {f}"),
         }
     }
-    let (h, inter, kv, vocab, layers) = (576, 1536, 192, 49152, 30);
+    let (h, inter, kv, vocab) = (576, 1536, 192, 49152);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     // Every layer has its own weights, so the step streams them from memory; fused products (qkv, gate_up) as
     // their parts, as the CPU backend keeps them.
@@ -70,21 +72,26 @@ fn main() {
     let isa = CpuIsa::detect();
     let mut q8 = Q8Acts::default();
     println!("isa {} threads {threads} rows {rows} reps {reps}", isa.name());
-    for fast in [false, true] {
+    let packed: Vec<Vec<PackedMatrix>> = mats.iter().map(|(_, p)| p.iter().map(PackedMatrix::pack).collect()).collect();
+    for mode in ["exact", "fast", "packed"] {
+        let fast = mode != "exact";
         let mut best: std::collections::BTreeMap<&str, f64> = Default::default();
         let mut best_step = f64::MAX;
         for _ in 0..reps {
             let mut per: std::collections::BTreeMap<&str, f64> = Default::default();
             let t_step = Instant::now();
             team.install(|| {
-                for (name, parts) in &mats {
+                for (mi, (name, parts)) in mats.iter().enumerate() {
                     let cols = parts[0].cols;
                     let xs = &x[..rows * cols];
                     let t = Instant::now();
                     if fast {
                         q8.quantize(xs, rows, cols);
                     }
-                    if rows == 1 {
+                    if mode == "packed" {
+                        let o = &mut out[..rows * parts.iter().map(|w| w.rows).sum::<usize>()];
+                        matmul_packed_parts(&q8, &packed[mi], o, isa);
+                    } else if rows == 1 {
                         let o = &mut out[..parts.iter().map(|w| w.rows).sum::<usize>()];
                         if fast {
                             matmul_q8_row_parts(&q8, parts, o, isa);
@@ -114,7 +121,7 @@ fn main() {
         let detail: Vec<String> = best.iter().map(|(k, v)| format!("{k} {:.2}", v * 1e3)).collect();
         println!(
             "{}: step {:.2} ms (min of {reps}); per kind ms: {}",
-            if fast { "fast" } else { "exact" },
+            mode,
             best_step * 1e3,
             detail.join(", ")
         );

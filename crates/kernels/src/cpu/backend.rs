@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::int8_matmul::{self, matmul_q8};
 use super::isa::{CpuIsa, CpuPrecision};
+use super::packed_matrix::{self, matmul_packed_parts, PackedMatrix};
 use super::q8_acts::Q8Acts;
 use super::team::{par_chunks_mut, ThreadTeam};
 use super::{activation, attention, kv_cache::KvCache, matmul::matmul, norm, rope::RopeTable};
@@ -20,9 +21,9 @@ use crate::batch::InputBatch;
 use crate::quant;
 use crate::tensor::WeightMatrix;
 
-/// Most activation rows that take the int8 kernels in fast mode: decode batches up to 64 (the batch-64
-/// case). Longer prefill chunks keep the dequantize + GEMM path, which already leads llama.cpp's prompt
-/// processing; where the int8 kernels overtake it is for a benchmark on an idle machine to decide (not measured).
+/// Most activation rows that take the file-layout int8 kernels in fast mode (Arm, where weights are not packed):
+/// decode batches up to 64. Longer prefill chunks keep the dequantize + GEMM path there. Packed weights (x86)
+/// take every batch: their kernels beat the GEMM path at prefill too (bench/results/cpu-packed-*).
 const FAST_MAX_ROWS: usize = 64;
 
 /// RoPE cos/sin are tabulated for this many leading positions (later ones are computed per token).
@@ -46,6 +47,9 @@ fn bad<T>(m: String) -> Result<T, CpuError> {
 
 pub struct CpuBackend {
     weights: Vec<Vec<WeightMatrix>>,
+    /// Per weight, its parts re-laid for the fast-mode kernels where this CPU packs them
+    /// (`packed_matrix::packs_on`); the file layout stays for exact mode and the embedding lookup.
+    packed: Vec<Option<Vec<PackedMatrix>>>,
     vectors: Vec<Vec<f32>>,
     ropes: Vec<RopeTable>,
     acts: Vec<Vec<f32>>,
@@ -74,6 +78,7 @@ impl CpuBackend {
         let h = layout.heads;
         Self {
             weights: Vec::new(),
+            packed: Vec::new(),
             vectors: Vec::new(),
             ropes: Vec::new(),
             acts: Vec::new(),
@@ -105,6 +110,7 @@ impl CpuBackend {
     /// ([`CpuPrecision::kv_dtype`]; the cache is reallocated empty in that element type).
     pub fn with_precision(mut self, precision: CpuPrecision) -> Self {
         self.precision = precision;
+        self.packed = self.weights.iter().map(|parts| self.pack(parts)).collect();
         let kv = &self.kv;
         if kv.dtype() != precision.kv_dtype() {
             self.kv = KvCache::with_dtype(
@@ -130,6 +136,12 @@ impl CpuBackend {
 
     pub fn kv_cache(&self) -> &KvCache {
         &self.kv
+    }
+
+    /// `parts` packed, if fast mode runs packed weights here and every part can be.
+    fn pack(&self, parts: &[WeightMatrix]) -> Option<Vec<PackedMatrix>> {
+        let packs = self.precision == CpuPrecision::Fast && packed_matrix::packs_on(self.isa);
+        (packs && parts.iter().all(packed_matrix::packable)).then(|| parts.iter().map(PackedMatrix::pack).collect())
     }
 
     fn rows(&self, r: Rows) -> usize {
@@ -208,12 +220,15 @@ impl Backend for CpuBackend {
         if let Some(p) = parts.iter().find(|p| p.cols != first.cols) {
             return bad(format!("fused weight parts have {} and {} columns", first.cols, p.cols));
         }
-        self.weights.push(parts.iter().map(|&p| p.clone()).collect());
-        Ok(WeightId {
-            index: (self.weights.len() - 1) as u32,
+        let id = WeightId {
+            index: self.weights.len() as u32,
             rows: parts.iter().map(|p| p.rows).sum(),
             cols: first.cols,
-        })
+        };
+        let parts: Vec<WeightMatrix> = parts.iter().map(|&p| p.clone()).collect();
+        self.packed.push(self.pack(&parts));
+        self.weights.push(parts);
+        Ok(id)
     }
 
     fn upload_vector(&mut self, parts: &[&[f32]]) -> Result<VectorId, CpuError> {
@@ -336,8 +351,14 @@ impl Backend for CpuBackend {
         }
         let m = self.rows(x.rows);
         let mut o = self.take(out);
-        let parts = &self.weights[w.index as usize];
         let xs = &self.acts[x.index as usize];
+        if let Some(packed) = &self.packed[w.index as usize] {
+            self.q8.quantize(xs, m, w.cols);
+            matmul_packed_parts(&self.q8, packed, &mut o, self.isa);
+            self.put(out, o);
+            return Ok(());
+        }
+        let parts = &self.weights[w.index as usize];
         // Fast mode: quantize the input once for every part (q, k, v or gate, up each take it).
         let fast =
             self.precision == CpuPrecision::Fast && m <= FAST_MAX_ROWS && parts.iter().all(int8_matmul::supports);
@@ -488,7 +509,10 @@ impl Backend for CpuBackend {
         self.logits.resize(m * w.rows, 0.0);
         let x = &self.acts[hidden.index as usize];
         let head = &self.weights[w.index as usize][0];
-        if self.precision == CpuPrecision::Fast && m <= FAST_MAX_ROWS && int8_matmul::supports(head) {
+        if let Some(packed) = &self.packed[w.index as usize] {
+            self.q8.quantize(x, m, w.cols);
+            matmul_packed_parts(&self.q8, packed, &mut self.logits, self.isa);
+        } else if self.precision == CpuPrecision::Fast && m <= FAST_MAX_ROWS && int8_matmul::supports(head) {
             self.q8.quantize(x, m, w.cols);
             matmul_q8(&self.q8, head, &mut self.logits, self.isa);
         } else {

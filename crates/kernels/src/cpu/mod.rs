@@ -14,6 +14,9 @@ pub mod isa;
 pub mod kv_cache;
 pub mod matmul;
 pub mod norm;
+pub mod packed_matrix;
+#[cfg(target_arch = "x86_64")]
+mod packed_x86;
 pub mod q8_acts;
 pub mod rope;
 pub mod team;

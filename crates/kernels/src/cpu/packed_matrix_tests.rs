@@ -1,0 +1,150 @@
+//! Packed-matmul tests: the layout rebuilds every file block, every x86 path agrees with the packed scalar
+//! reference and with the file-layout int8 matmul (to f32 rounding; a lost integer bit would be far larger), and
+//! the fused-parts product equals its parts one by one.
+
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::cpu::int8_matmul::matmul_q8;
+use crate::cpu::team::ThreadTeam;
+use crate::quant::testing::encode;
+use crate::tensor::Storage;
+
+const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+
+fn packed_paths() -> Vec<CpuIsa> {
+    let mut run = vec![CpuIsa::Scalar];
+    for isa in [CpuIsa::Avx2, CpuIsa::AvxVnni, CpuIsa::Avx512Vnni] {
+        if isa.is_supported() && packs_on(isa) {
+            run.push(isa);
+        } else {
+            println!("skipping the packed {} kernels: not on this CPU", isa.name());
+        }
+    }
+    run
+}
+
+/// Random weights; with `extremes`, every quant byte at its largest (0xFF: nibbles 15, Q8_0 -1) or Q8_0's
+/// -128 (0x80), the cases that would overflow a 16-bit or signed-byte intermediate.
+fn weights(dtype: GgmlType, rows: usize, cols: usize, extremes: bool, rng: &mut ChaCha8Rng) -> WeightMatrix {
+    let wf: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut bytes = encode(dtype, &wf, rng.random());
+    if extremes {
+        let bb = dtype.block_bytes();
+        let first_quant = bb - if dtype == GgmlType::Q8_0 { 32 } else { 16 };
+        for block in bytes.chunks_exact_mut(bb) {
+            let fill = if rng.random::<bool>() { 0xFF } else { 0x80 };
+            block[first_quant..].fill(fill);
+        }
+    }
+    WeightMatrix::new(dtype, rows, cols, Storage::Owned(Arc::new(bytes))).unwrap()
+}
+
+fn activations(m: usize, k: usize, extremes: bool, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..m * k)
+        .map(|_| if extremes { if rng.random::<bool>() { 1.0 } else { -1.0 } } else { rng.random_range(-1.0f32..1.0) })
+        .collect()
+}
+
+fn packed(isa: CpuIsa, a: &Q8Acts, w: &PackedMatrix) -> Vec<f32> {
+    let mut out = vec![f32::NAN; a.m * w.rows];
+    matmul_packed(a, w, &mut out, isa);
+    out
+}
+
+#[test]
+fn the_tiles_hold_every_file_block() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for dtype in TYPES {
+        for (rows, cols) in [(1usize, 32usize), (16, 64), (37, 96)] {
+            let w = weights(dtype, rows, cols, false, &mut rng);
+            let p = PackedMatrix::pack(&w);
+            assert_eq!(p.tiles(), rows.div_ceil(TILE));
+            let bb = dtype.block_bytes();
+            for r in 0..rows {
+                for b in 0..cols / 32 {
+                    assert_eq!(p.file_block(r, b), w.row(r)[b * bb..(b + 1) * bb], "{dtype:?} row {r} block {b}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_path_matches_the_references() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let paths = packed_paths();
+    for dtype in TYPES {
+        // Rows not a multiple of 16 (a partial last tile, and one under 8 for the 8-lane halves).
+        for (n, k) in [(5usize, 32usize), (37, 96), (16, 64), (150, 288)] {
+            for extremes in [false, true] {
+                let w = weights(dtype, n, k, extremes, &mut rng);
+                let p = PackedMatrix::pack(&w);
+                for m in [1usize, 2, 3, 4, 5, 9] {
+                    let mut a = Q8Acts::default();
+                    a.quantize(&activations(m, k, extremes, &mut rng), m, k);
+                    let mut file_layout = vec![0.0f32; m * n];
+                    matmul_q8(&a, &w, &mut file_layout, CpuIsa::Scalar);
+                    // The scaled sums differ only in f32 order: bound by the size of the terms.
+                    let tol = 1e-5 * k as f32 * 128.0 * 2.0 * a.d.iter().fold(0.0f32, |s, d| s.max(*d));
+                    for &isa in &paths {
+                        let got = packed(isa, &a, &p);
+                        for (idx, (g, e)) in got.iter().zip(&file_layout).enumerate() {
+                            assert!(
+                                (g - e).abs() <= tol,
+                                "{} {dtype:?} [{n}x{k}] m={m} extremes={extremes} at {idx}: {g} vs {e}",
+                                isa.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn parts_equal_their_products_one_by_one() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let team = ThreadTeam::new(3).unwrap();
+    let k = 160;
+    let parts: Vec<PackedMatrix> = [(GgmlType::Q4_1, 77), (GgmlType::Q8_0, 5), (GgmlType::Q4_0, 301)]
+        .into_iter()
+        .map(|(t, n)| PackedMatrix::pack(&weights(t, n, k, false, &mut rng)))
+        .collect();
+    let total: usize = parts.iter().map(|w| w.rows).sum();
+    for m in [1usize, 6] {
+        let mut a = Q8Acts::default();
+        a.quantize(&activations(m, k, false, &mut rng), m, k);
+        for isa in packed_paths() {
+            let alone: Vec<Vec<f32>> = parts.iter().map(|w| packed(isa, &a, w)).collect();
+            let mut want = Vec::with_capacity(m * total);
+            for i in 0..m {
+                for (w, o) in parts.iter().zip(&alone) {
+                    want.extend_from_slice(&o[i * w.rows..(i + 1) * w.rows]);
+                }
+            }
+            let mut got = vec![f32::NAN; m * total];
+            team.install(|| matmul_packed_parts(&a, &parts, &mut got, isa));
+            assert_eq!(got, want, "{} m={m}", isa.name());
+        }
+    }
+}
+
+#[test]
+fn nan_activations_poison_their_outputs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let p = PackedMatrix::pack(&weights(GgmlType::Q4_1, 20, 64, false, &mut rng));
+    let mut x = activations(2, 64, false, &mut rng);
+    x[64 + 40] = f32::NAN;
+    let mut a = Q8Acts::default();
+    a.quantize(&x, 2, 64);
+    for isa in packed_paths() {
+        let out = packed(isa, &a, &p);
+        assert!(out[..20].iter().all(|v| v.is_finite()), "{}", isa.name());
+        assert!(out[20..].iter().all(|v| v.is_nan()), "{}", isa.name());
+    }
+}
