@@ -39,9 +39,9 @@ export const llmOptionsSchema = z
     /** CPU compute threads; defaults to the physical cores. */
     numThreads: positiveInt,
     /**
-     * CPU matmuls with Q4_0 / Q4_1 / Q8_0 weights: `exact` (default; f32 activations, what the HF-parity tests use)
-     * or `fast` (activations quantized to int8 per 32 and integer dot products, as llama.cpp; opt-in until its greedy
-     * agreement with exact meets issue 14's bar).
+     * CPU matmuls with Q4_0 / Q4_1 / Q8_0 weights: `fast` (default; activations quantized to int8 per 32, integer
+     * dot products and an f16 KV cache, as llama.cpp) or `exact` (f32 activations and KV cache, what the HF-parity
+     * tests use).
      */
     cpuPrecision: z.enum(['fast', 'exact']),
     /** Default seed for requests that set none. */

@@ -33,7 +33,8 @@ let llm: LLM;
 let server: RunningServer;
 
 beforeAll(async () => {
-  const engine = { ...TEST_ENGINE, kvCacheBytes: 128 << 20, maxNumSeqs: 32 };
+  // Exact mode: the fixture is HF's beam search in f32.
+  const engine = { ...TEST_ENGINE, kvCacheBytes: 128 << 20, maxNumSeqs: 32, cpuPrecision: 'exact' as const };
   llm = await LLM.create(engine);
   server = await startServer({ port: 0, engine, servedModelName: ['smol'], log: () => {} });
 }, 120_000);

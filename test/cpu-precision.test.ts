@@ -56,10 +56,10 @@ describe('cpuPrecision', () => {
     expect(blocks.fast).toBeLessThanOrEqual(2 * blocks.exact! + 1);
   });
 
-  it('the default is exact mode', async () => {
+  it('the default is fast mode', async () => {
     const llm = await LLM.create(TEST_ENGINE);
     try {
-      expect(llm.modelInfo.cpuPrecision).toBe('exact');
+      expect(llm.modelInfo.cpuPrecision).toBe('fast');
       expect(llm.modelInfo.numThreads).toBeGreaterThanOrEqual(1);
     } finally {
       llm.close();

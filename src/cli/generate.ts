@@ -27,7 +27,7 @@ model and engine:
   --gpu-memory-utilization F  share of GPU memory for the engine (default 0.9)
   --enforce-eager           no CUDA graphs
   --threads N               CPU compute threads (default: the physical cores)
-  --cpu-precision fast|exact  CPU quant matmuls: f32 activations (exact, default) or int8 (fast)
+  --cpu-precision fast|exact  CPU quant matmuls: int8 activations (fast, default) or f32 (exact)
 sampling:
   --max-tokens N            most tokens to generate (default 16)
   --temperature T           0 = greedy (default 1.0)

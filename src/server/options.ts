@@ -95,7 +95,7 @@ model and engine:
   --gpu-memory-utilization F      GPU memory share for weights + activations + KV cache (default 0.9)
   --enforce-eager                 GPU: no CUDA graphs
   --threads N                     CPU compute threads (default: the physical cores)
-  --cpu-precision P               CPU quant matmuls: exact (default; f32 activations) or fast (int8)
+  --cpu-precision P               CPU quant matmuls: fast (default; int8 activations) or exact (f32)
   --dtype T                       GPU: auto (default: the checkpoint's), bfloat16, float16 (half) or float32 (float)
   --enable-prefix-caching / --no-enable-prefix-caching
   --prefix-caching-hash-algo A    block hash of the prefix cache: sha256 (default, collision-resistant) or xxhash

@@ -1,5 +1,6 @@
 //! `CpuBackend`: the backend ops (`crate::backend::Backend`) on the CPU kernels of this module — f32
-//! activations, weights read in their stored format (f32/f16/bf16/GGML quants), the paged KV cache in f32.
+//! activations, weights read in their stored format (f32/f16/bf16/GGML quants) or, in fast mode on x86, packed in
+//! 16-row tiles (`packed_matrix`), the paged KV cache in f16 (fast) or f32 (exact).
 //!
 //! Fused weights stay as their parts here (q, k, v or gate, up as stored, each possibly in its own quant type, as
 //! in a Q4_K_M file): one product per part, written into the fused rows. Ops run eagerly, so `lm_head` computes
@@ -82,7 +83,14 @@ impl CpuBackend {
             vectors: Vec::new(),
             ropes: Vec::new(),
             acts: Vec::new(),
-            kv: KvCache::new(layout.num_layers, num_blocks, block_size, h.num_kv_heads, h.head_dim),
+            kv: KvCache::with_dtype(
+                layout.num_layers,
+                num_blocks,
+                block_size,
+                h.num_kv_heads,
+                h.head_dim,
+                CpuPrecision::default().kv_dtype(),
+            ),
             batch: InputBatch::default(),
             logits: Vec::new(),
             q: Vec::new(),
@@ -106,8 +114,8 @@ impl CpuBackend {
         Ok(self)
     }
 
-    /// Sets the numeric mode (`exact` by default): fast mode's int8 matmul inputs and its f16 KV cache
-    /// ([`CpuPrecision::kv_dtype`]; the cache is reallocated empty in that element type).
+    /// Sets the numeric mode (`fast` by default): fast mode's int8 matmul inputs, packed weights and f16 KV
+    /// cache ([`CpuPrecision::kv_dtype`]; the cache is reallocated empty in that element type).
     pub fn with_precision(mut self, precision: CpuPrecision) -> Self {
         self.precision = precision;
         self.packed = self.weights.iter().map(|parts| self.pack(parts)).collect();

@@ -28,12 +28,33 @@ impl CpuIsa {
     /// Every level, best first.
     pub const ALL: [CpuIsa; 5] = [Self::Avx512Vnni, Self::AvxVnni, Self::Avx2, Self::NeonDotprod, Self::Scalar];
 
-    /// The best level of the running CPU (detected on the first call, then cached).
+    /// The best level of the running CPU (detected on the first call, then cached), or the level named by
+    /// `PAGEDLLM_CPU_ISA` (`avx2`, `avx-vnni`, `scalar`, ...) if this CPU runs it: one machine can then measure
+    /// every kernel family it supports (as oneDNN's `ONEDNN_MAX_CPU_ISA`). A name it cannot run is reported on
+    /// stderr and the detected level is used.
     pub fn detect() -> CpuIsa {
         static ISA: OnceLock<CpuIsa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            Self::ALL.into_iter().find(|isa| isa.is_supported()).unwrap_or(Self::Scalar)
+            let best = Self::best_supported();
+            let Ok(want) = std::env::var("PAGEDLLM_CPU_ISA") else {
+                return best;
+            };
+            match Self::ALL.into_iter().find(|isa| isa.name() == want.trim()) {
+                Some(isa) if isa.is_supported() => isa,
+                _ => {
+                    eprintln!(
+                        "pagedllm: PAGEDLLM_CPU_ISA={want:?} is not a kernel family this CPU runs; using {}",
+                        best.name()
+                    );
+                    best
+                }
+            }
         })
+    }
+
+    /// The best level this CPU supports.
+    pub fn best_supported() -> CpuIsa {
+        Self::ALL.into_iter().find(|isa| isa.is_supported()).unwrap_or(Self::Scalar)
     }
 
     /// Whether this CPU can run this level's kernels (tests use it to run every available path, not only the best).
@@ -83,12 +104,13 @@ fn avx2_fma_f16c() -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum CpuPrecision {
     /// Activations quantized to int8 per 32 once per matmul input, integer dot products, scales in f32
-    /// (llama.cpp's scheme), and an f16 KV cache (llama.cpp's default). On the default model it ranks 95.9% of
-    /// exact mode's greedy tokens first on the same context (`crates/engine/tests/cpu_precision.rs`).
+    /// (llama.cpp's scheme), and an f16 KV cache (llama.cpp's default); on x86 the weights are packed in 16-row
+    /// tiles (`packed_matrix`). The default: on the default model it ranks 96.3% of exact mode's greedy tokens
+    /// first on the same context (`crates/engine/tests/cpu_precision.rs`).
+    #[default]
     Fast,
     /// f32 activations, weights dequantized inside f32 FMAs, f32 KV cache: the reference mode the HF-parity
-    /// tests use, and the default.
-    #[default]
+    /// tests use.
     Exact,
 }
 
@@ -126,9 +148,10 @@ mod tests {
         let isa = CpuIsa::detect();
         assert!(isa.is_supported());
         assert_eq!(CpuIsa::detect(), isa);
-        // The best supported level is the one detected.
-        let best = CpuIsa::ALL.into_iter().find(|i| i.is_supported()).unwrap();
-        assert_eq!(best, isa);
+        // The best supported level is the one detected, unless a supported one was asked for.
+        if std::env::var_os("PAGEDLLM_CPU_ISA").is_none() {
+            assert_eq!(CpuIsa::best_supported(), isa);
+        }
         println!("detected CPU ISA: {}", isa.name());
     }
 
@@ -137,6 +160,6 @@ mod tests {
         assert_eq!(CpuPrecision::parse("fast"), Ok(CpuPrecision::Fast));
         assert_eq!(CpuPrecision::parse(" EXACT "), Ok(CpuPrecision::Exact));
         assert!(CpuPrecision::parse("int4").unwrap_err().contains("fast or exact"));
-        assert_eq!(CpuPrecision::default(), CpuPrecision::Exact);
+        assert_eq!(CpuPrecision::default(), CpuPrecision::Fast);
     }
 }
