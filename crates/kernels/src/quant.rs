@@ -170,7 +170,7 @@ pub fn decode_q8_0(b: &[u8], y: &mut [f32]) {
 /// 0..4 sit in the low 6 bits of bytes `j` / `j + 4`; sub-blocks 4..8 put their low 4 bits in byte `j + 4`
 /// and their top 2 bits in the spare top bits of bytes `j - 4` / `j`.
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

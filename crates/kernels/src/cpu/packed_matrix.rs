@@ -11,16 +11,26 @@
 //! are one store). The idea is llama.cpp's repacked `block_q4_0x8` GEMV (`ggml-cpu/repack.cpp`); the layout
 //! and kernels are our own, and cover Q4_1 and Q8_0 too.
 //!
-//! Layout of one tile (rows `16t .. 16t + 16`, padded with zero rows; `nb` blocks of 32 per row):
+//! Layout of one tile (rows `16t .. 16t + 16`, padded with zero rows; `nb` blocks of 32 per row), per block
+//! `b` of each row its 32 quants `q` and one or two f16 scales:
 //!
-//! - quants, `nb` records: 4-bit types 4 chunks of 64 bytes, chunk `j` holding row `r`'s file bytes
-//!   `qs[4j .. 4j + 4]` at `4r` (low nibbles: weights `4j..4j+4`, high: `16+4j..`); Q8_0 8 chunks, chunk `g`
-//!   holding row `r`'s weights `4g .. 4g + 4` (signed) at `4r`;
-//! - scales, `nb` records of 16 f16 `d`;
-//! - Q4_1 only, mins, `nb` records of 16 f16 `m`.
+//! - quants, `nb` records: 4-bit kinds 4 chunks of 64 bytes, chunk `j` holding at `4r + i` row `r`'s
+//!   `q[4j + i] | q[16 + 4j + i] << 4` (for Q4_0 / Q4_1 that is the file's own `qs[4j + i]`); 8-bit kinds 8
+//!   chunks, chunk `g` holding row `r`'s `q[4g .. 4g + 4]` at `4r`;
+//! - scales, `nb` records of 16 f16 (`d`);
+//! - for the kinds with a second scale, `nb` more records (Q4_1's min `m`, Q6's second-half scale).
 //!
-//! Per row and block the integer dot `I = Σ q·q_a` is exact on every path; then `out += d·d_a·(I − c·Σq_a)`
-//! with `c` = 8 for Q4_0 (`w = d(q − 8)`), 0 for Q8_0, and for Q4_1 `out += d·d_a·I + m·s_a` (`s_a = d_a·Σq_a`).
+//! The kinds ([`PackedKind`]) and what a row and block add to the output, with `I` the exact integer dot
+//! `Σ q·q_a` (`I_lo`, `I_hi` over weights 0..16 and 16..32) and `Σq_a` the activations' integer sums:
+//!
+//! - `Q4_0` (Q4_0, `w = d(q − 8)`):            `d·d_a·(I − 8·Σq_a)`
+//! - `Q4_1` (Q4_1; Q4_K's sub-blocks with `d = d·sc`, `m = −dmin·m`, rounded to f16): `d·d_a·I + m·d_a·Σq_a`
+//! - `Q8_0` (Q8_0, `q` signed):                `d·d_a·I`
+//! - `Q6` (Q6_K: `q` in 0..64, `w = d·sc·(q − 32)` per 16, `d·sc` rounded to f16):
+//!   `d_a·(d_lo·(I_lo − 32·Σq_a,lo) + d_hi·(I_hi − 32·Σq_a,hi))`
+//!
+//! K-quants are thereby widened a little (Q4_K 4.5 -> 5 bits per weight, Q6_K 6.6 -> 9) for kernels that need
+//! no super-block logic; their f16 scale products are accurate to 2^-11, next to the int8 activations' 2^-8.
 
 use std::ops::Range;
 
@@ -36,29 +46,55 @@ pub const TILE: usize = 16;
 /// Activation rows per kernel pass: each unpacked weight block is shared by this many rows.
 pub const GROUP_ROWS: usize = 4;
 
+/// Activation rows a task runs over its tiles before the next rows (prefill): 64 rows of a 1,536-wide input are
+/// 96 KiB of int8, which stay in L2 while the task's tiles (at most 64 of them) are re-read.
+const ROW_CHUNK: usize = 64;
+
 /// One cache line, so the tiles start 64-byte aligned.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// A weight matrix in the tile layout above (see the module docs).
-pub struct PackedMatrix {
-    pub dtype: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    data: Vec<Line>,
-    tile_bytes: usize,
+/// The integer form the kernels see (see the module docs).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedKind {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Q6,
 }
 
-impl std::fmt::Debug for PackedMatrix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedMatrix({:?} [{}, {}])", self.dtype, self.rows, self.cols)
+impl PackedKind {
+    fn of(dtype: GgmlType) -> Option<Self> {
+        Some(match dtype {
+            GgmlType::Q4_0 => Self::Q4_0,
+            GgmlType::Q4_1 | GgmlType::Q4K => Self::Q4_1,
+            GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q6K => Self::Q6,
+            _ => return None,
+        })
+    }
+
+    /// Bytes of one block's quants for all 16 rows of a tile.
+    pub fn quant_record(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q4_1 => 4 * 64,
+            Self::Q8_0 | Self::Q6 => 8 * 64,
+        }
+    }
+
+    fn scale_sections(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q8_0 => 1,
+            Self::Q4_1 | Self::Q6 => 2,
+        }
     }
 }
 
-/// Whether `w` can be packed: a 32-weight fast-mode type with whole blocks per row.
+/// Whether `w` can be packed: Q4_0, Q4_1, Q8_0, Q4_K or Q6_K with whole blocks per row.
 pub fn packable(w: &WeightMatrix) -> bool {
-    matches!(w.dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) && w.cols % QK == 0 && w.cols > 0
+    PackedKind::of(w.dtype).is_some() && w.cols % w.dtype.block_size() == 0 && w.cols > 0
 }
 
 /// Whether fast mode uses packed weights on `isa`: the x86 levels (and the scalar reference). Arm keeps the
@@ -67,12 +103,72 @@ pub fn packs_on(isa: CpuIsa) -> bool {
     !matches!(isa, CpuIsa::NeonDotprod)
 }
 
-/// Bytes of one block's quants for all 16 rows of a tile.
-fn quant_record(dtype: GgmlType) -> usize {
-    if dtype == GgmlType::Q8_0 {
-        8 * 64
-    } else {
-        4 * 64
+fn f16_bits(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
+
+/// Block `b` (32 weights) of a file row as the kind's quants and its two f16 scales (the second unused by
+/// Q4_0 / Q8_0).
+fn source_block(dtype: GgmlType, row: &[u8], b: usize) -> ([u8; 32], [u8; 2], [u8; 2]) {
+    let f16 = |p: &[u8]| half::f16::from_le_bytes([p[0], p[1]]).to_f32();
+    let mut q = [0u8; 32];
+    match dtype {
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let bb = dtype.block_bytes();
+            let blk = &row[b * bb..(b + 1) * bb];
+            let qs = &blk[bb - 16..];
+            for i in 0..16 {
+                q[i] = qs[i] & 0x0F;
+                q[16 + i] = qs[i] >> 4;
+            }
+            let m = if dtype == GgmlType::Q4_1 { [blk[2], blk[3]] } else { [0; 2] };
+            (q, [blk[0], blk[1]], m)
+        }
+        GgmlType::Q8_0 => {
+            let blk = &row[b * 34..(b + 1) * 34];
+            q.copy_from_slice(&blk[2..34]);
+            (q, [blk[0], blk[1]], [0; 2])
+        }
+        GgmlType::Q4K => {
+            // Sub-block j of the super-block: nibbles of qs[32(j/2)..], low for even j, high for odd.
+            let (sb, j) = (&row[(b / 8) * 144..(b / 8 + 1) * 144], b % 8);
+            let (sc, m) = crate::quant::scale_min_k4(j, &sb[4..16]);
+            let qs = &sb[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+            for (v, &byte) in q.iter_mut().zip(qs) {
+                *v = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+            }
+            (q, f16_bits(f16(&sb[0..2]) * sc as f32), f16_bits(-f16(&sb[2..4]) * m as f32))
+        }
+        _ => {
+            // Q6_K, as `quant::decode_q6_k`: half n = j / 4, run c = j % 4 of it; scales per 16.
+            let (sb, j) = (&row[(b / 8) * 210..(b / 8 + 1) * 210], b % 8);
+            let (n, c) = (j / 4, j % 4);
+            let (ql, qh) = (&sb[64 * n..64 * n + 64], &sb[128 + 32 * n..128 + 32 * n + 32]);
+            for (l, v) in q.iter_mut().enumerate() {
+                let i = l + 32 * (c % 2);
+                let low = if c < 2 { ql[i] & 0x0F } else { ql[i] >> 4 };
+                *v = low | ((qh[l] >> (2 * c)) & 3) << 4;
+            }
+            let d = f16(&sb[208..210]);
+            let sc = |h: usize| sb[192 + 8 * n + 2 * c + h] as i8 as f32;
+            (q, f16_bits(d * sc(0)), f16_bits(d * sc(1)))
+        }
+    }
+}
+
+/// A weight matrix in the tile layout above (see the module docs).
+pub struct PackedMatrix {
+    pub dtype: GgmlType,
+    pub kind: PackedKind,
+    pub rows: usize,
+    pub cols: usize,
+    data: Vec<Line>,
+    tile_bytes: usize,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedMatrix({:?} as {:?} [{}, {}])", self.dtype, self.kind, self.rows, self.cols)
     }
 }
 
@@ -80,36 +176,39 @@ impl PackedMatrix {
     /// `w` re-laid in tiles. Panics unless `packable(w)` (callers check).
     pub fn pack(w: &WeightMatrix) -> Self {
         assert!(packable(w), "PackedMatrix: {:?} [{}, {}] cannot be packed", w.dtype, w.rows, w.cols);
+        let kind = PackedKind::of(w.dtype).expect("packable");
         let nb = w.cols / QK;
-        let (qr, bb) = (quant_record(w.dtype), w.dtype.block_bytes());
-        let scale_sections = if w.dtype == GgmlType::Q4_1 { 2 } else { 1 };
-        let tile_bytes = (nb * (qr + scale_sections * 2 * TILE)).next_multiple_of(64);
+        let qr = kind.quant_record();
+        let tile_bytes = (nb * (qr + kind.scale_sections() * 2 * TILE)).next_multiple_of(64);
         let tiles = w.rows.div_ceil(TILE);
         let mut data = vec![Line([0; 64]); tiles * tile_bytes / 64];
         // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the vector's memory.
         let bytes = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u8, data.len() * 64) };
-        for row in 0..w.rows {
-            let (t, r) = (row / TILE, row % TILE);
-            let tile = &mut bytes[t * tile_bytes..(t + 1) * tile_bytes];
+        // Tiles in parallel (an 8B model's 4.5 GB take seconds on one thread).
+        use rayon::prelude::*;
+        bytes.par_chunks_mut(tile_bytes).enumerate().for_each(|(t, tile)| {
             let (quants, scales) = tile.split_at_mut(nb * qr);
-            for (b, block) in w.row(row).chunks_exact(bb).enumerate() {
-                scales[b * 32 + 2 * r..b * 32 + 2 * r + 2].copy_from_slice(&block[..2]);
-                let q = &mut quants[b * qr..(b + 1) * qr];
-                let file_qs = match w.dtype {
-                    GgmlType::Q4_1 => {
-                        let mins = nb * 32 + b * 32 + 2 * r;
-                        scales[mins..mins + 2].copy_from_slice(&block[2..4]);
-                        &block[4..20]
+            for r in 0..TILE.min(w.rows - t * TILE) {
+                let file_row = w.row(t * TILE + r);
+                for b in 0..nb {
+                    let (q, s0, s1) = source_block(w.dtype, file_row, b);
+                    scales[b * 32 + 2 * r..][..2].copy_from_slice(&s0);
+                    if kind.scale_sections() == 2 {
+                        scales[nb * 32 + b * 32 + 2 * r..][..2].copy_from_slice(&s1);
                     }
-                    GgmlType::Q4_0 => &block[2..18],
-                    _ => &block[2..34],
-                };
-                for (g, word) in file_qs.chunks_exact(4).enumerate() {
-                    q[g * 64 + 4 * r..g * 64 + 4 * r + 4].copy_from_slice(word);
+                    let rec = &mut quants[b * qr..(b + 1) * qr];
+                    for g in 0..qr / 64 {
+                        for i in 0..4 {
+                            rec[g * 64 + 4 * r + i] = match kind {
+                                PackedKind::Q4_0 | PackedKind::Q4_1 => q[4 * g + i] | q[16 + 4 * g + i] << 4,
+                                _ => q[4 * g + i],
+                            };
+                        }
+                    }
                 }
             }
-        }
-        Self { dtype: w.dtype, rows: w.rows, cols: w.cols, data, tile_bytes }
+        });
+        Self { dtype: w.dtype, kind, rows: w.rows, cols: w.cols, data, tile_bytes }
     }
 
     pub fn blocks(&self) -> usize {
@@ -132,18 +231,31 @@ impl PackedMatrix {
         unsafe { (self.data.as_ptr() as *const u8).add(t * self.tile_bytes) }
     }
 
-    /// The file bytes of row `row`'s block `b`, rebuilt from the tiles (tests check the layout with it).
-    pub fn file_block(&self, row: usize, b: usize) -> Vec<u8> {
-        let (t, r, nb, qr) = (row / TILE, row % TILE, self.blocks(), quant_record(self.dtype));
-        // SAFETY: as `pack`.
-        let bytes = unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 64) };
-        let tile = &bytes[t * self.tile_bytes..(t + 1) * self.tile_bytes];
-        let mut out = tile[nb * qr + b * 32 + 2 * r..][..2].to_vec();
-        if self.dtype == GgmlType::Q4_1 {
-            out.extend_from_slice(&tile[nb * qr + nb * 32 + b * 32 + 2 * r..][..2]);
-        }
-        for g in 0..qr / 64 {
-            out.extend_from_slice(&tile[b * qr + g * 64 + 4 * r..][..4]);
+    /// Row `row`'s weights as the tiles hold them (tests compare them with the file's decoded weights).
+    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+        let (t, r, nb, qr) = (row / TILE, row % TILE, self.blocks(), self.kind.quant_record());
+        // SAFETY: as `tile_ptr`; the tile is `tile_bytes` long.
+        let tile = unsafe { std::slice::from_raw_parts(self.tile_ptr(t), self.tile_bytes) };
+        let f16 = |i: usize| half::f16::from_le_bytes([tile[i], tile[i + 1]]).to_f32();
+        let mut out = Vec::with_capacity(self.cols);
+        for b in 0..nb {
+            let s0 = f16(nb * qr + b * 32 + 2 * r);
+            let s1 = if self.kind.scale_sections() == 2 { f16(nb * qr + nb * 32 + b * 32 + 2 * r) } else { 0.0 };
+            let rec = &tile[b * qr..(b + 1) * qr];
+            for l in 0..QK {
+                let byte = |g: usize, i: usize| rec[g * 64 + 4 * r + i];
+                let q = match self.kind {
+                    PackedKind::Q4_0 | PackedKind::Q4_1 if l < 16 => byte(l / 4, l % 4) & 0x0F,
+                    PackedKind::Q4_0 | PackedKind::Q4_1 => byte((l - 16) / 4, l % 4) >> 4,
+                    _ => byte(l / 4, l % 4),
+                };
+                out.push(match self.kind {
+                    PackedKind::Q4_0 => s0 * (q as f32 - 8.0),
+                    PackedKind::Q4_1 => s0 * q as f32 + s1,
+                    PackedKind::Q8_0 => s0 * (q as i8) as f32,
+                    PackedKind::Q6 => (if l < 16 { s0 } else { s1 }) * (q as f32 - 32.0),
+                });
+            }
         }
         out
     }
@@ -192,14 +304,18 @@ pub fn matmul_packed_parts(acts: &Q8Acts, parts: &[PackedMatrix], out: &mut [f32
     super::team::parallel_for(tasks.len(), |t| {
         let (p, ref tiles, col0) = tasks[t];
         let to = OutTiles { ptr, ld: total, col0 };
-        // Each tile is read once and run against every group of activation rows while it sits in L1.
-        for tile in tiles.clone() {
-            let mut i0 = 0;
-            while i0 < acts.m {
-                let g = (acts.m - i0).min(GROUP_ROWS);
-                // SAFETY: tile `tile` of part `p` is this task's only; shapes asserted above; `isa` supported.
-                unsafe { run_group(isa, &parts[p], acts, i0, g, tile..tile + 1, to) };
-                i0 += g;
+        // Each tile runs against every group of a chunk of activation rows while it sits in L1; the chunk's
+        // activations stay in L2 across the task's tiles.
+        for rows in (0..acts.m).step_by(ROW_CHUNK) {
+            let end = (rows + ROW_CHUNK).min(acts.m);
+            for tile in tiles.clone() {
+                let mut i0 = rows;
+                while i0 < end {
+                    let g = (end - i0).min(GROUP_ROWS);
+                    // SAFETY: tile `tile` of part `p` is this task's only; shapes asserted above; `isa` supported.
+                    unsafe { run_group(isa, &parts[p], acts, i0, g, tile..tile + 1, to) };
+                    i0 += g;
+                }
             }
         }
     });
@@ -240,12 +356,13 @@ unsafe fn run_group(isa: CpuIsa, w: &PackedMatrix, a: &Q8Acts, i0: usize, g: usi
     }
 }
 
-/// The scalar reference kernel (any CPU): per row and block the exact integer dot, then the scales in f32.
+/// The scalar reference kernel (any CPU): per row and block the exact integer dots of the two 16-weight halves,
+/// then the scales in f32 (the module docs' formulas).
 ///
 /// # Safety
 /// As `run_group` (no ISA requirement).
 unsafe fn tiles_scalar<const M: usize>(w: &PackedMatrix, a: &Q8Acts, i0: usize, tiles: Range<usize>, out: OutTiles) {
-    let (nb, k, qr) = (w.blocks(), w.cols, quant_record(w.dtype));
+    let (nb, k, qr, two) = (w.blocks(), w.cols, w.kind.quant_record(), w.kind.scale_sections() == 2);
     let f16 = |p: *const u8| half::f16::from_le_bytes([*p, *p.add(1)]).to_f32();
     for t in tiles {
         let tile = w.tile_ptr(t);
@@ -253,28 +370,37 @@ unsafe fn tiles_scalar<const M: usize>(w: &PackedMatrix, a: &Q8Acts, i0: usize, 
         for r in 0..TILE.min(w.rows - t * TILE) {
             let mut acc = [0.0f32; M];
             for b in 0..nb {
-                let q = tile.add(b * qr);
-                let d = f16(scales.add(b * 32 + 2 * r));
+                let rec = tile.add(b * qr);
+                let s0 = f16(scales.add(b * 32 + 2 * r));
+                let s1 = if two { f16(scales.add(nb * 32 + b * 32 + 2 * r)) } else { 0.0 };
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let ai = (i0 + i) * nb + b;
                     let x = &a.qs[(i0 + i) * k + b * QK..][..QK];
-                    let mut dot = 0i32;
+                    // dot[h]: weights 16h .. 16h + 16.
+                    let mut dot = [0i32; 2];
                     for g in 0..qr / 64 {
                         for l in 0..4 {
-                            let byte = *q.add(g * 64 + 4 * r + l);
-                            dot += match w.dtype {
-                                GgmlType::Q8_0 => byte as i8 as i32 * x[4 * g + l] as i32,
-                                _ => {
-                                    (byte & 0x0F) as i32 * x[4 * g + l] as i32
-                                        + (byte >> 4) as i32 * x[16 + 4 * g + l] as i32
+                            let byte = *rec.add(g * 64 + 4 * r + l);
+                            match w.kind {
+                                PackedKind::Q4_0 | PackedKind::Q4_1 => {
+                                    dot[0] += (byte & 0x0F) as i32 * x[4 * g + l] as i32;
+                                    dot[1] += (byte >> 4) as i32 * x[16 + 4 * g + l] as i32;
                                 }
-                            };
+                                PackedKind::Q8_0 => dot[g / 4] += byte as i8 as i32 * x[4 * g + l] as i32,
+                                PackedKind::Q6 => dot[g / 4] += byte as i32 * x[4 * g + l] as i32,
+                            }
                         }
                     }
-                    *acc += match w.dtype {
-                        GgmlType::Q4_1 => d * a.d[ai] * dot as f32 + f16(scales.add(nb * 32 + b * 32 + 2 * r)) * a.s[ai],
-                        GgmlType::Q4_0 => d * a.d[ai] * (dot - 8 * a.qsum[ai]) as f32,
-                        _ => d * a.d[ai] * dot as f32,
+                    let (i, xd) = (dot[0] + dot[1], a.d[ai]);
+                    *acc += match w.kind {
+                        PackedKind::Q4_0 => s0 * xd * (i - 8 * a.qsum[ai]) as f32,
+                        PackedKind::Q4_1 => s0 * xd * i as f32 + s1 * a.s[ai],
+                        PackedKind::Q8_0 => s0 * xd * i as f32,
+                        PackedKind::Q6 => {
+                            let lo = (dot[0] - 32 * a.qsum16[2 * ai]) as f32;
+                            let hi = (dot[1] - 32 * a.qsum16[2 * ai + 1]) as f32;
+                            xd * (s0 * lo + s1 * hi)
+                        }
                     };
                 }
             }

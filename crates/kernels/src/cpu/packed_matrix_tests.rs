@@ -13,7 +13,20 @@ use crate::cpu::team::ThreadTeam;
 use crate::quant::testing::encode;
 use crate::tensor::Storage;
 
-const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+
+/// Shapes per type: rows not a multiple of 16 (a partial last tile, and one under 8 for the 8-lane halves).
+fn shapes(dtype: GgmlType) -> &'static [(usize, usize)] {
+    if dtype.block_size() == 256 {
+        &[(5, 256), (37, 512), (20, 256)]
+    } else {
+        &[(5, 32), (37, 96), (16, 64), (150, 288)]
+    }
+}
+
+fn native(dtype: GgmlType) -> bool {
+    matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
 
 fn packed_paths() -> Vec<CpuIsa> {
     let mut run = vec![CpuIsa::Scalar];
@@ -32,7 +45,7 @@ fn packed_paths() -> Vec<CpuIsa> {
 fn weights(dtype: GgmlType, rows: usize, cols: usize, extremes: bool, rng: &mut ChaCha8Rng) -> WeightMatrix {
     let wf: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let mut bytes = encode(dtype, &wf, rng.random());
-    if extremes {
+    if extremes && native(dtype) {
         let bb = dtype.block_bytes();
         let first_quant = bb - if dtype == GgmlType::Q8_0 { 32 } else { 16 };
         for block in bytes.chunks_exact_mut(bb) {
@@ -55,18 +68,25 @@ fn packed(isa: CpuIsa, a: &Q8Acts, w: &PackedMatrix) -> Vec<f32> {
     out
 }
 
+/// The tiles hold the file's weights: exactly for the 32-weight types, to the f16 rounding of the sub-block
+/// scale products for the K-quants.
 #[test]
-fn the_tiles_hold_every_file_block() {
+fn the_tiles_hold_the_file_weights() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for dtype in TYPES {
-        for (rows, cols) in [(1usize, 32usize), (16, 64), (37, 96)] {
+        for &(rows, cols) in shapes(dtype) {
             let w = weights(dtype, rows, cols, false, &mut rng);
             let p = PackedMatrix::pack(&w);
             assert_eq!(p.tiles(), rows.div_ceil(TILE));
-            let bb = dtype.block_bytes();
+            let mut file = vec![0.0f32; cols];
             for r in 0..rows {
-                for b in 0..cols / 32 {
-                    assert_eq!(p.file_block(r, b), w.row(r)[b * bb..(b + 1) * bb], "{dtype:?} row {r} block {b}");
+                crate::quant::dequantize_row(dtype, w.row(r), &mut file);
+                let tiles = p.dequantize_row(r);
+                // A K-quant weight is a difference of two rounded products (`d·sc·q − dmin·m`): bound by the row.
+                let row_max = file.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (c, (t, f)) in tiles.iter().zip(&file).enumerate() {
+                    let tol = if native(dtype) { 0.0 } else { 2f32.powi(-10) * row_max };
+                    assert!((t - f).abs() <= tol, "{dtype:?} row {r} col {c}: tiles {t}, file {f}");
                 }
             }
         }
@@ -78,26 +98,42 @@ fn every_path_matches_the_references() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let paths = packed_paths();
     for dtype in TYPES {
-        // Rows not a multiple of 16 (a partial last tile, and one under 8 for the 8-lane halves).
-        for (n, k) in [(5usize, 32usize), (37, 96), (16, 64), (150, 288)] {
+        for &(n, k) in shapes(dtype) {
             for extremes in [false, true] {
                 let w = weights(dtype, n, k, extremes, &mut rng);
                 let p = PackedMatrix::pack(&w);
+                let tile_weights: Vec<Vec<f32>> = (0..n).map(|r| p.dequantize_row(r)).collect();
                 for m in [1usize, 2, 3, 4, 5, 9] {
                     let mut a = Q8Acts::default();
                     a.quantize(&activations(m, k, extremes, &mut rng), m, k);
+                    // The tiles' weights times the int8 activations, in f64.
+                    let mut want = vec![0.0f32; m * n];
+                    for i in 0..m {
+                        for (r, wr) in tile_weights.iter().enumerate() {
+                            let x = |c: usize| a.d[i * (k / 32) + c / 32] as f64 * a.qs[i * k + c] as f64;
+                            want[i * n + r] = (0..k).map(|c| wr[c] as f64 * x(c)).sum::<f64>() as f32;
+                        }
+                    }
                     let mut file_layout = vec![0.0f32; m * n];
-                    matmul_q8(&a, &w, &mut file_layout, CpuIsa::Scalar);
+                    if native(dtype) {
+                        matmul_q8(&a, &w, &mut file_layout, CpuIsa::Scalar);
+                    }
                     // The scaled sums differ only in f32 order: bound by the size of the terms.
-                    let tol = 1e-5 * k as f32 * 128.0 * 2.0 * a.d.iter().fold(0.0f32, |s, d| s.max(*d));
+                    let wmax = tile_weights.iter().flatten().fold(0.0f32, |s, v| s.max(v.abs()));
+                    let tol = 1e-5 * k as f32 * 127.0 * wmax * a.d.iter().fold(0.0f32, |s, d| s.max(*d)) + 1e-6;
                     for &isa in &paths {
                         let got = packed(isa, &a, &p);
-                        for (idx, (g, e)) in got.iter().zip(&file_layout).enumerate() {
+                        for (idx, g) in got.iter().enumerate() {
+                            let e = want[idx];
                             assert!(
                                 (g - e).abs() <= tol,
                                 "{} {dtype:?} [{n}x{k}] m={m} extremes={extremes} at {idx}: {g} vs {e}",
                                 isa.name()
                             );
+                            if native(dtype) {
+                                let f = file_layout[idx];
+                                assert!((g - f).abs() <= tol, "{} {dtype:?} at {idx}: {g} vs file layout {f}", isa.name());
+                            }
                         }
                     }
                 }

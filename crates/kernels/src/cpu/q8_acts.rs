@@ -23,6 +23,8 @@ pub struct Q8Acts {
     pub s: Vec<f32>,
     /// `[m, k / 32]` `Σ q` per block (the exact integer the kernels' offset terms scale).
     pub qsum: Vec<i32>,
+    /// `[m, k / 16]` `Σ q` per half block (Q6_K's 16-weight sub-blocks each have their own scale).
+    pub qsum16: Vec<i32>,
 }
 
 impl Q8Acts {
@@ -45,6 +47,7 @@ impl Q8Acts {
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         self.qsum.resize(nb, 0);
+        self.qsum16.resize(2 * nb, 0);
         #[cfg(target_arch = "x86_64")]
         if super::vec::has_avx2_fma() {
             // SAFETY: the CPU has the features.
@@ -67,6 +70,9 @@ impl Q8Acts {
             let (d, sum) = quantize_block(xb, qb);
             self.d[b] = d;
             self.qsum[b] = sum;
+            let lo: i32 = qb[..QK / 2].iter().map(|&q| q as i32).sum();
+            self.qsum16[2 * b] = lo;
+            self.qsum16[2 * b + 1] = sum - lo;
             self.s[b] = d * sum as f32;
         }
     }
@@ -132,6 +138,8 @@ mod tests {
             assert!(qb.iter().any(|&q| q.unsigned_abs() == 127));
             assert!(qb.iter().all(|&q| q != -128));
             assert_eq!(a.qsum[b], qb.iter().map(|&q| q as i32).sum::<i32>());
+            assert_eq!(a.qsum16[2 * b], qb[..16].iter().map(|&q| q as i32).sum::<i32>());
+            assert_eq!(a.qsum16[2 * b + 1], qb[16..].iter().map(|&q| q as i32).sum::<i32>());
             for (q, v) in qb.iter().zip(xb) {
                 assert!((*q as f32 * a.d[b] - v).abs() <= a.d[b] * 0.5 + 1e-6);
             }
