@@ -1,5 +1,5 @@
-//! `PackedMatrix`: a Q4_0 / Q4_1 / Q8_0 weight re-laid at load for the fast-mode matmuls on x86, 16 rows
-//! interleaved so that one SIMD lane holds one output row, and the matmul over it.
+//! `PackedMatrix`: a Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K weight re-laid at load for the fast-mode matmuls on x86,
+//! 16 rows interleaved so that one SIMD lane holds one output row, and the matmul over it.
 //!
 //! In the file's layout (`int8_matmul`) a decode step's product is a dot per row: each 32-weight block costs a
 //! nibble unpack, an integer dot, a horizontal fold into one scale FMA and a scalar offset, about sixteen
@@ -9,7 +9,7 @@
 //! rows is eight `vpdpbusd` on 512-bit registers (lane `r` = row `r`, the 4 activation bytes broadcast), one
 //! f16 scale vector and one FMA: about two instructions per row-block, and no horizontal sums (the 16 outputs
 //! are one store). The idea is llama.cpp's repacked `block_q4_0x8` GEMV (`ggml-cpu/repack.cpp`); the layout
-//! and kernels are our own, and cover Q4_1 and Q8_0 too.
+//! and kernels are our own, and cover Q4_1, Q8_0 and the K-quants too.
 //!
 //! Layout of one tile (rows `16t .. 16t + 16`, padded with zero rows; `nb` blocks of 32 per row), per block
 //! `b` of each row its 32 quants `q` and one or two f16 scales:
