@@ -12,13 +12,16 @@ pub enum GgmlType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
+    Q5K,
     Q6K,
 }
 
 impl GgmlType {
-    pub const SUPPORTED: &'static str = "F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K";
+    pub const SUPPORTED: &'static str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K";
 
     pub fn from_ggml_id(id: u32) -> Option<Self> {
         Some(match id {
@@ -26,8 +29,11 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
+            13 => Self::Q5K,
             14 => Self::Q6K,
             30 => Self::BF16,
             _ => return None,
@@ -38,8 +44,8 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
-            Self::Q4K | Self::Q6K => 256,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
 
@@ -50,8 +56,11 @@ impl GgmlType {
             Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 2 + 16,
             Self::Q4_1 => 2 + 2 + 16,
+            Self::Q5_0 => 2 + 4 + 16,
+            Self::Q5_1 => 2 + 2 + 4 + 16,
             Self::Q8_0 => 2 + 32,
             Self::Q4K => 2 + 2 + 12 + 128,
+            Self::Q5K => 2 + 2 + 12 + 32 + 128,
             Self::Q6K => 128 + 64 + 16 + 2,
         }
     }
@@ -91,8 +100,11 @@ pub fn block_decoder(dtype: GgmlType) -> fn(&[u8], &mut [f32]) {
         GgmlType::BF16 => decode_bf16,
         GgmlType::Q4_0 => decode_q4_0,
         GgmlType::Q4_1 => decode_q4_1,
+        GgmlType::Q5_0 => decode_q5_0,
+        GgmlType::Q5_1 => decode_q5_1,
         GgmlType::Q8_0 => decode_q8_0,
         GgmlType::Q4K => decode_q4_k,
+        GgmlType::Q5K => decode_q5_k,
         GgmlType::Q6K => decode_q6_k,
     }
 }
@@ -157,6 +169,41 @@ pub fn decode_q4_1(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// The 5-bit quants of a `block_q5_0` / `block_q5_1` (`qh` the 4 high-bit bytes, `qs` the 16 nibble bytes):
+/// weight `j < 16` is `qs[j]`'s low nibble with bit `j` of `qh` on top, weight `16 + j` the high nibble with
+/// bit `16 + j`.
+#[inline(always)]
+pub(crate) fn q5_quants(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let h = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0F) | (((h >> j) << 4) & 0x10) as u8;
+        q[16 + j] = (qs[j] >> 4) | ((h >> (j + 12)) & 0x10) as u8;
+    }
+    q
+}
+
+/// `block_q5_0 { f16 d; u8 qh[4]; u8 qs[16] }`: `y = (q - 16) * d`, `q` 5 bits (see `q5_quants`).
+#[inline(always)]
+pub fn decode_q5_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let q = q5_quants(&b[2..6], &b[6..22]);
+    for (v, &q) in y[..32].iter_mut().zip(&q) {
+        *v = (q as i32 - 16) as f32 * d;
+    }
+}
+
+/// `block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16] }`: `y = q * d + m`.
+#[inline(always)]
+pub fn decode_q5_1(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let m = f16_at(b, 2);
+    let q = q5_quants(&b[4..8], &b[8..24]);
+    for (v, &q) in y[..32].iter_mut().zip(&q) {
+        *v = q as f32 * d + m;
+    }
+}
+
 /// `block_q8_0 { f16 d; i8 qs[32] }`.
 #[inline(always)]
 pub fn decode_q8_0(b: &[u8], y: &mut [f32]) {
@@ -197,6 +244,31 @@ pub fn decode_q4_k(b: &[u8], y: &mut [f32]) {
         for l in 0..32 {
             lo[l] = d1 * (q[l] & 0x0F) as f32 - mm1;
             hi[l] = d2 * (q[l] >> 4) as f32 - mm2;
+        }
+    }
+}
+
+/// `block_q5_K { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] }`: Q4_K's sub-blocks with a fifth bit
+/// per weight, bit `j` of `qh[l]` for weight `l` of sub-block `j`: `y = d*sc*q - dmin*m`.
+#[inline(always)]
+pub fn decode_q5_k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let min = f16_at(b, 2);
+    let scales = &b[4..16];
+    let qh = &b[16..48];
+    let qs = &b[48..176];
+    for (c, (q, out)) in qs.chunks_exact(32).zip(y[..256].chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (d1, mm1) = (d * sc1 as f32, min * m1 as f32);
+        let (d2, mm2) = (d * sc2 as f32, min * m2 as f32);
+        let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
+        let (lo, hi) = out.split_at_mut(32);
+        for l in 0..32 {
+            let h1 = if qh[l] & u1 != 0 { 16.0 } else { 0.0 };
+            let h2 = if qh[l] & u2 != 0 { 16.0 } else { 0.0 };
+            lo[l] = d1 * ((q[l] & 0x0F) as f32 + h1) - mm1;
+            hi[l] = d2 * ((q[l] >> 4) as f32 + h2) - mm2;
         }
     }
 }
@@ -279,6 +351,50 @@ pub(crate) mod testing {
         out
     }
 
+    /// The 5-bit quants `q` (0..32) of one 32-weight block as `(qh, qs)`, the inverse of `q5_quants`.
+    fn pack_q5(q: &[u8; 32]) -> ([u8; 4], [u8; 16]) {
+        let mut qh = 0u32;
+        let mut qs = [0u8; 16];
+        for j in 0..16 {
+            qs[j] = (q[j] & 0x0F) | ((q[16 + j] & 0x0F) << 4);
+            qh |= ((q[j] as u32 >> 4) & 1) << j;
+            qh |= ((q[16 + j] as u32 >> 4) & 1) << (j + 16);
+        }
+        (qh.to_le_bytes(), qs)
+    }
+
+    pub fn quantize_q5_0(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for blk in x.chunks_exact(32) {
+            let max = blk.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: [u8; 32] = std::array::from_fn(|j| ((blk[j] * id + 16.5) as i8).min(31) as u8);
+            let (qh, qs) = pack_q5(&q);
+            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            out.extend_from_slice(&qh);
+            out.extend_from_slice(&qs);
+        }
+        out
+    }
+
+    pub fn quantize_q5_1(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for blk in x.chunks_exact(32) {
+            let min = blk.iter().cloned().fold(f32::MAX, f32::min);
+            let max = blk.iter().cloned().fold(f32::MIN, f32::max);
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let q: [u8; 32] = std::array::from_fn(|j| (((blk[j] - min) * id + 0.5) as u8).min(31));
+            let (qh, qs) = pack_q5(&q);
+            out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+            out.extend_from_slice(&qh);
+            out.extend_from_slice(&qs);
+        }
+        out
+    }
+
     /// Packs 8 six-bit scales and mins into Q4_K's 12 bytes (the inverse of `get_scale_min_k4`).
     pub fn pack_scales_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
         let mut q = [0u8; 12];
@@ -300,6 +416,22 @@ pub(crate) mod testing {
         for c in 0..4 {
             for l in 0..32 {
                 b.push(q[64 * c + l] | (q[64 * c + 32 + l] << 4));
+            }
+        }
+        b
+    }
+
+    /// A Q5_K block from its fields; `q[e]` (0..32) is the quant of weight `e`.
+    pub fn pack_q5_k(d: f32, dmin: f32, sc: &[u8; 8], m: &[u8; 8], q: &[u8; 256]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(176);
+        b.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        b.extend_from_slice(&f16::from_f32(dmin).to_le_bytes());
+        b.extend_from_slice(&pack_scales_k4(sc, m));
+        // The fifth bits: bit j of qh[l] belongs to weight l of sub-block j.
+        b.extend((0..32).map(|l| (0..8).fold(0u8, |h, j| h | ((q[32 * j + l] >> 4) & 1) << j)));
+        for c in 0..4 {
+            for l in 0..32 {
+                b.push((q[64 * c + l] & 0x0F) | ((q[64 * c + 32 + l] & 0x0F) << 4));
             }
         }
         b
@@ -335,6 +467,8 @@ pub(crate) mod testing {
             GgmlType::BF16 => x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
             GgmlType::Q4_0 => quantize_q4_0(x),
             GgmlType::Q4_1 => quantize_q4_1(x),
+            GgmlType::Q5_0 => quantize_q5_0(x),
+            GgmlType::Q5_1 => quantize_q5_1(x),
             GgmlType::Q8_0 => quantize_q8_0(x),
             // K-quants: random fields (their reference quantizers are long searches; the matmul only needs
             // valid blocks, and the decoder's exactness is tested separately).
@@ -344,6 +478,14 @@ pub(crate) mod testing {
                     let m: [u8; 8] = std::array::from_fn(|_| rng.random_range(0..64));
                     let q: [u8; 256] = std::array::from_fn(|_| rng.random_range(0..16));
                     pack_q4_k(rng.random_range(0.0..0.01), rng.random_range(0.0..0.01), &sc, &m, &q)
+                })
+                .collect(),
+            GgmlType::Q5K => (0..x.len() / 256)
+                .flat_map(|_| {
+                    let sc: [u8; 8] = std::array::from_fn(|_| rng.random_range(0..64));
+                    let m: [u8; 8] = std::array::from_fn(|_| rng.random_range(0..64));
+                    let q: [u8; 256] = std::array::from_fn(|_| rng.random_range(0..32));
+                    pack_q5_k(rng.random_range(0.0..0.01), rng.random_range(0.0..0.01), &sc, &m, &q)
                 })
                 .collect(),
             GgmlType::Q6K => (0..x.len() / 256)
@@ -451,6 +593,40 @@ mod tests {
     }
 
     #[test]
+    fn q5_0_and_q5_1_hand_blocks() {
+        // Weight j's quant is j (bit 4 set from j = 16 on), so qh is 0xFFFF0000 and the nibbles run 0..16 twice.
+        let qs: Vec<u8> = (0..16u8).map(|j| j | (j << 4)).collect();
+        let qh = 0xFFFF_0000u32.to_le_bytes();
+        let mut b0 = f16::from_f32(0.5).to_le_bytes().to_vec();
+        b0.extend_from_slice(&qh);
+        b0.extend_from_slice(&qs);
+        let mut b1 = f16::from_f32(0.25).to_le_bytes().to_vec();
+        b1.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        b1.extend_from_slice(&qh);
+        b1.extend_from_slice(&qs);
+        let (y0, y1) = (decode(GgmlType::Q5_0, &b0, 32), decode(GgmlType::Q5_1, &b1, 32));
+        for j in 0..32 {
+            assert_eq!(y0[j], (j as f32 - 16.0) * 0.5, "q5_0 weight {j}");
+            assert_eq!(y1[j], j as f32 * 0.25 - 1.0, "q5_1 weight {j}");
+        }
+    }
+
+    #[test]
+    fn q5_k_block_matches_layout() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let sc: [u8; 8] = std::array::from_fn(|_| rng.random_range(0..64));
+        let m: [u8; 8] = std::array::from_fn(|_| rng.random_range(0..64));
+        let q: [u8; 256] = std::array::from_fn(|_| rng.random_range(0..32));
+        let (d, dmin) = (0.0625f32, 0.03125f32);
+        let y = decode(GgmlType::Q5K, &pack_q5_k(d, dmin, &sc, &m, &q), 256);
+        for e in 0..256 {
+            let s = e / 32;
+            let want = d * sc[s] as f32 * q[e] as f32 - dmin * m[s] as f32;
+            assert!((y[e] - want).abs() <= 1e-6 * want.abs().max(1.0), "weight {e}: {} vs {want}", y[e]);
+        }
+    }
+
+    #[test]
     fn q6_k_block_matches_layout() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
         let sc: [i8; 16] = std::array::from_fn(|_| rng.random_range(-128..=127));
@@ -470,6 +646,8 @@ mod tests {
             (GgmlType::Q8_0, quantize_q8_0(&x)),
             (GgmlType::Q4_0, quantize_q4_0(&x)),
             (GgmlType::Q4_1, quantize_q4_1(&x)),
+            (GgmlType::Q5_0, quantize_q5_0(&x)),
+            (GgmlType::Q5_1, quantize_q5_1(&x)),
         ] {
             assert_eq!(bytes.len(), dtype.row_bytes(x.len()));
             let y = decode(dtype, &bytes, x.len());
@@ -481,6 +659,8 @@ mod tests {
                 let bound = match dtype {
                     GgmlType::Q8_0 => 0.5 * amax / 127.0,
                     GgmlType::Q4_0 => amax / 8.0,
+                    GgmlType::Q5_0 => amax / 16.0,
+                    GgmlType::Q5_1 => 0.5 * range / 31.0,
                     _ => 0.5 * range / 15.0,
                 };
                 for (a, b) in xb.iter().zip(yb) {

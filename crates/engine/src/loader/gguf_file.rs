@@ -526,11 +526,11 @@ mod tests {
         w.version = 1;
         assert_load_error(&w.to_bytes(), tmp.path(), "version 1");
         let mut w = sample();
-        w.tensors[1].type_id = 6; // Q5_0
-        let path = write_file(tmp.path(), "q5.gguf", &w.to_bytes());
+        w.tensors[1].type_id = 11; // Q3_K
+        let path = write_file(tmp.path(), "q3.gguf", &w.to_bytes());
         let e = GgufFile::open(&path).err().unwrap().to_string();
         assert!(
-            e.contains("`h`") && e.contains("type id 6") && e.contains(GgmlType::SUPPORTED),
+            e.contains("`h`") && e.contains("type id 11") && e.contains(GgmlType::SUPPORTED),
             "{e}"
         );
     }

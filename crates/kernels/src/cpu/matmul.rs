@@ -193,7 +193,10 @@ macro_rules! block {
 block!(F32Run, 32, 128, quant::decode_f32);
 block!(F16Run, 32, 64, quant::decode_f16);
 block!(BF16Run, 32, 64, quant::decode_bf16);
+block!(Q50, 32, 22, quant::decode_q5_0);
+block!(Q51, 32, 24, quant::decode_q5_1);
 block!(Q4K, 256, 144, quant::decode_q4_k);
+block!(Q5K, 256, 176, quant::decode_q5_k);
 block!(Q6K, 256, 210, quant::decode_q6_k);
 
 /// Rows `rows` of `W` against the `M` rows of `x`, results written to `out` (row stride `n`).
@@ -297,8 +300,11 @@ fn fused_m<const M: usize>(x: &[f32], w: &WeightMatrix, out: &mut [f32]) {
         GgmlType::BF16 => fused_typed::<BF16Run, M>(x, w, out),
         GgmlType::Q4_0 => fused_typed::<Q40, M>(x, w, out),
         GgmlType::Q4_1 => fused_typed::<Q41, M>(x, w, out),
+        GgmlType::Q5_0 => fused_typed::<Q50, M>(x, w, out),
+        GgmlType::Q5_1 => fused_typed::<Q51, M>(x, w, out),
         GgmlType::Q8_0 => fused_typed::<Q80, M>(x, w, out),
         GgmlType::Q4K => fused_typed::<Q4K, M>(x, w, out),
+        GgmlType::Q5K => fused_typed::<Q5K, M>(x, w, out),
         GgmlType::Q6K => fused_typed::<Q6K, M>(x, w, out),
     }
 }
@@ -623,8 +629,11 @@ mod tests {
             GgmlType::BF16,
             GgmlType::Q4_0,
             GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q8_0,
             GgmlType::Q4K,
+            GgmlType::Q5K,
             GgmlType::Q6K,
         ];
         for (d, dtype) in dtypes.into_iter().enumerate() {

@@ -1,4 +1,4 @@
-//! `PackedMatrix`: a Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K weight re-laid at load for the fast-mode matmuls on x86,
+//! `PackedMatrix`: a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K weight re-laid at load for the fast-mode matmuls on x86,
 //! 16 rows interleaved so that one SIMD lane holds one output row, and the matmul over it.
 //!
 //! In the file's layout (`int8_matmul`) a decode step's product is a dot per row: each 32-weight block costs a
@@ -18,18 +18,20 @@
 //!   `q[4j + i] | q[16 + 4j + i] << 4` (for Q4_0 / Q4_1 that is the file's own `qs[4j + i]`); 8-bit kinds 8
 //!   chunks, chunk `g` holding row `r`'s `q[4g .. 4g + 4]` at `4r`;
 //! - scales, `nb` records of 16 f16 (`d`);
-//! - for the kinds with a second scale, `nb` more records (Q4_1's min `m`, Q6's second-half scale).
+//! - for the kinds with a second scale, `nb` more records (Q4_1's and Q5's min `m`, Q6's second-half scale).
 //!
 //! The kinds ([`PackedKind`]) and what a row and block add to the output, with `I` the exact integer dot
 //! `Σ q·q_a` (`I_lo`, `I_hi` over weights 0..16 and 16..32) and `Σq_a` the activations' integer sums:
 //!
 //! - `Q4_0` (Q4_0, `w = d(q − 8)`):            `d·d_a·(I − 8·Σq_a)`
 //! - `Q4_1` (Q4_1; Q4_K's sub-blocks with `d = d·sc`, `m = −dmin·m`, rounded to f16): `d·d_a·I + m·d_a·Σq_a`
+//! - `Q5` (Q5_1; Q5_0 with `m = −16·d`, exact; Q5_K's sub-blocks as Q4_K's; `q` in 0..32 as bytes):
+//!   `d·d_a·I + m·d_a·Σq_a`
 //! - `Q8_0` (Q8_0, `q` signed):                `d·d_a·I`
 //! - `Q6` (Q6_K: `q` in 0..64, `w = d·sc·(q − 32)` per 16, `d·sc` rounded to f16):
 //!   `d_a·(d_lo·(I_lo − 32·Σq_a,lo) + d_hi·(I_hi − 32·Σq_a,hi))`
 //!
-//! K-quants are thereby widened a little (Q4_K 4.5 -> 5 bits per weight, Q6_K 6.6 -> 9) for kernels that need
+//! K-quants are thereby widened a little (Q4_K 4.5 -> 5 bits per weight, Q5_K 5.5 -> 9, Q6_K 6.6 -> 9) for kernels that need
 //! no super-block logic; their f16 scale products are accurate to 2^-11, next to the int8 activations' 2^-8.
 
 use std::ops::Range;
@@ -61,6 +63,7 @@ struct Line([u8; 64]);
 pub enum PackedKind {
     Q4_0,
     Q4_1,
+    Q5,
     Q8_0,
     Q6,
 }
@@ -70,6 +73,7 @@ impl PackedKind {
         Some(match dtype {
             GgmlType::Q4_0 => Self::Q4_0,
             GgmlType::Q4_1 | GgmlType::Q4K => Self::Q4_1,
+            GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => Self::Q5,
             GgmlType::Q8_0 => Self::Q8_0,
             GgmlType::Q6K => Self::Q6,
             _ => return None,
@@ -80,19 +84,19 @@ impl PackedKind {
     pub fn quant_record(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q4_1 => 4 * 64,
-            Self::Q8_0 | Self::Q6 => 8 * 64,
+            Self::Q5 | Self::Q8_0 | Self::Q6 => 8 * 64,
         }
     }
 
     fn scale_sections(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q8_0 => 1,
-            Self::Q4_1 | Self::Q6 => 2,
+            Self::Q4_1 | Self::Q5 | Self::Q6 => 2,
         }
     }
 }
 
-/// Whether `w` can be packed: Q4_0, Q4_1, Q8_0, Q4_K or Q6_K with whole blocks per row.
+/// Whether `w` can be packed: one of the types above with whole blocks per row.
 pub fn packable(w: &WeightMatrix) -> bool {
     PackedKind::of(w.dtype).is_some() && w.cols % w.dtype.block_size() == 0 && w.cols > 0
 }
@@ -124,6 +128,14 @@ fn source_block(dtype: GgmlType, row: &[u8], b: usize) -> ([u8; 32], [u8; 2], [u
             let m = if dtype == GgmlType::Q4_1 { [blk[2], blk[3]] } else { [0; 2] };
             (q, [blk[0], blk[1]], m)
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let bb = dtype.block_bytes();
+            let blk = &row[b * bb..(b + 1) * bb];
+            let q = crate::quant::q5_quants(&blk[bb - 20..bb - 16], &blk[bb - 16..]);
+            // Q5_0's `d(q − 16)` is `d·q + m` with `m = −16·d`, exact in f16 (a power-of-two multiple).
+            let m = if dtype == GgmlType::Q5_1 { [blk[2], blk[3]] } else { f16_bits(-16.0 * f16(&blk[0..2])) };
+            (q, [blk[0], blk[1]], m)
+        }
         GgmlType::Q8_0 => {
             let blk = &row[b * 34..(b + 1) * 34];
             q.copy_from_slice(&blk[2..34]);
@@ -136,6 +148,17 @@ fn source_block(dtype: GgmlType, row: &[u8], b: usize) -> ([u8; 32], [u8; 2], [u
             let qs = &sb[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
             for (v, &byte) in q.iter_mut().zip(qs) {
                 *v = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+            }
+            (q, f16_bits(f16(&sb[0..2]) * sc as f32), f16_bits(-f16(&sb[2..4]) * m as f32))
+        }
+        GgmlType::Q5K => {
+            // As Q4_K, with the fifth bit of weight l at bit j of qh[l].
+            let (sb, j) = (&row[(b / 8) * 176..(b / 8 + 1) * 176], b % 8);
+            let (sc, m) = crate::quant::scale_min_k4(j, &sb[4..16]);
+            let (qh, qs) = (&sb[16..48], &sb[48 + 32 * (j / 2)..48 + 32 * (j / 2) + 32]);
+            for (l, v) in q.iter_mut().enumerate() {
+                let low = if j % 2 == 0 { qs[l] & 0x0F } else { qs[l] >> 4 };
+                *v = low | ((qh[l] >> j) & 1) << 4;
             }
             (q, f16_bits(f16(&sb[0..2]) * sc as f32), f16_bits(-f16(&sb[2..4]) * m as f32))
         }
@@ -251,7 +274,7 @@ impl PackedMatrix {
                 };
                 out.push(match self.kind {
                     PackedKind::Q4_0 => s0 * (q as f32 - 8.0),
-                    PackedKind::Q4_1 => s0 * q as f32 + s1,
+                    PackedKind::Q4_1 | PackedKind::Q5 => s0 * q as f32 + s1,
                     PackedKind::Q8_0 => s0 * (q as i8) as f32,
                     PackedKind::Q6 => (if l < 16 { s0 } else { s1 }) * (q as f32 - 32.0),
                 });
@@ -387,14 +410,14 @@ unsafe fn tiles_scalar<const M: usize>(w: &PackedMatrix, a: &Q8Acts, i0: usize, 
                                     dot[1] += (byte >> 4) as i32 * x[16 + 4 * g + l] as i32;
                                 }
                                 PackedKind::Q8_0 => dot[g / 4] += byte as i8 as i32 * x[4 * g + l] as i32,
-                                PackedKind::Q6 => dot[g / 4] += byte as i32 * x[4 * g + l] as i32,
+                                PackedKind::Q5 | PackedKind::Q6 => dot[g / 4] += byte as i32 * x[4 * g + l] as i32,
                             }
                         }
                     }
                     let (i, xd) = (dot[0] + dot[1], a.d[ai]);
                     *acc += match w.kind {
                         PackedKind::Q4_0 => s0 * xd * (i - 8 * a.qsum[ai]) as f32,
-                        PackedKind::Q4_1 => s0 * xd * i as f32 + s1 * a.s[ai],
+                        PackedKind::Q4_1 | PackedKind::Q5 => s0 * xd * i as f32 + s1 * a.s[ai],
                         PackedKind::Q8_0 => s0 * xd * i as f32,
                         PackedKind::Q6 => {
                             let lo = (dot[0] - 32 * a.qsum16[2 * ai]) as f32;

@@ -13,7 +13,16 @@ use crate::cpu::team::ThreadTeam;
 use crate::quant::testing::encode;
 use crate::tensor::Storage;
 
-const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+const TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
 
 /// Shapes per type: rows not a multiple of 16 (a partial last tile, and one under 8 for the 8-lane halves).
 fn shapes(dtype: GgmlType) -> &'static [(usize, usize)] {
@@ -24,8 +33,14 @@ fn shapes(dtype: GgmlType) -> &'static [(usize, usize)] {
     }
 }
 
+/// The types the file-layout int8 matmul also runs (a second reference).
 fn native(dtype: GgmlType) -> bool {
     matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// The types whose tiles hold the file's weights exactly (the K-quants round their scale products to f16).
+fn exact_tiles(dtype: GgmlType) -> bool {
+    dtype.block_size() == 32
 }
 
 fn packed_paths() -> Vec<CpuIsa> {
@@ -40,17 +55,28 @@ fn packed_paths() -> Vec<CpuIsa> {
     run
 }
 
-/// Random weights; with `extremes`, every quant byte at its largest (0xFF: nibbles 15, Q8_0 -1) or Q8_0's
-/// -128 (0x80), the cases that would overflow a 16-bit or signed-byte intermediate.
+/// The bytes of a block that hold quants (the rest are scales).
+fn quant_bytes(dtype: GgmlType) -> std::ops::Range<usize> {
+    let bb = dtype.block_bytes();
+    match dtype {
+        GgmlType::Q8_0 => bb - 32..bb,
+        GgmlType::Q5_0 | GgmlType::Q5_1 => bb - 20..bb,
+        GgmlType::Q4K => 16..bb,
+        GgmlType::Q5K => 16..bb,
+        GgmlType::Q6K => 0..192,
+        _ => bb - 16..bb,
+    }
+}
+
+/// Random weights; with `extremes`, every quant byte at its largest (0xFF: nibbles 15, Q5 quants 31, Q6_K 63,
+/// Q8_0 -1) or 0x80 (Q8_0's -128), the cases that would overflow a 16-bit or signed-byte intermediate.
 fn weights(dtype: GgmlType, rows: usize, cols: usize, extremes: bool, rng: &mut ChaCha8Rng) -> WeightMatrix {
     let wf: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let mut bytes = encode(dtype, &wf, rng.random());
-    if extremes && native(dtype) {
-        let bb = dtype.block_bytes();
-        let first_quant = bb - if dtype == GgmlType::Q8_0 { 32 } else { 16 };
-        for block in bytes.chunks_exact_mut(bb) {
+    if extremes {
+        for block in bytes.chunks_exact_mut(dtype.block_bytes()) {
             let fill = if rng.random::<bool>() { 0xFF } else { 0x80 };
-            block[first_quant..].fill(fill);
+            block[quant_bytes(dtype)].fill(fill);
         }
     }
     WeightMatrix::new(dtype, rows, cols, Storage::Owned(Arc::new(bytes))).unwrap()
@@ -85,7 +111,7 @@ fn the_tiles_hold_the_file_weights() {
                 // A K-quant weight is a difference of two rounded products (`d·sc·q − dmin·m`): bound by the row.
                 let row_max = file.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 for (c, (t, f)) in tiles.iter().zip(&file).enumerate() {
-                    let tol = if native(dtype) { 0.0 } else { 2f32.powi(-10) * row_max };
+                    let tol = if exact_tiles(dtype) { 0.0 } else { 2f32.powi(-10) * row_max };
                     assert!((t - f).abs() <= tol, "{dtype:?} row {r} col {c}: tiles {t}, file {f}");
                 }
             }

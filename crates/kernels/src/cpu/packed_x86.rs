@@ -8,7 +8,8 @@
 //!   `xor 0x80` per weight vector, shared by the activation rows) and `128·Σq_a` is subtracted in integers;
 //! - AVX2's `vpmaddubsw` adds pairs into saturating i16: for nibbles (at most 15·127·2 per pair) the four of a
 //!   half block still fit in i16 before one `vpmaddwd` widens; Q8_0 uses the sign trick (`|w|`, `sign(x, w)`,
-//!   exact as the activations never take -128) and Q6's quants (0..64) enter as they are, each product widened.
+//!   exact as the activations never take -128) and Q5's and Q6's quants (0..32, 0..64) enter as they are,
+//!   each product widened.
 //!
 //! Both paths keep the two 16-weight halves of a block apart (Q6_K scales them separately; for the others the
 //! two chains only shorten the dependency chain).
@@ -23,15 +24,21 @@ const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q8_0: u8 = 2;
 const Q6: u8 = 3;
+const Q5: u8 = 4;
 
 /// Whether the kind's records are 8 chunks of one byte per weight (else 4 chunks of nibble pairs).
 const fn byte_quants(kind: u8) -> bool {
-    kind == Q8_0 || kind == Q6
+    kind == Q8_0 || kind == Q6 || kind == Q5
 }
 
-/// Whether the kind has a second f16 scale per block (Q4_1's min, Q6's second-half scale).
+/// Whether the kind has a second f16 scale per block (Q4_1's and Q5's min, Q6's second-half scale).
 const fn two_scales(kind: u8) -> bool {
-    kind == Q4_1 || kind == Q6
+    kind == Q4_1 || kind == Q6 || kind == Q5
+}
+
+/// Whether the second scale is a min, added as `m·d_a·Σq_a` (Q4_1, Q5).
+const fn has_min(kind: u8) -> bool {
+    kind == Q4_1 || kind == Q5
 }
 
 /// The 4 activation bytes of group `g` (weights `4g .. 4g + 4` of the block) as one dword.
@@ -50,6 +57,7 @@ macro_rules! by_kind {
         match $w.kind {
             PackedKind::Q4_0 => $f::<$($($g,)*)? Q4_0, M>($($arg),*),
             PackedKind::Q4_1 => $f::<$($($g,)*)? Q4_1, M>($($arg),*),
+            PackedKind::Q5 => $f::<$($($g,)*)? Q5, M>($($arg),*),
             PackedKind::Q8_0 => $f::<$($($g,)*)? Q8_0, M>($($arg),*),
             PackedKind::Q6 => $f::<$($($g,)*)? Q6, M>($($arg),*),
         }
@@ -138,7 +146,7 @@ unsafe fn tiles512<const KIND: u8, const M: usize>(
                     dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(bias * *a.qsum.get_unchecked(ai)));
                 }
                 acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, xd), acc[i]);
-                if KIND == Q4_1 {
+                if has_min(KIND) {
                     acc2[i] = _mm512_fmadd_ps(d2, _mm512_set1_ps(*a.s.get_unchecked(ai)), acc2[i]);
                 }
             }
@@ -178,7 +186,7 @@ impl HalfDot for Avx2 {
         }
         for g in GROUPS {
             let xv = _mm256_set1_epi32(x_word(x, g));
-            // Q8_0: the sign trick; Q6: its quants are already unsigned (0..64).
+            // Q8_0: the sign trick; Q5 / Q6: their quants are already unsigned (0..32, 0..64).
             let p = if KIND == Q8_0 {
                 _mm256_maddubs_epi16(_mm256_sign_epi8(w[g], w[g]), _mm256_sign_epi8(xv, w[g]))
             } else {
@@ -295,7 +303,7 @@ unsafe fn tiles256<D: HalfDot, const KIND: u8, const M: usize>(
                         dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(bias * *a.qsum.get_unchecked(ai)));
                     }
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, xd), acc[i]);
-                    if KIND == Q4_1 {
+                    if has_min(KIND) {
                         acc2[i] = _mm256_fmadd_ps(d2, _mm256_set1_ps(*a.s.get_unchecked(ai)), acc2[i]);
                     }
                 }
