@@ -47,15 +47,17 @@ run)
   [ "$(sha256sum $M | cut -d' ' -f1)" = "$(cat .gpu-model-b/sha256)" ] || { echo "model parts do not join to the default model"; exit 1; }
   for _ in $(seq 60); do [ -x $LB/build/bin/llama-bench ] && [ -x $LB/build/bin/llama-batched-bench ] && break; sleep 5; done
   [ -x $LB/build/bin/llama-bench ] || { echo "llama.cpp build not done"; tail -5 /tmp/lcpu-first/build.log; exit 1; }
-  mkdir -p "$FINAL/scaling"
+  S=/tmp/scaling && rm -rf $S && mkdir -p $S
   lscpu >"$FINAL/lscpu.txt"
   # llama.cpp's usual figures (llama-bench and batched 1/16/64) at 8 threads, and ours at the same batches.
   LLAMACPP_CPU_BUILD=$LB bash /tmp/lcpu-shared/bench/llamacpp-cpu.sh $M 8 /tmp/lcpu-t8 >"$FINAL/llamacpp-t8.jsonl"
   /tmp/pagedllm-bench-cpu throughput --model $M --batch 1,16,64 --input-len 128 --output-len 128 --threads 8 \
     --cpu-precision fast --out "$FINAL/ours-fast-t8-batches.json" >/dev/null 2>&1
   MODEL=$M LLAMACPP_BIN=$LB/build/bin THREAD_COUNTS=${THREAD_COUNTS:-1,2,4,8,16} \
-    bash bench/cpu-thread-scaling.sh "$FINAL/scaling" "${ROUNDS:-2}" /tmp/pagedllm-bench-cpu >/dev/null
-  python3 - "$FINAL/scaling/summary.json" <<'PY'
+    bash bench/cpu-thread-scaling.sh $S "${ROUNDS:-2}" /tmp/pagedllm-bench-cpu >/dev/null
+  # The device tool returns at most 8 files: the runs as one archive, the summary beside it.
+  cp $S/summary.json "$FINAL/scaling-summary.json" && tar czf "$FINAL/scaling.tgz" -C $S .
+  python3 - "$FINAL/scaling-summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 print("isa", s["cpu_isa"])
