@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod exp_sum;
 mod backend;
 pub mod int8_matmul;
 #[cfg(target_arch = "aarch64")]
