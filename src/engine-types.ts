@@ -165,6 +165,8 @@ export interface StepPhaseSeconds {
   prepare: number;
   /** Batch built, uploaded and launched (on the CPU backend, including the forward pass). */
   launch: number;
+  /** Grammar masks written into the GPU's sampling batch while the forward runs (waiting for one shows here). */
+  masks: number;
   /** Waiting for the device's forward, sampling and copy back. */
   wait: number;
   hostSampling: number;

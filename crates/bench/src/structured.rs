@@ -171,7 +171,7 @@ fn first_token_seconds(engine: &LLMEngine, params: &SamplingParams) -> Result<f6
 
 /// `batch` requests of `params` at once; decode tokens/s after the last first token.
 fn decode_run(engine: &LLMEngine, batch: usize, params: &SamplingParams) -> Result<Value, String> {
-    let steps0 = engine.stats().steps;
+    let stats0 = crate::settled_stats(engine);
     let start = Instant::now();
     let mut streams = (0..batch)
         .map(|_| submit(engine, params.clone()))
@@ -190,12 +190,15 @@ fn decode_run(engine: &LLMEngine, batch: usize, params: &SamplingParams) -> Resu
     }
     let wall = start.elapsed().as_secs_f64();
     let decode_time = (wall - last_first).max(1e-9);
+    let stats1 = crate::settled_stats(engine);
     Ok(json!({
         "wall_s": wall,
         "output_tokens": tokens,
         "output_tokens_per_s": tokens as f64 / wall,
         "decode_tokens_per_s": tokens.saturating_sub(batch) as f64 / decode_time,
-        "engine_steps": engine.stats().steps - steps0,
+        "engine_steps": stats1.steps - stats0.steps,
+        // Where the engine thread's time went per step (the constrained run's extra cost shows by phase).
+        "step_phase_ms": crate::workloads::step_phase_ms(&stats0, &stats1),
     }))
 }
 
@@ -264,6 +267,10 @@ pub fn run(argv: &[String]) -> Result<(), String> {
         );
         let cost = a.zip(b).filter(|(a, _)| *a > 0.0).map(|(a, b)| 100.0 * (1.0 - b / a));
         eprintln!("batch {batch}: {a:?} tok/s unconstrained, {b:?} constrained ({cost:?}% lower)");
+        eprintln!(
+            "batch {batch} step ms: unconstrained {}, constrained {}",
+            plain["step_phase_ms"], masked["step_phase_ms"]
+        );
         decode
             .push(json!({"batch": batch, "unconstrained": plain, "constrained": masked, "decode_cost_percent": cost}));
     }

@@ -121,17 +121,7 @@ pub fn run_requests(engine: &LLMEngine, offered: Vec<Offered>) -> serde_json::Va
     let allocs = alloc_count::allocations() - allocs0;
     let engine_steps = stats1.steps - stats0.steps;
     let steps = engine_steps.max(1) as f64;
-    let (p0, p1) = (&stats0.step_phase_seconds, &stats1.step_phase_seconds);
-    let ms = |a: f64, b: f64| (b - a) * 1e3 / steps;
-    let per_step_ms = json!({
-        "schedule": ms(p0.schedule, p1.schedule),
-        "prepare": ms(p0.prepare, p1.prepare),
-        "launch": ms(p0.launch, p1.launch),
-        "wait": ms(p0.wait, p1.wait),
-        "host_sampling": ms(p0.host_sampling, p1.host_sampling),
-        "update": ms(p0.update, p1.update),
-        "outputs": ms(p0.outputs, p1.outputs),
-    });
+    let per_step_ms = step_phase_ms(&stats0, &stats1);
     let held = stats1.kv_slot_steps_held - stats0.kv_slot_steps_held;
     let unused = stats1.kv_slot_steps_unused - stats0.kv_slot_steps_unused;
     ttft.sort_by(f64::total_cmp);
@@ -162,6 +152,26 @@ pub fn run_requests(engine: &LLMEngine, offered: Vec<Offered>) -> serde_json::Va
         "step_phase_ms": per_step_ms,
         // Whole process: the engine thread's and this consumer's (prompts, streams, received deltas).
         "process_allocations_per_step": allocs as f64 / steps,
+    })
+}
+
+/// Engine-thread milliseconds per step in each phase (`EngineStats::step_phase_seconds`) between two snapshots.
+pub(crate) fn step_phase_ms(
+    stats0: &pagedllm_engine::engine::EngineStats,
+    stats1: &pagedllm_engine::engine::EngineStats,
+) -> serde_json::Value {
+    let steps = (stats1.steps - stats0.steps).max(1) as f64;
+    let (p0, p1) = (&stats0.step_phase_seconds, &stats1.step_phase_seconds);
+    let ms = |a: f64, b: f64| (b - a) * 1e3 / steps;
+    json!({
+        "schedule": ms(p0.schedule, p1.schedule),
+        "prepare": ms(p0.prepare, p1.prepare),
+        "launch": ms(p0.launch, p1.launch),
+        "masks": ms(p0.masks, p1.masks),
+        "wait": ms(p0.wait, p1.wait),
+        "host_sampling": ms(p0.host_sampling, p1.host_sampling),
+        "update": ms(p0.update, p1.update),
+        "outputs": ms(p0.outputs, p1.outputs),
     })
 }
 

@@ -119,6 +119,8 @@ struct StepScratch {
     beam_seqs: Vec<(RequestId, RequestId)>,
     /// Constrained rows of a device-sampled step: (sampling id, mask row), filled while the forward runs.
     late_masks: Vec<(RequestId, usize)>,
+    /// Constrained samples that go on after this step, with their new token (advanced as one mask-pool job).
+    advances: Vec<(SampleConstraint, u32)>,
     /// Each beam's best next-token log-probs this step.
     beam_proposals: HashMap<RequestId, Vec<(u32, f32)>>,
     /// (beam slot's sequence, parent beam's sequence, token): rebased after the scheduler update.
@@ -471,6 +473,7 @@ impl EngineCore {
         let phases = &mut self.stats.step_phase_seconds;
         phases.prepare += (t_prepared_rows - t_scheduled).as_secs_f64();
         phases.launch += timing.launch;
+        phases.masks += timing.masks;
         phases.wait += timing.wait;
         let t_update = Instant::now();
 
@@ -489,14 +492,20 @@ impl EngineCore {
         }
         sc.pairs.truncate(num_sampled);
         // Advance the grammar of every constrained sample that goes on, and queue its next mask now: it is
-        // computed while the rest of this step and the next step's forward pass run.
-        for &(sid, token) in &update.new_tokens {
-            let Some(c) = self.constraints.get(&sid) else { continue };
-            if update.finished.iter().any(|&(f, _)| f == sid) {
-                continue;
+        // computed while the rest of this step and the next step's forward pass run. The matcher consumes the
+        // token on the mask pool too (it costs as much as a mask at large batch), all rows as one job: a pool
+        // wake-up per row cost the engine thread ~5 µs each.
+        if !self.constraints.is_empty() {
+            sc.advances.clear();
+            for &(sid, token) in &update.new_tokens {
+                let Some(c) = self.constraints.get(&sid) else { continue };
+                if update.finished.iter().any(|&(f, _)| f == sid) {
+                    continue;
+                }
+                sc.advances.push((c.clone(), token));
             }
-            // The matcher consumes the token on the mask pool too (it costs as much as a mask at large batch).
-            c.advance(token, &self.mask_pool);
+            SampleConstraint::advance_all(&sc.advances, &self.mask_pool);
+            sc.advances.clear();
         }
         self.stats.generation_tokens_total += update.new_tokens.len() as u64;
         let (held, unused) = self.scheduler.kv_slot_usage();

@@ -54,6 +54,10 @@ pub struct StepPhaseSeconds {
     pub prepare: f64,
     /// The flattened batch built, uploaded and launched (on the CPU backend this includes the forward pass).
     pub launch: f64,
+    /// Grammar masks taken and written into the device sampling batch while the GPU runs the forward (GPU path;
+    /// a mask the mask pool has not finished yet is computed or waited for here).
+    #[serde(default)]
+    pub masks: f64,
     /// Waiting for the device: the forward's remaining time, sampling, and the copy back of tokens or logits.
     pub wait: f64,
     /// Host sampling and prompt log-probs (host path only).

@@ -32,6 +32,8 @@ pub struct StepLogits {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepTiming {
     pub launch: f64,
+    /// The host work run while the device computes (`execute_and_sample`'s `before_sampling`: grammar masks).
+    pub masks: f64,
     pub wait: f64,
 }
 
@@ -167,6 +169,7 @@ impl ModelRunner {
             layout,
             timing: StepTiming {
                 launch: (t1 - t0).as_secs_f64(),
+                masks: 0.0,
                 wait: t1.elapsed().as_secs_f64(),
             },
         })
@@ -190,6 +193,7 @@ impl ModelRunner {
     ) -> Result<StepSamples> {
         let t0 = Instant::now();
         let layout = self.run(seqs, blocks_to_copy)?;
+        let t_launched = Instant::now();
         before_sampling(batch);
         let t1 = Instant::now();
         let Device::Cuda(on_gpu) = &mut self.device else {
@@ -236,7 +240,8 @@ impl ModelRunner {
             logits,
             layout,
             timing: StepTiming {
-                launch: (t1 - t0).as_secs_f64(),
+                launch: (t_launched - t0).as_secs_f64(),
+                masks: (t1 - t_launched).as_secs_f64(),
                 wait: t1.elapsed().as_secs_f64(),
             },
         })

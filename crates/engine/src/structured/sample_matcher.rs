@@ -137,6 +137,23 @@ impl SampleConstraint {
         self.prefetch(pool);
     }
 
+    /// `advance` for many samples as one job on `pool` (masks in parallel inside it): one hand-off per step.
+    pub fn advance_all(items: &[(SampleConstraint, u32)], pool: &MaskPool) {
+        if items.is_empty() {
+            return;
+        }
+        for (c, token) in items {
+            c.lock().pending.push(*token);
+        }
+        let states: Vec<_> = items.iter().map(|(c, _)| c.state.clone()).collect();
+        pool.spawn(move || {
+            use rayon::prelude::*;
+            states
+                .par_iter()
+                .for_each(|s| s.lock().unwrap_or_else(|e| e.into_inner()).ensure_mask());
+        });
+    }
+
     /// Whether the output so far is a complete match (EOS would be allowed now).
     pub fn is_accepting(&self) -> bool {
         let mut s = self.lock();
