@@ -6,7 +6,8 @@
 # it reaches 30%+, and a figure taken under heavy steal is not comparable to one taken without.
 #
 # Usage: bash bench/cpu-vs-llamacpp.sh OUTDIR ROUNDS BIN [BIN...]
-#   env SHARED (../shared), MODEL (default: the default model's cached GGUF), THREADS (2), BATCHES (1,16,64), IN (128), OUTLEN (128)
+#   env SHARED (../shared), MODEL (default: the default model's cached GGUF), THREADS (2), BATCHES (1,16,64), IN (128), OUTLEN (128),
+#       PRECISIONS ("exact fast"; "fast" halves a round's time)
 # Writes OUTDIR/<bin-label>-<precision>-r<k>.json, OUTDIR/llamacpp-r<k>.jsonl and OUTDIR/runs.jsonl (one line per
 # run: what ran, its steal share, the file). Summarize with: python3 bench/cpu-summary.py OUTDIR
 set -euo pipefail
@@ -29,7 +30,7 @@ timed() {
 for r in $(seq "$R"); do
   for bin in "$@"; do
     label=$(basename "$bin")
-    for p in exact fast; do
+    for p in ${PRECISIONS:-exact fast}; do
       f="$O/$label-$p-r$r.json"
       timed "$label $p round $r" "$f" "$bin" throughput --model "$MODEL" --batch "$BATCHES" --input-len "$IN" \
         --output-len "$OUTLEN" --threads "$T" --cpu-precision "$p" --out "$f" >/dev/null 2>&1

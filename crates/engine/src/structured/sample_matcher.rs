@@ -137,15 +137,18 @@ impl SampleConstraint {
         self.prefetch(pool);
     }
 
-    /// `advance` for many samples as one job on `pool` (masks in parallel inside it): one hand-off per step.
-    pub fn advance_all(items: &[(SampleConstraint, u32)], pool: &MaskPool) {
+    /// Queues `token` (one the mask allowed) without computing anything: the next `mask`, or a `prefetch_all`
+    /// job, consumes it. A token the grammar rejects fails the next `mask` with the matcher's error.
+    pub fn queue(&self, token: u32) {
+        self.lock().pending.push(token);
+    }
+
+    /// `prefetch` for many samples as one job on `pool` (their masks in parallel inside it): one hand-off.
+    pub fn prefetch_all(items: &[SampleConstraint], pool: &MaskPool) {
         if items.is_empty() {
             return;
         }
-        for (c, token) in items {
-            c.lock().pending.push(*token);
-        }
-        let states: Vec<_> = items.iter().map(|(c, _)| c.state.clone()).collect();
+        let states: Vec<_> = items.iter().map(|c| c.state.clone()).collect();
         pool.spawn(move || {
             use rayon::prelude::*;
             states
