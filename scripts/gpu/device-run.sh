@@ -205,6 +205,13 @@ if [ "$MODE" = structured ]; then
   timeout 500 $BIN/pagedllm-bench structured --device cuda --model "$dir" --batch ${STRUCTURED_BATCHES:-1,128} \
     --output-len 128 --max-num-batched-tokens 8192 --out "$OUT/structured-gpu-llama8b.json" 2>&1 \
     | grep -E '^(batch|20-field|loaded|error)' | tee -a "$OUT/summary.txt"
+  # MASK_THREADS="4 8": batch 128 again per mask-pool size (PAGEDLLM_MASK_THREADS), to see what the pool costs.
+  for mt in ${MASK_THREADS:-}; do
+    log "structured batch 128 with PAGEDLLM_MASK_THREADS=$mt"
+    PAGEDLLM_MASK_THREADS=$mt timeout 200 $BIN/pagedllm-bench structured --device cuda --model "$dir" --batch 128 \
+      --output-len 128 --max-num-batched-tokens 8192 --compile-reps 1 --ttft-reps 1 \
+      --out "$OUT/structured-gpu-llama8b-mask$mt.json" 2>&1 | grep -E '^(batch|error)' | tee -a "$OUT/summary.txt"
+  done
 fi
 if [ "$MODE" = workloads ]; then
   # Issue 13's request-set workloads on llama-8b bf16 (pagedllm-bench throughput --workload, see

@@ -16,7 +16,11 @@ pub struct MaskPool {
 impl MaskPool {
     /// The pool size for a backend: with a GPU, every core but two (the engine thread and the Node/server
     /// thread), at most 16; with the CPU backend, one per four cores, at least one and at most four.
+    /// `PAGEDLLM_MASK_THREADS=N` overrides it (for measuring what the pool's size costs the engine thread).
     pub fn default_threads(gpu_backend: bool) -> usize {
+        if let Some(n) = std::env::var("PAGEDLLM_MASK_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
+            return n.clamp(1, 64);
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if gpu_backend {
             cores.saturating_sub(2).clamp(1, 16)
