@@ -106,7 +106,8 @@ mod tests {
             let got = sum_exp_shifted(&row, 0.0);
             let want = (x as f64).exp();
             if x < -87.0 {
-                assert_eq!(got, 0.0, "x={x}");
+                // The vector path gives 0 there; libm's scalar `expf` (non-AVX2 CPUs, Arm) its denormals.
+                assert!(got < 1.7e-38, "x={x}: {got}");
             } else {
                 assert!((got - want).abs() <= 4.0 * f32::EPSILON as f64 * want, "x={x}: {got} vs {want}");
             }
