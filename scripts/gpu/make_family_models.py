@@ -38,6 +38,13 @@ FAMILIES = {
                   dict(rope_theta=1e6, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=False),
                   None),
+    # Qwen1.5-MoE / Qwen2-MoE: q/k/v bias, softmax top-k without renormalization, a shared expert behind a
+    # sigmoid gate, and (through mlp_only_layers) one dense layer.
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  dict(rope_theta=1e6, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       shared_expert_intermediate_size=48, norm_topk_prob=False, decoder_sparse_step=1,
+                       mlp_only_layers=[1], tie_word_embeddings=False),
+                  None),
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(rope_theta=1e6, sliding_window=8,
                                                             tie_word_embeddings=False), None),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",

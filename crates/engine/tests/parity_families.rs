@@ -174,3 +174,17 @@ fn phi3_longrope_short_factors_match_hf_float32() {
     assert_eq!(len, 8, "the fixture's original_max_position_embeddings");
     check_reference("phi3", "ref-fp32-short.json", Some(len));
 }
+
+/// Qwen3-MoE: qk-norm, and in both layers a sparse MLP of 4 experts (intermediate 32), 2 per token, routed by
+/// softmax top-k renormalized to sum 1 (`norm_topk_prob`).
+#[test]
+fn qwen3_moe_matches_hf_float32() {
+    check_family("qwen3_moe");
+}
+
+/// Qwen2-MoE: q/k/v bias, top-2 of 4 experts without renormalization plus a shared expert (intermediate 48)
+/// behind a sigmoid gate on layer 0; layer 1 is dense (`mlp_only_layers = [1]`).
+#[test]
+fn qwen2_moe_matches_hf_float32() {
+    check_family("qwen2_moe");
+}

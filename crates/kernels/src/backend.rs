@@ -141,6 +141,38 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// A stack of `experts` weight matrices of one shape `[rows, cols]`: one MoE layer's gate|up (each expert's
+/// gate and up fused) or down projections, expert `e` at position `e`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertsId {
+    pub index: u32,
+    pub experts: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// The weights of a sparse MoE MLP (HF `Qwen3MoeSparseMoeBlock`, `Qwen2MoeSparseMoeBlock`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeWeights {
+    /// `[experts, hidden]`: the router's logits are `x · routerᵀ`.
+    pub router: WeightId,
+    /// `experts x [2 inter, hidden]`.
+    pub gate_up: ExpertsId,
+    /// `experts x [hidden, inter]`.
+    pub down: ExpertsId,
+    /// Qwen2-MoE: `[1, hidden]`, the shared expert's output is added times `sigmoid(x · gateᵀ)`.
+    pub shared_gate: Option<WeightId>,
+}
+
+/// How a MoE MLP routes: the `top_k` experts of highest softmax probability (f32 softmax over the router's
+/// logits; ties to the lower expert index), their probabilities renormalized to sum 1 when `renormalize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeSpec {
+    pub top_k: usize,
+    pub renormalize: bool,
+    pub activation: Activation,
+}
+
 /// The shape a backend's KV cache and step buffers are built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
@@ -163,6 +195,9 @@ pub trait Backend {
     /// Uploads the values of `parts` concatenated (a fused bias, or one norm weight).
     fn upload_vector(&mut self, parts: &[&[f32]]) -> Result<VectorId, Self::Error>;
     fn upload_rope(&mut self, spec: &RopeSpec) -> Result<RopeId, Self::Error>;
+    /// Uploads one MoE layer's experts: `experts[e]` are expert `e`'s parts stacked by rows (gate|up fused, or
+    /// the single down matrix); every expert has the same shape.
+    fn upload_experts(&mut self, experts: &[Vec<&WeightMatrix>]) -> Result<ExpertsId, Self::Error>;
     /// A persistent activation buffer of `width` columns, with room for the largest step.
     fn alloc_activation(&mut self, rows: Rows, width: usize) -> Result<TensorId, Self::Error>;
 
@@ -206,6 +241,18 @@ pub trait Backend {
     ) -> Result<(), Self::Error>;
     /// `out = act(gate) * up` on the fused `[gate | up]` rows of `gate_up`.
     fn glu(&mut self, gate_up: TensorId, act: Activation, out: TensorId) -> Result<(), Self::Error>;
+    /// A sparse MoE MLP on the normed rows `x` (`[tokens, hidden]`): per token, the experts chosen by `spec` from
+    /// the router's softmax, `out = sum_e p_e * down_e(act(gate_e x) * up_e x)`, plus (Qwen2-MoE) the shared
+    /// expert's output `shared` times `sigmoid(x · shared_gateᵀ)`. Routing happens on the device: the op reads
+    /// nothing back, so a backend can capture it.
+    fn moe(
+        &mut self,
+        x: TensorId,
+        weights: &MoeWeights,
+        spec: MoeSpec,
+        shared: Option<TensorId>,
+        out: TensorId,
+    ) -> Result<(), Self::Error>;
     /// The step's logits: `hidden` (the final-normed logits rows) times `w`ᵀ, f32, then (when `final_softcap`
     /// is given: Gemma 2's `final_logit_softcapping`) `x -> c * tanh(x / c)` on every logit, so sampling and
     /// log-probs see the capped values. A backend may compute them here or when they are asked for.

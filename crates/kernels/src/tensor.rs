@@ -84,6 +84,29 @@ impl WeightMatrix {
     }
 
     /// The raw bytes of row `r`.
+    /// Rows `start .. start + n` as a matrix of their own over the same bytes (one expert of a stacked
+    /// `[experts * rows, cols]` tensor). `None` when the range is outside the matrix.
+    pub fn row_range(&self, start: usize, n: usize) -> Option<WeightMatrix> {
+        if start.checked_add(n)? > self.rows {
+            return None;
+        }
+        let rb = self.row_bytes();
+        let storage = match &self.storage {
+            Storage::Mapped { map, offset, .. } => Storage::Mapped {
+                map: map.clone(),
+                offset: offset + start * rb,
+                len: n * rb,
+            },
+            Storage::Owned(v) => Storage::Owned(Arc::new(v[start * rb..(start + n) * rb].to_vec())),
+        };
+        Some(WeightMatrix {
+            dtype: self.dtype,
+            rows: n,
+            cols: self.cols,
+            storage,
+        })
+    }
+
     pub fn row(&self, r: usize) -> &[u8] {
         let rb = self.row_bytes();
         &self.storage.bytes()[r * rb..(r + 1) * rb]

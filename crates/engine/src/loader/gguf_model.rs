@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::error::{EngineError, Result};
-use crate::model::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling, WeightStore};
+use crate::model::{DecoderVariant, HiddenActivation, ModelConfig, MoeConfig, RopeScaling, WeightStore};
 use crate::tokenizer::{GgufTokenizerData, TokenizerSource};
 
 use super::gguf_file::{GgufFile, GgufValue};
@@ -17,7 +17,8 @@ use super::qk_unpermute::{arch_is_permuted, unpermute_qk};
 use super::{gguf_rope, push_unique, GenerationDefaults, LoadedModel, ModelFormat, ModelSourceInfo};
 
 /// Architectures whose GGUF tensors this loader maps (Mistral GGUFs use "llama").
-const GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
+const GGUF_ARCHITECTURES: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "phi3", "gemma2", "gemma3"];
 
 /// Loads a `.gguf` file.
 pub fn load_gguf(path: &Path, name: String) -> Result<LoadedModel> {
@@ -187,6 +188,8 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     };
     variant.rotary_dim = rotary_dim;
 
+    let moe = if arch.ends_with("moe") { Some(moe_config(file, &arch, num_hidden_layers)?) } else { None };
+
     let bos_token_id = opt_u32(file, "tokenizer.ggml.bos_token_id")?;
     let mut eos_token_ids = Vec::new();
     push_unique(&mut eos_token_ids, opt_u32(file, "tokenizer.ggml.eos_token_id")?);
@@ -214,10 +217,64 @@ fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         qk_norm: file.tensor_info("blk.0.attn_q_norm.weight").is_some(),
         sliding_window,
         variant,
+        moe,
         bos_token_id,
         eos_token_ids,
-        // Our name of Gemma 3's text model (HF `gemma3_text`).
-        architecture: if arch == "gemma3" { "gemma3_text".into() } else { arch },
+        // Our names of Gemma 3's text model and the Qwen MoE families (HF's `model_type`s).
+        architecture: match arch.as_str() {
+            "gemma3" => "gemma3_text".into(),
+            "qwen2moe" => "qwen2_moe".into(),
+            "qwen3moe" => "qwen3_moe".into(),
+            _ => arch,
+        },
+    })
+}
+
+/// Qwen2-MoE / Qwen3-MoE from GGUF, as llama.cpp runs them (`src/models/qwen2moe.cpp`, `qwen3moe.cpp`): softmax
+/// top-k, renormalized for qwen3moe and not for qwen2moe, whatever the checkpoint's `norm_topk_prob` was (the
+/// converter does not write it); a layer is sparse when it has a router (`ffn_gate_inp`); qwen2moe's shared
+/// expert size is `expert_shared_feed_forward_length`.
+fn moe_config(file: &GgufFile, arch: &str, layers: usize) -> Result<MoeConfig> {
+    let k = |suffix: &str| format!("{arch}.{suffix}");
+    let num_experts = req_u64(file, &k("expert_count"))? as usize;
+    let top_k = req_u64(file, &k("expert_used_count"))? as usize;
+    if num_experts == 0 || num_experts > 1024 || top_k == 0 || top_k > num_experts {
+        return Err(load_err(
+            file,
+            format!("expert_used_count {top_k} must be in 1..=expert_count ({num_experts}, at most 1024)"),
+        ));
+    }
+    if let Some(scale) = opt_f32(file, &k("expert_weights_scale"))? {
+        if scale != 0.0 && scale != 1.0 {
+            return Err(load_err(file, format!("expert_weights_scale {scale} is not supported (only 1)")));
+        }
+    }
+    let ff = req_u64(file, &k("feed_forward_length"))? as usize;
+    let moe_intermediate_size = match file.get(&k("expert_feed_forward_length")) {
+        Some(_) => req_u64(file, &k("expert_feed_forward_length"))? as usize,
+        None => ff / top_k,
+    };
+    let shared = if arch == "qwen2moe" {
+        Some(req_u64(file, &k("expert_shared_feed_forward_length"))? as usize).filter(|&s| s > 0)
+    } else {
+        None
+    };
+    let limit = super::hf_config::MAX_INTERMEDIATE_SIZE;
+    if moe_intermediate_size == 0 || moe_intermediate_size > limit || shared.is_some_and(|s| s > limit) {
+        return Err(load_err(
+            file,
+            format!("expert feed-forward length {moe_intermediate_size} / shared {shared:?} out of range"),
+        ));
+    }
+    Ok(MoeConfig {
+        num_experts,
+        num_experts_per_tok: top_k,
+        moe_intermediate_size,
+        norm_topk_prob: arch == "qwen3moe",
+        sparse_layers: (0..layers)
+            .map(|i| file.tensor_info(&format!("blk.{i}.ffn_gate_inp.weight")).is_some())
+            .collect(),
+        shared_expert_intermediate_size: shared,
     })
 }
 
@@ -302,6 +359,17 @@ pub fn hf_tensor_name(arch: &str, gguf: &str) -> Option<String> {
         "ffn_up" if arch == "phi3" => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        // Qwen-MoE: the router, the experts stacked `[experts * rows, cols]` (no `.weight`: the model slices
+        // them, see `model::mlp`), the shared expert and its gate.
+        "ffn_gate_inp" => "mlp.gate",
+        "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" if kind == "weight" => {
+            let proj = &base[4..base.len() - 5];
+            return Some(format!("model.layers.{layer}.mlp.experts.{proj}_proj"));
+        }
+        "ffn_gate_shexp" => "mlp.shared_expert.gate_proj",
+        "ffn_up_shexp" => "mlp.shared_expert.up_proj",
+        "ffn_down_shexp" => "mlp.shared_expert.down_proj",
+        "ffn_gate_inp_shexp" => "mlp.shared_expert_gate",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{kind}"))

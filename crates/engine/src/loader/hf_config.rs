@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{EngineError, Result};
-use crate::model::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling};
+use crate::model::{DecoderVariant, HiddenActivation, ModelConfig, MoeConfig, RopeScaling};
 
 use super::{push_unique, GenerationDefaults};
 
@@ -19,6 +19,8 @@ const ARCHITECTURE_CLASSES: &[(&str, &str)] = &[
     ("MistralForCausalLM", "mistral"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("Qwen3ForCausalLM", "qwen3"),
+    ("Qwen2MoeForCausalLM", "qwen2_moe"),
+    ("Qwen3MoeForCausalLM", "qwen3_moe"),
     ("Gemma2ForCausalLM", "gemma2"),
     ("Gemma3ForCausalLM", "gemma3_text"),
     ("Phi3ForCausalLM", "phi3"),
@@ -89,6 +91,17 @@ struct RawConfig {
     partial_rotary_factor: Option<f64>,
     /// LongRoPE's pretraining context (top level in transformers < 5; inside `rope_parameters` from 5 on).
     original_max_position_embeddings: Option<usize>,
+    // --- Qwen2-MoE / Qwen3-MoE ---
+    #[serde(alias = "num_local_experts")]
+    num_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    moe_intermediate_size: Option<usize>,
+    norm_topk_prob: Option<bool>,
+    decoder_sparse_step: Option<usize>,
+    mlp_only_layers: Option<Vec<usize>>,
+    shared_expert_intermediate_size: Option<usize>,
+    /// Qwen2-MoE's q/k/v bias switch (transformers >= 5; always on before).
+    qkv_bias: Option<bool>,
 }
 
 /// A key that is present, even as `null` (serde's `Option` would read `null` as absent).
@@ -198,8 +211,12 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
         rope_scaling: rope_scaling(raw.rope_scaling.as_ref().or(rope_params), &rope_context).map_err(err)?,
         max_position_embeddings,
         tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
-        attention_bias: raw.attention_bias.unwrap_or(arch == "qwen2"),
-        qk_norm: arch == "qwen3" || arch == "gemma3_text",
+        attention_bias: raw
+            .attention_bias
+            .or(if arch == "qwen2_moe" { raw.qkv_bias } else { None })
+            .unwrap_or(arch == "qwen2" || arch == "qwen2_moe"),
+        qk_norm: matches!(arch.as_str(), "qwen3" | "qwen3_moe" | "gemma3_text"),
+        moe: if arch.ends_with("_moe") { Some(moe_config(&raw, &arch, num_hidden_layers).map_err(err)?) } else { None },
         sliding_window,
         variant,
         bos_token_id: raw.bos_token_id,
@@ -211,6 +228,34 @@ pub fn parse_config(path: &str, text: &str) -> Result<ModelConfig> {
 }
 
 /// Gemma 2 / Gemma 3's departures from the Llama block, from their config keys (HF's defaults where absent).
+/// Qwen2-MoE / Qwen3-MoE's sparse MLP, with transformers' defaults (`Qwen3MoeConfig`: 128 experts, 8 per token,
+/// `norm_topk_prob` false; `Qwen2MoeConfig`: 60 experts, 4 per token, a shared expert of 5632).
+fn moe_config(raw: &RawConfig, arch: &str, layers: usize) -> Result<MoeConfig, String> {
+    let qwen2 = arch == "qwen2_moe";
+    let num_experts = raw.num_experts.unwrap_or(if qwen2 { 60 } else { 128 });
+    let top_k = raw.num_experts_per_tok.unwrap_or(if qwen2 { 4 } else { 8 });
+    if num_experts == 0 || num_experts > 1024 || top_k == 0 || top_k > num_experts {
+        return Err(format!(
+            "num_experts_per_tok {top_k} must be in 1..=num_experts ({num_experts}, at most 1024)"
+        ));
+    }
+    let step = raw.decoder_sparse_step.unwrap_or(1);
+    let dense = raw.mlp_only_layers.clone().unwrap_or_default();
+    let moe_intermediate_size = raw.moe_intermediate_size.unwrap_or(if qwen2 { 1408 } else { 768 });
+    let shared = if qwen2 { Some(raw.shared_expert_intermediate_size.unwrap_or(5632)) } else { None };
+    if moe_intermediate_size == 0 || moe_intermediate_size > MAX_INTERMEDIATE_SIZE || shared.is_some_and(|s| s > MAX_INTERMEDIATE_SIZE) {
+        return Err(format!("moe_intermediate_size {moe_intermediate_size} / shared expert size {shared:?} out of range"));
+    }
+    Ok(MoeConfig {
+        num_experts,
+        num_experts_per_tok: top_k,
+        moe_intermediate_size,
+        norm_topk_prob: raw.norm_topk_prob.unwrap_or(false),
+        sparse_layers: (0..layers).map(|i| !dense.contains(&i) && step > 0 && (i + 1) % step == 0).collect(),
+        shared_expert_intermediate_size: shared.filter(|&s| s > 0),
+    })
+}
+
 fn gemma_variant(raw: &RawConfig, arch: &str, layers: usize) -> Result<DecoderVariant, String> {
     let gemma2 = arch == "gemma2";
     if raw.use_bidirectional_attention == Some(true) {

@@ -90,6 +90,25 @@ pub struct DecoderVariant {
     pub rotary_dim: Option<usize>,
 }
 
+/// A sparse mixture-of-experts MLP (HF `Qwen3MoeSparseMoeBlock`, `Qwen2MoeSparseMoeBlock`): a router picks
+/// `num_experts_per_tok` of `num_experts` GLU experts per token by softmax probability; their outputs are summed
+/// weighted by those probabilities (renormalized to sum 1 when `norm_topk_prob`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    /// Each expert's intermediate size (`moe_intermediate_size`).
+    pub moe_intermediate_size: usize,
+    pub norm_topk_prob: bool,
+    /// `true` where layer `i` has the sparse MLP (HF: not in `mlp_only_layers` and `(i + 1) %
+    /// decoder_sparse_step == 0`); the others have a dense MLP of `intermediate_size`.
+    pub sparse_layers: Vec<bool>,
+    /// Qwen2-MoE's shared expert (`shared_expert_intermediate_size`), added to every token's output times
+    /// `sigmoid(shared_expert_gate · x)`; None: no shared expert (Qwen3-MoE).
+    #[serde(default)]
+    pub shared_expert_intermediate_size: Option<usize>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// `llama`, `mistral`, `qwen2` (as the file names it).
@@ -118,6 +137,9 @@ pub struct ModelConfig {
     /// Gemma 2/3's departures from the Llama block.
     #[serde(default)]
     pub variant: DecoderVariant,
+    /// Qwen3-MoE / Qwen2-MoE: the sparse MLP and which layers have it.
+    #[serde(default)]
+    pub moe: Option<MoeConfig>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -125,7 +147,12 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The architectures the Llama model file implements.
     pub const SUPPORTED_ARCHITECTURES: &'static [&'static str] =
-        &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"];
+        &["llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text", "phi3"];
+
+    /// The sparse MLP of layer `layer`, if it has one.
+    pub fn layer_moe(&self, layer: usize) -> Option<&MoeConfig> {
+        self.moe.as_ref().filter(|m| m.sparse_layers.get(layer) == Some(&true))
+    }
 
     /// The leading dims of each head that RoPE rotates.
     pub fn rotary_dim(&self) -> usize {

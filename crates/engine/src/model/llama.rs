@@ -1,6 +1,7 @@
 //! The decoder of the Llama family (Llama 2/3/3.1, SmolLM2, Mistral, Qwen2, Qwen3), of Gemma 2 / Gemma 3 text and
 //! of Phi-3 / Phi-4-mini (HF `modeling_phi3.py`: the Llama block with q|k|v and gate|up stored fused, partial
-//! rotary and LongRoPE, all data in `ModelConfig`), after HF's `LlamaForCausalLM`: pre-norm blocks of RMSNorm -> GQA attention with rotate-half RoPE -> residual
+//! rotary and LongRoPE, all data in `ModelConfig`) and of Qwen2-MoE / Qwen3-MoE (the MLP of sparse layers is a
+//! routed mixture of experts, `model::mlp`), after HF's `LlamaForCausalLM`: pre-norm blocks of RMSNorm -> GQA attention with rotate-half RoPE -> residual
 //! -> RMSNorm -> GLU MLP -> residual, then a final norm and the LM head. The family's switches are data in
 //! `ModelConfig`: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3), sliding-window attention
 //! (Mistral: every layer; Gemma: the local layers of `layer_types`), tied embeddings, RoPE scaling, and
@@ -22,6 +23,7 @@ use pagedllm_kernels::backend::{
 use pagedllm_kernels::WeightMatrix;
 
 use super::config::{HiddenActivation, ModelConfig, RopeScaling};
+use super::mlp::{Mlp, MlpActivations};
 use super::weights::WeightStore;
 use crate::error::{EngineError, Result};
 
@@ -39,9 +41,8 @@ struct Layer {
     /// Gemma's sandwich norms of the sub-layer outputs, before they join the residual: (attention output:
     /// `post_attention_layernorm`, MLP output: `post_feedforward_layernorm`).
     output_norms: Option<(VectorId, VectorId)>,
-    /// `[2 inter, hidden]`: gate then up.
-    gate_up: WeightId,
-    down: WeightId,
+    /// Dense GLU or sparse experts (Qwen-MoE).
+    mlp: Mlp,
     /// This layer's RoPE table (Gemma 3's local and global layers differ) and attention (window per layer).
     rope: RopeId,
     attention: AttentionSpec,
@@ -59,8 +60,7 @@ struct Activations {
     delta: TensorId,
     /// A sub-layer output after its sandwich norm (Gemma only: the norm's input and output must differ).
     normed_delta: Option<TensorId>,
-    gate_up: TensorId,
-    act: TensorId,
+    mlp: MlpActivations,
     /// Final-normed hidden states of the logits rows.
     last_hidden: TensorId,
 }
@@ -174,6 +174,22 @@ fn check_config(c: &ModelConfig) -> Result<()> {
             c.num_hidden_layers
         ));
     }
+    if let Some(m) = &c.moe {
+        if m.sparse_layers.len() != c.num_hidden_layers
+            || m.num_experts == 0
+            || !(1..=m.num_experts).contains(&m.num_experts_per_tok)
+            || m.moe_intermediate_size == 0
+        {
+            return bad(format!(
+                "MoE with {} experts, {} per token, expert size {} and {} layer flags for {} layers",
+                m.num_experts,
+                m.num_experts_per_tok,
+                m.moe_intermediate_size,
+                m.sparse_layers.len(),
+                c.num_hidden_layers
+            ));
+        }
+    }
     let positive = |x: Option<f32>| x.is_none_or(|x| x.is_finite() && x > 0.0);
     if !(positive(v.query_pre_attn_scalar) && positive(v.attn_logit_softcap) && positive(v.final_logit_softcap))
         || !positive(v.rope_local_theta)
@@ -203,7 +219,7 @@ impl LlamaModel {
         check_config(config)?;
         let c = config;
         let heads = Self::kv_layout(c).heads;
-        let (hidden, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (hidden, hd) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
         let embed = matrix(weights, "model.embed_tokens.weight", c.vocab_size, hidden)?;
         let embed_tokens = b.upload_matrix(&[embed]).map_err(backend_err)?;
@@ -268,17 +284,8 @@ impl LlamaModel {
             } else {
                 None
             };
-            let mlp = |n: &str| format!("{p}.mlp.{n}");
-            let fused_gate_up = mlp("gate_up_proj.weight");
-            let gate_up = if weights.contains(&fused_gate_up) {
-                b.upload_matrix(&[matrix(weights, &fused_gate_up, 2 * inter, hidden)?])
-            } else {
-                b.upload_matrix(&[
-                    matrix(weights, &mlp("gate_proj.weight"), inter, hidden)?,
-                    matrix(weights, &mlp("up_proj.weight"), inter, hidden)?,
-                ])
-            }
-            .map_err(backend_err)?;
+            let activation = Self::activation(c);
+            let mlp = Mlp::load(c, weights, b, i, activation)?;
             let layer_norm = |b: &mut B, n: &str| norm_vec(b, &format!("{p}.{n}.weight"), hidden);
             let (mlp_norm, output_norms) = if v.sandwich_norms {
                 let post_attention = layer_norm(b, "post_attention_layernorm")?;
@@ -297,10 +304,7 @@ impl LlamaModel {
                     .map_err(backend_err)?,
                 mlp_norm,
                 output_norms,
-                gate_up,
-                down: b
-                    .upload_matrix(&[matrix(weights, &mlp("down_proj.weight"), hidden, inter)?])
-                    .map_err(backend_err)?,
+                mlp,
                 rope,
                 attention,
             });
@@ -313,6 +317,7 @@ impl LlamaModel {
             let w = matrix(weights, "lm_head.weight", c.vocab_size, hidden)?;
             b.upload_matrix(&[w]).map_err(backend_err)?
         };
+        let mlp = MlpActivations::alloc(c, b)?;
         let mut alloc = |rows: Rows, width: usize| b.alloc_activation(rows, width).map_err(backend_err);
         let act = Activations {
             residual: alloc(Rows::Tokens, hidden)?,
@@ -321,8 +326,7 @@ impl LlamaModel {
             attn: alloc(Rows::Tokens, q_dim)?,
             delta: alloc(Rows::Tokens, hidden)?,
             normed_delta: if v.sandwich_norms { Some(alloc(Rows::Tokens, hidden)?) } else { None },
-            gate_up: alloc(Rows::Tokens, 2 * inter)?,
-            act: alloc(Rows::Tokens, inter)?,
+            mlp,
             last_hidden: alloc(Rows::Logits, hidden)?,
         };
         Ok(Self {
@@ -334,12 +338,16 @@ impl LlamaModel {
             layers,
             // HF: `hidden_size ** 0.5` (as a tensor of the model's dtype; the backend rounds it likewise).
             embed_scale: v.scale_embeddings.then(|| (hidden as f32).sqrt()),
-            activation: match v.activation {
-                HiddenActivation::Silu => Activation::Silu,
-                HiddenActivation::GeluTanh => Activation::GeluTanh,
-            },
+            activation: Self::activation(c),
             act,
         })
+    }
+
+    fn activation(c: &ModelConfig) -> Activation {
+        match c.variant.activation {
+            HiddenActivation::Silu => Activation::Silu,
+            HiddenActivation::GeluTanh => Activation::GeluTanh,
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -365,9 +373,7 @@ impl LlamaModel {
             b.linear(a.attn, layer.o_proj, a.delta)?;
             let attn_out = self.output_norm(b, layer.output_norms.map(|n| n.0), eps)?;
             b.add_rms_norm(a.residual, Some(attn_out), layer.mlp_norm, eps, a.normed)?;
-            b.linear(a.normed, layer.gate_up, a.gate_up)?;
-            b.glu(a.gate_up, self.activation, a.act)?;
-            b.linear(a.act, layer.down, a.delta)?;
+            layer.mlp.forward(b, &a.mlp, self.activation, a.normed, a.delta)?;
             pending = Some(self.output_norm(b, layer.output_norms.map(|n| n.1), eps)?);
         }
         // Only the logits rows get the last residual add, the final norm and the LM head.

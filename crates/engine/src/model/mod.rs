@@ -5,7 +5,8 @@
 pub mod config;
 pub mod device_weights;
 pub mod llama;
+mod mlp;
 pub mod weights;
 
-pub use config::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling};
+pub use config::{DecoderVariant, HiddenActivation, ModelConfig, MoeConfig, RopeScaling};
 pub use weights::WeightStore;

@@ -15,12 +15,15 @@ use super::q8_acts::Q8Acts;
 use super::team::{par_chunks_mut, ThreadTeam};
 use super::{activation, attention, kv_cache::KvCache, matmul::matmul, norm, rope::RopeTable};
 use crate::backend::{
-    Activation, AttentionSpec, Backend, Forward, HeadLayout, KvLayout, Norm, QkNorm, RopeId, RopeSpec, Rows, TensorId,
-    VectorId, WeightId,
+    Activation, AttentionSpec, Backend, ExpertsId, Forward, HeadLayout, KvLayout, MoeSpec, MoeWeights, Norm, QkNorm,
+    RopeId, RopeSpec, Rows, TensorId, VectorId, WeightId,
 };
 use crate::batch::InputBatch;
 use crate::quant;
 use crate::tensor::WeightMatrix;
+
+#[path = "backend_moe.rs"]
+mod moe;
 
 /// Most activation rows that take the file-layout int8 kernels in fast mode (Arm, where weights are not packed):
 /// decode batches up to 64. Longer prefill chunks keep the dequantize + GEMM path there. Packed weights (x86)
@@ -52,6 +55,8 @@ pub struct CpuBackend {
     /// (`packed_matrix::packs_on`); the file layout stays for exact mode and the embedding lookup.
     packed: Vec<Option<Vec<PackedMatrix>>>,
     vectors: Vec<Vec<f32>>,
+    /// Per `ExpertsId`, the weight index of each expert.
+    expert_sets: Vec<Vec<u32>>,
     ropes: Vec<RopeTable>,
     acts: Vec<Vec<f32>>,
     kv: KvCache,
@@ -81,6 +86,7 @@ impl CpuBackend {
             weights: Vec::new(),
             packed: Vec::new(),
             vectors: Vec::new(),
+            expert_sets: Vec::new(),
             ropes: Vec::new(),
             acts: Vec::new(),
             kv: KvCache::with_dtype(
@@ -204,6 +210,76 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// `o = xs · wᵀ` for `m` rows of `xs` through weight `index` (its parts written side by side): the packed
+    /// kernels where the weight is packed, else fast mode's int8 kernels up to `FAST_MAX_ROWS` rows, else the
+    /// dequantizing GEMM.
+    fn product(&mut self, index: usize, xs: &[f32], m: usize, o: &mut [f32]) {
+        let parts = &self.weights[index];
+        let (cols, rows) = (parts[0].cols, parts.iter().map(|p| p.rows).sum::<usize>());
+        if let Some(packed) = &self.packed[index] {
+            self.q8.quantize(xs, m, cols);
+            matmul_packed_parts(&self.q8, packed, o, self.isa);
+            return;
+        }
+        // Fast mode: quantize the input once for every part (q, k, v or gate, up each take it).
+        let fast =
+            self.precision == CpuPrecision::Fast && m <= FAST_MAX_ROWS && parts.iter().all(int8_matmul::supports);
+        if fast {
+            self.q8.quantize(xs, m, cols);
+        }
+        let (q8, isa) = (&self.q8, self.isa);
+        let product = |p: &WeightMatrix, rows_x: &[f32], rows: usize, dst: &mut [f32]| {
+            if fast {
+                matmul_q8(q8, p, dst, isa)
+            } else {
+                matmul(rows_x, rows, p, dst)
+            }
+        };
+        if parts.len() == 1 {
+            product(&parts[0], xs, m, o);
+        } else if m == 1 && fast {
+            int8_matmul::matmul_q8_row_parts(q8, parts, o, isa);
+        } else if m == 1 {
+            super::matmul::matmul_row_parts(xs, parts, o);
+        } else {
+            let mut off = 0;
+            for p in parts {
+                self.part.resize(m * p.rows, 0.0);
+                product(p, xs, m, &mut self.part);
+                for (dst, src) in o.chunks_exact_mut(rows).zip(self.part.chunks_exact(p.rows)) {
+                    dst[off..off + p.rows].copy_from_slice(src);
+                }
+                off += p.rows;
+            }
+        }
+    }
+}
+
+/// `o = act(gate) * up` row by row over the fused `[gate | up]` rows `gu` (`inter` = the width of `o`).
+fn glu_rows(gu: &[f32], act: Activation, inter: usize, o: &mut [f32]) {
+    // Decode rows split into 256-column pieces (one 1,536-wide row is ~5 µs of exps, serial otherwise);
+    // prefill's many rows go a row per task.
+    let width = if o.len() < 16 * inter && inter % 256 == 0 { 256 } else { inter.max(1) };
+    par_chunks_mut(o, width, |i, o| {
+        let (r, c0) = (i * width / inter, i * width % inter);
+        let gu = &gu[r * 2 * inter..][..2 * inter];
+        let (g, u) = (&gu[c0..c0 + width], &gu[inter + c0..inter + c0 + width]);
+        match act {
+            Activation::Silu => {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            Activation::GeluTanh => {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = activation::gelu_tanh(g) * u;
+                }
+            }
+        }
+    });
+}
+
 /// Per-head RMSNorm in place over `[rows, heads, head_dim]`.
 fn head_rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     let d = weight.len();
@@ -237,6 +313,29 @@ impl Backend for CpuBackend {
         self.packed.push(self.pack(&parts));
         self.weights.push(parts);
         Ok(id)
+    }
+
+    fn upload_experts(&mut self, experts: &[Vec<&WeightMatrix>]) -> Result<ExpertsId, CpuError> {
+        let mut ids = Vec::with_capacity(experts.len());
+        for parts in experts {
+            ids.push(self.upload_matrix(parts)?);
+        }
+        let Some(&first) = ids.first() else {
+            return bad("a MoE layer needs at least one expert".into());
+        };
+        if let Some(w) = ids.iter().find(|w| (w.rows, w.cols) != (first.rows, first.cols)) {
+            return bad(format!(
+                "experts of one layer have shapes [{}, {}] and [{}, {}]",
+                first.rows, first.cols, w.rows, w.cols
+            ));
+        }
+        self.expert_sets.push(ids.iter().map(|w| w.index).collect());
+        Ok(ExpertsId {
+            index: (self.expert_sets.len() - 1) as u32,
+            experts: ids.len(),
+            rows: first.rows,
+            cols: first.cols,
+        })
     }
 
     fn upload_vector(&mut self, parts: &[&[f32]]) -> Result<VectorId, CpuError> {
@@ -359,45 +458,10 @@ impl Backend for CpuBackend {
         }
         let m = self.rows(x.rows);
         let mut o = self.take(out);
-        let xs = &self.acts[x.index as usize];
-        if let Some(packed) = &self.packed[w.index as usize] {
-            self.q8.quantize(xs, m, w.cols);
-            matmul_packed_parts(&self.q8, packed, &mut o, self.isa);
-            self.put(out, o);
-            return Ok(());
-        }
-        let parts = &self.weights[w.index as usize];
-        // Fast mode: quantize the input once for every part (q, k, v or gate, up each take it).
-        let fast =
-            self.precision == CpuPrecision::Fast && m <= FAST_MAX_ROWS && parts.iter().all(int8_matmul::supports);
-        if fast {
-            self.q8.quantize(xs, m, w.cols);
-        }
-        let (q8, isa) = (&self.q8, self.isa);
-        let product = |p: &WeightMatrix, rows_x: &[f32], rows: usize, dst: &mut [f32]| {
-            if fast {
-                matmul_q8(q8, p, dst, isa)
-            } else {
-                matmul(rows_x, rows, p, dst)
-            }
-        };
-        if parts.len() == 1 {
-            product(&parts[0], xs, m, &mut o);
-        } else if m == 1 && fast {
-            int8_matmul::matmul_q8_row_parts(q8, parts, &mut o, isa);
-        } else if m == 1 {
-            super::matmul::matmul_row_parts(xs, parts, &mut o);
-        } else {
-            let mut off = 0;
-            for p in parts {
-                self.part.resize(m * p.rows, 0.0);
-                product(p, xs, m, &mut self.part);
-                for (dst, src) in o.chunks_exact_mut(w.rows).zip(self.part.chunks_exact(p.rows)) {
-                    dst[off..off + p.rows].copy_from_slice(src);
-                }
-                off += p.rows;
-            }
-        }
+        // Out of `acts` while the product borrows the backend's scratch (put back below).
+        let xs = std::mem::take(&mut self.acts[x.index as usize]);
+        self.product(w.index as usize, &xs, m, &mut o);
+        self.acts[x.index as usize] = xs;
         self.put(out, o);
         Ok(())
     }
@@ -483,31 +547,14 @@ impl Backend for CpuBackend {
         if gate_up.width != 2 * out.width {
             return bad(format!("glu: {gate_up:?} -> {out:?}"));
         }
-        let inter = out.width;
         let mut o = self.take(out);
-        let gu = &self.acts[gate_up.index as usize];
-        // Decode rows split into 256-column pieces (one 1,536-wide row is ~5 µs of exps, serial otherwise);
-        // prefill's many rows go a row per task.
-        let width = if o.len() < 16 * inter && inter % 256 == 0 { 256 } else { inter.max(1) };
-        par_chunks_mut(&mut o, width, |i, o| {
-            let (r, c0) = (i * width / inter, i * width % inter);
-            let gu = &gu[r * 2 * inter..][..2 * inter];
-            let (g, u) = (&gu[c0..c0 + width], &gu[inter + c0..inter + c0 + width]);
-            match act {
-                Activation::Silu => {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = g / (1.0 + (-g).exp()) * u;
-                    }
-                }
-                Activation::GeluTanh => {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = activation::gelu_tanh(g) * u;
-                    }
-                }
-            }
-        });
+        glu_rows(&self.acts[gate_up.index as usize], act, out.width, &mut o);
         self.put(out, o);
         Ok(())
+    }
+
+    fn moe(&mut self, x: TensorId, weights: &MoeWeights, spec: MoeSpec, shared: Option<TensorId>, out: TensorId) -> R {
+        self.moe_mlp(x, weights, spec, shared, out)
     }
 
     fn lm_head(&mut self, hidden: TensorId, w: WeightId, final_softcap: Option<f32>) -> R {

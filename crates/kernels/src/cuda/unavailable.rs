@@ -2,7 +2,7 @@
 
 use super::{ActivationDtype, CudaError, CudaOptions, DeviceSample, DeviceSampleParams, KvPlan, ModelShape, TokenEdit};
 use crate::backend::{
-    Activation, AttentionSpec, Backend, Forward, HeadLayout, Norm, QkNorm, RopeId, RopeSpec, Rows, TensorId, VectorId,
+    Activation, AttentionSpec, Backend, ExpertsId, Forward, MoeSpec, MoeWeights, HeadLayout, Norm, QkNorm, RopeId, RopeSpec, Rows, TensorId, VectorId,
     WeightId,
 };
 use crate::tensor::WeightMatrix;
@@ -60,6 +60,9 @@ impl Backend for CudaBackend {
     fn upload_rope(&mut self, _: &RopeSpec) -> Result<RopeId, CudaError> {
         match *self {}
     }
+    fn upload_experts(&mut self, _: &[Vec<&WeightMatrix>]) -> Result<ExpertsId, CudaError> {
+        match *self {}
+    }
     fn alloc_activation(&mut self, _: Rows, _: usize) -> Result<TensorId, CudaError> {
         match *self {}
     }
@@ -87,6 +90,9 @@ impl Backend for CudaBackend {
         match *self {}
     }
     fn glu(&mut self, _: TensorId, _: Activation, _: TensorId) -> Result<(), CudaError> {
+        match *self {}
+    }
+    fn moe(&mut self, _: TensorId, _: &MoeWeights, _: MoeSpec, _: Option<TensorId>, _: TensorId) -> Result<(), CudaError> {
         match *self {}
     }
     fn lm_head(&mut self, _: TensorId, _: WeightId, _: Option<f32>) -> Result<(), CudaError> {
