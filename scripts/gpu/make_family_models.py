@@ -37,7 +37,12 @@ FAMILIES = {
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   dict(rope_theta=1e6, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=False),
-                  None),
+                  # Qwen3-30B-A3B's layers (128 experts, 8 per token, expert size 768), 4 of its 48.
+                  dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=4,
+                       num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936,
+                       num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
+                       mlp_only_layers=[], max_position_embeddings=40960, rope_theta=1e6, rms_norm_eps=1e-6,
+                       tie_word_embeddings=False)),
     # Qwen1.5-MoE / Qwen2-MoE: q/k/v bias, softmax top-k without renormalization, a shared expert behind a
     # sigmoid gate, and (through mlp_only_layers) one dense layer.
     "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
@@ -50,13 +55,25 @@ FAMILIES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                dict(rope_theta=10000.0, sliding_window=8, attn_logit_softcapping=50.0,
                     final_logit_softcapping=30.0, query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh",
-                    tie_word_embeddings=True), None),
+                    tie_word_embeddings=True),
+               # Gemma 2 2B
+               dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                    num_key_value_heads=4, head_dim=256, vocab_size=256000, sliding_window=4096,
+                    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
+                    hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192, rope_theta=10000.0,
+                    rms_norm_eps=1e-6, tie_word_embeddings=True)),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
                # Linear RoPE scaling on the global layers only (as Gemma 3 4B+ has, factor 8), local base 1e4.
                dict(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window=8, sliding_window_pattern=2,
                     rope_scaling=dict(rope_type="linear", factor=4.0),
                     query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
-               None),
+               # Gemma 3 1B (window 512 on 5 of every 6 layers; 32-token prompts + 32 steps stay inside it, so
+               # the tiny fixtures' window 8 is what checks windows)
+               dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+                    num_key_value_heads=1, head_dim=256, vocab_size=262144, sliding_window=512,
+                    sliding_window_pattern=6, rope_theta=1e6, rope_local_base_freq=10000.0,
+                    query_pre_attn_scalar=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768,
+                    rms_norm_eps=1e-6, tie_word_embeddings=True)),
     # Phi-4-mini's shape scaled down: fused qkv / gate_up, partial rotary 0.75 (12 of 16 dims rotate), window 8,
     # LongRoPE with short/long factors and original_max_position_embeddings 8: the 12-token prompts are past it, so
     # HF runs every forward on the long factors (as the engine does when max_model_len > 8); `SHORT_REFERENCE`

@@ -15,7 +15,7 @@
 use half::bf16;
 use pagedllm_engine::model::device_weights::model_shape;
 use pagedllm_engine::model::llama::LlamaModel;
-use pagedllm_engine::model::{DecoderVariant, HiddenActivation, ModelConfig, RopeScaling, WeightStore};
+use pagedllm_engine::model::{DecoderVariant, HiddenActivation, ModelConfig, MoeConfig, RopeScaling, WeightStore};
 use pagedllm_engine::runner::{build_input_batch, ScheduledSeq};
 use pagedllm_kernels::backend::Backend;
 use pagedllm_kernels::cpu::{CpuBackend, CpuPrecision};
@@ -43,6 +43,9 @@ struct Case {
     /// Phi-4-mini's block: fused qkv / gate_up weights, RoPE on 3/4 of each head, LongRoPE (long factors and
     /// the attention factor on cos/sin).
     phi3: bool,
+    /// 3: Qwen3-MoE's sparse MLP (16 experts, 4 per token, renormalized, every layer); 2: Qwen2-MoE's (8
+    /// experts, 2 per token, a shared expert, layer 1 dense); 0: dense.
+    moe: u8,
 }
 
 const CASES: &[Case] = &[
@@ -59,6 +62,7 @@ const CASES: &[Case] = &[
         window: None,
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     Case {
         name: "gqa4-hd64-qwen2-bias",
@@ -73,6 +77,7 @@ const CASES: &[Case] = &[
         window: None,
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     Case {
         name: "gqa8-hd128-llama3-untied",
@@ -87,6 +92,7 @@ const CASES: &[Case] = &[
         window: None,
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     Case {
         name: "gqa4-hd128",
@@ -101,6 +107,7 @@ const CASES: &[Case] = &[
         window: None,
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     // Qwen3: per-head q/k RMSNorm before RoPE (in the rope kernel's block reduction).
     Case {
@@ -116,6 +123,7 @@ const CASES: &[Case] = &[
         window: None,
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     // Mistral: sliding-window attention (a window shorter than most contexts here, not a multiple of a key tile).
     Case {
@@ -131,6 +139,7 @@ const CASES: &[Case] = &[
         window: Some(40),
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     Case {
         name: "gqa2-hd64-mistral-window17",
@@ -145,6 +154,7 @@ const CASES: &[Case] = &[
         window: Some(17),
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     // Head dim 256 runs on the CUDA-core attention kernel in every type.
     Case {
@@ -160,6 +170,7 @@ const CASES: &[Case] = &[
         window: None,
         gemma: 0,
         phi3: false,
+        moe: 0,
     },
     // Gemma 2: (1 + w) sandwich norms, sqrt(hidden) embedding scale, GELU-tanh GLU, query_pre_attn_scalar,
     // attention and final-logit soft-caps (small caps, so that they bend these logits), window on layer 0 only.
@@ -176,6 +187,7 @@ const CASES: &[Case] = &[
         window: Some(24),
         gemma: 2,
         phi3: false,
+        moe: 0,
     },
     // Gemma 3: as Gemma 2 without caps, (1 + w) qk-norm, a second RoPE table (base 1e4) on the local layer 0.
     Case {
@@ -191,6 +203,7 @@ const CASES: &[Case] = &[
         window: Some(17),
         gemma: 3,
         phi3: false,
+        moe: 0,
     },
     Case {
         name: "phi4mini-hd128-partial96-longrope-window40",
@@ -205,6 +218,37 @@ const CASES: &[Case] = &[
         window: Some(40),
         gemma: 0,
         phi3: true,
+        moe: 0,
+    },
+    Case {
+        name: "qwen3moe-hd128-16x4-experts",
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 128,
+        bias: false,
+        llama3_rope: false,
+        tied: false,
+        qk_norm: true,
+        window: None,
+        gemma: 0,
+        phi3: false,
+        moe: 3,
+    },
+    Case {
+        name: "qwen2moe-hd64-8x2-shared-expert",
+        hidden: 256,
+        heads: 4,
+        kv_heads: 4,
+        head_dim: 64,
+        bias: true,
+        llama3_rope: false,
+        tied: false,
+        qk_norm: false,
+        window: None,
+        gemma: 0,
+        phi3: false,
+        moe: 2,
     },
 ];
 
@@ -229,7 +273,11 @@ fn gemma_variant(c: &Case) -> DecoderVariant {
 
 fn config(c: &Case) -> ModelConfig {
     ModelConfig {
-        architecture: if c.gemma == 2 {
+        architecture: if c.moe == 3 {
+            "qwen3_moe"
+        } else if c.moe == 2 {
+            "qwen2_moe"
+        } else if c.gemma == 2 {
             "gemma2"
         } else if c.gemma == 3 {
             "gemma3_text"
@@ -284,6 +332,25 @@ fn config(c: &Case) -> ModelConfig {
             rotary_dim: c.phi3.then_some(c.head_dim * 3 / 4),
             ..gemma_variant(c)
         },
+        moe: match c.moe {
+            3 => Some(MoeConfig {
+                num_experts: 16,
+                num_experts_per_tok: 4,
+                moe_intermediate_size: 96,
+                norm_topk_prob: true,
+                sparse_layers: vec![true, true],
+                shared_expert_intermediate_size: None,
+            }),
+            2 => Some(MoeConfig {
+                num_experts: 8,
+                num_experts_per_tok: 2,
+                moe_intermediate_size: 64,
+                norm_topk_prob: false,
+                sparse_layers: vec![true, false],
+                shared_expert_intermediate_size: Some(160),
+            }),
+            _ => None,
+        },
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -333,6 +400,23 @@ fn weights(cfg: &ModelConfig, rng: &mut ChaCha8Rng, head_scale: f32) -> WeightSt
         if cfg.qk_norm {
             put(format!("{p}.self_attn.q_norm.weight"), 1, hd, 0.3, norm_center, rng);
             put(format!("{p}.self_attn.k_norm.weight"), 1, hd, 0.3, norm_center, rng);
+        }
+        if let Some(m) = cfg.layer_moe(l) {
+            // The router spread so that routing is decided by clear margins (bf16 rounding must not flip it).
+            put(format!("{p}.mlp.gate.weight"), m.num_experts, h, 1.0, 0.0, rng);
+            let mi = m.moe_intermediate_size;
+            for e in 0..m.num_experts {
+                put(format!("{p}.mlp.experts.{e}.gate_proj.weight"), mi, h, 0.1, 0.0, rng);
+                put(format!("{p}.mlp.experts.{e}.up_proj.weight"), mi, h, 0.1, 0.0, rng);
+                put(format!("{p}.mlp.experts.{e}.down_proj.weight"), h, mi, 0.05, 0.0, rng);
+            }
+            if let Some(si) = m.shared_expert_intermediate_size {
+                put(format!("{p}.mlp.shared_expert.gate_proj.weight"), si, h, 0.1, 0.0, rng);
+                put(format!("{p}.mlp.shared_expert.up_proj.weight"), si, h, 0.1, 0.0, rng);
+                put(format!("{p}.mlp.shared_expert.down_proj.weight"), h, si, 0.05, 0.0, rng);
+                put(format!("{p}.mlp.shared_expert_gate.weight"), 1, h, 0.3, 0.0, rng);
+            }
+            continue;
         }
         if phi3 {
             put(format!("{p}.mlp.gate_up_proj.weight"), 2 * i, h, 0.1, 0.0, rng);

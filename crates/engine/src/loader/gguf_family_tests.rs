@@ -52,6 +52,11 @@ fn gguf_name(arch: &str, hf: &str) -> String {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        "mlp.gate" => "ffn_gate_inp",
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
         other => panic!("no GGUF name for {other}"),
     };
     format!("blk.{layer}.{g}.{kind}")
@@ -123,9 +128,35 @@ fn convert(family: &str, arch: &str, dir: &Path) -> PathBuf {
                     .kv(&k("attention.sliding_window_pattern"), GgufValue::Array(flags));
             }
         }
+        "qwen3moe" | "qwen2moe" => {
+            w.kv(&k("attention.key_length"), u32v(&c, "head_dim"))
+                .kv(&k("attention.value_length"), u32v(&c, "head_dim"))
+                .kv(&k("rope.freq_base"), GgufValue::F32(rope["rope_theta"].as_f64().unwrap() as f32))
+                .kv(&k("expert_count"), u32v(&c, "num_local_experts"))
+                .kv(&k("expert_used_count"), u32v(&c, "num_experts_per_tok"))
+                .kv(&k("expert_feed_forward_length"), u32v(&c, "moe_intermediate_size"));
+            if arch == "qwen2moe" {
+                w.kv(&k("expert_shared_feed_forward_length"), u32v(&c, "shared_expert_intermediate_size"));
+            }
+            // The experts of each layer stacked into one 3-D tensor `[cols, rows, experts]` per projection.
+            let layers = num(&c, "num_hidden_layers") as usize;
+            let experts = num(&c, "num_local_experts") as usize;
+            for l in 0..layers {
+                for proj in ["gate", "up", "down"] {
+                    let name = |e: usize| format!("model.layers.{l}.mlp.experts.{e}.{proj}_proj.weight");
+                    if !loaded.weights.contains(&name(0)) {
+                        continue;
+                    }
+                    let m0 = loaded.weights.matrix(&name(0)).unwrap();
+                    let values: Vec<f32> = (0..experts).flat_map(|e| loaded.weights.vector(&name(e)).unwrap()).collect();
+                    let dims = [m0.cols as u64, m0.rows as u64, experts as u64];
+                    w.tensor_f32(&format!("blk.{l}.ffn_{proj}_exps.weight"), &dims, &values);
+                }
+            }
+        }
         other => panic!("no converter rules for {other}"),
     }
-    let mut names: Vec<&String> = loaded.weights.tensors.keys().collect();
+    let mut names: Vec<&String> = loaded.weights.tensors.keys().filter(|n| !n.contains(".experts.")).collect();
     names.sort();
     for name in names {
         let m = loaded.weights.matrix(name).unwrap();
@@ -138,6 +169,7 @@ fn convert(family: &str, arch: &str, dir: &Path) -> PathBuf {
         if arch.starts_with("gemma") && name == "lm_head.weight" {
             continue;
         }
+        // 1-D tensors (norms; Qwen2-MoE's shared-expert gate, `{n_embd}`) keep one dim.
         let dims: Vec<u64> = if m.rows == 1 { vec![m.cols as u64] } else { vec![m.cols as u64, m.rows as u64] };
         w.tensor_f32(&gguf_name(arch, name), &dims, &values);
     }
@@ -229,4 +261,28 @@ fn gemma2_gguf_with_shifted_norms_and_softcaps_matches_hf() {
 #[test]
 fn gemma3_gguf_matches_hf() {
     greedy_matches_hf("gemma3", "gemma3");
+}
+
+/// Qwen3-MoE: the router as `ffn_gate_inp`, each projection's experts stacked in one 3-D `ffn_*_exps` tensor,
+/// llama.cpp's renormalized top-k (the fixture has `norm_topk_prob: true`).
+#[test]
+fn qwen3moe_gguf_with_stacked_experts_matches_hf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = super::load_model(convert("qwen3_moe", "qwen3moe", tmp.path()).to_str().unwrap()).unwrap();
+    let moe = m.config.moe.as_ref().expect("a MoE config");
+    assert_eq!(m.config.architecture, "qwen3_moe");
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size, moe.norm_topk_prob), (4, 2, 32, true));
+    assert!(m.weights.contains("model.layers.1.mlp.experts.down_proj"));
+    greedy_matches_hf("qwen3_moe", "qwen3moe");
+}
+
+/// Qwen2-MoE: the shared expert (`ffn_*_shexp`) and its 1-D gate (`ffn_gate_inp_shexp`); the fixture's dense
+/// layer 1 has no router, and that is how the loader tells it from the sparse layer 0.
+#[test]
+fn qwen2moe_gguf_with_shared_expert_and_a_dense_layer_matches_hf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = super::load_model(convert("qwen2_moe", "qwen2moe", tmp.path()).to_str().unwrap()).unwrap();
+    let moe = m.config.moe.as_ref().expect("a MoE config");
+    assert_eq!((moe.sparse_layers.as_slice(), moe.shared_expert_intermediate_size, moe.norm_topk_prob), (&[true, false][..], Some(48), false));
+    greedy_matches_hf("qwen2_moe", "qwen2moe");
 }

@@ -52,6 +52,7 @@ fn tiny_config(attention_bias: bool, tie_word_embeddings: bool, rope_scaling: Ro
         qk_norm: false,
         sliding_window: None,
         variant: Default::default(),
+        moe: None,
         bos_token_id: None,
         eos_token_ids: vec![],
     }

@@ -27,6 +27,7 @@ use crate::backend::{Backend, Forward, Rows, TensorId, WeightId};
 use crate::InputBatch;
 
 mod graphs;
+mod moe;
 mod ops;
 mod sampling;
 mod step;
@@ -129,6 +130,8 @@ pub struct CudaBackend {
     flash_attention: bool,
     host: HostScratch,
     kernels: KernelNames,
+    /// The MoE layers' working buffers (allocated by the first MoE op, in the profile step).
+    moe: Option<moe::MoeScratch>,
 }
 
 /// Entry points of the kernels a step launches, for this model's head dim and float type (built once, so a
@@ -143,6 +146,8 @@ struct KernelNames {
     attention_combine: String,
     flash_attention: String,
     flash_attention_combine: String,
+    moe_gemm: String,
+    moe_combine: String,
 }
 
 impl KernelNames {
@@ -158,6 +163,8 @@ impl KernelNames {
             attention_combine: format!("attention_combine_hd{hd}_{t}"),
             flash_attention: format!("flash_attention_hd{hd}_{t}"),
             flash_attention_combine: format!("flash_attention_combine_hd{hd}_{t}"),
+            moe_gemm: format!("moe_gemm_{t}"),
+            moe_combine: format!("moe_combine_{t}"),
         }
     }
 }
@@ -268,6 +275,7 @@ impl CudaBackend {
             flash_attention: std::env::var("PAGEDLLM_CUDA_ATTENTION").map_or(true, |v| v != "core"),
             host: HostScratch::default(),
             kernels: KernelNames::new(shape, dtype),
+            moe: None,
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,

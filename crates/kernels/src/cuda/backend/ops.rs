@@ -4,7 +4,9 @@
 
 use super::weights::{encode_weight, upload_bytes};
 use super::*;
-use crate::backend::{Activation, AttentionSpec, HeadLayout, Norm, QkNorm, RopeId, RopeSpec, VectorId};
+use crate::backend::{
+    Activation, AttentionSpec, ExpertsId, HeadLayout, MoeSpec, MoeWeights, Norm, QkNorm, RopeId, RopeSpec, VectorId,
+};
 use crate::tensor::WeightMatrix;
 
 type R = Result<(), CudaError>;
@@ -45,6 +47,10 @@ impl Backend for CudaBackend {
             rows,
             cols,
         })
+    }
+
+    fn upload_experts(&mut self, experts: &[Vec<&WeightMatrix>]) -> Result<ExpertsId, CudaError> {
+        self.upload_expert_stack(experts)
     }
 
     fn upload_vector(&mut self, parts: &[&[f32]]) -> Result<VectorId, CudaError> {
@@ -374,6 +380,10 @@ impl Backend for CudaBackend {
                 Arg::I32(inter as i32),
             ],
         )
+    }
+
+    fn moe(&mut self, x: TensorId, weights: &MoeWeights, spec: MoeSpec, shared: Option<TensorId>, out: TensorId) -> R {
+        self.moe_mlp(x, weights, spec, shared, out)
     }
 
     fn lm_head(&mut self, hidden: TensorId, w: WeightId, final_softcap: Option<f32>) -> R {
