@@ -129,10 +129,12 @@ fn convert(family: &str, arch: &str, dir: &Path) -> PathBuf {
             }
         }
         "qwen3moe" | "qwen2moe" => {
+            // transformers 5 names the count `num_local_experts` for Qwen3-MoE, `num_experts` for Qwen2-MoE.
+            let experts_key = if c.get("num_local_experts").is_some() { "num_local_experts" } else { "num_experts" };
             w.kv(&k("attention.key_length"), u32v(&c, "head_dim"))
                 .kv(&k("attention.value_length"), u32v(&c, "head_dim"))
                 .kv(&k("rope.freq_base"), GgufValue::F32(rope["rope_theta"].as_f64().unwrap() as f32))
-                .kv(&k("expert_count"), u32v(&c, "num_local_experts"))
+                .kv(&k("expert_count"), u32v(&c, experts_key))
                 .kv(&k("expert_used_count"), u32v(&c, "num_experts_per_tok"))
                 .kv(&k("expert_feed_forward_length"), u32v(&c, "moe_intermediate_size"));
             if arch == "qwen2moe" {
@@ -140,7 +142,7 @@ fn convert(family: &str, arch: &str, dir: &Path) -> PathBuf {
             }
             // The experts of each layer stacked into one 3-D tensor `[cols, rows, experts]` per projection.
             let layers = num(&c, "num_hidden_layers") as usize;
-            let experts = num(&c, "num_local_experts") as usize;
+            let experts = num(&c, experts_key) as usize;
             for l in 0..layers {
                 for proj in ["gate", "up", "down"] {
                     let name = |e: usize| format!("model.layers.{l}.mlp.experts.{e}.{proj}_proj.weight");
