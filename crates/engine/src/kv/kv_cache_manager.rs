@@ -109,9 +109,11 @@ impl KvCacheManager {
         self.tables.get(&id).is_some_and(|t| !t.is_empty())
     }
 
-    /// Real blocks in the request's table (its null entries, released out of the window, excluded).
+    /// Real blocks in the request's table (its null entries, released out of the window, excluded). O(log n):
+    /// the null entries are a prefix.
     pub fn num_held_blocks(&self, id: RequestId) -> usize {
-        self.block_table(id).iter().filter(|&&b| b != NULL_BLOCK_ID).count()
+        let table = self.block_table(id);
+        table.len() - table.partition_point(|&b| b == NULL_BLOCK_ID)
     }
 
     /// The longest cached prefix of a request that holds no blocks yet: `(blocks, num_computed_tokens)`.
