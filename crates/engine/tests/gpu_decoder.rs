@@ -10,6 +10,9 @@
 //! prefilled in two chunks so the second reads the first's blocks (what a prefix-cache hit looks like to the
 //! kernels); decode steps follow; lengths cross block boundaries; batches of 1 to 256 sequences. Buffers and
 //! the KV cache are poisoned with NaN before each run, so an unwritten output or a wrong index shows.
+//! Where every layer is windowed (Mistral, Phi-3), table entries wholly before the next token's window are
+//! released to the null block 0 before each step, as the scheduler does (`kv/sliding_window.rs`): block 0 is
+//! never written, so it stays NaN, and a kernel that dereferenced such an entry would show NaN.
 #![cfg(feature = "cuda")]
 
 use half::bf16;
@@ -649,6 +652,22 @@ fn decoder_in_float32_matches_cpu_to_rounding_noise() {
     }
 }
 
+/// Points the table entries no future token of each sequence reads (those wholly before the window of its
+/// next token, at `done`) at the null block, when every layer has `window`; returns how many are null.
+fn release_out_of_window(seqs: &mut [Seq], cfg: &ModelConfig) -> usize {
+    let Some(w) = cfg.sliding_window else { return 0 };
+    if !(0..cfg.num_hidden_layers).all(|l| cfg.layer_window(l) == Some(w)) {
+        return 0; // global layers read every block
+    }
+    let mut released = 0;
+    for s in seqs {
+        let skip = (s.done + 1).saturating_sub(w) / BLOCK;
+        s.blocks[..skip].fill(0);
+        released += skip;
+    }
+    released
+}
+
 /// Prompt = all but the last 8 tokens, in two chunks (the second reads the first's blocks); then 8 decode steps.
 /// Trial 1 has long prompts: many KV tiles and query tiles per chunk in the attention kernel.
 fn chunked_prefill_and_decode(ci: usize, trial: u64, dtype: ActivationDtype, tol: f64) {
@@ -667,13 +686,16 @@ fn chunked_prefill_and_decode(ci: usize, trial: u64, dtype: ActivationDtype, tol
     let first: Vec<usize> = seqs.iter().map(|s| rng.random_range(1..=s.tokens.len() - 8)).collect();
     let e1 = step(&mut p, &mut seqs, &first, "prefill chunk 1");
     let second: Vec<usize> = seqs.iter().map(|s| s.tokens.len() - 8 - s.done).collect();
+    let mut released = release_out_of_window(&mut seqs, &cfg);
     let e2 = step(&mut p, &mut seqs, &second, "prefill chunk 2 (reads chunk 1's blocks)");
     let mut e3 = 0f64;
     for _ in 0..8 {
+        released = release_out_of_window(&mut seqs, &cfg);
         e3 = e3.max(step(&mut p, &mut seqs, &vec![1; n], "decode"));
     }
     println!(
-        "{} {dtype:?} trial {trial}: {n} seqs, rel err prefill1 {e1:.2e} prefill2 {e2:.2e} decode {e3:.2e}",
+        "{} {dtype:?} trial {trial}: {n} seqs, rel err prefill1 {e1:.2e} prefill2 {e2:.2e} decode {e3:.2e}, \
+         {released} table entries released to the null block",
         case.name
     );
     for (e, what) in [(e1, "prefill 1"), (e2, "prefill 2"), (e3, "decode")] {

@@ -30,6 +30,14 @@ pub(crate) struct EngineParts {
     pub pool: rayon::ThreadPool,
 }
 
+/// The window behind which the scheduler may release KV blocks: the model's sliding window when EVERY layer
+/// uses it (Mistral, Phi-3). Interleaved local/global models (Gemma 2/3) get None: their global layers read
+/// every position through the same block table (per-layer-group tables would lift that; not done).
+fn releasable_window(mc: &crate::model::config::ModelConfig) -> Option<usize> {
+    let w = mc.sliding_window?;
+    (0..mc.num_hidden_layers).all(|l| mc.layer_window(l) == Some(w)).then_some(w)
+}
+
 /// Every backend pages its KV cache in blocks of 1..=256 tokens.
 fn check_block_size(config: &EngineConfig) -> Result<()> {
     if config.block_size == 0 || config.block_size > 256 {
@@ -208,8 +216,11 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             ModelRunner::new(ModelOn { model, backend }, config.block_size)
         }
     };
-    let scheduler = Scheduler::new(SchedulerConfig::from_engine(config, max_model_len, num_blocks))?
-        .with_block_hash_algo(config.prefix_caching_hash_algo);
+    let scheduler = Scheduler::new(SchedulerConfig {
+        sliding_window: releasable_window(&mc),
+        ..SchedulerConfig::from_engine(config, max_model_len, num_blocks)
+    })?
+    .with_block_hash_algo(config.prefix_caching_hash_algo);
     let usable_blocks = num_blocks - 1;
     let info = ModelInfo {
         name: loaded.source.name.clone(),

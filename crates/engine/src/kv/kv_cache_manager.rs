@@ -10,28 +10,33 @@
 //!   `allocate_slots` swaps in a private copy and records `(src, dst)` in this step's `blocks_to_copy`.
 //! - Blocks become prefix-cache entries as soon as they are allocated to be filled completely this step (the KV
 //!   of a step is written before any of it is read, so a later request of the same step may hit them).
+//! - With a sliding window (`set_sliding_window`), table entries wholly before the window of a request's next
+//!   token are released and replaced by the null block 0 (`sliding_window.rs`); such null entries always form
+//!   a prefix of the table. Without one, tables never hold the null block.
 
 use std::collections::HashMap;
 
 use super::block_hash::{extend_block_hashes_with, BlockHash, BlockHashAlgo};
-use super::block_pool::BlockPool;
+use super::block_pool::{BlockPool, NULL_BLOCK_ID};
 use crate::error::{EngineError, Result};
 use crate::request::{Request, RequestId};
 
 #[derive(Clone, Debug)]
 pub struct KvCacheManager {
-    pool: BlockPool,
+    pub(super) pool: BlockPool,
     block_size: usize,
     enable_caching: bool,
     hash_algo: BlockHashAlgo,
-    tables: HashMap<RequestId, Vec<u32>>,
+    pub(super) tables: HashMap<RequestId, Vec<u32>>,
     /// Chained hashes of each request's full blocks, extended as tokens arrive.
     hashes: HashMap<RequestId, Vec<BlockHash>>,
     /// Leading table entries already offered to the prefix cache.
     num_registered: HashMap<RequestId, usize>,
-    blocks_to_copy: Vec<(u32, u32)>,
+    pub(super) blocks_to_copy: Vec<(u32, u32)>,
     prefix_cache_queries: u64,
     prefix_cache_hits: u64,
+    /// Every layer attends to at most this many positions (None: full attention, nothing is released early).
+    pub(super) sliding_window: Option<usize>,
 }
 
 impl KvCacheManager {
@@ -48,6 +53,7 @@ impl KvCacheManager {
             blocks_to_copy: Vec::new(),
             prefix_cache_queries: 0,
             prefix_cache_hits: 0,
+            sliding_window: None,
         })
     }
 
@@ -55,6 +61,17 @@ impl KvCacheManager {
     pub fn set_hash_algo(&mut self, algo: BlockHashAlgo) {
         debug_assert!(self.tables.is_empty());
         self.hash_algo = algo;
+    }
+
+    /// Releases blocks wholly before the window of every request's next token (see `sliding_window.rs`). Only
+    /// for models whose EVERY layer uses this window; set before any request holds blocks. 0 counts as none.
+    pub fn set_sliding_window(&mut self, window: Option<usize>) {
+        debug_assert!(self.tables.is_empty());
+        self.sliding_window = window.filter(|&w| w > 0);
+    }
+
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.sliding_window
     }
 
     pub fn pool(&self) -> &BlockPool {
@@ -92,26 +109,41 @@ impl KvCacheManager {
         self.tables.get(&id).is_some_and(|t| !t.is_empty())
     }
 
+    /// Real blocks in the request's table (its null entries, released out of the window, excluded). O(log n):
+    /// the null entries are a prefix.
+    pub fn num_held_blocks(&self, id: RequestId) -> usize {
+        let table = self.block_table(id);
+        table.len() - table.partition_point(|&b| b == NULL_BLOCK_ID)
+    }
+
     /// The longest cached prefix of a request that holds no blocks yet: `(blocks, num_computed_tokens)`.
-    /// Stops one token short of the request's end so that its last token is always computed.
+    /// Stops one token short of the request's end so that its last token is always computed. With a sliding
+    /// window only the blocks the next token reads must be cached; those before are null entries
+    /// (`window_cache_hit`).
     pub fn get_computed_blocks(&mut self, request: &Request) -> (Vec<u32>, usize) {
         if !self.reads_prefix_cache(request) || self.has_blocks(request.id) {
             return (Vec::new(), 0);
         }
-        let hashes = self.hashes.entry(request.id).or_default();
-        extend_block_hashes_with(self.hash_algo, hashes, request, self.block_size);
+        let mut hashes = self.hashes.remove(&request.id).unwrap_or_default();
+        extend_block_hashes_with(self.hash_algo, &mut hashes, request, self.block_size);
         let max_blocks = request.num_tokens().saturating_sub(1) / self.block_size;
-        let blocks: Vec<u32> = hashes[..max_blocks.min(hashes.len())]
-            .iter()
-            .map_while(|&h| self.pool.get_cached_block(h))
-            .collect();
+        let candidates = &hashes[..max_blocks.min(hashes.len())];
+        let blocks: Vec<u32> = match self.sliding_window {
+            None => candidates.iter().map_while(|&h| self.pool.get_cached_block(h)).collect(),
+            Some(_) => self.window_cache_hit(candidates),
+        };
+        self.hashes.insert(request.id, hashes);
         let n = blocks.len() * self.block_size;
         (blocks, n)
     }
 
     /// Makes room for `num_new_tokens` more tokens of `request` after its `num_computed_tokens` plus the
     /// `new_computed_blocks` of a prefix hit (appended to its table first). Returns the freshly allocated blocks
-    /// (copy-on-write targets first), or `None` when too few blocks are free; then nothing has changed.
+    /// (copy-on-write targets first), or `None` when too few blocks are free; then nothing has changed but the
+    /// release of blocks outside the sliding window, which no token of the request reads any more.
+    ///
+    /// With a sliding window, entries of `new_computed_blocks` the request will never read become null entries
+    /// (not referenced, not revived); the entries it will read must be real blocks, else `None`.
     pub fn allocate_slots(
         &mut self,
         request: &Request,
@@ -123,6 +155,18 @@ impl KvCacheManager {
         let table_len = self.tables.get(&id).map_or(0, Vec::len);
         let num_computed = request.num_computed_tokens + new_computed_blocks.len() * bs;
         let total = num_computed + num_new_tokens;
+        // Released first, so this request's own stale blocks count as free below.
+        let skipped = self.num_skipped_blocks(num_computed);
+        self.release_skipped(id, skipped);
+        let hits: Vec<u32> = (table_len..)
+            .zip(new_computed_blocks)
+            .map(|(i, &b)| if i < skipped { NULL_BLOCK_ID } else { b })
+            .collect();
+        if hits.iter().enumerate().any(|(j, &b)| b == NULL_BLOCK_ID && table_len + j >= skipped) {
+            debug_assert!(false, "request {id}: a prefix hit inside the window lacks its block");
+            return None;
+        }
+        let new_computed_blocks = &hits[..];
         let num_fresh = self
             .blocks_for(total)
             .saturating_sub(table_len + new_computed_blocks.len());
@@ -138,7 +182,7 @@ impl KvCacheManager {
         // Hit blocks that sit in the free list stop being evictable once we take them.
         let revived = new_computed_blocks
             .iter()
-            .filter(|&&b| self.pool.block(b).is_some_and(|b| b.ref_cnt == 0))
+            .filter(|&&b| b != NULL_BLOCK_ID && self.pool.block(b).is_some_and(|b| b.ref_cnt == 0))
             .count();
         if num_fresh + cow.len() + revived > self.pool.num_free_blocks() {
             return None;
@@ -148,7 +192,8 @@ impl KvCacheManager {
             self.prefix_cache_queries += request.num_tokens() as u64;
             self.prefix_cache_hits += (new_computed_blocks.len() * bs) as u64;
         }
-        self.pool.touch(new_computed_blocks);
+        let live: Vec<u32> = new_computed_blocks.iter().copied().filter(|&b| b != NULL_BLOCK_ID).collect();
+        self.pool.touch(&live);
         let table = self.tables.entry(id).or_default();
         table.extend_from_slice(new_computed_blocks);
         let mut fresh = Vec::with_capacity(cow.len() + num_fresh);
@@ -189,7 +234,8 @@ impl KvCacheManager {
                 "fork target {child} already holds blocks"
             )));
         }
-        self.pool.touch(&table);
+        let live: Vec<u32> = table.iter().copied().filter(|&b| b != NULL_BLOCK_ID).collect();
+        self.pool.touch(&live);
         self.tables.insert(child, table);
         if let Some(h) = self.hashes.get(&parent).cloned() {
             self.hashes.insert(child, h);
@@ -210,9 +256,9 @@ impl KvCacheManager {
         self.num_registered.remove(&id);
         if let Some(table) = self.tables.remove(&id) {
             self.blocks_to_copy.retain(|(_, dst)| !table.contains(dst));
-            self.pool.free_blocks(table.iter().rev().copied());
+            self.pool.free_blocks(table.iter().rev().copied().filter(|&b| b != NULL_BLOCK_ID));
             let computed_blocks = (request.num_computed_tokens / self.block_size).min(table.len());
-            for &b in &table[computed_blocks..] {
+            for &b in table[computed_blocks..].iter().filter(|&&b| b != NULL_BLOCK_ID) {
                 self.pool.uncache_if_free(b);
             }
         }
@@ -229,14 +275,26 @@ impl KvCacheManager {
 
     /// The pool's invariants against these tables, plus: every table belongs to a live request, holds no block
     /// twice, covers the request's computed tokens, and each cached block in it carries the hash of exactly that
-    /// request's prefix (recomputed from its tokens).
+    /// request's prefix (recomputed from its tokens). Null entries (sliding window only) form a prefix of the
+    /// table and cover no position the request's next token reads.
     pub fn check_integrity(&self, requests: &HashMap<RequestId, Request>) -> Result<(), String> {
         self.pool.check_integrity(self.tables.values().map(Vec::as_slice))?;
         for (id, table) in &self.tables {
             let req = requests
                 .get(id)
                 .ok_or(format!("block table for unknown or finished request {id}"))?;
-            let mut sorted = table.clone();
+            let nulls = table.iter().take_while(|&&b| b == NULL_BLOCK_ID).count();
+            if table[nulls..].contains(&NULL_BLOCK_ID) {
+                return Err(format!("request {id}: a null entry after a real block"));
+            }
+            if nulls > self.num_skipped_blocks(req.num_computed_tokens) {
+                return Err(format!(
+                    "request {id}: {nulls} null entries, but its next token (position {}) reads block {}",
+                    req.num_computed_tokens,
+                    self.num_skipped_blocks(req.num_computed_tokens)
+                ));
+            }
+            let mut sorted: Vec<u32> = table[nulls..].to_vec();
             sorted.sort_unstable();
             if sorted.windows(2).any(|w| w[0] == w[1]) {
                 return Err(format!("request {id}: a block appears twice in its table"));
@@ -280,159 +338,5 @@ impl KvCacheManager {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sampling_params::SamplingParams;
-    use std::sync::Arc;
-
-    fn request(id: RequestId, tokens: Vec<u32>) -> Request {
-        Request::new(id, tokens, Arc::new(SamplingParams::default()), 8, Arc::new(vec![]), id)
-    }
-
-    fn requests(rs: &[&Request]) -> HashMap<RequestId, Request> {
-        rs.iter().map(|r| (r.id, (*r).clone())).collect()
-    }
-
-    #[test]
-    fn prefix_hits_skip_whole_blocks_but_never_the_last_token() {
-        let mut m = KvCacheManager::new(16, 4, true).unwrap();
-        let mut a = request(1, (0..12).collect());
-        assert_eq!(m.get_computed_blocks(&a), (vec![], 0));
-        m.allocate_slots(&a, 12, &[]).unwrap();
-        a.num_computed_tokens = 12;
-        assert_eq!((m.prefix_cache_queries(), m.prefix_cache_hits()), (12, 0));
-
-        // Same 12 tokens: only 2 blocks may hit, the last block is recomputed.
-        let b = request(2, (0..12).collect());
-        let (blocks, n) = m.get_computed_blocks(&b);
-        assert_eq!((blocks.as_slice(), n), (&m.block_table(1)[..2], 8));
-        m.allocate_slots(&b, 4, &blocks).unwrap();
-        assert_eq!((m.prefix_cache_queries(), m.prefix_cache_hits()), (24, 8));
-        assert_eq!(m.block_table(2)[..2], m.block_table(1)[..2]);
-        assert_ne!(m.block_table(2)[2], m.block_table(1)[2]);
-        let mut b = b;
-        b.num_computed_tokens = 12;
-        m.check_integrity(&requests(&[&a, &b])).unwrap();
-
-        // Diverging after 6 tokens shares only the first block.
-        let c = request(3, vec![0, 1, 2, 3, 4, 5, 99, 99, 99]);
-        assert_eq!(m.get_computed_blocks(&c).1, 4);
-
-        // Prompt logprobs need every position's logits: no lookup, no query counted.
-        let mut d = request(4, (0..12).collect());
-        d.params = Arc::new(SamplingParams {
-            prompt_logprobs: Some(1),
-            ..Default::default()
-        });
-        assert_eq!(m.get_computed_blocks(&d).1, 0);
-    }
-
-    #[test]
-    fn freed_blocks_serve_hits_until_evicted() {
-        let mut m = KvCacheManager::new(5, 2, true).unwrap(); // 4 usable
-        let a = request(1, vec![1, 2, 3, 4, 5]);
-        m.allocate_slots(&a, 5, &[]).unwrap();
-        let table = m.block_table(1).to_vec();
-        let mut a = a;
-        a.num_computed_tokens = 5;
-        m.free(&a);
-        assert_eq!(m.pool().num_cached_free_blocks(), 2);
-        let b = request(2, vec![1, 2, 3, 4, 9]);
-        let (blocks, n) = m.get_computed_blocks(&b);
-        assert_eq!((blocks.as_slice(), n), (&table[..2], 4));
-        // Needs 1 fresh block; 4 free minus the 2 revived hits leaves 2.
-        m.allocate_slots(&b, 1, &blocks).unwrap();
-        assert_eq!(m.pool().num_free_blocks(), 1);
-        let mut b = b;
-        b.num_computed_tokens = 5;
-        m.check_integrity(&requests(&[&b])).unwrap();
-    }
-
-    #[test]
-    fn allocation_fails_cleanly_when_blocks_run_out() {
-        let mut m = KvCacheManager::new(4, 2, true).unwrap(); // 3 usable
-        let a = request(1, (0..7).collect());
-        assert!(m.allocate_slots(&a, 7, &[]).is_none());
-        assert_eq!(m.pool().num_free_blocks(), 3, "a failed allocation changes nothing");
-        assert!(m.block_table(1).is_empty());
-        assert!(m.allocate_slots(&a, 6, &[]).is_some());
-    }
-
-    #[test]
-    fn fork_shares_blocks_and_copy_on_write_splits_the_partial_block() {
-        let mut m = KvCacheManager::new(10, 4, true).unwrap();
-        let mut p = request(1, (0..6).collect()); // 1 full + 1 partial block
-        m.allocate_slots(&p, 6, &[]).unwrap();
-        p.num_computed_tokens = 6;
-        let mut c = p.clone();
-        c.id = 2;
-        c.parent = Some(1);
-        m.fork(1, 2).unwrap();
-        assert_eq!(m.block_table(1), m.block_table(2));
-        m.check_integrity(&requests(&[&p, &c])).unwrap();
-
-        // Both decode one token: the first writer copies the shared partial block, the second writes in place.
-        p.output_token_ids.push(7);
-        c.output_token_ids.push(8);
-        let shared = m.block_table(1)[1];
-        let fresh = m.allocate_slots(&p, 1, &[]).unwrap();
-        assert_eq!(m.take_blocks_to_copy(), vec![(shared, fresh[0])]);
-        assert_eq!(m.block_table(1)[1], fresh[0]);
-        assert!(m.allocate_slots(&c, 1, &[]).unwrap().is_empty());
-        assert!(m.take_blocks_to_copy().is_empty(), "the last holder writes in place");
-        assert_eq!(m.block_table(2)[1], shared);
-        assert_eq!(m.block_table(1)[0], m.block_table(2)[0], "full blocks stay shared");
-        p.num_computed_tokens = 7;
-        c.num_computed_tokens = 7;
-        m.check_integrity(&requests(&[&p, &c])).unwrap();
-        m.free(&p);
-        m.free(&c);
-        m.check_integrity(&HashMap::new()).unwrap();
-        assert_eq!(m.pool().num_blocks_in_use(), 0);
-    }
-
-    #[test]
-    fn blocks_of_a_step_that_never_ran_leave_the_cache() {
-        let mut m = KvCacheManager::new(8, 4, true).unwrap();
-        let mut a = request(1, (0..9).collect());
-        a.num_computed_tokens = 4;
-        m.allocate_slots(&a, 5, &[]).unwrap(); // registers blocks 0 and 1 (block 1 full after this step)
-        assert_eq!(m.get_computed_blocks(&request(2, (0..9).collect())).1, 8);
-        // Preempted or aborted before the step's update: only block 0 holds computed KV.
-        m.free(&a);
-        assert_eq!(m.pool().num_cached_free_blocks(), 1);
-        assert_eq!(m.get_computed_blocks(&request(3, (0..9).collect())).1, 4);
-        m.free(&request(2, vec![]));
-        m.free(&request(3, vec![]));
-        m.check_integrity(&HashMap::new()).unwrap();
-    }
-
-    #[test]
-    fn salted_requests_do_not_share() {
-        let mut m = KvCacheManager::new(16, 4, true).unwrap();
-        let mut a = request(1, (0..9).collect());
-        a.cache_salt = Some("alice".into());
-        m.allocate_slots(&a, 9, &[]).unwrap();
-        let mut b = request(2, (0..9).collect());
-        b.cache_salt = Some("bob".into());
-        assert_eq!(m.get_computed_blocks(&b).1, 0);
-        let mut c = request(3, (0..9).collect());
-        c.cache_salt = Some("alice".into());
-        assert_eq!(m.get_computed_blocks(&c).1, 8);
-    }
-
-    #[test]
-    fn integrity_check_catches_a_wrong_prefix_registration() {
-        let mut m = KvCacheManager::new(8, 2, true).unwrap();
-        let mut a = request(1, vec![1, 2, 3, 4]);
-        m.allocate_slots(&a, 4, &[]).unwrap();
-        a.num_computed_tokens = 4;
-        m.check_integrity(&requests(&[&a])).unwrap();
-        // Pretend the request's tokens were different: its cached blocks no longer match its prefix.
-        let mut forged = a.clone();
-        forged.prompt_token_ids = Arc::new(vec![1, 2, 3, 5]);
-        assert!(m.check_integrity(&requests(&[&forged])).is_err());
-        // A table for a request the caller does not know is a leak.
-        assert!(m.check_integrity(&HashMap::new()).is_err());
-    }
-}
+#[path = "kv_cache_manager_tests.rs"]
+mod tests;

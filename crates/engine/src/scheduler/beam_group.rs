@@ -129,11 +129,18 @@ impl Scheduler {
         let have = (self.requests[&sibling].num_computed_tokens / bs).min(target);
         if have > table_len {
             let blocks = self.kv.block_table(sibling)[table_len..have].to_vec();
+            // Sliding window: the sibling may have released blocks this beam would still read (it is further
+            // along); then this beam computes them itself.
+            let skipped = self.kv.num_skipped_blocks(have * bs);
+            if (table_len..have).zip(&blocks).any(|(i, &b)| b == crate::kv::NULL_BLOCK_ID && i >= skipped) {
+                return true;
+            }
             let r = &self.requests[&id];
             // Blocks a running sibling holds are never free, so this allocates nothing and cannot fail.
             if self.kv.allocate_slots(r, 0, &blocks).is_some() {
                 if let Some(r) = self.requests.get_mut(&id) {
                     r.num_computed_tokens += blocks.len() * bs;
+                    self.kv.remove_skipped_blocks(r);
                 }
             }
         }

@@ -6,6 +6,10 @@
 //! then, for each sampling request, reads its whole context back through its own table and asserts each slot
 //! holds exactly its prefix. The next token is a hash of the read-back context (and the sample index, standing in
 //! for a seeded sampler), so the "model" output depends on the KV actually read.
+//!
+//! With a sliding window `w` (`with_window`) the model reads only the last `w` positions, as the real kernels
+//! do, and every position a token of the step reads (`p + 1 - w ..= p`) must map to a real block holding its
+//! prefix: a block released too early fails the step.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -49,19 +53,32 @@ pub fn next_token(kv: &[Kv], sample_index: usize) -> u32 {
     (h % VOCAB as u64) as u32
 }
 
-/// What the model would output after `tokens` (no cache involved): the reference for outputs.
-pub fn reference_next(tokens: &[u32], sample_index: usize) -> u32 {
-    next_token(&expected_kv(tokens), sample_index)
+/// First position a token at `pos` reads under `window`.
+fn window_start(pos: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (pos + 1).saturating_sub(w))
 }
 
-/// Asserts every output token of `r` is what the model produces after the tokens before it.
+/// What the model would output after `tokens` (no cache involved) when it reads the last `window` positions
+/// (all of them for None): the reference for outputs.
+pub fn reference_next(tokens: &[u32], sample_index: usize, window: Option<usize>) -> u32 {
+    let kv = expected_kv(tokens);
+    let lo = window_start(tokens.len().saturating_sub(1), window);
+    next_token(&kv[lo..], sample_index)
+}
+
+/// Asserts every output token of `r` is what the full-attention model produces after the tokens before it.
 pub fn assert_consistent_with_model(r: &Request) {
+    assert_consistent_in_window(r, None)
+}
+
+/// As [`assert_consistent_with_model`] for the model reading the last `window` positions.
+pub fn assert_consistent_in_window(r: &Request, window: Option<usize>) {
     let all = r.tokens(0, r.num_tokens());
     for k in 0..r.output_token_ids.len() {
         let ctx = &all[..r.num_prompt_tokens() + k];
         assert_eq!(
             r.output_token_ids[k],
-            reference_next(ctx, r.sample_index),
+            reference_next(ctx, r.sample_index, window),
             "request {} token {k}",
             r.id
         );
@@ -71,6 +88,7 @@ pub fn assert_consistent_with_model(r: &Request) {
 pub struct FakeRunner {
     block_size: usize,
     slots: Vec<Option<Kv>>,
+    window: Option<usize>,
     pub num_copies: usize,
 }
 
@@ -79,8 +97,27 @@ impl FakeRunner {
         Self {
             block_size,
             slots: vec![None; num_blocks * block_size],
+            window: None,
             num_copies: 0,
         }
+    }
+
+    /// The model reads only the last `window` positions of each token's context.
+    pub fn with_window(mut self, window: Option<usize>) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Reads positions `range` of a request back through `table`, asserting each holds its expected KV.
+    fn read_checked(&self, sid: RequestId, table: &[u32], want: &[Kv], range: std::ops::Range<usize>) -> Vec<Kv> {
+        range
+            .map(|pos| {
+                let got = self.slots[self.slot(table, pos)]
+                    .unwrap_or_else(|| panic!("request {sid} pos {pos}: empty slot"));
+                assert_eq!(got, want[pos], "request {sid} position {pos}: wrong KV");
+                got
+            })
+            .collect()
     }
 
     fn slot(&self, table: &[u32], pos: usize) -> usize {
@@ -119,6 +156,16 @@ impl FakeRunner {
                 self.slots[slot] = Some(value);
             }
         }
+        if self.window.is_some() {
+            // Every token of the chunk reads its window: from the first token's window start to the chunk's end.
+            for s in &out.scheduled {
+                let r = sched.request(s.request_id).expect("scheduled request is live");
+                let end = s.start_pos + s.num_new_tokens;
+                let want = expected_kv(&r.tokens(0, end));
+                let lo = window_start(s.start_pos, self.window);
+                self.read_checked(r.id, sched.block_table(r.id), &want, lo..end);
+            }
+        }
         let mut sampled = Vec::new();
         for s in &out.scheduled {
             for &sid in &s.sample_ids {
@@ -129,20 +176,9 @@ impl FakeRunner {
                     s.start_pos + s.num_new_tokens,
                     "request {sid} samples from a context it lacks"
                 );
-                let table = sched.block_table(sid);
-                let read: Vec<Kv> = (0..len)
-                    .map(|pos| {
-                        self.slots[self.slot(table, pos)]
-                            .unwrap_or_else(|| panic!("request {sid} pos {pos}: empty slot"))
-                    })
-                    .collect();
                 let want = expected_kv(&r.tokens(0, len));
-                if let Some(pos) = (0..len).find(|&p| read[p] != want[p]) {
-                    panic!(
-                        "request {sid} position {pos}: KV holds {:?}, expected {:?}",
-                        read[pos], want[pos]
-                    );
-                }
+                let lo = window_start(len - 1, self.window);
+                let read = self.read_checked(sid, sched.block_table(sid), &want, lo..len);
                 sampled.push((sid, next_token(&read, r.sample_index)));
             }
         }
@@ -160,7 +196,7 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(config: SchedulerConfig) -> Self {
-        let runner = FakeRunner::new(config.num_blocks, config.block_size);
+        let runner = FakeRunner::new(config.num_blocks, config.block_size).with_window(config.sliding_window);
         Self {
             sched: Scheduler::new(config).expect("valid test config"),
             runner,

@@ -18,6 +18,11 @@
 //! sample from the parent's logits that step (`sample_ids`). A request with pending forks occupies `n` seats
 //! from admission on, so forking never exceeds `max_num_seqs`.
 //!
+//! Sliding window (`SchedulerConfig::sliding_window`, models whose every layer is windowed): once a step's
+//! tokens are computed, each request releases the blocks wholly before its next token's window
+//! (`kv/sliding_window.rs`), so decodes past the window hold a bounded number of blocks and the freed blocks
+//! serve other requests (or preemption needs) at once.
+//!
 //! `schedule` advances nothing but prefix hits; `update_from_output` advances `num_computed_tokens`, appends the
 //! sampled tokens and applies token-level stops. The two must alternate.
 
@@ -47,6 +52,10 @@ pub struct SchedulerConfig {
     pub num_blocks: usize,
     pub enable_prefix_caching: bool,
     pub policy: SchedulingPolicy,
+    /// Every layer of the model attends to only the last this many positions: blocks before the window are
+    /// released during decode. None for full attention AND for interleaved local/global models (Gemma), whose
+    /// global layers read every block.
+    pub sliding_window: Option<usize>,
 }
 
 impl SchedulerConfig {
@@ -60,6 +69,8 @@ impl SchedulerConfig {
             num_blocks,
             enable_prefix_caching: config.enable_prefix_caching,
             policy: config.scheduling_policy,
+            // A property of the model, not of the engine config: the engine builder sets it.
+            sliding_window: None,
         }
     }
 }
@@ -90,8 +101,10 @@ impl Scheduler {
         if config.max_model_len < 2 {
             return Err(EngineError::invalid("max_model_len", "must be at least 2"));
         }
-        let kv = KvCacheManager::new(config.num_blocks, config.block_size, config.enable_prefix_caching)?;
-        // One sequence at full context must fit on its own, or it could never finish (vLLM checks the same).
+        let mut kv = KvCacheManager::new(config.num_blocks, config.block_size, config.enable_prefix_caching)?;
+        kv.set_sliding_window(config.sliding_window);
+        // One sequence at full context must fit on its own, or it could never finish (vLLM checks the same; with
+        // a sliding window it would need fewer blocks, but we keep the full-attention bound).
         let needed = kv.blocks_for(config.max_model_len);
         if kv.pool().num_usable_blocks() < needed {
             return Err(EngineError::invalid(
@@ -190,9 +203,15 @@ impl Scheduler {
         self.requests.get(&id)
     }
 
-    /// The request's KV blocks (empty while it waits).
+    /// The request's KV blocks (empty while it waits; with a sliding window, leading entries released out of
+    /// the window are the null block 0).
     pub fn block_table(&self, id: RequestId) -> &[u32] {
         self.kv.block_table(id)
+    }
+
+    /// Real blocks in the request's table (null entries excluded).
+    pub fn num_held_blocks(&self, id: RequestId) -> usize {
+        self.kv.num_held_blocks(id)
     }
 
     pub fn num_running(&self) -> usize {
@@ -225,12 +244,16 @@ impl Scheduler {
     /// (KV slots the running requests' block tables hold, slots among them that hold no token yet): the
     /// internal fragmentation the PagedAttention paper measures (a request wastes at most its last block's
     /// tail). O(running). A block shared by several tables counts once per table: exact for full shared blocks
-    /// (no waste), an overcount only for a partial block shared by `n > 1` forks.
+    /// (no waste), an overcount only for a partial block shared by `n > 1` forks. Null entries (released out of
+    /// a sliding window) hold nothing.
     pub fn kv_slot_usage(&self) -> (usize, usize) {
         let bs = self.config.block_size;
         self.running.iter().fold((0, 0), |(slots, unused), id| {
-            let held = self.kv.block_table(*id).len() * bs;
-            let tokens = self.requests.get(id).map_or(0, |r| r.num_computed_tokens).min(held);
+            let table = self.kv.block_table(*id);
+            let released = table.len() - self.kv.num_held_blocks(*id);
+            let held = (table.len() - released) * bs;
+            let computed = self.requests.get(id).map_or(0, |r| r.num_computed_tokens);
+            let tokens = computed.min(table.len() * bs).saturating_sub(released * bs);
             (slots + held, unused + held - tokens)
         })
     }
@@ -475,6 +498,17 @@ impl Scheduler {
                         }
                     }
                     None => r.num_computed_tokens = r.num_computed_tokens.saturating_sub(1),
+                }
+            }
+        }
+        // Blocks no later token reads go back now, before the next schedule counts free blocks (after the
+        // step-backs above: a request recomputing its last token reads one position further back).
+        if self.kv.sliding_window().is_some() {
+            for s in &output.scheduled {
+                for id in std::iter::once(&s.request_id).chain(&s.sample_ids) {
+                    if let Some(r) = self.requests.get(id).filter(|r| r.status == RequestStatus::Running) {
+                        self.kv.remove_skipped_blocks(r);
+                    }
                 }
             }
         }

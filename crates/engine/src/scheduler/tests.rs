@@ -17,6 +17,7 @@ fn config(block_size: usize, num_blocks: usize, max_num_seqs: usize, budget: usi
         num_blocks,
         enable_prefix_caching: true,
         policy: SchedulingPolicy::Fcfs,
+        sliding_window: None,
     }
 }
 
