@@ -60,6 +60,11 @@ pub struct RopeId(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Norm {
     pub eps: f32,
+    /// Gemma's RMSNorm (HF `Gemma2RMSNorm`): the normalized row times the weight in f32 (weights kept in f32:
+    /// the folded `1 + w` loses bits in bf16), rounded once. Otherwise Llama's order: the normalized value is
+    /// rounded to the activation type before the weight (in that type) multiplies it. Only the row norms
+    /// (`add_rms_norm`) read it; the CPU computes in f32 either way.
+    pub f32_weights: bool,
 }
 
 /// A rotary embedding in HF's rotate-half convention over the first `rotary_dim = 2 * inv_freq.len()` dims of

@@ -228,7 +228,10 @@ impl LlamaModel {
             b.upload_vector(&[&norm_weight(weights, name, len, v.norm_unit_offset)?])
                 .map_err(backend_err)
         };
-        let eps = Norm { eps: c.rms_norm_eps };
+        let eps = Norm {
+            eps: c.rms_norm_eps,
+            f32_weights: v.sandwich_norms,
+        };
         // One RoPE table per distinct frequency list (Gemma 3: local and global).
         let mut ropes: Vec<(Vec<f32>, RopeId)> = Vec::new();
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -360,6 +363,8 @@ impl LlamaModel {
         let a = &self.act;
         let eps = Norm {
             eps: self.config.rms_norm_eps,
+            // Gemma (HF and GGUF alike): its RMSNorm multiplies in f32.
+            f32_weights: self.config.variant.sandwich_norms,
         };
         b.embed(self.embed_tokens, self.embed_scale, a.residual)?;
         // What the next fused add + norm adds to the residual: a sub-layer's output, sandwich-normed (Gemma).

@@ -102,6 +102,8 @@ pub struct CudaBackend {
     opts: CudaOptions,
     weights: Vec<FloatBuffer>,
     vectors: Vec<FloatBuffer>,
+    /// The same vectors in f32 (Gemma's norms read these; see `Norm::f32_weights`).
+    vectors_f32: Vec<DeviceBuffer<f32>>,
     ropes: Vec<DeviceRope>,
     acts: Vec<FloatBuffer>,
     /// K then V of every layer: `[layers][2][num_blocks * block_size * kv_dim]`.
@@ -138,6 +140,7 @@ pub struct CudaBackend {
 /// step formats no names).
 struct KernelNames {
     add_rms_norm: String,
+    add_rms_norm_f32w: String,
     rope_qkv_cache: String,
     silu_mul: String,
     gelu_tanh_mul: String,
@@ -155,6 +158,7 @@ impl KernelNames {
         let (hd, t) = (shape.layout.heads.head_dim, dtype.kernel_suffix());
         KernelNames {
             add_rms_norm: format!("add_rms_norm_{t}"),
+            add_rms_norm_f32w: format!("add_rms_norm_f32w_{t}"),
             rope_qkv_cache: format!("rope_qkv_cache_{t}"),
             silu_mul: format!("silu_mul_{t}"),
             gelu_tanh_mul: format!("gelu_tanh_mul_{t}"),
@@ -255,6 +259,7 @@ impl CudaBackend {
             opts: opts.clone(),
             weights: Vec::new(),
             vectors: Vec::new(),
+            vectors_f32: Vec::new(),
             ropes: Vec::new(),
             acts: Vec::new(),
             // A one-block cache for the profile step (every block table entry points at block 0).

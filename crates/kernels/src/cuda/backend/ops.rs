@@ -63,6 +63,11 @@ impl Backend for CudaBackend {
         let buf = FloatBuffer::alloc(len, dtype, "weights")?;
         upload_bytes(&self.gpu, &buf, 0, &bytes)?;
         self.vectors.push(buf);
+        let values: Vec<f32> = parts.concat();
+        let f32_buf = DeviceBuffer::alloc(len.max(1), "weights")?;
+        self.gpu.upload(f32_buf.ptr(), &values)?;
+        self.gpu.synchronize()?;
+        self.vectors_f32.push(f32_buf);
         Ok(VectorId {
             index: (self.vectors.len() - 1) as u32,
             len,
@@ -158,14 +163,19 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
+        let (kernel, weights) = if n.f32_weights {
+            (&self.kernels.add_rms_norm_f32w, self.vectors_f32[weight.index as usize].ptr())
+        } else {
+            (&self.kernels.add_rms_norm, self.vectors[weight.index as usize].ptr())
+        };
         self.gpu.launch(
-            &self.kernels.add_rms_norm,
+            kernel,
             (rows, 1, 1),
             256,
             &[
                 Arg::Ptr(self.act(residual)),
                 Arg::Ptr(delta.map_or(0, |d| self.act(d))),
-                Arg::Ptr(self.vectors[weight.index as usize].ptr()),
+                Arg::Ptr(weights),
                 Arg::Ptr(self.act(out)),
                 Arg::Ptr(rows_ptr),
                 Arg::I32(h as i32),

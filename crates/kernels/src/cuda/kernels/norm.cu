@@ -11,8 +11,9 @@
 #define NORM_THREADS 256
 #define NORM_CHUNKS 4  // 8-value packs per thread: hidden up to 8192
 
-template <typename T>
-__device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ delta, const T* __restrict__ weight,
+// F32W: Gemma's RMSNorm (f32 weights, the normalized value times the weight in f32, rounded once).
+template <typename T, bool F32W, typename W>
+__device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ delta, const W* __restrict__ weight,
                              T* __restrict__ out, const uint32_t* __restrict__ rows, int hidden, float eps,
                              int write_residual) {
   const int r = blockIdx.x;
@@ -47,10 +48,12 @@ __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ del
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int chunk = threadIdx.x + c * NORM_THREADS;
     if (chunk < chunks) {
-      const Pack8<T> w = reinterpret_cast<const Pack8<T>*>(weight)[chunk];
+      const Pack8<W> w = reinterpret_cast<const Pack8<W>*>(weight)[chunk];
       Pack8<T> o;
 #pragma unroll
-      for (int j = 0; j < 8; j++) o.v[j] = from_f32<T>(round_to<T>(v[c][j] * inv) * to_f32(w.v[j]));
+      for (int j = 0; j < 8; j++)
+        o.v[j] = F32W ? from_f32<T>(v[c][j] * inv * to_f32(w.v[j]))
+                      : from_f32<T>(round_to<T>(v[c][j] * inv) * to_f32(w.v[j]));
       reinterpret_cast<Pack8<T>*>(out + (size_t)r * hidden)[chunk] = o;
     }
   }
@@ -60,7 +63,12 @@ __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ del
   extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                                   \
       add_rms_norm_##T(T* residual, const T* delta, const T* weight, T* out, const uint32_t* rows, int hidden, \
                        float eps, int write_residual) {                                                        \
-    add_rms_norm<T>(residual, delta, weight, out, rows, hidden, eps, write_residual);                          \
+    add_rms_norm<T, false, T>(residual, delta, weight, out, rows, hidden, eps, write_residual);                \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                                   \
+      add_rms_norm_f32w_##T(T* residual, const T* delta, const float* weight, T* out, const uint32_t* rows,    \
+                            int hidden, float eps, int write_residual) {                                       \
+    add_rms_norm<T, true, float>(residual, delta, weight, out, rows, hidden, eps, write_residual);            \
   }
 ADD_RMS_NORM(bf16)
 ADD_RMS_NORM(f16)
