@@ -30,6 +30,8 @@ const USAGE = `usage: node bench/serve.mjs [options]
   --server-arg ARG           extra flag for the started server (repeatable), e.g. --server-arg=--max-num-seqs=64
   --rates LIST               request rates in req/s, 'inf' = all at once (default 1,4,16,inf)
   --num-requests N           requests per rate at most (default 64); a rate r sends min(N, max(16, 8r))
+  --max-concurrency N        at most N requests in flight at once (vLLM bench's flag; default unbounded);
+                             --rates inf --max-concurrency 1 measures one stream at a time
   --input-len N              prompt tokens (random ids, default 128)
   --output-len N             output tokens (ignore_eos, default 64)
   --vocab-limit N            prompt ids are drawn from [100, N) (default 32000)
@@ -52,6 +54,7 @@ function parseCli(argv) {
       'server-arg': { type: 'string', multiple: true },
       rates: { type: 'string', default: '1,4,16,inf' },
       'num-requests': { type: 'string', default: '64' },
+      'max-concurrency': { type: 'string' },
       'input-len': { type: 'string', default: '128' },
       'output-len': { type: 'string', default: '64' },
       'vocab-limit': { type: 'string', default: '32000' },
@@ -85,6 +88,7 @@ function parseCli(argv) {
     serverArgs: values['server-arg'] ?? [],
     rates,
     numRequests: int('num-requests'),
+    maxConcurrency: values['max-concurrency'] === undefined ? Infinity : Math.max(1, int('max-concurrency')),
     inputLen: int('input-len'),
     outputLen: int('output-len'),
     vocabLimit: int('vocab-limit'),
@@ -261,14 +265,32 @@ function directClient(llm, outputLen) {
   };
 }
 
-/** Open-loop run: request i is sent at offsets[i] seconds after the start, whatever the others are doing. */
-async function runOpenLoop(send, prompts, offsets) {
+/**
+ * Open-loop run: request i is sent at offsets[i] seconds after the start, whatever the others are doing, except
+ * that at most `maxConcurrency` are in flight (a later one waits for a slot, as in vLLM's bench).
+ */
+async function runOpenLoop(send, prompts, offsets, maxConcurrency = Infinity) {
   const t0 = now();
+  let inFlight = 0;
+  const slotWaiters = [];
+  const acquire = async () => {
+    while (inFlight >= maxConcurrency) await new Promise((r) => slotWaiters.push(r));
+    inFlight++;
+  };
+  const release = () => {
+    inFlight--;
+    slotWaiters.shift()?.();
+  };
   const records = await Promise.all(
     prompts.map(async (p, i) => {
       const wait = t0 + offsets[i] - now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait * 1000));
-      return send(p);
+      await acquire();
+      try {
+        return await send(p);
+      } finally {
+        release();
+      }
     }),
   );
   return aggregate(records, now() - t0);
@@ -414,6 +436,7 @@ async function main() {
       rates: cfg.rates.map((r) => (r === Infinity ? 'inf' : r)),
       arrivals: 'Poisson (exponential gaps, seeded); rate inf = all requests sent at once',
       requests_per_rate: `min(${cfg.numRequests}, max(16, 8 x rate)); all ${cfg.numRequests} at rate inf`,
+      max_concurrency: cfg.maxConcurrency === Infinity ? null : cfg.maxConcurrency,
       note:
         'Low rates send fewer requests (about 8 s or more of arrivals each) so a full run fits in ~5 minutes on a 2-core machine. ' +
         'TTFT = send to first chunk with a choice; TPOT = (e2e - TTFT) / (output tokens - 1); ITL = gaps between chunks; ' +
@@ -428,7 +451,7 @@ async function main() {
     for (const [i, rate] of cfg.rates.entries()) {
       const n = requestsForRate(rate, cfg.numRequests);
       const prompts = randomPrompts(n, cfg.inputLen, cfg.vocabLimit, cfg.seed + 1 + i);
-      const r = await runOpenLoop(http, prompts, arrivalOffsets(n, rate, cfg.seed + 1 + i));
+      const r = await runOpenLoop(http, prompts, arrivalOffsets(n, rate, cfg.seed + 1 + i), cfg.maxConcurrency);
       const rateName = rate === Infinity ? 'inf' : rate;
       doc.results.push({ request_rate: rateName, num_requests: n, ...r });
       brief(`rate ${rateName}`, r);

@@ -57,6 +57,11 @@ export const llmOptionsSchema = z
      * `float16`/`half`, or `float32`/`float` (the reference type: exact f32, twice the memory, slower).
      */
     dtype: z.enum(['auto', 'bfloat16', 'float16', 'half', 'float32', 'float']),
+    /**
+     * Do not load the model's tokenizer (vLLM's `--skip-tokenizer-init`): prompts must be token ids, outputs carry
+     * token ids and empty text; stop strings, chat and structured outputs are refused with a clear error.
+     */
+    skipTokenizerInit: z.boolean(),
   })
   .partial()
   .strict();
@@ -88,6 +93,7 @@ export function toEngineConfig(o: z.output<typeof llmOptionsSchema>): Record<str
     ['gpuMemoryUtilization', 'gpu_memory_utilization'],
     ['enforceEager', 'enforce_eager'],
     ['dtype', 'dtype'],
+    ['skipTokenizerInit', 'skip_tokenizer_init'],
   ];
   const out: Record<string, unknown> = {};
   for (const [from, to] of map) if (o[from] !== undefined) out[to] = o[from];

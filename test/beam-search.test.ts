@@ -67,7 +67,7 @@ describe('llm.beamSearch', () => {
       expect(out.outputs.map((o) => o.index)).toEqual(c.beams.map((_, i) => i));
       expect(out.outputs.map((o) => o.tokenIds)).toEqual(c.beams.map((b) => b.token_ids));
       for (const [o, b] of out.outputs.map((o, i) => [o, c.beams[i]!] as const)) {
-        expect(o.cumulativeLogprob / o.tokenIds.length).toBeCloseTo(b.score, 3);
+        expect(o.cumulativeLogprob! / o.tokenIds.length).toBeCloseTo(b.score, 3);
         expect(o.text).toBe(llm.detokenize(o.tokenIds, { skipSpecialTokens: true }));
         expect(['stop', 'length']).toContain(o.finishReason);
       }

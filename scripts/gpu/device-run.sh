@@ -18,6 +18,11 @@
 #            JSON-schema constraint vs unconstrained at batch 1 and 128, TTFT with/without, 20-field schema
 #            compile time, on an 8B-shaped random checkpoint with the default model's tokenizer (vocab 49152).
 #            SKIP_TESTS=1 skips the tests; STRUCTURED_BATCHES=1,128 is the default batch list.
+#   serve:   issue 13 item 6: the real server (`pagedllm serve --device cuda --skip-tokenizer-init`, from the
+#            installed npm packages in .gpu-app/, scripts/gpu/build-npm-cuda-app.sh) driven by bench/serve.mjs
+#            (streaming /v1/completions, token-id prompts), against the Node-free engine (pagedllm-bench) on the
+#            same llama-8b checkpoint and workloads (one stream 128/128; 1000 x 1024/128 with 256 running),
+#            interleaved: engine, server, engine, server. ROUNDS=2 is the default.
 #   profile: kernel tests, engine-only speed (prefill attention on tensor cores vs CUDA cores), and ncu
 #            per-kernel times of one decode step and one prefill step.
 set -uo pipefail
@@ -238,6 +243,69 @@ for l in sys.stdin:
     run_ours random-uncached-r$round --batch 128 --input-len 512 --output-len 128 --no-prefix-caching
   done
   run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --no-warmup
+fi
+if [ "$MODE" = serve ]; then
+  W=/tmp/serve-app
+  if [ ! -x $W/node ]; then
+    mkdir -p $W/app && xz -dc .gpu-app/node.xz > $W/node && chmod +x $W/node && tar -C $W/app -xJf .gpu-app/app.tar.xz
+  fi
+  export PATH=$W:$PATH
+  CLI="$W/app/node_modules/pagedllm/dist/cli.js"
+  log "node $(node --version); $(node -e 'const p=require(process.argv[1]+"/node_modules/pagedllm-linux-x64-gnu-cuda");console.log("backends", p.backends())' $W/app)"
+  dir=$(make_model llama-8b "")
+  ls "$dir" | tr '\n' ' ' | tee -a "$OUT/summary.txt"; echo | tee -a "$OUT/summary.txt"
+  ENGINE_ARGS="--max-num-seqs 256 --max-num-batched-tokens 8192"
+  engine() { # name, args...
+    local name=$1; shift
+    log "engine (pagedllm-bench) $name"
+    timeout 300 $BIN/pagedllm-bench throughput --device cuda --model "$dir" $ENGINE_ARGS --out "$OUT/engine-$name.json" "$@" 2>&1 \
+      | grep -E '^\{"(batch|engine_steps)|^loaded|^error' | cut -c1-400 | tee -a "$OUT/summary.txt"
+  }
+  server() { # name
+    local name=$1 port=8731
+    log "server $name: start"
+    node $CLI serve --model "$dir" --device cuda --skip-tokenizer-init $ENGINE_ARGS --max-waiting 100000 \
+      --disable-log-requests --served-model-name m --port $port >"$OUT/server-$name.log" 2>&1 &
+    local pid=$! t0=$(date +%s%N)
+    for _ in $(seq 600); do
+      node -e "fetch('http://127.0.0.1:$port/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))" 2>/dev/null && break
+      kill -0 $pid 2>/dev/null || break
+      sleep 0.2
+    done
+    log "server $name: ready after $(( ($(date +%s%N) - t0) / 1000000 )) ms; $(grep -E 'KV cache|no tokenizer' "$OUT/server-$name.log" | tr '\n' ' ')"
+    local B="node bench/serve.mjs --base-url http://127.0.0.1:$port --vocab-limit 128000 --overhead-sequential 0 --overhead-burst 0"
+    timeout 120 $B --rates inf --max-concurrency 1 --num-requests 8 --input-len 128 --output-len 128 \
+      --out "$OUT/server-$name-b1.json" 2>&1 | grep -E '^rate|error' | tee -a "$OUT/summary.txt"
+    timeout 300 $B --rates inf --num-requests 1000 --input-len 1024 --output-len 128 \
+      --out "$OUT/server-$name-1000x1024.json" 2>&1 | grep -E '^rate|error' | tee -a "$OUT/summary.txt"
+    curl -s http://127.0.0.1:$port/metrics > "$OUT/server-$name-metrics.txt" 2>/dev/null || \
+      node -e "fetch('http://127.0.0.1:$port/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))" > "$OUT/server-$name-metrics.txt"
+    kill -TERM $pid; wait $pid; log "server $name: exit $?"
+  }
+  for round in $(seq ${ROUNDS:-2}); do
+    engine b1-r$round --batch 1 --input-len 128 --output-len 128
+    engine 1000x1024-r$round --batch 1000 --input-len 1024 --output-len 128 --no-warmup
+    server r$round
+  done
+  python3 - "$OUT" <<'PY' 2>&1 | tee "$OUT/serve-vs-engine.json" | tee -a "$OUT/summary.txt"
+import json, sys, glob, os
+out = sys.argv[1]
+def load(p):
+    try: return json.load(open(p))
+    except Exception as e: return None
+rows = {}
+for p in sorted(glob.glob(out + "/engine-*.json")):
+    d = load(p)
+    if d and d.get("results"): rows[os.path.basename(p)] = {k: d["results"][0].get(k) for k in ("output_tokens_per_s", "requests_per_s", "tpot_p50_s", "decode_tokens_per_s", "kv_waste_share")}
+for p in sorted(glob.glob(out + "/server-*-*.json")):
+    d = load(p)
+    if d and d.get("results"):
+        r = d["results"][0]
+        rows[os.path.basename(p)] = {"output_tokens_per_s": r["output_throughput_tok_per_s"], "requests_per_s": r["request_throughput_per_s"],
+                                     "tpot_p50_ms": r["tpot"]["p50_ms"], "tpot_mean_ms": r["tpot"]["mean_ms"], "ttft_p50_ms": r["ttft"]["p50_ms"],
+                                     "completed": r["completed"], "failed": r["failed"]}
+print(json.dumps(rows, indent=1))
+PY
 fi
 if [ "$MODE" = profile ]; then
   # Correctness of the current kernels, engine-only speed, and an ncu per-kernel breakdown of one decode step

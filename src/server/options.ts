@@ -103,6 +103,8 @@ model and engine:
   --chat-template FILE|TEMPLATE   a Jinja chat template file, or the template itself
   --trust-request-chat-template   render \`chat_template\` sent in requests (default: refused with 400)
   --seed N                        default seed for requests that set none
+  --skip-tokenizer-init           do not load the tokenizer: /v1/completions takes token-id prompts and returns
+                                  token ids (\`token_ids\` on each choice); text routes and stop strings get 400
 tool calling and reasoning:
   --enable-auto-tool-choice       parse tool calls out of answers for \`tool_choice: "auto"\` (default: 400)
   --tool-call-parser NAME         ${TOOL_PARSER_NAMES.join(', ')} (default: from the chat template, else hermes)
@@ -151,6 +153,7 @@ const flags = {
   'enable-auto-tool-choice': { type: 'boolean' },
   'tool-call-parser': { type: 'string' },
   'reasoning-parser': { type: 'string' },
+  'skip-tokenizer-init': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -228,6 +231,7 @@ export function parseServeArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     engine.gpuMemoryUtilization = f;
   }
   if (v['enforce-eager']) engine.enforceEager = true;
+  if (v['skip-tokenizer-init']) engine.skipTokenizerInit = true;
   if (v.dtype !== undefined) {
     const dtypes = ['auto', 'bfloat16', 'float16', 'half', 'float32', 'float'] as const;
     const d = dtypes.find((t) => t === v.dtype);

@@ -66,6 +66,10 @@ export async function startServer(input: StartOptions = {}): Promise<RunningServ
       (info.device === 'cpu' ? ` (${info.cpuIsa} kernels, ${info.cpuPrecision} precision)` : ''),
   );
 
+  if (!info.hasTokenizer) {
+    log('no tokenizer (--skip-tokenizer-init, or none in the model): /v1/completions takes token-id prompts and returns token_ids');
+  }
+
   let listening: { server: Server; port: number };
   try {
     listening = await listen(app, options);

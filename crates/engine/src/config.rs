@@ -74,6 +74,10 @@ pub struct EngineConfig {
     /// else bf16), `bfloat16`, `float16` (`half`) or `float32` (`float`; the reference type: exact f32 GEMMs, half
     /// the speed and twice the memory), as vLLM's `--dtype`. The CPU backend computes in f32.
     pub dtype: String,
+    /// Do not load the checkpoint's tokenizer (vLLM's `--skip-tokenizer-init`): prompts must be token ids, outputs
+    /// carry token ids and no text, and stop strings, chat templates and constrained decoding are unavailable.
+    /// For token-id-only clients and for benchmarks on checkpoints without tokenizer files.
+    pub skip_tokenizer_init: bool,
 }
 
 /// A parsed `dtype` setting.
@@ -138,6 +142,7 @@ impl Default for EngineConfig {
             gpu_memory_utilization: 0.9,
             enforce_eager: false,
             dtype: "auto".into(),
+            skip_tokenizer_init: false,
         }
     }
 }

@@ -21,6 +21,7 @@ import { tokenizePrompts } from '../prompt-tokens.js';
 import { readJson, resolveModel, validate } from '../request.js';
 import { constraintFromRequest } from '../structured-outputs.js';
 import { refuseUnsupportedFields } from '../unsupported-fields.js';
+import { requireTokenizer } from '../token-ids.js';
 import { requestChatTemplate } from '../chat-template-trust.js';
 import { type ChatRequest, chatRequestSchema } from '../schemas/chat.js';
 import { samplingParamsFrom } from '../schemas/common.js';
@@ -36,6 +37,7 @@ function refuseUnsupported(body: ChatRequest): void {
 
 interface ChoiceState {
   content: string;
+  tokenIds: number[];
   tokens: number;
   logprobs: ChatTokenLogprob[];
   finishReason: FinishReason | null;
@@ -49,7 +51,9 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
     const body = validate(chatRequestSchema, raw);
     refuseUnsupportedFields(raw, 'chat');
     const model = resolveModel(state, body.model);
+    requireTokenizer(state, 'chat completions', 'messages');
     refuseUnsupported(body);
+    const withTokenIds = body.return_token_ids === true;
     const chatTemplate = requestChatTemplate(state, body.chat_template);
     const tooling = chatTooling(state, body);
 
@@ -86,7 +90,7 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
     });
 
     let promptTokens = 0;
-    const choices = Array.from({ length: n }, (): ChoiceState => ({ content: '', tokens: 0, logprobs: [], finishReason: null, stopReason: null }));
+    const choices = Array.from({ length: n }, (): ChoiceState => ({ content: '', tokenIds: [], tokens: 0, logprobs: [], finishReason: null, stopReason: null }));
     const usage = () => {
       const completionTokens = choices.reduce((sum, ch) => sum + ch.tokens, 0);
       return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
@@ -104,30 +108,35 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
         () => gen.abort(),
         async (out) => {
           for (let index = 0; index < n; index++) {
-            await out.send(envelope([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
+            const first = envelope([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
+            if (withTokenIds) first.prompt_token_ids = promptIds;
+            await out.send(first);
           }
           const answers = choices.map(() => new AnswerStream(tooling.plan, tooling.reasoning));
           for await (const { delta: d } of gen.chunks) {
             if (d.promptTokenIds) promptTokens = d.promptTokenIds.length;
             const ch = choices[d.index]!;
             ch.tokens += d.tokenIds.length;
+            // Token ids held back with their text (tool-call markup, reasoning) go out with the next chunk sent.
+            if (withTokenIds) ch.tokenIds.push(...d.tokenIds);
             const logprobs = wantLogprobs && d.logprobs ? chatLogprobs(d.logprobs, topCount) : null;
             const answer = answers[d.index]!;
             let parsed = answer.push(d.text);
             if (d.finishReason !== null) parsed = joinDeltas(parsed, answer.finish());
             const delta = deltaFields(parsed);
             if (Object.keys(delta).length === 0 && d.finishReason === null && (logprobs === null || logprobs.length === 0)) continue;
-            await out.send(
-              envelope([
-                {
-                  index: d.index,
-                  delta,
-                  logprobs: logprobs ? { content: logprobs } : null,
-                  finish_reason: chatFinishReason(d.finishReason, answer.callCount),
-                  stop_reason: d.finishReason === null ? null : d.stopReason,
-                },
-              ]),
-            );
+            const choice: Record<string, unknown> = {
+              index: d.index,
+              delta,
+              logprobs: logprobs ? { content: logprobs } : null,
+              finish_reason: chatFinishReason(d.finishReason, answer.callCount),
+              stop_reason: d.finishReason === null ? null : d.stopReason,
+            };
+            if (withTokenIds) {
+              choice.token_ids = ch.tokenIds;
+              ch.tokenIds = [];
+            }
+            await out.send(envelope([choice]));
           }
           if (includeUsage) {
             await out.send({ id, object: 'chat.completion.chunk', created, model, system_fingerprint: null, choices: [], usage: usage() });
@@ -142,6 +151,7 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
       const ch = choices[d.index]!;
       ch.content += d.text;
       ch.tokens += d.tokenIds.length;
+      if (withTokenIds) ch.tokenIds.push(...d.tokenIds);
       if (wantLogprobs && d.logprobs) ch.logprobs.push(...chatLogprobs(d.logprobs, topCount));
       if (d.finishReason !== null) ch.finishReason = d.finishReason;
       if (d.stopReason !== null) ch.stopReason = d.stopReason;
@@ -160,9 +170,11 @@ export function chatRoute(state: ServerState): Hono<AppEnv> {
           logprobs: wantLogprobs ? { content: ch.logprobs } : null,
           finish_reason: chatFinishReason(ch.finishReason, answer.toolCalls.length),
           stop_reason: ch.stopReason,
+          ...(withTokenIds ? { token_ids: ch.tokenIds } : {}),
         };
       }),
       usage: usage(),
+      ...(withTokenIds ? { prompt_token_ids: promptIds } : {}),
     });
   });
   return route;

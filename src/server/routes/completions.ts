@@ -23,6 +23,7 @@ import type { ServerState } from '../state.js';
 import type { AppEnv } from '../app-env.js';
 import { constraintFromRequest } from '../structured-outputs.js';
 import { refuseUnsupportedFields } from '../unsupported-fields.js';
+import { namedLogprobs, refuseTextFeatures, returnsTokenIds } from '../token-ids.js';
 
 export const DEFAULT_COMPLETION_MAX_TOKENS = 16;
 
@@ -46,6 +47,7 @@ function promptsOf(prompt: CompletionRequest['prompt']): Prompt[] {
 interface ChoiceState {
   index: number;
   text: string;
+  tokenIds: number[];
   tokens: number;
   logprobs: CompletionLogprobs | null;
   builder: CompletionLogprobsBuilder;
@@ -79,6 +81,8 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
 
     const prompts = promptsOf(body.prompt);
     const constraint = constraintFromRequest(raw as Record<string, unknown>);
+    refuseTextFeatures(state, body, constraint !== null && constraint !== undefined);
+    const withTokenIds = returnsTokenIds(state, body.return_token_ids);
     const params = samplingParamsFrom(body);
     if (bestOf !== undefined) params.bestOf = bestOf;
     if (constraint) params.structuredOutputs = constraint.structuredOutputs;
@@ -111,7 +115,7 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
       const index = job * n + sample;
       let ch = choices.get(index);
       if (!ch) {
-        ch = { index, text: '', tokens: 0, logprobs: null, builder: new CompletionLogprobsBuilder(), started: false, finishReason: null, stopReason: null };
+        ch = { index, text: '', tokenIds: [], tokens: 0, logprobs: null, builder: new CompletionLogprobsBuilder(), started: false, finishReason: null, stopReason: null };
         choices.set(index, ch);
       }
       return ch;
@@ -119,12 +123,13 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
     const promptTextOf = (job: JobState): string =>
       (job.promptText ??= llm.detokenize(job.promptTokenIds ?? [], { skipSpecialTokens: false }));
     /** The new text and log-probs of one chunk, with the echoed prompt in front of a choice's first chunk. */
-    const piece = (chunk: JobChunk): { ch: ChoiceState; text: string; logprobs: CompletionLogprobs | null } => {
+    const piece = (chunk: JobChunk): { ch: ChoiceState; first: boolean; text: string; logprobs: CompletionLogprobs | null } => {
       const job = jobs[chunk.job]!;
       const d = chunk.delta;
       if (d.promptTokenIds) job.promptTokenIds = d.promptTokenIds;
       if (d.promptLogprobs) job.promptLogprobs = d.promptLogprobs;
       const ch = choiceFor(chunk.job, d.index);
+      const first = !ch.started;
       let text = d.text;
       let logprobs: CompletionLogprobs | null = null;
       if (!ch.started && echo) {
@@ -132,19 +137,20 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
         text = promptText + text;
         if (wantLogprobs) {
           const ids = job.promptTokenIds ?? [];
-          const positions = job.promptLogprobs ?? ids.map(() => null);
+          const positions = namedLogprobs(state, job.promptLogprobs ?? ids.map(() => null));
           logprobs = ch.builder.build(positions, (i) => llm.detokenize([ids[i]!], { skipSpecialTokens: false }), topCount);
         }
       }
       ch.started = true;
       if (wantLogprobs) {
-        const fresh = ch.builder.build(d.logprobs ?? [], () => '', topCount);
+        const fresh = ch.builder.build(namedLogprobs(state, d.logprobs ?? []), () => '', topCount);
         logprobs = logprobs ? concatCompletionLogprobs(logprobs, fresh) : fresh;
       }
       ch.tokens += d.tokenIds.length;
+      if (withTokenIds) ch.tokenIds.push(...d.tokenIds);
       if (d.finishReason !== null) ch.finishReason = d.finishReason;
       if (d.stopReason !== null) ch.stopReason = d.stopReason;
-      return { ch, text, logprobs };
+      return { ch, first, text, logprobs };
     };
     const usage = () => {
       const promptTokens = jobs.reduce((sum, j) => sum + (j.promptTokenIds?.length ?? 0), 0);
@@ -159,14 +165,18 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
         () => gen.abort(),
         async (out) => {
           for await (const chunk of gen.chunks) {
-            const { ch, text, logprobs } = piece(chunk);
-            const choice = {
+            const { ch, first, text, logprobs } = piece(chunk);
+            const choice: Record<string, unknown> = {
               index: ch.index,
               text,
               logprobs: wantLogprobs ? logprobs : null,
               finish_reason: chunk.delta.finishReason,
               stop_reason: chunk.delta.finishReason === null ? null : ch.stopReason,
             };
+            if (withTokenIds) {
+              if (first) choice.prompt_token_ids = jobs[chunk.job]!.promptTokenIds;
+              choice.token_ids = chunk.delta.tokenIds;
+            }
             const data: Record<string, unknown> = { id, object: 'text_completion', created, model, choices: [choice] };
             if (includeUsage) data.usage = null;
             await out.send(data);
@@ -198,7 +208,11 @@ export function completionsRoute(state: ServerState): Hono<AppEnv> {
           finish_reason: ch.finishReason,
           stop_reason: ch.stopReason,
         };
-        if (body.prompt_logprobs != null) choice.prompt_logprobs = job.promptLogprobs ? vllmPromptLogprobs(job.promptLogprobs) : null;
+        if (withTokenIds) {
+          choice.prompt_token_ids = job.promptTokenIds;
+          choice.token_ids = ch.tokenIds;
+        }
+        if (body.prompt_logprobs != null) choice.prompt_logprobs = job.promptLogprobs ? vllmPromptLogprobs(namedLogprobs(state, job.promptLogprobs)) : null;
         return choice;
       }),
       usage: usage(),

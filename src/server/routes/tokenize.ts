@@ -13,6 +13,7 @@ import { parseBody, readJson, resolveModel, validate } from '../request.js';
 import { detokenizeRequestSchema, tokenizeRequestSchema } from '../schemas/tokenize.js';
 import type { ServerState } from '../state.js';
 import { requestChatTemplate } from '../chat-template-trust.js';
+import { requireTokenizer } from '../token-ids.js';
 
 export function tokenizeRoute(state: ServerState): Hono<AppEnv> {
   const route = new Hono<AppEnv>();
@@ -22,6 +23,7 @@ export function tokenizeRoute(state: ServerState): Hono<AppEnv> {
   route.post('/tokenize', async (c) => {
     const raw = await readJson(c);
     const isChat = typeof raw === 'object' && raw !== null && 'messages' in raw;
+    requireTokenizer(state, '/tokenize', isChat ? 'messages' : 'prompt');
     let tokens: number[];
     try {
       if (isChat) {
@@ -47,6 +49,7 @@ export function tokenizeRoute(state: ServerState): Hono<AppEnv> {
   route.post('/detokenize', async (c) => {
     const body = await parseBody(c, detokenizeRequestSchema);
     resolveModel(state, body.model);
+    requireTokenizer(state, '/detokenize', 'tokens');
     try {
       return c.json({ prompt: llm.detokenize(body.tokens) });
     } catch (err) {

@@ -41,6 +41,7 @@ export const chatRequestSchema = z.object({
   add_generation_prompt: z.boolean().nullish(),
   chat_template: z.string().nullish(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  return_token_ids: z.boolean().nullish().describe('vLLM: the response carries `prompt_token_ids` and each choice its `token_ids`.'),
 });
 
 export type ChatRequest = z.output<typeof chatRequestSchema>;

@@ -21,6 +21,7 @@ export const completionRequestSchema = z.object({
   echo: z.boolean().nullish(),
   best_of: z.number().int('must be an integer').min(1, 'must be at least 1').max(MAX_N, `must be at most ${MAX_N}`).nullish(),
   suffix: z.string().nullish(),
+  return_token_ids: z.boolean().nullish().describe('vLLM: choices carry `token_ids` and `prompt_token_ids` (always on with --skip-tokenizer-init).'),
 });
 
 export type CompletionRequest = z.output<typeof completionRequestSchema>;

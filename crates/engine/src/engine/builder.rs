@@ -84,6 +84,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
     let loaded = load_model(spec)?;
     let mut mc = loaded.config.clone();
     let tokenizer = match &loaded.tokenizer {
+        Some(_) if config.skip_tokenizer_init => None,
         Some(src) => Some(Arc::new(Tokenizer::from_source(src)?)),
         None => None,
     };
