@@ -125,10 +125,13 @@ if [ "$MODE" = families ]; then
   # The model families on the one model definition: tiny float32 checkpoints of each family with HF's references
   # (committed as the CPU parity fixtures, crates/engine/tests/fixtures/families/), the kernel tests, and each
   # family that has a real shape listed in make_family_models.py at that shape (random, --peaked) against HF.
-  log "tiny family checkpoints + HF fp32 references"
-  python3 scripts/gpu/make_family_models.py tiny --out "$OUT/families" 2>>"$OUT/peer.log" | tee -a "$OUT/summary.txt"
-  log "kernel tests (the model on the CUDA backend vs the CPU backend; graphs vs eager; GPU sampler)"
-  gpu_tests
+  # SKIP_TESTS=1: only the real shapes (when the tiny checkpoints and kernel tests ran in an earlier call).
+  if [ -z "${SKIP_TESTS:-}" ]; then
+    log "tiny family checkpoints + HF fp32 references"
+    python3 scripts/gpu/make_family_models.py tiny --out "$OUT/families" 2>>"$OUT/peer.log" | tee -a "$OUT/summary.txt"
+    log "kernel tests (the model on the CUDA backend vs the CPU backend; graphs vs eager; GPU sampler)"
+    gpu_tests
+  fi
   for fam in ${FAMILIES:-qwen3}; do
     dir=$MODELS/$fam-real
     python3 scripts/gpu/make_family_models.py real --family $fam --out "$dir" --peaked >>"$OUT/peer.log" 2>&1
@@ -310,10 +313,14 @@ fi
 if [ "$MODE" = profile ]; then
   # Correctness of the current kernels, engine-only speed, and an ncu per-kernel breakdown of one decode step
   # at batch 128 (context ~520) and of one mixed prefill step, on llama-8b.
-  log "kernel tests (decoder vs CPU backend, graphs vs eager)"
-  $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
-  echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
-  grep -E "rel err|test result|panicked" "$OUT/gpu_decoder.log" | tail -30 | tee -a "$OUT/summary.txt"
+  # SKIP_TESTS=1 skips the kernel tests; ONLY_NCU=1 skips the engine runs; NCU_BENCH="..." replaces the profiled
+  # workload (default: batch 128, 512-token prompts), e.g. NCU_BENCH="--batch 1 --input-len 128 --output-len 16".
+  if [ -z "${SKIP_TESTS:-}" ]; then
+    log "kernel tests (decoder vs CPU backend, graphs vs eager)"
+    $BIN/gpu_decoder --ignored --nocapture --test-threads 1 >"$OUT/gpu_decoder.log" 2>&1
+    echo "gpu_decoder exit $?" | tee -a "$OUT/summary.txt"
+    grep -E "rel err|test result|panicked" "$OUT/gpu_decoder.log" | tail -30 | tee -a "$OUT/summary.txt"
+  fi
   dir=$(make_model llama-8b "")
   run_ours() { # name, extra args...
     local name=$1; shift
@@ -321,18 +328,21 @@ if [ "$MODE" = profile ]; then
     timeout 400 $BIN/pagedllm-bench throughput --device cuda --model "$dir" --out "$OUT/pagedllm-$name.json" "$@" 2>&1 \
       | grep -E '^\{"(batch|engine_steps)|^loaded|^error' | tee -a "$OUT/summary.txt"
   }
+  if [ -z "${ONLY_NCU:-}" ]; then
   run_ours 128x512 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   [ -n "${AB:-}" ] && PAGEDLLM_CUDA_ATTENTION=core run_ours 128x512-core --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   run_ours b1 --batch 1 --input-len 128 --output-len 128
   run_ours 128x512-f16 --dtype float16 --batch 128 --input-len 512 --output-len 128 --max-num-batched-tokens 8192
   run_ours b1-f16 --dtype float16 --batch 1 --input-len 128 --output-len 128
   [ -z "${LITE:-}" ] && run_ours 1000x1024 --batch 1000 --max-num-seqs 256 --input-len 1024 --output-len 128 --max-num-batched-tokens 8192 --no-warmup
+  fi
   NCU=/usr/local/cuda/bin/ncu
-  for what in ${NCU_STEPS:-"decode 3600"}; do
-    set -- $what
+  # NCU_STEPS: space-separated NAME:LAUNCH_SKIP items (default decode:3600).
+  for what in ${NCU_STEPS:-decode:3600}; do
+    set -- ${what/:/ }
     log "ncu: $1 step (launch-skip $2)"
-    timeout 170 $NCU --metrics gpu__time_duration.sum --launch-skip $2 --launch-count 300 --csv \
-      $BIN/pagedllm-bench throughput --device cuda --model "$dir" --batch 128 --input-len 512 --output-len 8 \
+    timeout 170 $NCU --metrics ${NCU_METRICS:-gpu__time_duration.sum} --launch-skip $2 --launch-count ${NCU_COUNT:-300} --csv \
+      $BIN/pagedllm-bench throughput --device cuda --model "$dir" ${NCU_BENCH:---batch 128 --input-len 512 --output-len 8} \
       --max-num-batched-tokens 8192 --enforce-eager --no-warmup --out /tmp/ncu-$1.json >"$OUT/ncu-$1.txt" 2>&1
     python3 scripts/gpu/ncu_summary.py "$OUT/ncu-$1.txt" | tee -a "$OUT/summary.txt"
   done

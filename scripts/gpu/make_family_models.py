@@ -51,7 +51,12 @@ FAMILIES = {
                        mlp_only_layers=[1], tie_word_embeddings=False),
                   None),
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(rope_theta=1e6, sliding_window=8,
-                                                            tie_word_embeddings=False), None),
+                                                            tie_word_embeddings=False),
+                # Mistral 7B v0.1's layers, 8 of its 32, with the window cut from 4096 to 32 so the parity run's
+                # 64-token sequences cross it at the real head and hidden sizes.
+                dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=8, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=32000, max_position_embeddings=32768,
+                     sliding_window=32, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
                dict(rope_theta=10000.0, sliding_window=8, attn_logit_softcapping=50.0,
                     final_logit_softcapping=30.0, query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh",
@@ -83,7 +88,16 @@ FAMILIES = {
                   original_max_position_embeddings=8,
                   rope_scaling=dict(type="longrope", short_factor=[1.0 + 0.1 * i for i in range(6)],
                                     long_factor=[1.5 + 0.7 * i for i in range(6)]),
-                  ), None),
+                  ),
+             # Phi-4-mini (3.8B): 24 query / 8 KV heads of 128, 96 rotary dims, tied 200k vocabulary, LongRoPE over
+             # an original 4096-token context (factors made up: the published ones are not needed for parity). The
+             # parity run's sequences stay under 4096, so this checks the short factors; the tiny fixture the long.
+             dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=24,
+                  num_key_value_heads=8, vocab_size=200064, max_position_embeddings=131072,
+                  original_max_position_embeddings=4096, partial_rotary_factor=0.75, rope_theta=10000.0,
+                  rope_scaling=dict(type="longrope", short_factor=[1.0 + 0.02 * i for i in range(48)],
+                                    long_factor=[1.0 + 1.0 * i for i in range(48)]),
+                  rms_norm_eps=1e-5, sliding_window=262144, tie_word_embeddings=True, pad_token_id=0)),
 }
 
 # LongRoPE families: HF picks the long factors for a whole forward once the sequence passes

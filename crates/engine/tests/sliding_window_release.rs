@@ -189,3 +189,36 @@ fn gemma2_global_layers_keep_every_block() {
     assert_eq!(stats.max_kv_blocks_in_use, (item.prompt.len() + item.greedy.len() - 1).div_ceil(4));
     engine.shutdown();
 }
+
+/// The prefix cache on windowed models: a second request whose prompt is the first one's prompt plus 20 of its
+/// generated tokens (32 tokens, past the window of 8) must continue with HF's remaining tokens. Gemma 2 (a global
+/// layer, so nothing is released) must reuse every full block of that prefix but the last token's; Mistral's
+/// blocks behind the window were released to the free list with their hashes, and whatever of them it reuses
+/// must still give HF's tokens (its window layers read only the last 8 positions).
+#[test]
+fn prefix_cache_hits_on_windowed_models_give_hf_tokens() {
+    for family in ["mistral", "gemma2"] {
+        let (dir, items) = fixture(family);
+        let engine = engine(&dir, 4, 2048);
+        let item = &items[1];
+        let first = run(&engine, &[(item.prompt.clone(), greedy(item.greedy.len()))]);
+        assert_eq!(first[0], vec![item.greedy.clone()], "{family}: first request");
+        let before = idle_stats(&engine);
+        let cut = 20;
+        let mut prompt = item.prompt.clone();
+        prompt.extend(&item.greedy[..cut]);
+        let rest = item.greedy[cut..].to_vec();
+        let second = run(&engine, &[(prompt.clone(), greedy(rest.len()))]);
+        assert_eq!(second[0], vec![rest], "{family}: the continuation after a cached prefix differs from HF's");
+        let after = idle_stats(&engine);
+        let hit = after.prefix_cache_hits - before.prefix_cache_hits;
+        // The prompt's last token is always computed: (32 - 1) / 4 full blocks can come from the cache.
+        let reusable = ((prompt.len() - 1) / 4 * 4) as u64;
+        if family == "gemma2" {
+            assert_eq!(hit, reusable, "gemma2 keeps every block: the whole prefix is a hit ({after:?})");
+        } else {
+            assert!(hit <= reusable, "{after:?}");
+        }
+        engine.shutdown();
+    }
+}

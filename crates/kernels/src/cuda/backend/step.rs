@@ -6,6 +6,10 @@ use super::*;
 /// At most this many (tile, kv head, split) attention blocks write partials.
 pub(super) const ATTENTION_PART_BLOCKS: usize = 256;
 
+/// Most KV splits of one attention block: `MAX_KV_SPLITS` of kernels/common.cuh, whose merge sizes its registers
+/// and shared memory for this many.
+const MAX_KV_SPLITS: usize = 16;
+
 /// KV splits per attention block (flash-decoding): a small grid — decode at low batch — is spread over the
 /// KV range so the GPU's SMs all stream K/V; a large grid runs unsplit.
 fn attention_splits(tiles: usize, kv_heads: usize) -> usize {
@@ -13,7 +17,7 @@ fn attention_splits(tiles: usize, kv_heads: usize) -> usize {
     if blocks >= ATTENTION_PART_BLOCKS / 2 {
         1
     } else {
-        (ATTENTION_PART_BLOCKS / blocks.max(1)).clamp(1, 16)
+        (ATTENTION_PART_BLOCKS / blocks.max(1)).clamp(1, MAX_KV_SPLITS)
     }
 }
 
@@ -40,7 +44,7 @@ const FLASH_TARGET_BLOCKS: usize = 1024;
 /// partial rows than the buffer holds. Prefill-sized grids run unsplit.
 fn flash_splits(tiles: usize, kv_heads: usize, tokens: usize, heads: usize) -> usize {
     let blocks = (tiles * kv_heads).max(1);
-    let wanted = FLASH_TARGET_BLOCKS.div_ceil(blocks).clamp(1, 16);
+    let wanted = FLASH_TARGET_BLOCKS.div_ceil(blocks).clamp(1, MAX_KV_SPLITS);
     let room = FLASH_PART_ROWS / (tokens * heads).max(1);
     wanted.min(room).max(1)
 }

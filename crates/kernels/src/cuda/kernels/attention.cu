@@ -180,24 +180,8 @@ __device__ void attention_combine(const int* __restrict__ query_start_loc, const
   const int t0 = query_start_loc[s] + tile_q0[tile];
   const int rows = min(q_tile, q_end - t0) * group;
   const size_t part0 = ((size_t)tile * num_kv_heads + kvh) * splits;
-  for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
-    const int r = i / HD, d = i % HD;
-    float M = -INFINITY;
-    for (int z = 0; z < splits; z++) M = fmaxf(M, part_ml[((part0 + z) * ROWS + r) * 2]);
-    float L = 0.f, v = 0.f;
-    if (M != -INFINITY) {
-      for (int z = 0; z < splits; z++) {
-        const size_t at = (part0 + z) * ROWS + r;
-        const float mz = part_ml[at * 2];
-        if (mz == -INFINITY) continue;
-        const float w = __expf(mz - M);
-        L += part_ml[at * 2 + 1] * w;
-        v += part_acc[at * HD + d] * w;
-      }
-    }
-    const int t = t0 + r / group, h = kvh * group + r % group;
-    out[(size_t)t * num_heads * HD + h * HD + d] = from_f32<T>(L > 0.f ? v / L : 0.f);
-  }
+  merge_kv_splits<T, HD, ROWS, false, false>(rows, splits, t0, group, kvh, num_heads, part0 * ROWS, ROWS, part_acc,
+                                             part_ml, out);
 }
 
 #define DEFINE_ATTENTION(T, HD, KT, ROWS)                                                                      \

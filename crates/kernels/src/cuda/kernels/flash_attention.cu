@@ -311,26 +311,8 @@ __device__ void flash_attention_combine(const int* __restrict__ query_start_loc,
   const int q_end = query_start_loc[s + 1];
   const int t0 = query_start_loc[s] + tile_q0[tile];
   const int rows = min(FLASH_ROWS / group, q_end - t0) * group;
-  for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
-    const int r = i / HD, d = i % HD;
-    const size_t row0 = (size_t)(t0 + r / group) * num_heads + kvh * group + r % group;
-    const size_t split_stride = (size_t)num_tokens * num_heads;
-    float M = -INFINITY;
-    for (int z = 0; z < splits; z++) M = fmaxf(M, part_ml[(row0 + z * split_stride) * 2]);
-    float L = 0.f, v = 0.f;
-    if (M != -INFINITY) {
-      for (int z = 0; z < splits; z++) {
-        const size_t at = row0 + z * split_stride;
-        const float mz = part_ml[at * 2];
-        if (mz == -INFINITY) continue;
-        const float w = exp2f(mz - M);
-        L += part_ml[at * 2 + 1] * w;
-        v += part_acc[at * HD + d] * w;
-      }
-    }
-    const int t = t0 + r / group, h = kvh * group + r % group;
-    out[(size_t)t * num_heads * HD + h * HD + d] = from_f32<T>(L > 0.f ? v / L : 0.f);
-  }
+  merge_kv_splits<T, HD, FLASH_ROWS, true, true>(rows, splits, t0, group, kvh, num_heads, 0,
+                                                 (size_t)num_tokens * num_heads, part_acc, part_ml, out);
 }
 
 #define DEFINE_FLASH_ATTENTION(T, HD)                                                                          \

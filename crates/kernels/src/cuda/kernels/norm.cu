@@ -20,11 +20,15 @@ __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ del
   const size_t src = (size_t)(rows ? rows[r] : r) * hidden;
   const int chunks = hidden / 8;
   float v[NORM_CHUNKS][8];
+  // The weights are loaded with the row, before the reduction, so their latency hides behind it (at one token
+  // per step the kernel is a chain of latencies, not a stream of bytes).
+  Pack8<W> w[NORM_CHUNKS];
   float sumsq = 0.f;
 #pragma unroll
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int chunk = threadIdx.x + c * NORM_THREADS;
     if (chunk < chunks) {
+      w[c] = reinterpret_cast<const Pack8<W>*>(weight)[chunk];
       const Pack8<T> x = reinterpret_cast<const Pack8<T>*>(residual + src)[chunk];
       if (delta) {
         const Pack8<T> d = reinterpret_cast<const Pack8<T>*>(delta + src)[chunk];
@@ -48,12 +52,11 @@ __device__ void add_rms_norm(T* __restrict__ residual, const T* __restrict__ del
   for (int c = 0; c < NORM_CHUNKS; c++) {
     const int chunk = threadIdx.x + c * NORM_THREADS;
     if (chunk < chunks) {
-      const Pack8<W> w = reinterpret_cast<const Pack8<W>*>(weight)[chunk];
       Pack8<T> o;
 #pragma unroll
       for (int j = 0; j < 8; j++)
-        o.v[j] = F32W ? from_f32<T>(v[c][j] * inv * to_f32(w.v[j]))
-                      : from_f32<T>(round_to<T>(v[c][j] * inv) * to_f32(w.v[j]));
+        o.v[j] = F32W ? from_f32<T>(v[c][j] * inv * to_f32(w[c].v[j]))
+                      : from_f32<T>(round_to<T>(v[c][j] * inv) * to_f32(w[c].v[j]));
       reinterpret_cast<Pack8<T>*>(out + (size_t)r * hidden)[chunk] = o;
     }
   }
