@@ -135,6 +135,14 @@ export interface ModelInfo {
   cpuIsa: string;
   /** The CPU matmuls' numeric mode: `fast` or `exact`. */
   cpuPrecision: 'fast' | 'exact';
+  /**
+   * Wall seconds of each start-up phase, in order: `load_model` (reading and parsing the files), `tokenizer`, then
+   * on CUDA `device_init`, `weights_upload`, `profile_step`, `kv_cache_alloc`, `graph_capture`, on the CPU
+   * `backend_init`, `weights_prepare`.
+   */
+  startupPhases: { name: string; seconds: number }[];
+  /** Seconds from the start of loading to a ready engine. */
+  startupS: number;
 }
 
 export interface EngineStats {

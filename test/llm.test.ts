@@ -58,6 +58,15 @@ describe('LLM (real engine)', () => {
     expect(llm.isAlive).toBe(true);
   });
 
+  it('reports its start-up by phase', () => {
+    const { startupPhases, startupS } = llm.modelInfo;
+    expect(startupPhases.map((p) => p.name)).toEqual(['load_model', 'tokenizer', 'backend_init', 'weights_prepare']);
+    for (const p of startupPhases) expect(p.seconds).toBeGreaterThanOrEqual(0);
+    const sum = startupPhases.reduce((s, p) => s + p.seconds, 0);
+    expect(sum).toBeGreaterThan(0);
+    expect(sum).toBeLessThanOrEqual(startupS + 1e-6);
+  });
+
   it('greedy generation is deterministic', async () => {
     const [a] = await llm.generate(PROMPT, GREEDY);
     const [b] = await llm.generate(PROMPT, GREEDY);

@@ -66,6 +66,7 @@ export async function startServer(input: StartOptions = {}): Promise<RunningServ
       (info.device === 'cpu' ? ` (${info.cpuIsa} kernels, ${info.cpuPrecision} precision)` : ''),
   );
 
+  log(`start-up ${info.startupS.toFixed(2)} s: ${info.startupPhases.map((p) => `${p.name} ${p.seconds.toFixed(2)} s`).join(', ')}`);
   if (!info.hasTokenizer) {
     log('no tokenizer (--skip-tokenizer-init, or none in the model): /v1/completions takes token-id prompts and returns token_ids');
   }

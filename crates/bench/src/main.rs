@@ -266,10 +266,11 @@ fn main() {
     });
     let load_s = t0.elapsed().as_secs_f64();
     eprintln!(
-        "loaded {} in {load_s:.2}s on {} ({} KV blocks)",
+        "loaded {} in {load_s:.2}s on {} ({} KV blocks); {}",
         engine.model_info().name,
         engine.model_info().device,
-        engine.model_info().num_kv_blocks
+        engine.model_info().num_kv_blocks,
+        engine.model_info().startup_summary()
     );
     if args.warmup {
         run_batch(&engine, 1, 16, 8, 0);

@@ -3,6 +3,7 @@
 //! compute thread pool. Everything that can fail at start-up fails here, with the cause named.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use pagedllm_kernels::cpu::{CpuBackend, CpuIsa, CpuPrecision, KvCache};
 use pagedllm_kernels::cuda::CudaBackend;
@@ -18,7 +19,7 @@ use crate::tokenizer::{ChatTemplate, Tokenizer};
 use pagedllm_kernels::cuda::ActivationDtype;
 
 use super::core::{EngineCore, InjectedFault};
-use super::stats::ModelInfo;
+use super::stats::{ModelInfo, StartupPhase};
 
 pub(crate) struct EngineParts {
     pub core: EngineCore,
@@ -36,6 +37,29 @@ pub(crate) struct EngineParts {
 fn releasable_window(mc: &crate::model::config::ModelConfig) -> Option<usize> {
     let w = mc.sliding_window?;
     (0..mc.num_hidden_layers).all(|l| mc.layer_window(l) == Some(w)).then_some(w)
+}
+
+/// Wall time of start-up phases, lap by lap (`ModelInfo::startup_phases`).
+struct StartupClock {
+    last: Instant,
+    phases: Vec<StartupPhase>,
+}
+
+impl StartupClock {
+    fn new() -> Self {
+        Self { last: Instant::now(), phases: Vec::new() }
+    }
+    /// Ends the phase `name` now.
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.phases.push(StartupPhase { name: name.to_string(), seconds: (now - self.last).as_secs_f64() });
+        self.last = now;
+    }
+    /// Phases a backend timed itself; the clock restarts after them.
+    fn take_from(&mut self, timed: &[(&'static str, f64)]) {
+        self.phases.extend(timed.iter().map(|&(name, seconds)| StartupPhase { name: name.to_string(), seconds }));
+        self.last = Instant::now();
+    }
 }
 
 /// Every backend pages its KV cache in blocks of 1..=256 tokens.
@@ -81,7 +105,10 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
     if config.max_num_batched_tokens == 0 {
         return Err(EngineError::invalid("max_num_batched_tokens", "must be at least 1"));
     }
+    let started = Instant::now();
+    let mut phases = StartupClock::new();
     let loaded = load_model(spec)?;
+    phases.lap("load_model");
     let mut mc = loaded.config.clone();
     let tokenizer = match &loaded.tokenizer {
         Some(_) if config.skip_tokenizer_init => None,
@@ -95,6 +122,7 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         Some((t, src)) => Some(ChatTemplate::new(&src, t.bos_token(), t.eos_token())?),
         None => None,
     };
+    phases.lap("tokenizer");
     let mut eos: Vec<u32> = loaded.generation_defaults.eos_token_ids.clone();
     eos.extend(&mc.eos_token_ids);
     if let Some(e) = tokenizer.as_ref().and_then(|t| t.eos_token_id()) {
@@ -144,8 +172,11 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             };
             let gpu_err = |e: pagedllm_kernels::cuda::CudaError| EngineError::Backend(e.to_string());
             let mut backend = CudaBackend::new(&opts, &model_shape(&mc)).map_err(gpu_err)?;
+            phases.lap("device_init");
             let model = LlamaModel::load(&mc, &loaded.weights, &mut backend)?;
+            phases.lap("weights_upload");
             backend.finish_load(&mut |b| model.forward(b)).map_err(gpu_err)?;
+            phases.take_from(backend.startup_phases());
             Some(ModelOn { model, backend })
         }
     };
@@ -213,7 +244,9 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
             .with_precision(config.cpu_precision.into())
             .with_threads(threads)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
+            phases.lap("backend_init");
             let model = LlamaModel::load(&mc, &loaded.weights, &mut backend)?;
+            phases.lap("weights_prepare");
             ModelRunner::new(ModelOn { model, backend }, config.block_size)
         }
     };
@@ -241,6 +274,8 @@ pub(crate) fn build_engine(spec: &str, config: &EngineConfig) -> Result<EnginePa
         device: device_name,
         cpu_isa: CpuIsa::detect().name().to_string(),
         cpu_precision: CpuPrecision::from(config.cpu_precision).name().to_string(),
+        startup_phases: phases.phases,
+        startup_s: started.elapsed().as_secs_f64(),
     };
     let mut core = EngineCore::new(scheduler, runner, tokenizer.clone(), Arc::new(eos.clone()), config.seed)?;
     core.inject_fault(InjectedFault::from_env());

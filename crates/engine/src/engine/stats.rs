@@ -95,4 +95,24 @@ pub struct ModelInfo {
     pub cpu_isa: String,
     /// The CPU matmuls' numeric mode: `fast` (int8 activations) or `exact` (f32 activations).
     pub cpu_precision: String,
+    /// Wall seconds of each start-up phase, in order (`load_model`: reading and parsing the files; `tokenizer`;
+    /// on CUDA `device_init`, `weights_upload`, `profile_step`, `kv_cache_alloc`, `graph_capture`; on the CPU
+    /// `backend_init`, `weights_prepare`), and their sum: vLLM's start-up breakdown (issue 13's start-up target).
+    pub startup_phases: Vec<StartupPhase>,
+    pub startup_s: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StartupPhase {
+    pub name: String,
+    pub seconds: f64,
+}
+
+impl ModelInfo {
+    /// `load_model 2.10 s, tokenizer 0.05 s, ...` for log lines.
+    pub fn startup_summary(&self) -> String {
+        let parts: Vec<String> = self.startup_phases.iter().map(|p| format!("{} {:.2} s", p.name, p.seconds)).collect();
+        format!("start-up {:.2} s: {}", self.startup_s, parts.join(", "))
+    }
 }

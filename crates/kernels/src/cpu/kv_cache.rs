@@ -48,6 +48,9 @@ pub struct KvCache {
 /// What the attention kernel needs of a cache element: conversion from f32 on write, and the two inner loops
 /// (`q · k` and `acc += w · v`) with the row widened to f32.
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    /// `n` zeros from the allocator's zeroed pages (calloc), so a large cache costs nothing until it is written:
+    /// `vec![f16::default(); n]` would write every element (0.8 s of start-up for the default 512 MiB cache).
+    fn zeroed_vec(n: usize) -> Vec<Self>;
     fn store(dst: &mut [Self], src: &[f32]);
     /// `q · k` in plain code (LLVM vectorizes the f32 case).
     fn dot(q: &[f32], k: &[Self]) -> f32;
@@ -68,6 +71,9 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
 }
 
 impl KvElem for f32 {
+    fn zeroed_vec(n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
     #[inline(always)]
     fn store(dst: &mut [f32], src: &[f32]) {
         dst.copy_from_slice(src);
@@ -93,6 +99,10 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    fn zeroed_vec(n: usize) -> Vec<f16> {
+        use half::vec::HalfBitsVecExt;
+        vec![0u16; n].reinterpret_into()
+    }
     #[inline(always)]
     fn store(dst: &mut [f16], src: &[f32]) {
         use half::slice::HalfFloatSliceExt;
@@ -165,8 +175,8 @@ impl KvElem for f16 {
 impl<T: KvElem> Planes<T> {
     fn new(num_layers: usize, n: usize) -> Self {
         Self {
-            k: (0..num_layers).map(|_| vec![T::default(); n]).collect(),
-            v: (0..num_layers).map(|_| vec![T::default(); n]).collect(),
+            k: (0..num_layers).map(|_| T::zeroed_vec(n)).collect(),
+            v: (0..num_layers).map(|_| T::zeroed_vec(n)).collect(),
         }
     }
 

@@ -20,6 +20,9 @@ impl CudaBackend {
     pub fn finish_load(&mut self, _: &mut Forward<'_, Self>) -> Result<(), CudaError> {
         match *self {}
     }
+    pub fn startup_phases(&self) -> &[(&'static str, f64)] {
+        match *self {}
+    }
     pub fn dtype(&self) -> ActivationDtype {
         match *self {}
     }

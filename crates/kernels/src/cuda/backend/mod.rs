@@ -134,6 +134,9 @@ pub struct CudaBackend {
     kernels: KernelNames,
     /// The MoE layers' working buffers (allocated by the first MoE op, in the profile step).
     moe: Option<moe::MoeScratch>,
+    /// Wall seconds of `finish_load`'s phases (profile step, KV cache allocation, graph capture), for the
+    /// engine's start-up report.
+    startup_phases: Vec<(&'static str, f64)>,
 }
 
 /// Entry points of the kernels a step launches, for this model's head dim and float type (built once, so a
@@ -281,6 +284,7 @@ impl CudaBackend {
             host: HostScratch::default(),
             kernels: KernelNames::new(shape, dtype),
             moe: None,
+            startup_phases: Vec::new(),
             plan: KvPlan {
                 total_bytes: 0,
                 in_use_bytes: 0,
@@ -295,8 +299,11 @@ impl CudaBackend {
     /// After the model is loaded: profiles its largest step, sizes the KV cache from what is left, and
     /// captures the decode graphs of `forward` (unless `enforce_eager`).
     pub fn finish_load(&mut self, forward: &mut Forward<'_, Self>) -> Result<(), CudaError> {
+        let t0 = std::time::Instant::now();
         self.profile_step(forward)?;
         let (free, total) = self.gpu.mem_info()?;
+        self.startup_phases.push(("profile_step", t0.elapsed().as_secs_f64()));
+        let t1 = std::time::Instant::now();
         let dtype = self.opts.dtype;
         let bytes_per_block = self.plan.bytes_per_block;
         self.kv = FloatBuffer::alloc(1, dtype, "placeholder")?; // release the profiling block before planning
@@ -316,10 +323,19 @@ impl CudaBackend {
         self.kv = FloatBuffer::alloc(plan.num_blocks * (bytes_per_block / dtype.bytes()), dtype, "the KV cache")?;
         self.num_blocks = plan.num_blocks;
         self.plan = plan;
+        self.startup_phases.push(("kv_cache_alloc", t1.elapsed().as_secs_f64()));
         if !self.opts.enforce_eager {
+            let t2 = std::time::Instant::now();
             self.capture_decode_graphs(forward)?;
+            self.startup_phases.push(("graph_capture", t2.elapsed().as_secs_f64()));
         }
         Ok(())
+    }
+
+    /// Wall seconds of the phases of `finish_load`, in order: `profile_step`, `kv_cache_alloc`, `graph_capture`
+    /// (absent with `enforce_eager`).
+    pub fn startup_phases(&self) -> &[(&'static str, f64)] {
+        &self.startup_phases
     }
 
     /// One step of `max_tokens` tokens (sequences of at most `max_model_len`), writing no KV, plus the LM
