@@ -3,7 +3,8 @@
  * token ids), choices indexed `prompt * n + sample`; `echo` prepends the prompt (with prompt log-probs when
  * `logprobs` is set); `logprobs` in OpenAI's completions format; `max_tokens` defaults to 16. Streams as SSE with
  * `include_usage` support; a client disconnect aborts the engine requests at once. `response_format`,
- * `structured_outputs` and the `guided_*` fields constrain the output as on the chat route.
+ * `structured_outputs` and the `guided_*` fields constrain the output as on the chat route. `return_token_ids`
+ * (always on without a tokenizer, `--skip-tokenizer-init`) adds `token_ids` / `prompt_token_ids` (token-ids.ts).
  */
 
 import { Hono } from 'hono';
