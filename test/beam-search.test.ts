@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { LLM, ValidationError } from '../src/index.js';
 import { type RunningServer, startServer } from '../src/server/serve.js';
-import { TEST_ENGINE } from './helpers.js';
+import { TEST_ENGINE, readResponse } from './helpers.js';
 
 interface HfCase {
   prompt: string;
@@ -44,16 +44,8 @@ afterAll(async () => {
   llm?.close();
 });
 
-async function post(path: string, body: unknown): Promise<{ status: number; json: any; text: string }> {
-  const res = await fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  const text = await res.text();
-  let json: any = null;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    // an SSE body
-  }
-  return { status: res.status, json, text };
+async function post(path: string, body: unknown): ReturnType<typeof readResponse> {
+  return readResponse(await fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }));
 }
 
 describe('llm.beamSearch', () => {

@@ -27,3 +27,15 @@ export function rng(seed: number): () => number {
     return s / 2 ** 32;
   };
 }
+
+/** A response's status and text, and its JSON when the text is JSON (null for an SSE body). */
+export async function readResponse(res: Response): Promise<{ status: number; json: any; text: string }> {
+  const text = await res.text();
+  let json: unknown = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // an SSE body
+  }
+  return { status: res.status, json, text };
+}

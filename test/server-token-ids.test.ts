@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LLM } from '../src/index.js';
 import { createApp } from '../src/server/app.js';
 import { parseServeArgs } from '../src/server/options.js';
-import { createTestLLM } from './helpers.js';
+import { createTestLLM, readResponse } from './helpers.js';
 
 let withTok: LLM;
 let noTok: LLM;
@@ -31,16 +31,8 @@ afterAll(() => {
 
 type AnyApp = typeof textApp;
 
-async function post(app: AnyApp, path: string, body: unknown): Promise<{ status: number; json: any; text: string }> {
-  const res = await app.request(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  const text = await res.text();
-  let json: any = null;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    /* SSE */
-  }
-  return { status: res.status, json, text };
+async function post(app: AnyApp, path: string, body: unknown): ReturnType<typeof readResponse> {
+  return readResponse(await app.request(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }));
 }
 
 function sseChunks(text: string): any[] {
