@@ -41,6 +41,11 @@ const GEMV_MAX_T: usize = 4;
 
 pub(crate) struct Gemm {
     use_gemv: bool,
+    /// Workspace bytes offered to cuBLASLt's heuristic for matmuls of at most `GEMV_MAX_T` rows:
+    /// `PAGEDLLM_CUDA_SMALL_T_WORKSPACE` (default: all of it). 0 rules out the split-K algorithms that reduce
+    /// through the workspace, whose extra reduce launch costs ~3.5 us per o / down projection at one decode (ncu,
+    /// bench/gpu-notes.md): an A/B switch, not yet measured.
+    small_t_workspace: usize,
     /// cuBLASLt's type of inputs (and of `OutType::Act` outputs).
     input_type: sys::cudaDataType_t,
     handle: sys::cublasLtHandle_t,
@@ -72,6 +77,10 @@ impl Gemm {
         Ok(Self {
             // The gemv kernel is bf16 only.
             use_gemv: dtype == ActivationDtype::Bf16 && std::env::var("PAGEDLLM_CUDA_GEMV").is_ok_and(|v| v == "1"),
+            small_t_workspace: std::env::var("PAGEDLLM_CUDA_SMALL_T_WORKSPACE")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(WORKSPACE_BYTES, |b| b.min(WORKSPACE_BYTES)),
             input_type,
             handle,
             workspace: DeviceBuffer::alloc(WORKSPACE_BYTES, "the cuBLASLt workspace")?,
@@ -108,7 +117,7 @@ impl Gemm {
                 let b = lt::create_matrix_layout(input, k as u64, t as u64, k as i64).map_err(blas_err(ctx))?;
                 let c = lt::create_matrix_layout(out_ty, n as u64, t as u64, n as i64).map_err(blas_err(ctx))?;
                 let pref = lt::create_matmul_pref().map_err(blas_err(ctx))?;
-                let ws = WORKSPACE_BYTES;
+                let ws = if t <= GEMV_MAX_T { self.small_t_workspace } else { WORKSPACE_BYTES };
                 lt::set_matmul_pref_attribute(
                     pref,
                     sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
