@@ -26,7 +26,7 @@ pub use sample_params::{
     mask_words, DeviceSample, DeviceSampleParams, TokenEdit, MAX_DEVICE_TOKEN_EDITS, MAX_DEVICE_TOP_LOGPROBS,
 };
 pub use shape::{ActivationDtype, CudaOptions, ModelShape};
-pub use weight_encoding::encode_weight;
+pub use weight_encoding::{encode_weight, encoded_weight};
 
 #[cfg(feature = "cuda")]
 mod backend;

@@ -8,16 +8,31 @@ use super::ActivationDtype;
 use crate::quant::{self, GgmlType};
 use crate::tensor::WeightMatrix;
 
+/// Whether `w` is already stored as the GPU's float type (its bytes can go to the GPU as they are).
+fn passes_through(w: &WeightMatrix, dtype: ActivationDtype) -> bool {
+    matches!(
+        (w.dtype, dtype),
+        (GgmlType::BF16, ActivationDtype::Bf16)
+            | (GgmlType::F16, ActivationDtype::F16)
+            | (GgmlType::F32, ActivationDtype::F32)
+    )
+}
+
+/// The bytes to upload for `w`: its own storage (the mapped file) when it is already in the GPU's type, so an
+/// 8B checkpoint's 16 GB are not first copied into fresh host buffers; else `encode_weight`'s conversion.
+pub fn encoded_weight(w: &WeightMatrix, dtype: ActivationDtype) -> std::borrow::Cow<'_, [u8]> {
+    if passes_through(w, dtype) {
+        std::borrow::Cow::Borrowed(w.storage.bytes())
+    } else {
+        std::borrow::Cow::Owned(encode_weight(w, dtype))
+    }
+}
+
 pub fn encode_weight(w: &WeightMatrix, dtype: ActivationDtype) -> Vec<u8> {
     let size = dtype.bytes();
     let mut out = vec![0u8; w.rows * w.cols * size];
     let src = w.dtype;
-    let same = matches!(
-        (src, dtype),
-        (GgmlType::BF16, ActivationDtype::Bf16)
-            | (GgmlType::F16, ActivationDtype::F16)
-            | (GgmlType::F32, ActivationDtype::F32)
-    );
+    let same = passes_through(w, dtype);
     if w.cols == 0 {
         return out;
     }
@@ -74,6 +89,15 @@ mod tests {
         ] {
             let m = WeightMatrix::new(src, 2, 2, Storage::Owned(std::sync::Arc::new(bytes.clone()))).unwrap();
             assert_eq!(encode_weight(&m, dtype), bytes, "{dtype:?}");
+            // The upload path borrows the stored bytes instead of copying them.
+            let up = encoded_weight(&m, dtype);
+            assert!(matches!(up, std::borrow::Cow::Borrowed(_)), "{dtype:?}");
+            assert_eq!(&*up, &bytes[..], "{dtype:?}");
         }
+        // Another type is converted, as encode_weight does.
+        let m = WeightMatrix::new(GgmlType::F16, 2, 2, Storage::Owned(std::sync::Arc::new(bytes.clone()))).unwrap();
+        let up = encoded_weight(&m, ActivationDtype::Bf16);
+        assert!(matches!(up, std::borrow::Cow::Owned(_)));
+        assert_eq!(&*up, &encode_weight(&m, ActivationDtype::Bf16)[..]);
     }
 }

@@ -3,7 +3,7 @@
 //! `kernels/moe.cu`), so the op launches a fixed sequence for a given step size and graphs capture it. The
 //! experts of a projection sit in one buffer, `[experts, rows, cols]`.
 
-use super::weights::{encode_weight, upload_bytes};
+use super::weights::{encoded_weight, upload_bytes};
 use super::*;
 use crate::backend::{Activation, ExpertsId, MoeSpec, MoeWeights};
 use crate::tensor::WeightMatrix;
@@ -89,7 +89,7 @@ impl CudaBackend {
         let mut at = 0;
         for parts in experts {
             for p in parts {
-                upload_bytes(&self.gpu, &buf, at, &encode_weight(p, dtype))?;
+                upload_bytes(&self.gpu, &buf, at, &encoded_weight(p, dtype))?;
                 at += p.rows * cols;
             }
         }

@@ -2,7 +2,7 @@
 //! combine), on the persistent buffers, so a forward made of them can be captured into a graph. GEMMs go to
 //! cuBLASLt; the rest are the kernels in `kernels/*.cu`.
 
-use super::weights::{encode_weight, upload_bytes};
+use super::weights::{encoded_weight, upload_bytes};
 use super::*;
 use crate::backend::{
     Activation, AttentionSpec, ExpertsId, HeadLayout, MoeSpec, MoeWeights, Norm, QkNorm, RopeId, RopeSpec, VectorId,
@@ -38,7 +38,7 @@ impl Backend for CudaBackend {
         let mut at = 0;
         for p in parts {
             // One part at a time: host memory never holds more than one tensor in the GPU's type.
-            upload_bytes(&self.gpu, &buf, at, &encode_weight(p, dtype))?;
+            upload_bytes(&self.gpu, &buf, at, &encoded_weight(p, dtype))?;
             at += p.rows * cols;
         }
         self.weights.push(buf);

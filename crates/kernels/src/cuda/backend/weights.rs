@@ -1,7 +1,8 @@
-//! Uploading weights: each tensor copied to its place on the GPU from host bytes in the GPU's float type, and
-//! dropped before the next one (host memory never holds more than one encoded tensor).
+//! Uploading weights: each tensor copied to its place on the GPU from host bytes in the GPU's float type (the
+//! mapped file itself when the checkpoint is in that type; else one converted tensor at a time, dropped before the
+//! next, so host memory never holds more than one).
 
-pub(super) use crate::cuda::weight_encoding::encode_weight;
+pub(super) use crate::cuda::weight_encoding::encoded_weight;
 
 use super::*;
 
