@@ -90,7 +90,10 @@ async function oneRequest(url, kind, rand) {
       const res = await fetch(url + p, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
       const json = await res.json().catch(() => null);
       const shaped = json && json.error && ['message', 'type', 'param', 'code'].every((k) => k in json.error);
-      return outcome({ accepted: true, status: res.status, result: res.status >= 400 && res.status < 500 && shaped ? 'error-response' : 'bad' });
+      // A 4xx, or the 503 a draining server answers before the engine sees the request (SIGTERM burst; during the load
+      // phase checkOutcomes still fails any 5xx), in OpenAI's error shape.
+      const refused = (res.status >= 400 && res.status < 500) || res.status === 503;
+      return outcome({ accepted: true, status: res.status, result: refused && shaped ? 'error-response' : 'bad' });
     } catch (e) {
       return outcome({ accepted: false, result: 'network-error', error: String(e.cause?.code ?? e) });
     }
